@@ -1,0 +1,94 @@
+"""Engines and schema upgrades.
+
+One plain URL configures both engines (DESIGN §4): the CLI uses the synchronous engine,
+the service the async one; each picks its driver from the URL's backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+_SYNC_DRIVERS = {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+psycopg"}
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg_async"}
+
+
+def _with_driver(url: str, drivers: dict[str, str]) -> URL:
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    backend = parsed.get_backend_name()
+    if backend not in drivers:
+        raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+    return parsed.set(drivername=drivers[backend])
+
+
+def is_sqlite(url: str | URL) -> bool:
+    return make_url(str(url) if isinstance(url, URL) else url).get_backend_name() == "sqlite"
+
+
+def _ensure_sqlite_folder(url: URL) -> None:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the service read while an import writes; foreign keys are off by default.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA temp_store=MEMORY")
+    cursor.execute("PRAGMA cache_size=-262144")
+    cursor.close()
+
+
+def make_engine(url: str, **kwargs) -> Engine:
+    sync_url = _with_driver(url, _SYNC_DRIVERS)
+    if sync_url.get_backend_name() == "sqlite":
+        _ensure_sqlite_folder(sync_url)
+        engine = create_engine(sync_url, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        # pysqlite's own transaction handling would commit before DDL; we BEGIN ourselves.
+        event.listen(engine, "connect", _disable_pysqlite_autobegin)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(sync_url, **kwargs)
+
+
+def make_async_engine(url: str, **kwargs) -> AsyncEngine:
+    async_url = _with_driver(url, _ASYNC_DRIVERS)
+    if async_url.get_backend_name() == "sqlite":
+        _ensure_sqlite_folder(async_url)
+        engine = create_async_engine(async_url, **kwargs)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(async_url, **kwargs)
+
+
+def _disable_pysqlite_autobegin(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+def alembic_config(url: str):
+    from alembic.config import Config as AlembicConfig
+
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url)
+    return config
+
+
+def upgrade_schema(url: str) -> None:
+    """Bring the database to the newest schema, in place (alembic upgrade head)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")

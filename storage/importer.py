@@ -1,0 +1,582 @@
+"""`python -m bot import`: CSV/XLSX files → the database, all or nothing.
+
+How one invocation runs, inside a single transaction:
+1. every file is read in batches (bounded memory) and each batch checked cell by cell
+   (storage.validate); valid rows go to a temporary staging table per file kind;
+2. checks across rows run in SQL on the staging tables: duplicate ids within the
+   invocation, references to customers/users that exist neither in the database nor in
+   the files;
+3. the staged rows are upserted by id (unchanged rows are left alone, so importing the
+   same files twice changes nothing) and the monthly roll-ups of the customers whose
+   orders or activities changed are rebuilt.
+Any problem → rollback, and every problem is reported as `file:line: column: reason`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import sys
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Column as SAColumn, Connection, Engine, Integer, MetaData, Table, text
+from tqdm import tqdm
+
+from storage.schema_files import (
+    ACTIVITIES,
+    DATA_SUFFIXES,
+    FILE_KINDS,
+    KINDS_BY_NAME,
+    ORDERS,
+    FileKind,
+    header_names,
+    kind_of_file,
+    normalise_header,
+)
+from storage.sql import month_of, null_safe_differs
+from storage.validate import BatchValidator, Problem
+
+
+class ImportFailed(Exception):
+    """Nothing was written. `problems` lists what was wrong (capped), `more` the rest."""
+
+    def __init__(self, problems: list[str], more: int = 0):
+        super().__init__(f"{len(problems) + more} problem(s)")
+        self.problems = problems
+        self.more = more
+
+
+@dataclass
+class KindResult:
+    rows: int = 0
+    new: int = 0
+    changed: int = 0
+
+    @property
+    def unchanged(self) -> int:
+        return self.rows - self.new - self.changed
+
+
+@dataclass
+class ImportResult:
+    files: list[Path]
+    kinds: dict[str, KindResult]
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    rollups_rebuilt_for: int = 0
+
+
+@dataclass
+class _Source:
+    path: Path
+    kind: FileKind
+    index: int
+
+
+class _ProblemLog:
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.problems: list[Problem] = []
+        self.total = 0
+
+    def add(self, problems: list[Problem]) -> None:
+        self.total += len(problems)
+        room = self.cap - len(self.problems)
+        if room > 0:
+            self.problems.extend(problems[:room])
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+
+def collect_sources(paths: list[Path | str]) -> list[_Source]:
+    """Files named, plus the data files inside folders named, in import order."""
+    found: list[tuple[Path, FileKind]] = []
+    unknown: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            candidates = sorted(p for p in path.iterdir()
+                                if p.suffix.lower() in DATA_SUFFIXES and not p.name.startswith(("~$", ".")))
+            if not candidates:
+                unknown.append(f"{path}: no .csv or .xlsx files in this folder")
+        elif path.exists():
+            candidates = [path]
+        else:
+            unknown.append(f"{path}: no such file or folder")
+            continue
+        for candidate in candidates:
+            kind = kind_of_file(candidate)
+            if candidate.suffix.lower() not in DATA_SUFFIXES:
+                unknown.append(f"{candidate}: not a .csv or .xlsx file")
+            elif kind is None:
+                names = ", ".join(k.name for k in FILE_KINDS)
+                unknown.append(f"{candidate}: cannot tell what the file holds from its name "
+                               f"(name it after one of: {names})")
+            else:
+                found.append((candidate, kind))
+    if unknown:
+        raise ImportFailed(unknown)
+    unique = list({path.resolve(): (path, kind) for path, kind in found}.values())
+    order = {kind.name: i for i, kind in enumerate(FILE_KINDS)}
+    unique.sort(key=lambda item: (order[item[1].name], str(item[0])))
+    return [_Source(path, kind, i) for i, (path, kind) in enumerate(unique)]
+
+
+# ---------------------------------------------------------------- reading files
+
+@dataclass
+class _Batch:
+    frame: pd.DataFrame  # raw text cells, canonical column names
+    lines: np.ndarray  # the line of each row in its file
+
+
+class _FileReader:
+    """Yields batches of raw text cells with canonical column names."""
+
+    def __init__(self, source: _Source, batch_rows: int, progress: bool, log: _ProblemLog,
+                 warnings: list[str]):
+        self.source = source
+        self.batch_rows = batch_rows
+        self.progress = progress
+        self.log = log
+        self.warnings = warnings
+        self.name = str(source.path)
+
+    def _map_header(self, header: list[str]) -> dict[int, str] | None:
+        """Column position → canonical name; None if the header is unusable."""
+        known = header_names(self.source.kind)
+        mapping: dict[int, str] = {}
+        seen: dict[str, str] = {}
+        problems = []
+        for position, cell in enumerate(header):
+            label = "" if cell is None else str(cell).strip()
+            canonical = known.get(normalise_header(label))
+            if canonical is None:
+                if label:
+                    self.warnings.append(f"{self.name}: column {label!r} is not a known "
+                                         f"{self.source.kind.name} column and is ignored")
+                continue
+            if canonical in seen:
+                problems.append(Problem(self.name, 1, canonical,
+                                        f"given twice (as {seen[canonical]!r} and {label!r})"))
+                continue
+            seen[canonical] = label
+            mapping[position] = canonical
+        for column in self.source.kind.columns:
+            if column.required and column.name not in seen:
+                spellings = ", ".join((column.name, *column.aliases[:3]))
+                problems.append(Problem(self.name, 1, column.name,
+                                        f"missing required column (header may be any of: {spellings})"))
+        if problems:
+            self.log.add(problems)
+            return None
+        return mapping
+
+    def batches(self) -> Iterator[_Batch]:
+        if self.source.path.suffix.lower() == ".xlsx":
+            yield from self._xlsx_batches()
+        else:
+            yield from self._csv_batches()
+
+    def _csv_batches(self) -> Iterator[_Batch]:
+        path = self.source.path
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+            handle.seek(0)
+            if not head.strip():
+                self.log.add([Problem(self.name, 1, "(file)", "empty file: a header row is required")])
+                return
+            bar = tqdm(total=size, unit="B", unit_scale=True, desc=path.name, disable=not self.progress,
+                       file=sys.stderr, leave=False)
+            wrapped = _CountingReader(handle, bar)
+            try:
+                reader = pd.read_csv(wrapped, dtype=str, keep_default_na=False, na_filter=False,
+                                     encoding="utf-8-sig", chunksize=self.batch_rows, header=None,
+                                     skip_blank_lines=True, engine="c")
+                mapping = None
+                record = 0
+                for chunk in reader:
+                    if mapping is None:
+                        header = list(chunk.iloc[0])
+                        mapping = self._map_header(header)
+                        if mapping is None:
+                            return
+                        chunk = chunk.iloc[1:]
+                        record = 1
+                    frame = chunk[list(mapping)].rename(columns=mapping)
+                    # Lines are records + 1; a record spanning several lines is corrected
+                    # when problems are reported (see _fix_line_numbers).
+                    lines = np.arange(record + 1, record + 1 + len(frame))
+                    record += len(frame)
+                    yield _Batch(frame.reset_index(drop=True), lines)
+            except UnicodeDecodeError:
+                self.log.add([_encoding_problem(path)])
+            except pd.errors.ParserError as exc:
+                self.log.add([_parser_problem(self.name, exc)])
+            finally:
+                bar.close()
+
+    def _xlsx_batches(self) -> Iterator[_Batch]:
+        from openpyxl import load_workbook
+
+        try:
+            book = load_workbook(self.source.path, read_only=True, data_only=True)
+        except Exception as exc:  # openpyxl raises many kinds for a damaged file
+            self.log.add([Problem(self.name, 1, "(file)", f"not a readable .xlsx workbook ({exc.__class__.__name__})")])
+            return
+        try:
+            sheet = book.worksheets[0]
+            rows = sheet.iter_rows(values_only=True)
+            header = next(rows, None)
+            if header is None:
+                self.log.add([Problem(self.name, 1, "(file)", "empty sheet: a header row is required")])
+                return
+            mapping = self._map_header(list(header))
+            if mapping is None:
+                return
+            positions = list(mapping)
+            bar = tqdm(total=max((sheet.max_row or 1) - 1, 0), unit="row", desc=self.source.path.name,
+                       disable=not self.progress, file=sys.stderr, leave=False)
+            buffer: list[list[str]] = []
+            lines: list[int] = []
+            for line, row in enumerate(rows, start=2):
+                if row is None or all(cell is None or str(cell).strip() == "" for cell in row):
+                    continue
+                buffer.append([_cell_text(row[p]) if p < len(row) else "" for p in positions])
+                lines.append(line)
+                if len(buffer) >= self.batch_rows:
+                    bar.update(len(buffer))
+                    yield _Batch(pd.DataFrame(buffer, columns=list(mapping.values()), dtype=str),
+                                 np.array(lines))
+                    buffer, lines = [], []
+            if buffer:
+                bar.update(len(buffer))
+                yield _Batch(pd.DataFrame(buffer, columns=list(mapping.values()), dtype=str), np.array(lines))
+            bar.close()
+        finally:
+            book.close()
+
+
+class _CountingReader(io.RawIOBase):
+    """Feeds pandas from a file while moving a byte progress bar."""
+
+    def __init__(self, handle, bar: tqdm):
+        self.handle = handle
+        self.bar = bar
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self.handle.readinto(buffer)
+        self.bar.update(count)
+        return count
+
+
+def _cell_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.date().isoformat() if value.time() == time(0) else value.isoformat(sep="T")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _encoding_problem(path: Path) -> Problem:
+    with open(path, "rb") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                hint = ""
+                try:
+                    line.decode("gb18030")
+                    hint = " (it looks like GBK/GB18030, as Excel saves in Chinese Windows: save it as UTF-8 CSV)"
+                except UnicodeDecodeError:
+                    pass
+                return Problem(str(path), line_number, "(file)", f"not UTF-8 text{hint}")
+    return Problem(str(path), 1, "(file)", "not UTF-8 text")
+
+
+_PARSER_LINE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+def _parser_problem(name: str, exc: Exception) -> Problem:
+    match = _PARSER_LINE.search(str(exc))
+    if match:
+        expected, line, saw = match.groups()
+        return Problem(name, int(line), "(row)", f"has {saw} fields, the header has {expected}")
+    return Problem(name, 1, "(file)", f"not a readable CSV file: {str(exc).strip()[:200]}")
+
+
+def _fix_line_numbers(problems: list[Problem]) -> list[Problem]:
+    """Batches count records; a quoted cell with line breaks makes a record span several
+    lines. Only when there is something to report do we pay for an exact count."""
+    by_file: dict[str, list[Problem]] = {}
+    for problem in problems:
+        by_file.setdefault(problem.source, []).append(problem)
+    fixed: list[Problem] = []
+    for source, items in by_file.items():
+        path = Path(source)
+        if path.suffix.lower() != ".csv" or not path.exists():
+            fixed.extend(items)
+            continue
+        wanted = {p.line for p in items if p.column not in ("(file)", "(row)")}
+        record_line: dict[int, int] = {}
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as handle:
+                reader = csv.reader(handle)
+                record = 0
+                start = 1
+                for _row in reader:
+                    record += 1
+                    if record in wanted:
+                        record_line[record] = start
+                    start = reader.line_num + 1
+        except (UnicodeDecodeError, csv.Error):
+            pass
+        fixed.extend(Problem(p.source, record_line.get(p.line, p.line), p.column, p.reason) for p in items)
+    return fixed
+
+
+# ---------------------------------------------------------------- staging in SQL
+
+def _staging_table(kind: FileKind, metadata: MetaData) -> Table:
+    columns = [SAColumn(c.name, c.type) for c in kind.table.columns if c.name in {col.name for col in kind.columns}]
+    return Table(f"stage_{kind.name}", metadata, *columns, SAColumn("_file", Integer), SAColumn("_line", Integer),
+                 prefixes=["TEMPORARY"])
+
+
+def _bulk_insert(connection: Connection, table: Table, frame: pd.DataFrame) -> None:
+    """Write a batch into a staging table fast: COPY on PostgreSQL, executemany on SQLite."""
+    if frame.empty:
+        return
+    columns = list(frame.columns)
+    raw = connection.connection.dbapi_connection
+    if connection.dialect.name == "postgresql":
+        buffer = io.StringIO()
+        frame.to_csv(buffer, header=False, index=False, na_rep="")
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        with raw.cursor() as cursor:
+            with cursor.copy(f"COPY {table.name} ({quoted}) FROM STDIN WITH (FORMAT csv)") as copy:
+                copy.write(buffer.getvalue())
+        return
+    values = frame.astype(object).where(frame.notna(), None)
+    placeholders = ", ".join("?" for _ in columns)
+    cursor = raw.cursor()
+    try:
+        cursor.executemany(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})",
+                           values.itertuples(index=False, name=None))
+    finally:
+        cursor.close()
+
+
+def _duplicate_problems(connection: Connection, kind: FileKind, names: list[str]) -> list[Problem]:
+    key = kind.key
+    rows = connection.execute(text(f"""
+        SELECT s._file, s._line, s.{key}, f._file AS first_file, f._line AS first_line
+        FROM stage_{kind.name} s
+        JOIN (SELECT {key}, MIN(_file * 4294967296 + _line) AS first_pos
+              FROM stage_{kind.name} GROUP BY {key} HAVING COUNT(*) > 1) d ON d.{key} = s.{key}
+        JOIN stage_{kind.name} f ON f.{key} = s.{key} AND f._file * 4294967296 + f._line = d.first_pos
+        WHERE s._file * 4294967296 + s._line <> d.first_pos
+        ORDER BY s._file, s._line LIMIT 1000""")).all()
+    problems = []
+    for file_index, line, value, first_file, first_line in rows:
+        where = f"line {first_line}" if first_file == file_index else f"{names[first_file]}:{first_line}"
+        problems.append(Problem(names[file_index], line, key, f"duplicate id {value!r} (first at {where})"))
+    return problems
+
+
+def _reference_problems(connection: Connection, kind: FileKind, names: list[str]) -> list[Problem]:
+    problems = []
+    for reference in kind.references:
+        target = KINDS_BY_NAME[reference.kind]
+        # A self-reference (a user's manager) may point at a row of the same import.
+        also_staged = (f"AND NOT EXISTS (SELECT 1 FROM stage_{target.name} t2 "
+                       f"WHERE t2.{target.key} = s.{reference.column})") if target is kind else ""
+        rows = connection.execute(text(f"""
+            SELECT s._file, s._line, s.{reference.column} FROM stage_{kind.name} s
+            WHERE s.{reference.column} IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM {target.table.name} t WHERE t.{target.key} = s.{reference.column})
+              {also_staged}
+            ORDER BY s._file, s._line LIMIT 1000""")).all()
+        problems.extend(
+            Problem(names[f], line, reference.column,
+                    f"unknown {reference.what} {value!r} (not in the database nor in the {target.name} file)")
+            for f, line, value in rows)
+    return problems
+
+
+def _count_changes(connection: Connection, kind: FileKind, columns: list[str]) -> tuple[int, int]:
+    table, key = kind.table.name, kind.key
+    differs = null_safe_differs(connection.dialect.name, "t", "s", [c for c in columns if c != key])
+    new, changed = connection.execute(text(f"""
+        SELECT SUM(CASE WHEN t.{key} IS NULL THEN 1 ELSE 0 END),
+               SUM(CASE WHEN t.{key} IS NOT NULL AND ({differs}) THEN 1 ELSE 0 END)
+        FROM stage_{kind.name} s LEFT JOIN {table} t ON t.{key} = s.{key}""")).one()
+    return int(new or 0), int(changed or 0)
+
+
+def _collect_touched_customers(connection: Connection, kind: FileKind, columns: list[str]) -> None:
+    """Customers whose roll-ups must be rebuilt: those of new or changed rows, and the
+    previous customer of a row that moved to another customer."""
+    table, key = kind.table.name, kind.key
+    differs = null_safe_differs(connection.dialect.name, "t", "s", [c for c in columns if c != key])
+    connection.execute(text(f"""
+        INSERT INTO touched_customers (customer_id)
+        SELECT s.customer_id FROM stage_{kind.name} s LEFT JOIN {table} t ON t.{key} = s.{key}
+        WHERE t.{key} IS NULL OR ({differs})
+        UNION
+        SELECT t.customer_id FROM stage_{kind.name} s JOIN {table} t ON t.{key} = s.{key}
+        WHERE t.customer_id <> s.customer_id"""))
+
+
+def _upsert(connection: Connection, kind: FileKind, columns: list[str], stamp: str | None) -> None:
+    table, key = kind.table.name, kind.key
+    insert_columns = columns + (["updated_at"] if kind.stamped else [])
+    select_columns = [f"s.{c}" for c in columns] + ([":stamp"] if kind.stamped else [])
+    updates = [c for c in columns if c != key]
+    assignments = ", ".join(f"{c} = excluded.{c}" for c in updates + (["updated_at"] if kind.stamped else []))
+    differs = null_safe_differs(connection.dialect.name, table, "excluded", updates)
+    conflict = (f"ON CONFLICT ({key}) DO UPDATE SET {assignments} WHERE {differs}" if updates
+                else f"ON CONFLICT ({key}) DO NOTHING")
+    # "WHERE true" keeps SQLite from reading ON CONFLICT as part of a join.
+    connection.execute(text(f"""
+        INSERT INTO {table} ({', '.join(insert_columns)})
+        SELECT {', '.join(select_columns)} FROM stage_{kind.name} s WHERE true {conflict}"""),
+                       {"stamp": stamp} if kind.stamped else {})
+
+
+def rebuild_rollups(connection: Connection, only_touched: bool = True) -> int:
+    """Recompute customer_months and activity_months for the customers in the
+    `touched_customers` temp table (or for everyone). Returns how many customers."""
+    dialect = connection.dialect.name
+    scope = "WHERE customer_id IN (SELECT customer_id FROM touched_customers)" if only_touched else ""
+    scope_and = scope.replace("WHERE", "AND") if scope else ""
+    order_month = month_of(dialect, "order_date")
+    activity_month = month_of(dialect, "ts")
+    connection.execute(text(f"DELETE FROM customer_months {scope}"))
+    connection.execute(text(f"""
+        INSERT INTO customer_months (customer_id, month, revenue, cost, repeat_revenue, orders,
+                                     first_order_date, last_order_date)
+        SELECT customer_id, {order_month}, SUM(amount), SUM(COALESCE(cost, 0)),
+               SUM(CASE WHEN kind IN ('renewal', 'upsell') THEN amount ELSE 0 END), COUNT(*),
+               MIN(order_date), MAX(order_date)
+        FROM orders WHERE true {scope_and}
+        GROUP BY customer_id, {order_month}"""))
+    connection.execute(text(f"DELETE FROM activity_months {scope}"))
+    connection.execute(text(f"""
+        INSERT INTO activity_months (customer_id, month, kind, events, last_ts)
+        SELECT customer_id, {activity_month}, kind, COUNT(*), MAX(ts)
+        FROM activities WHERE true {scope_and}
+        GROUP BY customer_id, {activity_month}, kind"""))
+    if not only_touched:
+        return int(connection.execute(text("SELECT COUNT(DISTINCT customer_id) FROM customer_months")).scalar())
+    return int(connection.execute(text("SELECT COUNT(*) FROM touched_customers")).scalar())
+
+
+def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = "Asia/Shanghai",
+               batch_rows: int = 50_000, max_errors: int = 50, dry_run: bool = False,
+               progress: bool = False) -> ImportResult:
+    """Validate and load files in one transaction. Raises ImportFailed (nothing written)."""
+    sources = collect_sources(paths)
+    log = _ProblemLog(max_errors)
+    warnings: list[str] = []
+    names = [str(source.path) for source in sources]
+    results: dict[str, KindResult] = {}
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    rebuilt = 0
+
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            metadata = MetaData()
+            staging: dict[str, Table] = {}
+            columns_seen: dict[str, list[str]] = {}
+            for source in sources:
+                kind = source.kind
+                if kind.name not in staging:
+                    staging[kind.name] = _staging_table(kind, metadata)
+                    staging[kind.name].create(connection)
+                    columns_seen[kind.name] = []
+                validator = BatchValidator(kind, str(source.path), timezone_name)
+                reader = _FileReader(source, batch_rows, progress, log, warnings)
+                for batch in reader.batches():
+                    valid, problems = validator.validate(batch.frame, batch.lines)
+                    if problems:
+                        log.add(problems)
+                    if log:
+                        continue  # keep reading to report every problem, but write nothing more
+                    for column in valid.columns:
+                        if column not in columns_seen[kind.name]:
+                            columns_seen[kind.name].append(column)
+                    valid = valid.assign(_file=source.index, _line=batch.lines[valid.index.to_numpy()])
+                    _bulk_insert(connection, staging[kind.name], valid)
+
+            if not log:
+                connection.execute(text("CREATE TEMPORARY TABLE touched_customers (customer_id VARCHAR(64) PRIMARY KEY)"))
+                for kind in FILE_KINDS:
+                    if kind.name not in staging:
+                        continue
+                    connection.execute(text(f"CREATE INDEX ix_stage_{kind.name}_key ON stage_{kind.name} ({kind.key})"))
+                    log.add(_duplicate_problems(connection, kind, names))
+                    log.add(_reference_problems(connection, kind, names))
+                    if log:
+                        break
+                    columns = [c.name for c in kind.columns if c.name in columns_seen[kind.name] or c.name == kind.key]
+                    rows = int(connection.execute(text(f"SELECT COUNT(*) FROM stage_{kind.name}")).scalar())
+                    new, changed = _count_changes(connection, kind, columns)
+                    results[kind.name] = KindResult(rows, new, changed)
+                    if kind in (ORDERS, ACTIVITIES):
+                        _collect_touched_customers(connection, kind, columns)
+                    _upsert(connection, kind, columns, stamp)
+                if not log:
+                    rebuilt = rebuild_rollups(connection)
+
+            if log:
+                transaction.rollback()
+                problems = [str(p) for p in _fix_line_numbers(sorted(log.problems, key=_problem_order(names)))]
+                raise ImportFailed(problems, log.total - len(problems))
+            if dry_run:
+                transaction.rollback()
+            else:
+                # Temporary tables outlive a commit on a pooled connection.
+                for table in [*(f"stage_{name}" for name in staging), "touched_customers"]:
+                    connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+                transaction.commit()
+        except BaseException:
+            if transaction.is_active:
+                transaction.rollback()
+            raise
+    return ImportResult([s.path for s in sources], results, warnings, dry_run, rebuilt)
+
+
+def _problem_order(names: list[str]):
+    position = {name: i for i, name in enumerate(names)}
+    return lambda p: (position.get(p.source, -1), p.line, p.column)
+
+
+def summarise(result: ImportResult) -> list[str]:
+    """Human lines for the CLI."""
+    lines = []
+    for kind in FILE_KINDS:
+        counts = result.kinds.get(kind.name)
+        if counts:
+            lines.append(f"{kind.name}: {counts.rows:,} rows — {counts.new:,} new, {counts.changed:,} changed, "
+                         f"{counts.unchanged:,} unchanged")
+    return lines
+

@@ -1,0 +1,223 @@
+"""The data-file contract (DESIGN §4): which files exist, their columns, Chinese header
+aliases, and how each value is read. The importer and the REST API both validate
+against these specs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storage.models import (
+    ACTIVITY_KINDS,
+    CUSTOMER_TYPES,
+    ORDER_KINDS,
+    TICKET_SEVERITIES,
+    USER_ROLES,
+    Activity,
+    Base,
+    Customer,
+    Order,
+    Ticket,
+    User,
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str  # id | text | int | money | date | datetime | bool | enum | list
+    required: bool = False
+    aliases: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+    # Other spellings of enum values (Chinese, capitalisation) → the canonical value.
+    value_aliases: dict[str, str] = field(default_factory=dict)
+    max_length: int | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    # For `list` columns: lower-case every item (module names are codes, not prose).
+    lowercase: bool = False
+
+
+@dataclass(frozen=True)
+class Reference:
+    column: str
+    kind: str  # the file kind whose key the column names
+    what: str  # "customer", "user": used in the error message
+
+
+@dataclass(frozen=True)
+class FileKind:
+    name: str
+    model: type[Base]
+    key: str
+    columns: tuple[Column, ...]
+    references: tuple[Reference, ...] = ()
+    file_aliases: tuple[str, ...] = ()
+    # Set to the import time when a row is inserted or changed.
+    stamped: bool = False
+
+    @property
+    def table(self):
+        return self.model.__table__
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+
+def _id(name: str, *aliases: str, required: bool = False) -> Column:
+    return Column(name, "id", required=required, aliases=aliases, max_length=64)
+
+
+USERS = FileKind(
+    "users",
+    User,
+    "userid",
+    (
+        _id("userid", "用户ID", "用户id", "企业微信ID", "企业微信账号", "账号", "成员ID", required=True),
+        Column("name", "text", True, ("姓名", "名称"), max_length=128),
+        Column(
+            "role",
+            "enum",
+            True,
+            ("角色",),
+            choices=USER_ROLES,
+            value_aliases={"销售": "rep", "经理": "manager", "销售经理": "manager", "客服": "agent",
+                           "管理员": "admin"},
+        ),
+        _id("manager_userid", "上级", "直属上级", "上级ID", "经理"),
+        Column("team", "text", False, ("团队", "部门"), max_length=128),
+        Column("queues", "list", False, ("队列", "服务队列"), max_length=512, lowercase=True),
+    ),
+    references=(Reference("manager_userid", "users", "user"),),
+    file_aliases=("用户", "成员"),
+    stamped=True,
+)
+
+CUSTOMERS = FileKind(
+    "customers",
+    Customer,
+    "customer_id",
+    (
+        _id("customer_id", "客户编号", "客户ID", "客户id", "客户代码", required=True),
+        Column("name", "text", True, ("客户名称", "名称", "公司名称"), max_length=256),
+        _id("owner_userid", "负责人", "客户负责人", "销售", "归属销售"),
+        Column("industry", "text", False, ("行业",), max_length=64),
+        Column("region", "text", False, ("区域", "地区"), max_length=64),
+        Column("employees", "int", False, ("员工数", "人数", "员工人数"), minimum=0, maximum=10_000_000),
+        Column(
+            "customer_type",
+            "enum",
+            False,
+            ("客户类型",),
+            choices=CUSTOMER_TYPES,
+            value_aliases={"终端用户": "end_user", "终端客户": "end_user", "经销商": "dealer",
+                           "代理商": "dealer", "集成商": "integrator"},
+        ),
+        Column("is_listed", "bool", False, ("是否上市", "上市公司")),
+        Column("is_benchmark", "bool", False, ("是否标杆", "行业标杆")),
+        Column("is_partner", "bool", False, ("是否合作伙伴", "生态伙伴")),
+        Column("digital_maturity", "int", False, ("数字化成熟度",), minimum=1, maximum=5),
+        Column("expansion_plan", "text", False, ("扩张计划", "发展计划"), max_length=64),
+        Column("modules_owned", "list", False, ("已购模块", "已有模块"), max_length=512, lowercase=True),
+        Column("created_at", "date", False, ("创建日期", "创建时间", "建档日期")),
+    ),
+    references=(Reference("owner_userid", "users", "user"),),
+    file_aliases=("客户",),
+    stamped=True,
+)
+
+ORDERS = FileKind(
+    "orders",
+    Order,
+    "order_id",
+    (
+        _id("order_id", "订单编号", "订单号", "订单ID", required=True),
+        _id("customer_id", "客户编号", "客户ID", "客户id", required=True),
+        Column("order_date", "date", True, ("下单日期", "订单日期", "日期")),
+        Column("amount", "money", True, ("金额", "订单金额", "合同金额")),
+        Column("cost", "money", False, ("成本",), minimum=0),
+        Column("product_line", "text", False, ("产品线", "产品"), max_length=64),
+        Column(
+            "kind",
+            "enum",
+            False,
+            ("类型", "订单类型"),
+            choices=ORDER_KINDS,
+            value_aliases={"新购": "new", "新签": "new", "续费": "renewal", "续约": "renewal",
+                           "增购": "upsell", "服务": "service"},
+        ),
+    ),
+    references=(Reference("customer_id", "customers", "customer"),),
+    file_aliases=("订单",),
+)
+
+ACTIVITIES = FileKind(
+    "activities",
+    Activity,
+    "activity_id",
+    (
+        _id("activity_id", "活动编号", "记录编号", "记录ID", required=True),
+        _id("customer_id", "客户编号", "客户ID", "客户id", required=True),
+        Column("ts", "datetime", True, ("时间", "发生时间", "活动时间")),
+        Column(
+            "kind",
+            "enum",
+            True,
+            ("类型", "行为类型", "活动类型"),
+            choices=ACTIVITY_KINDS,
+            value_aliases={"登录": "login", "拜访": "visit", "页面浏览": "page_view", "浏览": "page_view",
+                           "下载": "download", "活动": "event", "会议活动": "event", "电话": "call",
+                           "会议": "meeting", "投诉": "complaint"},
+        ),
+        Column("detail", "text", False, ("详情", "内容", "备注"), max_length=4000),
+    ),
+    references=(Reference("customer_id", "customers", "customer"),),
+    file_aliases=("活动", "行为"),
+)
+
+TICKETS = FileKind(
+    "tickets",
+    Ticket,
+    "ticket_id",
+    (
+        _id("ticket_id", "工单编号", "工单号", "工单ID", required=True),
+        _id("customer_id", "客户编号", "客户ID", "客户id", required=True),
+        Column("opened_at", "datetime", True, ("创建时间", "提交时间", "开单时间")),
+        Column("subject", "text", True, ("标题", "问题", "问题描述", "主题"), max_length=512),
+        Column("severity", "enum", False, ("级别", "严重程度", "优先级"), choices=TICKET_SEVERITIES,
+               value_aliases={"p1": "P1", "p2": "P2", "p3": "P3", "p4": "P4"}),
+    ),
+    references=(Reference("customer_id", "customers", "customer"),),
+    file_aliases=("工单",),
+)
+
+# Import order: a kind may only refer to kinds before it.
+FILE_KINDS: tuple[FileKind, ...] = (USERS, CUSTOMERS, ORDERS, ACTIVITIES, TICKETS)
+KINDS_BY_NAME = {kind.name: kind for kind in FILE_KINDS}
+DATA_SUFFIXES = (".csv", ".xlsx")
+
+_NAME_SEPARATOR = re.compile(r"[-_ .]")
+
+
+def kind_of_file(path: Path) -> FileKind | None:
+    """`orders.csv`, `orders_2025.xlsx`, `订单-华东.csv` → ORDERS; anything else → None."""
+    stem = path.stem.lower()
+    for kind in FILE_KINDS:
+        for name in (kind.name, *kind.file_aliases):
+            if stem == name or (stem.startswith(name) and _NAME_SEPARATOR.match(stem[len(name)])):
+                return kind
+    return None
+
+
+def header_names(kind: FileKind) -> dict[str, str]:
+    """Every accepted header spelling (case- and space-insensitive) → canonical column."""
+    names = {}
+    for column in kind.columns:
+        for spelling in (column.name, *column.aliases):
+            names[normalise_header(spelling)] = column.name
+    return names
+
+
+def normalise_header(text: str) -> str:
+    return re.sub(r"[\s_]+", "", str(text)).strip().lower().lstrip("\ufeff")
