@@ -83,7 +83,8 @@ def alembic_config(url: str):
 
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", url)
+    # Alembic reads options through configparser, which treats % as interpolation.
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 

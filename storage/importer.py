@@ -39,7 +39,7 @@ from storage.schema_files import (
     kind_of_file,
     normalise_header,
 )
-from storage.sql import month_of, null_safe_differs
+from storage.sql import bulk_insert, month_of, null_safe_differs
 from storage.validate import BatchValidator, Problem
 
 
@@ -360,30 +360,6 @@ def _staging_table(kind: FileKind, metadata: MetaData) -> Table:
                  prefixes=["TEMPORARY"])
 
 
-def _bulk_insert(connection: Connection, table: Table, frame: pd.DataFrame) -> None:
-    """Write a batch into a staging table fast: COPY on PostgreSQL, executemany on SQLite."""
-    if frame.empty:
-        return
-    columns = list(frame.columns)
-    raw = connection.connection.dbapi_connection
-    if connection.dialect.name == "postgresql":
-        buffer = io.StringIO()
-        frame.to_csv(buffer, header=False, index=False, na_rep="")
-        quoted = ", ".join(f'"{c}"' for c in columns)
-        with raw.cursor() as cursor:
-            with cursor.copy(f"COPY {table.name} ({quoted}) FROM STDIN WITH (FORMAT csv)") as copy:
-                copy.write(buffer.getvalue())
-        return
-    values = frame.astype(object).where(frame.notna(), None)
-    placeholders = ", ".join("?" for _ in columns)
-    cursor = raw.cursor()
-    try:
-        cursor.executemany(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders})",
-                           values.itertuples(index=False, name=None))
-    finally:
-        cursor.close()
-
-
 def _duplicate_problems(connection: Connection, kind: FileKind, names: list[str]) -> list[Problem]:
     key = kind.key
     rows = connection.execute(text(f"""
@@ -438,11 +414,14 @@ def _collect_touched_customers(connection: Connection, kind: FileKind, columns: 
     differs = null_safe_differs(connection.dialect.name, "t", "s", [c for c in columns if c != key])
     connection.execute(text(f"""
         INSERT INTO touched_customers (customer_id)
-        SELECT s.customer_id FROM stage_{kind.name} s LEFT JOIN {table} t ON t.{key} = s.{key}
-        WHERE t.{key} IS NULL OR ({differs})
-        UNION
-        SELECT t.customer_id FROM stage_{kind.name} s JOIN {table} t ON t.{key} = s.{key}
-        WHERE t.customer_id <> s.customer_id"""))
+        SELECT customer_id FROM (
+            SELECT s.customer_id FROM stage_{kind.name} s LEFT JOIN {table} t ON t.{key} = s.{key}
+            WHERE t.{key} IS NULL OR ({differs})
+            UNION
+            SELECT t.customer_id FROM stage_{kind.name} s JOIN {table} t ON t.{key} = s.{key}
+            WHERE t.customer_id <> s.customer_id
+        ) touched WHERE true
+        ON CONFLICT (customer_id) DO NOTHING"""))
 
 
 def _upsert(connection: Connection, kind: FileKind, columns: list[str], stamp: str | None) -> None:
@@ -525,7 +504,7 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                         if column not in columns_seen[kind.name]:
                             columns_seen[kind.name].append(column)
                     valid = valid.assign(_file=source.index, _line=batch.lines[valid.index.to_numpy()])
-                    _bulk_insert(connection, staging[kind.name], valid)
+                    bulk_insert(connection, staging[kind.name].name, valid)
 
             if not log:
                 connection.execute(text("CREATE TEMPORARY TABLE touched_customers (customer_id VARCHAR(64) PRIMARY KEY)"))

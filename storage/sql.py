@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
+import pandas as pd
+from sqlalchemy import Connection
+
 
 def month_of(dialect: str, column: str) -> str:
     """The first day of the column's calendar month, as a DATE."""
@@ -16,3 +21,29 @@ def null_safe_differs(dialect: str, left: str, right: str, columns: list[str]) -
         return "false"
     operator = "IS DISTINCT FROM" if dialect == "postgresql" else "IS NOT"
     return " OR ".join(f"{left}.{c} {operator} {right}.{c}" for c in columns)
+
+
+def bulk_insert(connection: Connection, table: str, frame: pd.DataFrame) -> None:
+    """Append a DataFrame's rows to a table fast, inside the connection's transaction:
+    COPY on PostgreSQL, executemany on SQLite. Values must already be in the form the
+    column stores (dates as ISO text, JSON as text); NaN/None become NULL."""
+    if frame.empty:
+        return
+    columns = list(frame.columns)
+    raw = connection.connection.dbapi_connection
+    if connection.dialect.name == "postgresql":
+        buffer = io.StringIO()
+        frame.to_csv(buffer, header=False, index=False, na_rep="")
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        with raw.cursor() as cursor:
+            with cursor.copy(f"COPY {table} ({quoted}) FROM STDIN WITH (FORMAT csv)") as copy:
+                copy.write(buffer.getvalue())
+        return
+    values = frame.astype(object).where(frame.notna(), None)
+    placeholders = ", ".join("?" for _ in columns)
+    cursor = raw.cursor()
+    try:
+        cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})",
+                           values.itertuples(index=False, name=None))
+    finally:
+        cursor.close()

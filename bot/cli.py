@@ -1,0 +1,190 @@
+"""`python -m bot [--config PATH] COMMAND` — see README "Operations".
+
+Exit codes: 0 success, 2 bad input (one line per problem), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import date, datetime
+from pathlib import Path
+
+import click
+
+from bot.config import Config, ConfigError, load_config
+
+BAD_INPUT = 2
+logger = logging.getLogger("tierbot")
+
+
+class BadInput(click.ClickException):
+    """Exit 2 with every problem on its own line."""
+
+    exit_code = BAD_INPUT
+
+    def __init__(self, problems: list[str], footer: str | None = None):
+        super().__init__("\n".join(problems + ([footer] if footer else [])))
+
+    def show(self, file=None) -> None:
+        click.echo(self.format_message(), err=True)
+
+
+def _parse_day(_ctx, _param, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (expected YYYY-MM-DD)") from None
+
+
+def _today(config: Config) -> date:
+    return datetime.now(config.tz).date()
+
+
+def _progress_default() -> bool:
+    return sys.stderr.isatty()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Configuration file (default: config.yaml beside the code).")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """tierbot: customer tiering for B2B sales teams, in WeCom."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+
+
+def _config(ctx: click.Context) -> Config:
+    if "config" not in ctx.obj:
+        try:
+            ctx.obj["config"] = load_config(ctx.obj["config_path"])
+        except ConfigError as exc:
+            raise BadInput(exc.problems) from None
+    return ctx.obj["config"]
+
+
+def _engine(ctx: click.Context):
+    """The database engine, schema upgraded in place to the newest migration."""
+    from sqlalchemy.exc import OperationalError
+
+    from storage.db import make_engine, upgrade_schema
+
+    config = _config(ctx)
+    if "engine" not in ctx.obj:
+        try:
+            upgrade_schema(config.database.url)
+        except OperationalError as exc:
+            raise click.ClickException(f"database unreachable ({config.database.url.split('@')[-1]}): "
+                                       f"{str(exc.orig).strip().splitlines()[0]}") from None
+        ctx.obj["engine"] = make_engine(config.database.url)
+    return ctx.obj["engine"]
+
+
+@main.command("check-config")
+@click.pass_context
+def check_config(ctx: click.Context) -> None:
+    """Validate config.yaml and the environment; list every problem."""
+    config = _config(ctx)
+    mode = "WeCom" if config.wecom.has_credentials else "sandbox (no WeCom credentials set)"
+    click.echo(f"config OK: database {_safe_url(config.database.url)}, mode {mode}, "
+               f"scoring fingerprint {config.scoring_hash()}")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@main.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--dry-run", is_flag=True, help="Validate only; write nothing.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
+@click.pass_context
+def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, progress: bool | None) -> None:
+    """Import CSV/XLSX files or folders of them, all or nothing."""
+    from storage.importer import ImportFailed, run_import, summarise
+
+    config = _config(ctx)
+    engine = _engine(ctx)
+    try:
+        result = run_import(engine, list(paths), timezone_name=config.timezone,
+                            batch_rows=config.import_.batch_rows, max_errors=config.import_.max_errors_listed,
+                            dry_run=dry_run, progress=_progress_default() if progress is None else progress)
+    except ImportFailed as exc:
+        footer = (f"… and {exc.more:,} more problem(s)" if exc.more else "")
+        footer += ("\n" if footer else "") + "nothing was imported: fix the rows above and run the import again"
+        raise BadInput(exc.problems, footer) from None
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for line in summarise(result):
+        click.echo(line)
+    if dry_run:
+        click.echo("dry run: every row is valid; nothing was written")
+    else:
+        click.echo(f"imported; monthly roll-ups rebuilt for {result.rollups_rebuilt_for:,} customers")
+
+
+@main.command("score")
+@click.option("--as-of", "as_of", callback=_parse_day, help="Score as if on this day (YYYY-MM-DD).")
+@click.pass_context
+def score_command(ctx: click.Context, as_of: date | None) -> None:
+    """Full rescore now; prints customers and revenue per tier."""
+    from bot.rescore import NothingToScore, full_rescore
+    from handlers.text import render
+
+    config = _config(ctx)
+    engine = _engine(ctx)
+    try:
+        outcome, timings = full_rescore(engine, config, as_of or _today(config))
+    except NothingToScore as exc:
+        raise BadInput([str(exc)]) from None
+    click.echo(render("cli/score_summary.j2", lang=config.language, run_id=outcome.run_id,
+                      summary=outcome.summary, changes=outcome.tier_changes, first=outcome.first_assignments))
+    logger.info("read %.2fs, score %.2fs, write %.2fs", timings.read, timings.score, timings.write)
+
+
+@main.group("export")
+def export_group() -> None:
+    """Export data as CSV."""
+
+
+@export_group.command("scores")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
+@click.option("--lang", type=click.Choice(["zh", "en"]), default=None, help="Language of tier names and reasons.")
+@click.pass_context
+def export_scores(ctx: click.Context, out: str, lang: str | None) -> None:
+    """One row per customer from the latest score run."""
+    from storage.export import NoScoreRun, export_scores as write_scores
+
+    config = _config(ctx)
+    try:
+        rows = write_scores(_engine(ctx), Path(out), lang or config.language,
+                            catalogue_size=len(config.scoring.value_matrix.module_catalogue))
+    except NoScoreRun as exc:
+        raise BadInput([str(exc)]) from None
+    click.echo(f"wrote {rows:,} customers to {out}")
+
+
+@main.command("demo")
+@click.option("--customers", default=2000, show_default=True, help="Size of the demo company.")
+@click.option("--seed", default=42, show_default=True)
+@click.pass_context
+def demo_command(ctx: click.Context, customers: int, seed: int) -> None:
+    """The sandbox: generate a demo company, import it, score it, print the summary."""
+    from bot.demo import run_demo
+
+    run_demo(ctx, customers=customers, seed=seed)
+
+
+@main.command("migrate")
+@click.pass_context
+def migrate_command(ctx: click.Context) -> None:
+    """Upgrade the database schema in place (every command also does this first)."""
+    _engine(ctx)
+    click.echo(f"database schema is current: {_safe_url(_config(ctx).database.url)}")

@@ -1,0 +1,69 @@
+"""The sandbox demo: a generated company, imported, scored, summarised.
+
+Until the bot service exists this is all `make run` does; the data is generated once
+per (size, seed) under var/demo/ and reused.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import click
+from sqlalchemy import select
+
+from bot.config import PROJECT_ROOT
+
+DEMO_AS_OF = date(2026, 11, 20)
+EXAMPLES_PER_TIER = 3
+
+
+def run_demo(ctx: click.Context, customers: int, seed: int) -> None:
+    from bot.cli import _config, _engine, _progress_default
+    from bot.rescore import full_rescore
+    from handlers.text import reasons_text, render, tier_name
+    from scoring.generator import generate_company
+    from storage.export import export_scores
+    from storage.importer import run_import, summarise
+    from storage.models import Customer, ScoreSnapshot
+
+    config = _config(ctx)
+    engine = _engine(ctx)
+    lang = config.language
+    data_dir = PROJECT_ROOT / "var" / "demo" / f"company-{customers}-seed{seed}"
+    marker = data_dir / ".complete"
+    if not marker.exists():
+        click.echo(f"generating a demo company of {customers:,} customers in {data_dir} …")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        counts = generate_company(data_dir, customers=customers, seed=seed, as_of=DEMO_AS_OF,
+                                  progress=_progress_default())
+        marker.write_text(json.dumps(counts.__dict__))
+    click.echo(f"importing {data_dir} …")
+    result = run_import(engine, [data_dir], timezone_name=config.timezone, batch_rows=config.import_.batch_rows,
+                        progress=_progress_default())
+    for line in summarise(result):
+        click.echo("  " + line)
+    outcome, _timings = full_rescore(engine, config, DEMO_AS_OF)
+    click.echo()
+    click.echo(render("cli/score_summary.j2", lang=lang, run_id=outcome.run_id, summary=outcome.summary,
+                      changes=outcome.tier_changes, first=outcome.first_assignments))
+    click.echo()
+    catalogue = len(config.scoring.value_matrix.module_catalogue)
+    with engine.connect() as connection:
+        for tier in ("star", "cash_cow", "question_mark", "dog"):
+            rows = connection.execute(
+                select(Customer.customer_id, Customer.name, ScoreSnapshot.current_value,
+                       ScoreSnapshot.potential_value, ScoreSnapshot.reasons)
+                .join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
+                .where(ScoreSnapshot.run_id == outcome.run_id, ScoreSnapshot.tier == tier)
+                .order_by(ScoreSnapshot.current_value.desc(), ScoreSnapshot.customer_id)
+                .limit(EXAMPLES_PER_TIER)).all()
+            click.echo(f"{tier_name(tier, 'zh')} {tier_name(tier, 'en')}")
+            for customer_id, name, current, potential, reasons in rows:
+                reasons = json.loads(reasons) if isinstance(reasons, str) else reasons
+                click.echo(f"  {customer_id} {name}  X={current:.0f} Y={potential:.0f}")
+                click.echo(f"    {reasons_text(reasons, lang, catalogue)}")
+    out = PROJECT_ROOT / "var" / "demo" / "scores.csv"
+    export_scores(engine, out, lang, catalogue)
+    click.echo()
+    click.echo(f"every customer with its tier and reasons: {out}")

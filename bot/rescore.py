@@ -1,0 +1,76 @@
+"""The full rescore job: read aggregates → score every customer → write the run.
+
+Used by `python -m bot score`, the demo, the benchmarks and (later) the scheduler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import pandas as pd
+from sqlalchemy import Engine
+
+from bot.config import Config
+from scoring import TIERS, score_customers
+from scoring.features import build_features
+from storage import scores as store
+
+# A run still "running" after this long belongs to a process that died.
+STALE_RUN_AFTER = timedelta(hours=6)
+
+
+class NothingToScore(Exception):
+    """The database holds no customers yet."""
+
+
+@dataclass(frozen=True)
+class Timings:
+    read: float
+    score: float
+    write: float
+
+
+def summarise_tiers(features: pd.DataFrame, scored: pd.DataFrame) -> dict:
+    """Customers and 12-month revenue per tier, with shares: the run's summary."""
+    revenue = features["revenue_12m"]
+    total_customers = len(scored)
+    total_revenue = float(revenue.sum())
+    tiers = {}
+    for tier in TIERS:
+        members = scored["tier"] == tier
+        tier_revenue = float(revenue[members].sum())
+        tiers[tier] = {
+            "customers": int(members.sum()),
+            "customer_share": round(int(members.sum()) / total_customers, 4) if total_customers else 0.0,
+            "revenue_12m": round(tier_revenue, 2),
+            "revenue_share": round(tier_revenue / total_revenue, 4) if total_revenue else 0.0,
+        }
+    return {"customers": total_customers, "revenue_12m": round(total_revenue, 2), "tiers": tiers}
+
+
+def full_rescore(engine: Engine, config: Config, as_of: date) -> tuple[store.RunOutcome, Timings]:
+    """Score every customer as of `as_of` and record the run. Raises NothingToScore."""
+    import time
+
+    store.abandon_stale_runs(engine, STALE_RUN_AFTER)
+    run_id = store.start_run(engine, as_of, config.scoring_hash())
+    try:
+        started = time.perf_counter()
+        with store.consistent_read(engine) as connection:
+            customers = store.load_customers(connection)
+            aggregates = store.load_aggregates(connection, as_of)
+        if customers.empty:
+            raise NothingToScore("no customers to score: import data first (python -m bot import DIR)")
+        read_done = time.perf_counter()
+        features = build_features(customers, aggregates, as_of)
+        scored = score_customers(features, config.scoring)
+        summary = summarise_tiers(features, scored)
+        summary["as_of"] = as_of.isoformat()
+        score_done = time.perf_counter()
+        outcome = store.write_run(engine, run_id, scored, summary, config.retention.score_runs)
+        finished = time.perf_counter()
+    except BaseException as exc:
+        store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")
+        raise
+    return outcome, Timings(read_done - started, score_done - read_done, finished - score_done)

@@ -1,0 +1,141 @@
+"""Text for people, from templates/: tier names, reason phrases, Jinja2 messages.
+
+Chinese first, English too: every function takes `lang` ("zh" or "en").
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+
+@lru_cache(maxsize=None)
+def _yaml(name: str) -> dict[str, Any]:
+    return yaml.safe_load((TEMPLATES_DIR / name).read_text(encoding="utf-8"))
+
+
+def tier_name(tier: str | None, lang: str = "zh", model: str = "value_matrix") -> str:
+    if not tier:
+        return "—"
+    names = _yaml("tiers.yaml")[model].get(tier)
+    return names[lang] if names else tier
+
+
+def tier_names(model: str = "value_matrix") -> dict[str, dict[str, str]]:
+    return _yaml("tiers.yaml")[model]
+
+
+def money(value: float | None, lang: str = "zh") -> str:
+    """¥320.5万 / ¥1.23亿 in Chinese, ¥3.2M / ¥850K in English."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    sign = "-" if value < 0 else ""
+    amount = abs(float(value))
+    if lang == "zh":
+        if amount >= 1e8:
+            return f"{sign}¥{amount / 1e8:.2f}亿"
+        if amount >= 1e4:
+            return f"{sign}¥{amount / 1e4:.1f}万"
+        return f"{sign}¥{amount:,.0f}"
+    if amount >= 1e9:
+        return f"{sign}¥{amount / 1e9:.2f}B"
+    if amount >= 1e6:
+        return f"{sign}¥{amount / 1e6:.1f}M"
+    if amount >= 1e4:
+        return f"{sign}¥{amount / 1e3:.0f}K"
+    return f"{sign}¥{amount:,.0f}"
+
+
+def percent(share: float | None, signed: bool = False) -> str:
+    if share is None or (isinstance(share, float) and math.isnan(share)):
+        return "—"
+    return f"{share * 100:+.0f}%" if signed else f"{share * 100:.0f}%"
+
+
+def _reason_value(reason: dict[str, Any], lang: str, phrases: dict[str, Any]) -> dict[str, Any]:
+    factor, value = reason["factor"], reason.get("value")
+    fields: dict[str, Any] = {"score": _whole(reason.get("score")), "percentile": _whole(reason.get("percentile"))}
+    if factor in ("revenue_12m", "gross_margin_12m", "contract_value"):
+        fields["value"] = money(value, lang)
+    elif factor in ("repurchase_upsell", "margin_rate"):
+        fields["value"] = percent(value)
+    elif factor == "growth":
+        fields["value"] = percent(value, signed=True)
+    elif factor == "company_size":
+        fields["value"] = f"{int(value):,}" if value is not None else None
+    elif factor == "expansion_plan":
+        plan = phrases["expansion_plans"].get(str(value).lower()) if value else None
+        fields["value"] = plan[lang] if plan else value
+    elif factor == "strategic":
+        flags = phrases["flags"]
+        fields["value"] = ("、" if lang == "zh" else ", ").join(flags[f][lang] for f in value or []) or None
+    elif factor == "cross_sell_room":
+        owned = [m for m in str(value or "").split("|") if m]
+        fields["owned"] = len(owned)
+        fields["total"] = reason.get("catalogue_size", "?")
+        fields["value"] = "|".join(owned)
+    else:
+        fields["value"] = value
+    return fields
+
+
+def _whole(number: float | None) -> int | None:
+    if number is None or (isinstance(number, float) and math.isnan(number)):
+        return None
+    return int(math.floor(number + 1e-9))
+
+
+def reason_text(reason: dict[str, Any], lang: str = "zh", catalogue_size: int | None = None) -> str:
+    """One reason as a phrase, e.g. 「近12个月营收 ¥320.5万，高于92%的客户」."""
+    phrases = _yaml("reasons.yaml")
+    entry = phrases.get(reason["factor"])
+    if entry is None:
+        return reason["factor"]
+    if catalogue_size is not None:
+        reason = {**reason, "catalogue_size": catalogue_size}
+    fields = _reason_value(reason, lang, phrases)
+    missing = fields.get("value") in (None, "", "—") and reason["factor"] != "cross_sell_room"
+    template = entry.get(f"{lang}_none") if missing else None
+    if reason.get("value") == 0:
+        template = entry.get(f"{lang}_zero", template)
+    return (template or entry[lang]).format(**fields)
+
+
+def reasons_text(reasons: list[dict[str, Any]], lang: str = "zh", catalogue_size: int | None = None) -> str:
+    separator = "；" if lang == "zh" else "; "
+    return separator.join(reason_text(r, lang, catalogue_size) for r in reasons)
+
+
+def display_width(text: str) -> int:
+    """Columns a string takes in a terminal: CJK characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def pad(text: Any, width: int, align: str = "left") -> str:
+    """Pad to a terminal width, counting CJK characters as two columns."""
+    text = str(text)
+    fill = " " * max(width - display_width(text), 0)
+    return text + fill if align == "left" else fill + text
+
+
+@lru_cache(maxsize=None)
+def environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False, autoescape=False)
+    env.filters["money"] = money
+    env.filters["percent"] = percent
+    env.filters["tier"] = tier_name
+    env.filters["pad"] = pad
+    return env
+
+
+def render(name: str, **context: Any) -> str:
+    return environment().get_template(name).render(**context)

@@ -1,0 +1,103 @@
+"""Customer features: one row per customer, from its attributes and its order aggregates.
+
+Pure: DataFrames in, a DataFrame out. The database layer hands over per-customer
+aggregates (storage.features), never raw orders.
+
+Windows are calendar-aligned: "the last 12 months" at an as-of date in month M are
+the 11 whole months before M plus M up to and including the as-of day; "12–24" and
+"24–36" are the 12 whole months before that, and the 12 before those.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+
+# Columns the aggregates frame carries (zeros for a customer with no orders).
+AGGREGATE_COLUMNS = (
+    "revenue_12m",
+    "cost_12m",
+    "repeat_revenue_12m",
+    "orders_12m",
+    "revenue_12_24m",
+    "revenue_24_36m",
+    "lifetime_revenue",
+    "lifetime_orders",
+)
+
+CUSTOMER_COLUMNS = (
+    "customer_id",
+    "name",
+    "owner_userid",
+    "industry",
+    "employees",
+    "customer_type",
+    "is_listed",
+    "is_benchmark",
+    "is_partner",
+    "digital_maturity",
+    "expansion_plan",
+    "modules_owned",
+    "created_at",
+)
+
+
+def month_start(day: date) -> date:
+    return day.replace(day=1)
+
+
+def add_months(day: date, months: int) -> date:
+    index = day.year * 12 + (day.month - 1) + months
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def window_starts(as_of: date) -> dict[str, date]:
+    """First day of each window, see the module docstring."""
+    current = month_start(as_of)
+    return {"m0": current, "m12": add_months(current, -11), "m24": add_months(current, -23),
+            "m36": add_months(current, -35)}
+
+
+def build_features(customers: pd.DataFrame, aggregates: pd.DataFrame, as_of: date) -> pd.DataFrame:
+    """Join attributes and aggregates; derive the ratios the models use.
+
+    `customers`: CUSTOMER_COLUMNS. `aggregates`: customer_id, AGGREGATE_COLUMNS,
+    first_order_date, last_order_date (customers without orders may be absent).
+    Returns one row per customer, indexed by customer_id, sorted by it.
+    """
+    frame = customers.set_index("customer_id").sort_index()
+    agg = aggregates.set_index("customer_id")
+    frame = frame.join(agg, how="left")
+    for column in AGGREGATE_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").fillna(0.0).astype(float)
+    for column in ("is_listed", "is_benchmark", "is_partner"):
+        frame[column] = frame[column].fillna(False).astype(bool)
+    frame["employees"] = pd.to_numeric(frame["employees"], errors="coerce")
+    frame["digital_maturity"] = pd.to_numeric(frame["digital_maturity"], errors="coerce")
+    for column in ("first_order_date", "last_order_date", "created_at"):
+        frame[column] = pd.to_datetime(frame[column], errors="coerce")
+
+    revenue = frame["revenue_12m"]
+    frame["gross_margin_12m"] = revenue - frame["cost_12m"]
+    has_revenue = revenue > 0
+    frame["margin_rate"] = np.where(has_revenue, frame["gross_margin_12m"] / revenue.where(has_revenue, 1), np.nan)
+    frame["repurchase_upsell"] = np.where(has_revenue, frame["repeat_revenue_12m"] / revenue.where(has_revenue, 1), 0.0)
+    frame["repurchase_upsell"] = frame["repurchase_upsell"].clip(0, 1)
+    # Contract value over three years damps a single exceptional year (seed 004).
+    frame["contract_value"] = revenue + frame["revenue_12_24m"] + frame["revenue_24_36m"]
+    prior = frame["revenue_12_24m"]
+    frame["growth"] = np.where(prior > 0, revenue / prior.where(prior > 0, 1) - 1, np.nan)
+    as_of_stamp = pd.Timestamp(as_of)
+    frame["days_since_last_order"] = (as_of_stamp - frame["last_order_date"]).dt.days
+    frame["modules_owned"] = frame["modules_owned"].fillna("").astype(str)
+    return frame
+
+
+def modules_owned_count(modules: pd.Series, catalogue: tuple[str, ...]) -> pd.Series:
+    """How many catalogue modules each customer owns ('|'-separated lists)."""
+    items = modules.str.split("|").explode()
+    owned = items[items.isin(catalogue)]
+    counts = owned.groupby(level=0).nunique()
+    return counts.reindex(modules.index, fill_value=0).astype(int)

@@ -1,0 +1,192 @@
+"""The value matrix (价值矩阵 / 四象限): the primary tier.
+
+X = current value, Y = potential + strategic value, each a 0–100 score that is the
+weighted mean of component scores (weights in config, normalised by their sum):
+
+current value components
+  revenue_12m, gross_margin_12m, contract_value (36-month revenue)
+      percentile among all customers: the share of customers with a strictly lower
+      value, ×100. Ties score alike, customers without revenue score 0.
+  margin_rate          percentile among customers with revenue in the last 12 months
+  repurchase_upsell    share of 12-month revenue from renewals and upsells, ×100
+
+potential + strategic components
+  industry_outlook     table in config (0–1) ×100; unlisted industries get the default
+  expansion_plan       table in config (0–1) ×100; another plan gets `expansion_plan_other`,
+                       none 0
+  cross_sell_room      share of the module catalogue the customer does not own yet, ×100
+  digital_maturity     (maturity − 1) / 4 ×100; unknown → `digital_maturity_unknown`
+  growth               50 + 50 × (revenue_12m / revenue_12_24m − 1), clipped to 0–100;
+                       revenue only in the last 12 months → 80, no revenue in either → 50
+  company_size         percentile of employees; unknown → 0
+  strategic            points per flag (benchmark, listed, partner), capped at 100
+
+Tier: high X and high Y → star, high X only → cash_cow, high Y only → question_mark,
+neither → dog, where "high" means score >= the boundary in config.
+
+Reasons: per axis, the two components that weigh most in the direction of the result
+(for a high axis the largest weight × score, for a low one the largest
+weight × (100 − score)), with the raw value and percentile behind each.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from scoring.features import modules_owned_count
+from scoring.params import ValueMatrixParams
+
+TIERS = ("star", "cash_cow", "question_mark", "dog")
+CURRENT_COMPONENTS = ("revenue_12m", "gross_margin_12m", "contract_value", "repurchase_upsell", "margin_rate")
+POTENTIAL_COMPONENTS = ("industry_outlook", "expansion_plan", "cross_sell_room", "digital_maturity", "growth",
+                        "company_size", "strategic")
+REASONS_PER_AXIS = 2
+
+
+def percentile_below(values: pd.Series, among: pd.Series | None = None) -> pd.Series:
+    """Share (0–100) of the population with a strictly lower value. Deterministic for
+    ties (equal values score alike) and independent of row order. Missing → NaN.
+    `among` restricts the population (a boolean mask); others get NaN."""
+    population = values if among is None else values[among]
+    population = population.dropna()
+    if population.empty:
+        return pd.Series(np.nan, index=values.index)
+    ordered = np.sort(population.to_numpy(dtype=float))
+    below = np.searchsorted(ordered, values.to_numpy(dtype=float), side="left")
+    result = pd.Series(below / len(ordered) * 100.0, index=values.index)
+    result[values.isna()] = np.nan
+    if among is not None:
+        result[~among] = np.nan
+    return result
+
+
+def _component_scores(features: pd.DataFrame, params: ValueMatrixParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(scores 0–100, percentiles shown in reasons) per component."""
+    scores = pd.DataFrame(index=features.index)
+    percentiles = pd.DataFrame(index=features.index)
+    for money in ("revenue_12m", "gross_margin_12m", "contract_value"):
+        percentiles[money] = percentile_below(features[money])
+        scores[money] = percentiles[money]
+    with_revenue = features["revenue_12m"] > 0
+    percentiles["margin_rate"] = percentile_below(features["margin_rate"], with_revenue)
+    scores["margin_rate"] = percentiles["margin_rate"].fillna(0.0)
+    scores["repurchase_upsell"] = features["repurchase_upsell"] * 100.0
+
+    outlook = features["industry"].map(params.industry_outlook).astype(float)
+    scores["industry_outlook"] = outlook.fillna(params.industry_outlook_default) * 100.0
+    plan = features["expansion_plan"].fillna("").astype(str).str.strip().str.lower()
+    plan_table = {key.lower(): value for key, value in params.expansion_plan.items()}
+    plan_score = plan.map(plan_table).astype(float)
+    plan_score = plan_score.where(plan_score.notna(), np.where(plan == "", 0.0, params.expansion_plan_other))
+    scores["expansion_plan"] = plan_score * 100.0
+    catalogue = tuple(m.lower() for m in params.module_catalogue)
+    owned = modules_owned_count(features["modules_owned"].str.lower(), catalogue)
+    scores["cross_sell_room"] = (1 - owned / len(catalogue)) * 100.0
+    maturity = features["digital_maturity"]
+    scores["digital_maturity"] = ((maturity - 1) / 4 * 100.0).fillna(params.digital_maturity_unknown)
+    growth = features["growth"]
+    growth_score = (50 + 50 * growth).clip(0, 100)
+    only_recent = growth.isna() & (features["revenue_12m"] > 0)
+    scores["growth"] = growth_score.where(growth.notna(), np.where(only_recent, 80.0, 50.0))
+    percentiles["company_size"] = percentile_below(features["employees"])
+    scores["company_size"] = percentiles["company_size"].fillna(0.0)
+    points = params.strategic_points
+    strategic = (features["is_benchmark"] * points.is_benchmark + features["is_listed"] * points.is_listed
+                 + features["is_partner"] * points.is_partner)
+    scores["strategic"] = strategic.astype(float).clip(0, 100)
+    return scores, percentiles
+
+
+def _weighted(scores: pd.DataFrame, weights: dict[str, float]) -> pd.Series:
+    total = sum(weights.values())
+    matrix = scores[list(weights)].to_numpy(dtype=float)
+    vector = np.array([weights[name] for name in weights], dtype=float)
+    return pd.Series(matrix @ vector / total, index=scores.index)
+
+
+def _top_components(scores: pd.DataFrame, weights: dict[str, float], high: np.ndarray) -> np.ndarray:
+    """Per row, the indices (into `weights`) of the components behind the axis result."""
+    names = list(weights)
+    matrix = scores[names].to_numpy(dtype=float)
+    vector = np.array([weights[n] for n in names], dtype=float)
+    pull = np.where(high[:, None], matrix * vector, (100.0 - matrix) * vector)
+    # A zero-weight component never explains anything.
+    pull = np.where(vector[None, :] > 0, pull, -1.0)
+    # Stable ordering: ties fall back to the configured order of components.
+    return np.argsort(-pull, axis=1, kind="stable")[:, :REASONS_PER_AXIS]
+
+
+_RAW_VALUE = {
+    "revenue_12m": "revenue_12m",
+    "gross_margin_12m": "gross_margin_12m",
+    "contract_value": "contract_value",
+    "repurchase_upsell": "repurchase_upsell",
+    "margin_rate": "margin_rate",
+    "industry_outlook": "industry",
+    "expansion_plan": "expansion_plan",
+    "cross_sell_room": "modules_owned",
+    "digital_maturity": "digital_maturity",
+    "growth": "growth",
+    "company_size": "employees",
+    "strategic": None,
+}
+
+
+def _json_value(value):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, (np.floating, float)):
+        return round(float(value), 4)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return value
+
+
+def score_value_matrix(features: pd.DataFrame, params: ValueMatrixParams) -> pd.DataFrame:
+    """One row per customer: tier, current_value, potential_value, the component
+    scores (`c_<name>`), and `reasons` (a list of dicts, most important first)."""
+    scores, percentiles = _component_scores(features, params)
+    current_weights = params.current_weights.model_dump()
+    potential_weights = params.potential_weights.model_dump()
+    current = _weighted(scores, current_weights).round(2)
+    potential = _weighted(scores, potential_weights).round(2)
+    high_x = (current >= params.boundaries.current_value).to_numpy()
+    high_y = (potential >= params.boundaries.potential_value).to_numpy()
+    tier = np.select([high_x & high_y, high_x, high_y], ["star", "cash_cow", "question_mark"], "dog")
+
+    result = pd.DataFrame({"tier": tier, "current_value": current, "potential_value": potential},
+                          index=features.index)
+    for name in scores.columns:
+        result[f"c_{name}"] = scores[name].round(2)
+    result["reasons"] = _reasons(features, scores, percentiles, current_weights, potential_weights, high_x, high_y)
+    return result
+
+
+def _reasons(features, scores, percentiles, current_weights, potential_weights, high_x, high_y) -> list[list[dict]]:
+    axes = (("current", current_weights, high_x), ("potential", potential_weights, high_y))
+    picks = [(axis, list(weights), _top_components(scores, weights, high), high) for axis, weights, high in axes]
+    flags = features[["is_benchmark", "is_listed", "is_partner"]].to_numpy()
+    columns = {name: features[column].to_numpy(dtype=object) if column else None
+               for name, column in _RAW_VALUE.items()}
+    score_matrix = {name: scores[name].to_numpy() for name in scores.columns}
+    percentile_matrix = {name: percentiles[name].to_numpy() for name in percentiles.columns}
+    reasons: list[list[dict]] = []
+    for row in range(len(features)):
+        entries = []
+        for axis, names, top, high in picks:
+            for position in top[row]:
+                name = names[position]
+                if name == "strategic":
+                    value = [flag for flag, on in zip(("is_benchmark", "is_listed", "is_partner"), flags[row]) if on]
+                else:
+                    value = _json_value(columns[name][row])
+                entry = {"axis": axis, "factor": name, "direction": "high" if high[row] else "low",
+                         "score": _json_value(score_matrix[name][row]), "value": value}
+                if name in percentile_matrix:
+                    entry["percentile"] = _json_value(percentile_matrix[name][row])
+                entries.append(entry)
+        reasons.append(entries)
+    return reasons

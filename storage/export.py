@@ -1,0 +1,60 @@
+"""`python -m bot export scores`: the latest score run as CSV, streamed in bounded memory."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+
+from handlers.text import reasons_text, tier_name
+from storage.models import Customer, ScoreSnapshot
+from storage.scores import latest_run
+
+SCORE_COLUMNS = ("customer_id", "name", "owner_userid", "tier", "tier_name", "current_value", "potential_value",
+                 "reasons")
+
+
+class NoScoreRun(Exception):
+    pass
+
+
+def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: int | None = None) -> int:
+    """Write one row per customer of the latest succeeded run; returns the row count.
+    The file is written beside its final name and renamed, so a crash never leaves half a file."""
+    partial = out.with_name(out.name + ".partial")
+    written = 0
+    with engine.connect() as connection:
+        run = latest_run(connection)
+        if run is None:
+            raise NoScoreRun("no score run yet: run `python -m bot score` first")
+        query = (select(ScoreSnapshot.customer_id, Customer.name, Customer.owner_userid, ScoreSnapshot.tier,
+                        ScoreSnapshot.current_value, ScoreSnapshot.potential_value, ScoreSnapshot.reasons,
+                        ScoreSnapshot.scores)
+                 .join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
+                 .where(ScoreSnapshot.run_id == run.id)
+                 .order_by(ScoreSnapshot.customer_id))
+        rows = connection.execution_options(stream_results=True, yield_per=10_000).execute(query)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            component_names: list[str] | None = None
+            for customer_id, name, owner, tier, current, potential, reasons, scores in rows:
+                scores = json.loads(scores) if isinstance(scores, str) else scores
+                reasons = json.loads(reasons) if isinstance(reasons, str) else reasons
+                if component_names is None:
+                    component_names = list(scores)
+                    writer.writerow([*SCORE_COLUMNS, "as_of", "run_id", *(f"score_{c}" for c in component_names)])
+                writer.writerow([customer_id, name, owner or "", tier, tier_name(tier, lang), f"{current:.2f}",
+                                 f"{potential:.2f}", reasons_text(reasons, lang, catalogue_size),
+                                 run.as_of, run.id, *(_cell(scores.get(c)) for c in component_names)])
+                written += 1
+            if component_names is None:
+                writer.writerow([*SCORE_COLUMNS, "as_of", "run_id"])
+    partial.replace(out)
+    return written
+
+
+def _cell(value) -> str:
+    return "" if value is None else f"{value:.2f}"

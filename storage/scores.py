@@ -1,0 +1,178 @@
+"""Reading what scoring needs and writing what it produces.
+
+Reads: customer attributes and per-customer order aggregates computed in SQL from the
+monthly roll-up (plus the raw orders of the as-of month only). Writes: a score run, its
+snapshot rows, tier changes and each customer's current tier, in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta, timezone
+from typing import Iterator
+
+import pandas as pd
+from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, select, text, update
+
+from scoring.features import AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, window_starts
+from storage.models import Customer, ScoreRun, ScoreSnapshot
+from storage.sql import bulk_insert
+
+_NOW = bindparam("now", type_=DateTime(timezone=True))
+
+_AGGREGATES_SQL = """
+WITH monthly AS (
+    SELECT customer_id, month, revenue, cost, repeat_revenue, orders, first_order_date, last_order_date
+    FROM customer_months WHERE month < :m0
+    UNION ALL
+    SELECT customer_id, :m0 AS month, SUM(amount), SUM(COALESCE(cost, 0)),
+           SUM(CASE WHEN kind IN ('renewal', 'upsell') THEN amount ELSE 0 END), COUNT(*),
+           MIN(order_date), MAX(order_date)
+    FROM orders WHERE order_date >= :m0 AND order_date <= :as_of
+    GROUP BY customer_id
+)
+SELECT customer_id,
+       SUM(CASE WHEN month >= :m12 THEN revenue ELSE 0 END) AS revenue_12m,
+       SUM(CASE WHEN month >= :m12 THEN cost ELSE 0 END) AS cost_12m,
+       SUM(CASE WHEN month >= :m12 THEN repeat_revenue ELSE 0 END) AS repeat_revenue_12m,
+       SUM(CASE WHEN month >= :m12 THEN orders ELSE 0 END) AS orders_12m,
+       SUM(CASE WHEN month >= :m24 AND month < :m12 THEN revenue ELSE 0 END) AS revenue_12_24m,
+       SUM(CASE WHEN month >= :m36 AND month < :m24 THEN revenue ELSE 0 END) AS revenue_24_36m,
+       SUM(revenue) AS lifetime_revenue,
+       SUM(orders) AS lifetime_orders,
+       MIN(first_order_date) AS first_order_date,
+       MAX(last_order_date) AS last_order_date
+FROM monthly
+GROUP BY customer_id
+"""
+
+
+def load_aggregates(connection: Connection, as_of: date) -> pd.DataFrame:
+    statement = text(_AGGREGATES_SQL).bindparams(
+        *(bindparam(name, type_=Date) for name in ("m0", "m12", "m24", "m36", "as_of")))
+    if connection.dialect.name == "postgresql":
+        statement = text(_AGGREGATES_SQL.replace(":m0 AS month", "CAST(:m0 AS DATE) AS month")).bindparams(
+            *(bindparam(name, type_=Date) for name in ("m0", "m12", "m24", "m36", "as_of")))
+    rows = connection.execute(statement, {**window_starts(as_of), "as_of": as_of})
+    frame = pd.DataFrame(rows.all(), columns=["customer_id", *AGGREGATE_COLUMNS, "first_order_date",
+                                              "last_order_date"])
+    for column in AGGREGATE_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column]).astype(float)
+    return frame
+
+
+def load_customers(connection: Connection) -> pd.DataFrame:
+    columns = [getattr(Customer, name) for name in CUSTOMER_COLUMNS] + [Customer.tier]
+    rows = connection.execute(select(*columns))
+    return pd.DataFrame(rows.all(), columns=[*CUSTOMER_COLUMNS, "tier"])
+
+
+@contextmanager
+def consistent_read(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction in which every query sees the same committed state."""
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection = connection.execution_options(isolation_level="REPEATABLE READ")
+        with connection.begin():
+            yield connection
+
+
+# ---------------------------------------------------------------- runs
+
+def start_run(engine: Engine, as_of: date, config_hash: str, kind: str = "full") -> int:
+    """Record a run as running, in its own transaction, so a crash leaves a trace."""
+    with engine.begin() as connection:
+        return connection.execute(
+            ScoreRun.__table__.insert().values(started_at=_now(), as_of=as_of, status="running", kind=kind,
+                                               config_hash=config_hash).returning(ScoreRun.id)).scalar_one()
+
+
+def fail_run(engine: Engine, run_id: int, error: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(update(ScoreRun).where(ScoreRun.id == run_id)
+                           .values(status="failed", finished_at=_now(), error=error[:2000]))
+
+
+def abandon_stale_runs(engine: Engine, older_than: timedelta) -> int:
+    """Runs left 'running' by a process that died are marked failed."""
+    with engine.begin() as connection:
+        result = connection.execute(update(ScoreRun).where(ScoreRun.status == "running",
+                                                           ScoreRun.started_at < _now() - older_than)
+                                    .values(status="failed", finished_at=_now(),
+                                            error="abandoned: the process running it stopped"))
+        return result.rowcount or 0
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: int
+    customers: int
+    tier_changes: int
+    first_assignments: int
+    summary: dict
+
+
+def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, summary: dict, keep_runs: int) -> RunOutcome:
+    """Snapshot rows, tier history and current tiers, then mark the run succeeded — all
+    in one transaction, so a crash leaves the previous state untouched."""
+    now = _now()
+    score_columns = [c for c in scored.columns if c.startswith("c_")]
+    snapshot = pd.DataFrame({
+        "run_id": run_id,
+        "customer_id": scored.index.to_numpy(),
+        "tier": scored["tier"].to_numpy(),
+        "current_value": scored["current_value"].to_numpy(),
+        "potential_value": scored["potential_value"].to_numpy(),
+        "scores": _json_rows(scored[score_columns].rename(columns=lambda c: c[2:])),
+        "reasons": [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in scored["reasons"]],
+    })
+    with engine.begin() as connection:
+        bulk_insert(connection, ScoreSnapshot.__tablename__, snapshot)
+        changed_at = {"run_id": run_id, "now": now}
+        connection.execute(text("""
+            INSERT INTO tier_history (customer_id, run_id, model, from_tier, to_tier, changed_at, reasons)
+            SELECT s.customer_id, s.run_id, 'value_matrix', c.tier, s.tier, :now, s.reasons
+            FROM score_snapshots s JOIN customers c ON c.customer_id = s.customer_id
+            WHERE s.run_id = :run_id AND (c.tier IS NULL OR c.tier <> s.tier)""").bindparams(_NOW), changed_at)
+        connection.execute(text("""
+            UPDATE customers SET
+                tier = (SELECT s.tier FROM score_snapshots s
+                        WHERE s.run_id = :run_id AND s.customer_id = customers.customer_id),
+                tier_since = :now
+            WHERE customer_id IN (SELECT customer_id FROM tier_history WHERE run_id = :run_id)""").bindparams(_NOW),
+            changed_at)
+        changes, first = connection.execute(text("""
+            SELECT SUM(CASE WHEN from_tier IS NOT NULL THEN 1 ELSE 0 END),
+                   SUM(CASE WHEN from_tier IS NULL THEN 1 ELSE 0 END)
+            FROM tier_history WHERE run_id = :run_id"""), {"run_id": run_id}).one()
+        connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(
+            status="succeeded", finished_at=_now(), customers=len(scored), tier_changes=int(changes or 0),
+            summary=summary))
+        _prune_snapshots(connection, keep_runs)
+    return RunOutcome(run_id, len(scored), int(changes or 0), int(first or 0), summary)
+
+
+def _prune_snapshots(connection: Connection, keep_runs: int) -> None:
+    kept = select(ScoreRun.id).where(ScoreRun.status == "succeeded").order_by(ScoreRun.id.desc()).limit(keep_runs)
+    oldest_kept = connection.execute(select(func.min(kept.subquery().c.id))).scalar()
+    if oldest_kept is not None:
+        connection.execute(ScoreSnapshot.__table__.delete().where(ScoreSnapshot.run_id < oldest_kept))
+
+
+def _json_rows(frame: pd.DataFrame) -> list[str]:
+    records = frame.to_dict(orient="records")
+    return [json.dumps({k: (None if pd.isna(v) else v) for k, v in record.items()}, separators=(",", ":"))
+            for record in records]
+
+
+def latest_run(connection: Connection):
+    """The newest succeeded run as a row (id, as_of, summary, ...), or None."""
+    runs = ScoreRun.__table__
+    return connection.execute(select(runs).where(runs.c.status == "succeeded")
+                              .order_by(runs.c.id.desc()).limit(1)).first()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,266 @@
+"""Import: the documented formats load, re-imports change nothing, bad input changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from openpyxl import Workbook
+from sqlalchemy import func, select, text
+
+from storage.importer import ImportFailed, run_import
+from storage.models import Customer, CustomerMonth, Order, User
+from tests.company import CUSTOMERS_HEADER, ORDERS_HEADER, USERS, USERS_HEADER, write_company
+from tests.conftest import write_csv
+
+
+def _state(engine) -> dict:
+    """Everything an import can change, to compare before and after."""
+    with engine.connect() as connection:
+        return {
+            table: connection.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2")).all()
+            for table in ("users", "customers", "orders", "customer_months", "activities", "activity_months")
+        }
+
+
+def _count(engine, model) -> int:
+    with engine.connect() as connection:
+        return connection.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def _import_fails(engine, paths, **kwargs) -> list[str]:
+    with pytest.raises(ImportFailed) as failure:
+        run_import(engine, paths, **kwargs)
+    return failure.value.problems
+
+
+def test_company_imports_and_second_import_changes_nothing(engine, tmp_path):
+    folder = write_company(tmp_path / "crm")
+    first = run_import(engine, [folder])
+    assert first.kinds["customers"].new == 28
+    assert first.kinds["orders"].new == _count(engine, Order) > 0
+    before = _state(engine)
+
+    second = run_import(engine, [folder])
+
+    assert second.kinds["orders"].unchanged == second.kinds["orders"].rows
+    assert second.kinds["customers"].changed == 0 and second.kinds["users"].changed == 0
+    assert second.rollups_rebuilt_for == 0
+    assert _state(engine) == before
+
+
+def test_changed_order_updates_row_and_monthly_rollup(engine, tmp_path):
+    folder = write_company(tmp_path / "crm")
+    run_import(engine, [folder])
+    write_csv(tmp_path / "fix" / "orders.csv", ORDERS_HEADER,
+              [["QM1-O000", "QM1", "2026-10-11", "50000.00", "30000.00", "crm", "new"]])
+
+    result = run_import(engine, [tmp_path / "fix"])
+
+    assert (result.kinds["orders"].changed, result.kinds["orders"].new) == (1, 0)
+    with engine.connect() as connection:
+        months = connection.execute(select(CustomerMonth.month, CustomerMonth.revenue)
+                                    .where(CustomerMonth.customer_id == "QM1")).all()
+    assert [(str(m), r) for m, r in months] == [("2026-10-01", 50000.0)]
+
+
+def test_order_moved_to_other_customer_rebuilds_both_rollups(engine, tmp_path):
+    run_import(engine, [write_company(tmp_path / "crm")])
+    write_csv(tmp_path / "fix" / "orders.csv", ORDERS_HEADER,
+              [["QM1-O000", "DOG1", "2026-10-11", "20000.00", "12000.00", "crm", "new"]])
+    run_import(engine, [tmp_path / "fix"])
+    with engine.connect() as connection:
+        qm = connection.execute(select(func.count()).select_from(CustomerMonth)
+                                .where(CustomerMonth.customer_id == "QM1")).scalar_one()
+        dog = connection.execute(select(func.sum(CustomerMonth.revenue))
+                                 .where(CustomerMonth.customer_id == "DOG1")).scalar_one()
+    assert qm == 0 and dog == 20800.0
+
+
+def test_one_bad_date_names_file_and_line_and_writes_nothing(engine, tmp_path):
+    folder = write_company(tmp_path / "crm")
+    run_import(engine, [folder])
+    before = _state(engine)
+    lines = (folder / "orders.csv").read_text(encoding="utf-8").splitlines()
+    lines[41] = lines[41].replace("-15,", "-32,", 1)  # line 42 of the file
+    lines.append("NEW-1,QM1,2026-11-01,10.00,1.00,crm,upsell")  # a valid new row must not land either
+    (folder / "orders.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    problems = _import_fails(engine, [folder])
+
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{folder / 'orders.csv'}:42: order_date: not a date")
+    assert _state(engine) == before
+
+
+def test_every_kind_of_bad_row_is_listed(engine, tmp_path):
+    write_csv(tmp_path / "users.csv", USERS_HEADER, USERS + [["ghost", "鬼", "wizard", "nobody", "", ""]])
+    write_csv(tmp_path / "customers.csv", CUSTOMERS_HEADER, [
+        ["C1", "甲公司", "rep_a", "物流", "华东", "abc", "end_user", "maybe", "", "", 9, "", "", "2024-01-01"],
+        ["C2", "乙公司", "rep_x", "物流", "华东", "", "", "", "", "", "", "", "", ""],
+    ])
+    write_csv(tmp_path / "orders.csv", ORDERS_HEADER, [
+        ["O1", "C1", "2025-01-01", "12.3.4", "", "", "new"],
+        ["O2", "C1", "2025-01-01", "100", "", "", "gift"],
+        ["O1", "C1", "2025-01-02", "100", "", "", "new"],
+        ["O3", "NOPE", "2025-01-02", "100", "", "", "new"],
+        ["", "C1", "", "", "", "", ""],
+    ])
+
+    problems = _import_fails(engine, [tmp_path])
+
+    joined = "\n".join(problems)
+    users, customers, orders = (str(tmp_path / f"{k}.csv") for k in ("users", "customers", "orders"))
+    assert f"{users}:6: role: must be one of rep, manager, agent, admin: 'wizard'" in joined
+    assert f"{customers}:2: employees: not a whole number: 'abc'" in joined
+    assert f"{customers}:2: is_listed: not a yes/no value" in joined
+    assert f"{customers}:2: digital_maturity: not a whole number from 1 to 5: '9'" in joined
+    assert f"{orders}:2: amount: not a number: '12.3.4'" in joined
+    assert f"{orders}:3: kind: must be one of new, renewal, upsell, service: 'gift'" in joined
+    assert f"{orders}:6: order_id: missing value" in joined
+    assert f"{orders}:6: order_date: missing value" in joined
+    assert _count(engine, User) == 0 and _count(engine, Customer) == 0
+
+
+def test_duplicate_ids_and_unknown_references_are_reported(engine, tmp_path):
+    write_csv(tmp_path / "users.csv", USERS_HEADER, USERS)
+    write_csv(tmp_path / "customers.csv", CUSTOMERS_HEADER, [
+        ["C1", "甲公司", "rep_a", "", "", "", "", "", "", "", "", "", "", ""],
+        ["C2", "乙公司", "rep_x", "", "", "", "", "", "", "", "", "", "", ""],
+    ])
+    write_csv(tmp_path / "orders.csv", ORDERS_HEADER, [
+        ["O1", "C1", "2025-01-01", "100", "", "", "new"],
+        ["O1", "C1", "2025-01-02", "100", "", "", "new"],
+    ])
+    problems = _import_fails(engine, [tmp_path])
+    assert problems == [f"{tmp_path / 'customers.csv'}:3: owner_userid: unknown user 'rep_x' "
+                        "(not in the database nor in the users file)"]
+
+    write_csv(tmp_path / "customers.csv", CUSTOMERS_HEADER, [["C1", "甲公司", "rep_a"] + [""] * 11])
+    write_csv(tmp_path / "orders_more.csv", ORDERS_HEADER, [["O9", "C404", "2025-01-01", "1", "", "", ""]])
+    problems = _import_fails(engine, [tmp_path])
+    assert problems == [
+        f"{tmp_path / 'orders.csv'}:3: order_id: duplicate id 'O1' (first at line 2)",
+        f"{tmp_path / 'orders_more.csv'}:2: customer_id: unknown customer 'C404' "
+        "(not in the database nor in the customers file)",
+    ]
+    (tmp_path / "orders.csv").unlink()
+    problems = _import_fails(engine, [tmp_path])
+    assert problems == [f"{tmp_path / 'orders_more.csv'}:2: customer_id: unknown customer 'C404' "
+                        "(not in the database nor in the customers file)"]
+    assert _count(engine, Customer) == 0
+
+
+def test_missing_required_column_and_unknown_column(engine, tmp_path):
+    write_csv(tmp_path / "users.csv", ["userid", "name", "favourite_colour"], [["u1", "甲", "blue"]])
+    problems = _import_fails(engine, [tmp_path / "users.csv"])
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{tmp_path / 'users.csv'}:1: role: missing required column")
+
+
+def test_wrong_encoding_is_named_with_its_line(engine, tmp_path):
+    write_csv(tmp_path / "users.csv", USERS_HEADER, USERS, encoding="gb18030")
+    problems = _import_fails(engine, [tmp_path / "users.csv"])
+    assert problems == [f"{tmp_path / 'users.csv'}:2: (file): not UTF-8 text (it looks like GBK/GB18030, "
+                        "as Excel saves in Chinese Windows: save it as UTF-8 CSV)"]
+
+
+def test_unrecognised_file_name_and_missing_path(engine, tmp_path):
+    write_csv(tmp_path / "stuff.csv", ["a"], [["1"]])
+    problems = _import_fails(engine, [tmp_path / "stuff.csv", tmp_path / "nope"])
+    assert problems[0].startswith(f"{tmp_path / 'stuff.csv'}: cannot tell what the file holds from its name")
+    assert problems[1] == f"{tmp_path / 'nope'}: no such file or folder"
+
+
+def test_chinese_headers_and_values_are_accepted(engine, tmp_path):
+    write_csv(tmp_path / "用户.csv", ["企业微信ID", "姓名", "角色", "上级"], [["boss", "王总", "经理", ""],
+                                                                          ["rep1", "张三", "销售", "boss"]])
+    write_csv(tmp_path / "客户.csv", ["客户编号", "客户名称", "负责人", "是否上市", "客户类型", "已购模块"],
+              [["K1", "华东机械", "rep1", "是", "经销商", "Finance｜CRM"]])
+    write_csv(tmp_path / "订单.csv", ["订单编号", "客户编号", "下单日期", "金额", "订单类型"],
+              [["D1", "K1", "2025/03/01", "¥1,200.50", "续费"]])
+    run_import(engine, [tmp_path])
+    with engine.connect() as connection:
+        customer = connection.execute(select(Customer.is_listed, Customer.customer_type, Customer.modules_owned)).one()
+        order = connection.execute(select(Order.order_date, Order.amount, Order.kind)).one()
+    assert tuple(customer) == (True, "dealer", "finance|crm")
+    assert (str(order.order_date), order.amount, order.kind) == ("2025-03-01", 1200.5, "renewal")
+
+
+def test_xlsx_files_import_like_csv(engine, tmp_path):
+    from datetime import datetime
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(USERS_HEADER)
+    for row in USERS:
+        sheet.append(row)
+    book.save(tmp_path / "users.xlsx")
+    book = Workbook()
+    sheet = book.active
+    sheet.append(CUSTOMERS_HEADER)
+    sheet.append(["C1", "甲公司", "rep_a", "物流", "华东", 120, "end_user", True, False, None, 3, None, None,
+                  datetime(2024, 5, 6)])
+    sheet.append(["C2", "乙公司", "rep_b", "物流", "华东", 1.5, "end_user", None, None, None, None, None, None, None])
+    book.save(tmp_path / "customers.xlsx")
+
+    problems = _import_fails(engine, [tmp_path])
+    assert problems == [f"{tmp_path / 'customers.xlsx'}:3: employees: not a whole number: '1.5'"]
+
+    sheet.delete_rows(3)
+    book.save(tmp_path / "customers.xlsx")
+    run_import(engine, [tmp_path])
+    with engine.connect() as connection:
+        row = connection.execute(select(Customer.employees, Customer.is_listed, Customer.created_at)).one()
+    assert (row.employees, row.is_listed, str(row.created_at)) == (120, True, "2024-05-06")
+
+
+def test_record_spanning_lines_reports_its_real_line(engine, tmp_path):
+    (tmp_path / "users.csv").write_text(
+        'userid,name,role\nu1,"多行\n名字",rep\nu2,乙,rep\nu3,丙,boss\n', encoding="utf-8")
+    problems = _import_fails(engine, [tmp_path / "users.csv"])
+    assert problems == [f"{tmp_path / 'users.csv'}:5: role: must be one of rep, manager, agent, admin: 'boss'"]
+
+
+def test_dry_run_validates_and_writes_nothing(engine, tmp_path):
+    folder = write_company(tmp_path / "crm")
+    result = run_import(engine, [folder], dry_run=True)
+    assert result.kinds["orders"].new > 0
+    assert _count(engine, Order) == 0 and _count(engine, Customer) == 0
+
+
+def test_problem_list_is_capped_with_a_count_of_the_rest(engine, tmp_path):
+    write_csv(tmp_path / "users.csv", USERS_HEADER, [[f"u{i}", "x", "pilot", "", "", ""] for i in range(30)])
+    with pytest.raises(ImportFailed) as failure:
+        run_import(engine, [tmp_path], max_errors=5)
+    assert len(failure.value.problems) == 5 and failure.value.more == 25
+
+
+def test_small_batches_give_the_same_result(engine, tmp_path):
+    folder = write_company(tmp_path / "crm")
+    run_import(engine, [folder], batch_rows=100)
+    with engine.connect() as connection:
+        months = connection.execute(select(func.count()).select_from(CustomerMonth)).scalar_one()
+        revenue = connection.execute(select(func.sum(Order.amount))).scalar_one()
+        rolled = connection.execute(select(func.sum(CustomerMonth.revenue))).scalar_one()
+    assert months > 0 and round(revenue, 2) == round(rolled, 2)
+
+
+def test_activities_and_tickets_import(engine, tmp_path: Path):
+    folder = write_company(tmp_path / "crm")
+    write_csv(folder / "activities.csv", ["activity_id", "customer_id", "ts", "kind", "detail"], [
+        ["A1", "STAR1", "2026-11-01T09:30:00", "page_view", "/products/mes"],
+        ["A2", "STAR1", "2026-11-02T10:00:00+08:00", "下载", "/cases/a.pdf"],
+        ["A3", "QM1", "2026-10-02 14:00", "complaint", "交付延期"],
+    ])
+    write_csv(folder / "tickets.csv", ["ticket_id", "customer_id", "opened_at", "subject", "severity"],
+              [["T1", "STAR1", "2026-11-03T08:00:00", "系统无法登录", "p1"]])
+    result = run_import(engine, [folder], timezone_name="Asia/Shanghai")
+    assert result.kinds["activities"].new == 3 and result.kinds["tickets"].new == 1
+    with engine.connect() as connection:
+        months = connection.execute(text(
+            "SELECT customer_id, kind, events FROM activity_months ORDER BY customer_id, kind")).all()
+        severity = connection.execute(text("SELECT severity FROM tickets")).scalar_one()
+    assert [tuple(m) for m in months] == [("QM1", "complaint", 1), ("STAR1", "download", 1),
+                                          ("STAR1", "page_view", 1)]
+    assert severity == "P1"
