@@ -163,8 +163,10 @@ _FRIENDLY = {
 def _describe(error: dict[str, Any]) -> str:
     template = _FRIENDLY.get(error["type"])
     if template:
+        context = {key: f"{value:g}" if isinstance(value, float) else value
+                   for key, value in (error.get("ctx") or {}).items()}
         try:
-            return template.format(**(error.get("ctx") or {}))
+            return template.format(**context)
         except (KeyError, IndexError):
             pass
     message = error["msg"]
@@ -174,6 +176,12 @@ def _describe(error: dict[str, Any]) -> str:
 def _format_path(loc: tuple[Any, ...]) -> str:
     parts = ["import" if part == "import_" else str(part) for part in loc]
     return ".".join(parts) if parts else "(top level)"
+
+
+def _without_empty(tree: dict[str, Any]) -> dict[str, Any]:
+    """A key left empty in YAML (`database:` with only comments below) means "the default"."""
+    return {key: _without_empty(value) if isinstance(value, dict) else value
+            for key, value in tree.items() if value is not None}
 
 
 def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: str) -> None:
@@ -206,7 +214,7 @@ def load_config(path: Path | str | None = None, environ: dict[str, str] | None =
             raise ConfigError([f"{config_path}: not UTF-8 text"]) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError([f"{config_path}: the top level must be a mapping of settings"])
-        raw = loaded or {}
+        raw = _without_empty(loaded or {})
     elif path:
         raise ConfigError([f"{config_path}: no such file"])
 

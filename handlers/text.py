@@ -68,7 +68,7 @@ def _reason_value(reason: dict[str, Any], lang: str, phrases: dict[str, Any]) ->
     elif factor in ("repurchase_upsell", "margin_rate"):
         fields["value"] = percent(value)
     elif factor == "growth":
-        fields["value"] = percent(value, signed=True)
+        fields["value"] = percent(value, signed=True) if isinstance(value, (int, float)) else value
     elif factor == "company_size":
         fields["value"] = f"{int(value):,}" if value is not None else None
     elif factor == "expansion_plan":
@@ -106,6 +106,8 @@ def reason_text(reason: dict[str, Any], lang: str = "zh", catalogue_size: int | 
     template = entry.get(f"{lang}_none") if missing else None
     if reason.get("value") == 0:
         template = entry.get(f"{lang}_zero", template)
+    elif reason.get("value") == "new":
+        template = entry.get(f"{lang}_new", template)
     return (template or entry[lang]).format(**fields)
 
 

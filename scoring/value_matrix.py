@@ -17,7 +17,8 @@ potential + strategic components
   cross_sell_room      share of the module catalogue the customer does not own yet, ×100
   digital_maturity     (maturity − 1) / 4 ×100; unknown → `digital_maturity_unknown`
   growth               50 + 50 × (revenue_12m / revenue_12_24m − 1), clipped to 0–100;
-                       revenue only in the last 12 months → 80, no revenue in either → 50
+                       revenue only in the last 12 months → 80 (reason value "new"),
+                       no revenue in either → 50
   company_size         percentile of employees; unknown → 0
   strategic            points per flag (benchmark, listed, partner), capped at 100
 
@@ -172,6 +173,7 @@ def _reasons(features, scores, percentiles, current_weights, potential_weights, 
     columns = {name: features[column].to_numpy(dtype=object) if column else None
                for name, column in _RAW_VALUE.items()}
     score_matrix = {name: scores[name].to_numpy() for name in scores.columns}
+    revenue = features["revenue_12m"].to_numpy()
     percentile_matrix = {name: percentiles[name].to_numpy() for name in percentiles.columns}
     reasons: list[list[dict]] = []
     for row in range(len(features)):
@@ -181,6 +183,8 @@ def _reasons(features, scores, percentiles, current_weights, potential_weights, 
                 name = names[position]
                 if name == "strategic":
                     value = [flag for flag, on in zip(("is_benchmark", "is_listed", "is_partner"), flags[row]) if on]
+                elif name == "growth" and np.isnan(columns["growth"][row]) and revenue[row] > 0:
+                    value = "new"  # revenue this year, none the year before
                 else:
                     value = _json_value(columns[name][row])
                 entry = {"axis": axis, "factor": name, "direction": "high" if high[row] else "low",

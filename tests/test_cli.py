@@ -1,0 +1,93 @@
+"""The CLI as an admin runs it: exit 0 on success, 2 with one line per problem."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from bot.cli import main
+from bot.config import PROJECT_ROOT
+from tests.company import write_company
+from tests.conftest import write_csv
+
+
+@pytest.fixture
+def cli(database_url):
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, list(args), env={"TIERBOT_DATABASE_URL": database_url}, catch_exceptions=False)
+
+    return invoke
+
+
+def test_import_score_export_round_trip(cli, tmp_path):
+    folder = write_company(tmp_path / "crm")
+
+    imported = cli("import", str(folder), "--no-progress")
+    assert imported.exit_code == 0, imported.output
+    assert "orders: 914 rows — 914 new, 0 changed, 0 unchanged" in imported.stdout
+
+    again = cli("import", str(folder), "--no-progress")
+    assert "orders: 914 rows — 0 new, 0 changed, 914 unchanged" in again.stdout
+
+    scored = cli("score", "--as-of", "2026-11-20")
+    assert scored.exit_code == 0, scored.output
+    assert "28 个客户" in scored.stdout
+    assert "明星客户 Star" in scored.stdout and "瘦狗客户 Dog" in scored.stdout
+
+    exported = cli("export", "scores", "--out", str(tmp_path / "out.csv"), "--lang", "en")
+    assert exported.exit_code == 0 and "wrote 28 customers" in exported.stdout
+    text = (tmp_path / "out.csv").read_text(encoding="utf-8")
+    assert "STAR1,星辰半导体股份有限公司,rep_a,star,Star," in text
+    assert "revenue in the last 12 months" in text
+
+
+def test_bad_rows_exit_2_listing_each_and_nothing_is_imported(cli, tmp_path):
+    write_csv(tmp_path / "users.csv", ["userid", "name", "role"], [["u1", "甲", "rep"], ["u2", "乙", "chief"]])
+    result = cli("import", str(tmp_path), "--no-progress")
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'users.csv'}:3: role: must be one of rep, manager, agent, admin: 'chief'" in result.stderr
+    assert "nothing was imported" in result.stderr
+    assert "0 rows" not in result.stdout and cli("score").exit_code == 2
+
+
+def test_dry_run_reports_and_writes_nothing(cli, tmp_path):
+    folder = write_company(tmp_path / "crm")
+    result = cli("import", "--dry-run", str(folder), "--no-progress")
+    assert result.exit_code == 0 and "dry run: every row is valid; nothing was written" in result.stdout
+    nothing = cli("score")
+    assert nothing.exit_code == 2
+    assert "no customers to score: import data first" in nothing.stderr
+
+
+def test_export_before_any_run_and_bad_as_of_are_bad_input(cli, tmp_path):
+    result = cli("export", "scores", "--out", str(tmp_path / "x.csv"))
+    assert result.exit_code == 2 and "no score run yet" in result.stderr
+    assert not (tmp_path / "x.csv").exists()
+    bad_day = cli("score", "--as-of", "2026-13-01")
+    assert bad_day.exit_code == 2 and "'2026-13-01' is not a date (expected YYYY-MM-DD)" in bad_day.stderr
+
+
+def test_check_config_as_a_real_process_lists_every_problem(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("http:\n  port: 0\nscoring:\n  value_matrix:\n    boundaries:\n      potential_value: x\n",
+                    encoding="utf-8")
+    environment = {**os.environ, "TIERBOT_TIMEZONE": "Nowhere/Land"}
+    process = subprocess.run([sys.executable, "-m", "bot", "--config", str(path), "check-config"],
+                             cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True, timeout=60)
+    assert process.returncode == 2
+    assert process.stderr.splitlines() == [
+        "timezone (from TIERBOT_TIMEZONE): unknown time zone 'Nowhere/Land' (e.g. Asia/Shanghai)",
+        "http.port: must be a number >= 1",
+        "scoring.value_matrix.boundaries.potential_value: must be a number",
+    ]
+
+
+def test_check_config_accepts_the_shipped_file():
+    result = CliRunner().invoke(main, ["check-config"], env={"TIERBOT_DATABASE_URL": "sqlite:///unused.db"})
+    assert result.exit_code == 0 and result.stdout.startswith("config OK")

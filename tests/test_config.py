@@ -1,0 +1,79 @@
+"""Configuration: the shipped file is valid and documents the defaults; every problem is
+reported with its key path; the environment overrides the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+
+
+def _problems(tmp_path: Path, text: str, environ: dict | None = None) -> list[str]:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as failure:
+        load_config(path, environ=environ or {})
+    return failure.value.problems
+
+
+def test_shipped_config_is_valid_and_equals_the_defaults():
+    shipped = load_config(DEFAULT_CONFIG_PATH, environ={})
+    assert shipped == Config()
+
+
+def test_every_problem_is_listed_with_its_key_path(tmp_path):
+    problems = _problems(tmp_path, """
+http:
+  port: seventy
+scoring:
+  value_matrix:
+    current_weights:
+      revenue_12m: -1
+      revenu_12m: 0.3
+    boundaries:
+      current_value: 120
+    industry_outlook:
+      半导体: 2
+timezone: Mars/Olympus
+""")
+    assert "http.port: must be a whole number" in problems
+    assert "scoring.value_matrix.current_weights.revenue_12m: must be a number >= 0" in problems
+    assert "scoring.value_matrix.current_weights.revenu_12m: unknown setting (misspelt?)" in problems
+    assert "scoring.value_matrix.boundaries.current_value: must be a number <= 100" in problems
+    assert "scoring.value_matrix.industry_outlook.半导体: must be a number <= 1" in problems
+    assert "timezone: unknown time zone 'Mars/Olympus' (e.g. Asia/Shanghai)" in problems
+    assert len(problems) == 6
+
+
+def test_all_weights_zero_is_refused(tmp_path):
+    zeros = "\n".join(f"      {k}: 0" for k in ("revenue_12m", "gross_margin_12m", "contract_value",
+                                                "repurchase_upsell", "margin_rate"))
+    problems = _problems(tmp_path, f"scoring:\n  value_matrix:\n    current_weights:\n{zeros}\n")
+    assert problems == ["scoring.value_matrix.current_weights: at least one weight must be > 0"]
+
+
+def test_environment_overrides_and_names_itself_in_errors(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("http:\n  port: 9000\n", encoding="utf-8")
+    config = load_config(path, environ={"TIERBOT_HTTP_PORT": "8181", "WECOM_CORP_ID": "ww1",
+                                        "TIERBOT_DATABASE_URL": "postgresql://u@db/x"})
+    assert (config.http.port, config.wecom.corp_id, config.database.url) == (8181, "ww1", "postgresql://u@db/x")
+    problems = _problems(tmp_path, "", environ={"TIERBOT_HTTP_PORT": "0", "WECOM_ENCODING_AES_KEY": "short-secret"})
+    assert "http.port (from TIERBOT_HTTP_PORT): must be a number >= 1" in problems
+    assert any(p.startswith("wecom.encoding_aes_key (from WECOM_ENCODING_AES_KEY): must be the 43-character")
+               for p in problems)
+    assert not any("short-secret" in p for p in problems)
+
+
+def test_broken_yaml_names_the_line(tmp_path):
+    problems = _problems(tmp_path, "http:\n  port: [1,\n")
+    assert len(problems) == 1 and "not valid YAML" in problems[0] and "config.yaml:" in problems[0]
+
+
+def test_scoring_fingerprint_changes_with_scoring_settings_only():
+    base = Config()
+    other_port = Config.model_validate({"http": {"port": 9999}})
+    other_weight = Config.model_validate({"scoring": {"value_matrix": {"boundaries": {"current_value": 60}}}})
+    assert base.scoring_hash() == other_port.scoring_hash() != other_weight.scoring_hash()

@@ -1,0 +1,142 @@
+"""A full rescore against the database: snapshot, tier history and current tiers in one
+transaction; export; as-of dates; a crash leaves the previous state."""
+
+from __future__ import annotations
+
+import csv
+from datetime import date
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.config import load_config
+from bot.rescore import NothingToScore, full_rescore
+from storage import scores as store
+from storage.export import NoScoreRun, export_scores
+from storage.importer import run_import
+from storage.models import Customer, ScoreRun, ScoreSnapshot, TierChange
+from tests.company import AS_OF, ORDERS_HEADER, write_company
+from tests.conftest import write_csv
+
+
+@pytest.fixture
+def config(database_url):
+    return load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
+
+
+@pytest.fixture
+def company(engine, tmp_path):
+    run_import(engine, [write_company(tmp_path / "crm")])
+    return engine
+
+
+def _tiers(engine) -> dict[str, str]:
+    with engine.connect() as connection:
+        return dict(connection.execute(select(Customer.customer_id, Customer.tier)).all())
+
+
+def _history(engine) -> list[tuple]:
+    with engine.connect() as connection:
+        return [tuple(r) for r in connection.execute(
+            select(TierChange.customer_id, TierChange.from_tier, TierChange.to_tier, TierChange.run_id)
+            .order_by(TierChange.id)).all()]
+
+
+def test_run_writes_snapshot_tiers_and_first_assignments(company, config):
+    outcome, _ = full_rescore(company, config, AS_OF)
+
+    tiers = _tiers(company)
+    assert (tiers["STAR1"], tiers["COW1"], tiers["QM1"], tiers["DOG1"]) == ("star", "cash_cow", "question_mark", "dog")
+    with company.connect() as connection:
+        snapshots = connection.execute(select(func.count()).select_from(ScoreSnapshot)
+                                       .where(ScoreSnapshot.run_id == outcome.run_id)).scalar_one()
+        run = connection.execute(select(ScoreRun.status, ScoreRun.customers, ScoreRun.config_hash)).one()
+    assert snapshots == 28 == outcome.customers
+    assert tuple(run) == ("succeeded", 28, config.scoring_hash())
+    assert outcome.first_assignments == 28 and outcome.tier_changes == 0
+    assert sum(t["customers"] for t in outcome.summary["tiers"].values()) == 28
+    assert outcome.summary["tiers"]["star"]["revenue_share"] > 0.5
+
+
+def test_rescoring_unchanged_data_changes_no_tier(company, config):
+    full_rescore(company, config, AS_OF)
+    history = _history(company)
+    outcome, _ = full_rescore(company, config, AS_OF)
+    assert outcome.tier_changes == 0 and _history(company) == history
+
+
+def test_new_orders_move_a_customer_and_history_says_from_where(company, config, tmp_path):
+    full_rescore(company, config, AS_OF)
+    big = [[f"QM1-BIG{i}", "QM1", f"2026-{m:02d}-10", "2500000.00", "700000.00", "mes", "upsell"]
+           for i, m in enumerate(range(1, 11))]
+    run_import(company, [write_csv(tmp_path / "more" / "orders.csv", ORDERS_HEADER, big)])
+
+    outcome, _ = full_rescore(company, config, AS_OF)
+
+    assert _tiers(company)["QM1"] == "star"
+    moves = [h for h in _history(company) if h[3] == outcome.run_id]
+    assert ("QM1", "question_mark", "star", outcome.run_id) in moves
+    assert outcome.tier_changes == len(moves)
+
+
+def test_as_of_ignores_orders_after_that_day(company, config):
+    early, _ = full_rescore(company, config, date(2024, 1, 31))
+    late, _ = full_rescore(company, config, AS_OF)
+    assert early.summary["revenue_12m"] < late.summary["revenue_12m"]
+    # On 2024-01-31 the question mark and the dog had not ordered yet.
+    with company.connect() as connection:
+        qm = connection.execute(select(ScoreSnapshot.scores).where(ScoreSnapshot.run_id == early.run_id,
+                                                                   ScoreSnapshot.customer_id == "QM1")).scalar_one()
+    qm = qm if isinstance(qm, dict) else __import__("json").loads(qm)
+    assert qm["revenue_12m"] == 0.0
+
+
+def test_crash_while_writing_leaves_previous_state_and_a_failed_run(company, config, monkeypatch):
+    full_rescore(company, config, AS_OF)
+    tiers, history = _tiers(company), _history(company)
+
+    def explode(*_args, **_kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "_prune_snapshots", explode)
+    with pytest.raises(RuntimeError):
+        full_rescore(company, config, date(2024, 1, 31))
+
+    assert _tiers(company) == tiers and _history(company) == history
+    with company.connect() as connection:
+        runs = connection.execute(select(ScoreRun.status, ScoreRun.error).order_by(ScoreRun.id)).all()
+        orphaned = connection.execute(select(func.count()).select_from(ScoreSnapshot)
+                                      .where(ScoreSnapshot.run_id == 2)).scalar_one()
+    assert [r.status for r in runs] == ["succeeded", "failed"]
+    assert "disk full" in runs[1].error and orphaned == 0
+
+
+def test_old_snapshots_are_pruned_beyond_retention(company, database_url):
+    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
+    config = config.model_copy(update={"retention": config.retention.model_copy(update={"score_runs": 2})})
+    for _ in range(3):
+        full_rescore(company, config, AS_OF)
+    with company.connect() as connection:
+        kept = connection.execute(select(ScoreSnapshot.run_id).distinct().order_by(ScoreSnapshot.run_id)).scalars().all()
+    assert kept == [2, 3]
+
+
+def test_empty_database_has_nothing_to_score(engine, config):
+    with pytest.raises(NothingToScore):
+        full_rescore(engine, config, AS_OF)
+
+
+def test_export_has_one_row_per_customer_with_reasons(company, config, tmp_path):
+    with pytest.raises(NoScoreRun):
+        export_scores(company, tmp_path / "none.csv")
+    full_rescore(company, config, AS_OF)
+    rows = export_scores(company, tmp_path / "scores.csv", "zh", 8)
+    with open(tmp_path / "scores.csv", encoding="utf-8") as handle:
+        table = list(csv.DictReader(handle))
+    assert rows == len(table) == 28
+    assert {"customer_id", "name", "owner_userid", "tier", "current_value", "potential_value",
+            "reasons"} <= set(table[0])
+    star = next(r for r in table if r["customer_id"] == "STAR1")
+    assert (star["tier"], star["tier_name"], star["owner_userid"]) == ("star", "明星客户", "rep_a")
+    assert star["reasons"].startswith("近12个月营收 ¥")
+    assert float(star["current_value"]) > 90

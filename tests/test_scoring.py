@@ -1,0 +1,153 @@
+"""The value matrix as pure functions: the maths, the quadrants, the reasons."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from handlers.text import reasons_text
+from scoring import score_customers
+from scoring.features import build_features, window_starts
+from scoring.params import Boundaries, ScoringParams, ValueMatrixParams
+from scoring.value_matrix import percentile_below
+
+AS_OF = date(2026, 11, 20)
+
+
+def _customers(rows: list[dict]) -> pd.DataFrame:
+    defaults = {"name": "x", "owner_userid": "rep", "industry": "物流", "employees": 200, "customer_type": "end_user",
+                "is_listed": False, "is_benchmark": False, "is_partner": False, "digital_maturity": 3,
+                "expansion_plan": None, "modules_owned": "finance|crm", "created_at": None}
+    return pd.DataFrame([{**defaults, **row} for row in rows])
+
+
+def _aggregates(rows: list[dict]) -> pd.DataFrame:
+    defaults = {"revenue_12m": 0.0, "cost_12m": 0.0, "repeat_revenue_12m": 0.0, "orders_12m": 0,
+                "revenue_12_24m": 0.0, "revenue_24_36m": 0.0, "lifetime_revenue": 0.0, "lifetime_orders": 0,
+                "first_order_date": None, "last_order_date": None}
+    return pd.DataFrame([{**defaults, **row} for row in rows])
+
+
+def _population() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Four extremes among forty ordinary customers."""
+    customers = [
+        {"customer_id": "STAR", "industry": "半导体", "employees": 30000, "is_listed": True, "is_benchmark": True,
+         "digital_maturity": 5, "expansion_plan": "ipo", "modules_owned": "finance"},
+        {"customer_id": "COW", "industry": "纺织服装", "employees": 3000, "digital_maturity": 1,
+         "modules_owned": "finance|crm|mes|plm|scm|hr|bi|wms"},
+        {"customer_id": "QM", "industry": "新能源", "employees": 900, "is_partner": True, "digital_maturity": 5,
+         "expansion_plan": "financing", "modules_owned": ""},
+        {"customer_id": "DOG", "industry": "建材", "employees": 8, "digital_maturity": 1,
+         "modules_owned": "finance|crm|mes|plm|scm|hr|bi|wms"},
+    ]
+    aggregates = [
+        {"customer_id": "STAR", "revenue_12m": 9e6, "cost_12m": 2e6, "repeat_revenue_12m": 8e6,
+         "revenue_12_24m": 3e6, "revenue_24_36m": 1e6},
+        {"customer_id": "COW", "revenue_12m": 6e6, "cost_12m": 2e6, "repeat_revenue_12m": 6e6,
+         "revenue_12_24m": 6.5e6, "revenue_24_36m": 6.5e6},
+        {"customer_id": "QM", "revenue_12m": 2e4, "cost_12m": 1.5e4},
+        {"customer_id": "DOG", "revenue_12m": 0.0, "revenue_12_24m": 900.0},
+    ]
+    for n in range(40):
+        customers.append({"customer_id": f"N{n:02d}"})
+        revenue = 50_000 + 5_000 * n
+        aggregates.append({"customer_id": f"N{n:02d}", "revenue_12m": revenue, "cost_12m": revenue * 0.6,
+                           "repeat_revenue_12m": revenue * 0.5, "revenue_12_24m": revenue,
+                           "revenue_24_36m": revenue})
+    return _customers(customers), _aggregates(aggregates)
+
+
+def _score(params: ScoringParams | None = None) -> pd.DataFrame:
+    customers, aggregates = _population()
+    return score_customers(build_features(customers, aggregates, AS_OF), params or ScoringParams())
+
+
+def test_extremes_land_in_the_obvious_quadrant():
+    scored = _score()
+    assert scored.loc[["STAR", "COW", "QM", "DOG"], "tier"].tolist() == ["star", "cash_cow", "question_mark", "dog"]
+
+
+def test_every_customer_gets_exactly_one_tier_and_reasons_on_both_axes():
+    scored = _score()
+    assert scored["tier"].isin(["star", "cash_cow", "question_mark", "dog"]).all()
+    for reasons in scored["reasons"]:
+        assert [r["axis"] for r in reasons] == ["current", "current", "potential", "potential"]
+
+
+def test_reasons_say_why_in_words_with_the_values_behind_them():
+    scored = _score()
+    star = reasons_text(scored.loc["STAR", "reasons"], "zh", 8)
+    assert star.startswith("近12个月营收 ¥900.0万，高于97%的客户；近12个月毛利 ¥700.0万，高于97%的客户")
+    assert star.endswith("营收同比 +200%；行业「半导体」前景评分 90/100")
+    dog = reasons_text(scored.loc["DOG", "reasons"], "zh", 8)
+    assert "近12个月无营收" in dog
+    english = reasons_text(scored.loc["QM", "reasons"], "en", 8)
+    assert "outlook 90/100" in english or "cross-sell" in english or "digital maturity 5/5" in english
+
+
+def test_low_axis_reasons_name_what_holds_the_customer_back():
+    scored = _score()
+    cow_potential = [r for r in scored.loc["COW", "reasons"] if r["axis"] == "potential"]
+    assert {r["direction"] for r in cow_potential} == {"low"}
+    assert all(r["score"] <= 25 for r in cow_potential)
+
+
+def test_boundaries_from_config_move_customers_between_tiers():
+    strict = ScoringParams(value_matrix=ValueMatrixParams(boundaries=Boundaries(current_value=99, potential_value=99)))
+    assert set(_score(strict)["tier"]) == {"dog"}
+    lenient = ScoringParams(value_matrix=ValueMatrixParams(boundaries=Boundaries(current_value=0, potential_value=0)))
+    assert set(_score(lenient)["tier"]) == {"star"}
+
+
+def test_a_zero_weight_component_never_appears_in_reasons():
+    params = ScoringParams.model_validate({"value_matrix": {"current_weights": {"revenue_12m": 0}}})
+    scored = _score(params)
+    assert not any(r["factor"] == "revenue_12m" for reasons in scored["reasons"] for r in reasons)
+
+
+def test_percentile_is_the_share_strictly_below_and_ties_score_alike():
+    values = pd.Series([0, 0, 0, 10, 10, 30], index=list("abcdef"), dtype=float)
+    assert percentile_below(values).tolist() == pytest.approx([0, 0, 0, 50, 50, 500 / 6])
+
+
+def test_scores_do_not_depend_on_row_order():
+    customers, aggregates = _population()
+    shuffled = customers.sample(frac=1, random_state=7)
+    first = score_customers(build_features(customers, aggregates, AS_OF), ScoringParams())
+    second = score_customers(build_features(shuffled, aggregates.sample(frac=1, random_state=3), AS_OF),
+                             ScoringParams())
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_current_value_is_the_weighted_mean_of_component_scores():
+    scored = _score()
+    weights = ScoringParams().value_matrix.current_weights.model_dump()
+    row = scored.loc["N10"]
+    expected = sum(row[f"c_{name}"] * w for name, w in weights.items()) / sum(weights.values())
+    assert row["current_value"] == pytest.approx(expected, abs=0.02)
+
+
+def test_growth_score_follows_the_documented_formula():
+    scored = _score()
+    assert scored.loc["STAR", "c_growth"] == 100.0  # +200% clips at 100
+    assert scored.loc["COW", "c_growth"] == pytest.approx(50 + 50 * (6 / 6.5 - 1), abs=0.01)
+    assert scored.loc["QM", "c_growth"] == 80.0  # revenue new this year
+    assert scored.loc["DOG", "c_growth"] == 0.0  # lost all revenue
+
+
+def test_windows_are_calendar_months_ending_at_the_as_of_day():
+    assert window_starts(date(2026, 11, 20)) == {"m0": date(2026, 11, 1), "m12": date(2025, 12, 1),
+                                                 "m24": date(2024, 12, 1), "m36": date(2023, 12, 1)}
+    assert window_starts(date(2026, 1, 31))["m12"] == date(2025, 2, 1)
+
+
+def test_customer_without_orders_is_scored_with_zero_revenue():
+    customers = _customers([{"customer_id": "A"}, {"customer_id": "B"}])
+    aggregates = _aggregates([{"customer_id": "A", "revenue_12m": 100.0}])
+    features = build_features(customers, aggregates, AS_OF)
+    assert features.loc["B", "revenue_12m"] == 0.0 and np.isnan(features.loc["B", "margin_rate"])
+    scored = score_customers(features, ScoringParams())
+    assert scored.loc["B", "c_revenue_12m"] == 0.0 and scored.loc["A", "c_revenue_12m"] == 50.0
