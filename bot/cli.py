@@ -188,3 +188,29 @@ def migrate_command(ctx: click.Context) -> None:
     """Upgrade the database schema in place (every command also does this first)."""
     _engine(ctx)
     click.echo(f"database schema is current: {_safe_url(_config(ctx).database.url)}")
+
+
+@main.group("bench")
+def bench_group() -> None:
+    """Benchmarks that print figures (see bench/)."""
+
+
+@bench_group.command("pipeline")
+@click.option("--customers", "sizes", multiple=True, type=int,
+              help="Company sizes (repeatable; default 10000, 100000, 1000000).")
+@click.option("--orders-per-customer", type=float, default=None,
+              help="Average orders per customer (default: 100, and 20 at 1M customers).")
+@click.option("--activities-per-customer", type=float, default=10.0, show_default=True)
+@click.option("--database-url", default=None,
+              help="Benchmark on this database (its public schema is dropped!); default a fresh SQLite file.")
+@click.option("--work-dir", type=click.Path(file_okay=False), default=str(Path("var") / "bench"), show_default=True)
+@click.option("--keep", is_flag=True, help="Keep the generated files.")
+def bench_pipeline(sizes: tuple[int, ...], orders_per_customer: float | None, activities_per_customer: float,
+                   database_url: str | None, work_dir: str, keep: bool) -> None:
+    """Generate → import → score → score again → import again, per size: time and peak memory."""
+    from bench.pipeline import DEFAULT_SCALES, run_pipeline
+
+    scales = {size: orders_per_customer or DEFAULT_SCALES.get(size, 100) for size in sizes} or DEFAULT_SCALES
+    folder = Path(work_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    run_pipeline(scales, activities_per_customer, database_url, folder, keep=keep)

@@ -1,0 +1,108 @@
+"""`python -m bot bench pipeline`: generate → import → score, timed as an admin runs them.
+
+Each phase runs as its own `python -m bot` process, so wall time and peak memory
+(max RSS from wait4) are those of the real CLI, nothing in-process hides cost.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.config import PROJECT_ROOT
+
+# customers → orders per customer, as in DESIGN §6 (100k/10M, 1M/20M).
+DEFAULT_SCALES = {10_000: 100, 100_000: 100, 1_000_000: 20}
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    peak_rss_mb: float
+
+
+def _run(args: list[str], env: dict[str, str]) -> Phase:
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "bot", *args], cwd=PROJECT_ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output_lines = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        output_lines.append(line)
+    _pid, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    elapsed = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({process.returncode}):\n{''.join(output_lines[-30:])}")
+    return Phase(args[0], elapsed, usage.ru_maxrss / 1024)
+
+
+def _generate(out: Path, customers: int, orders_per_customer: float, activities_per_customer: float,
+              seed: int) -> tuple[Phase, dict]:
+    from scoring.generator import generate_company
+
+    import resource
+
+    started = time.perf_counter()
+    counts = generate_company(out, customers=customers, seed=seed, orders_per_customer=orders_per_customer,
+                              activities_per_customer=activities_per_customer, progress=sys.stderr.isatty())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return Phase("generate", time.perf_counter() - started, peak), counts.__dict__
+
+
+def run_pipeline(scales: dict[int, float], activities_per_customer: float, database_url: str | None,
+                 work_dir: Path, seed: int = 7, keep: bool = False) -> list[dict]:
+    results = []
+    for customers, orders_per_customer in scales.items():
+        folder = work_dir / f"company-{customers}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        generate, counts = _generate(folder, customers, orders_per_customer, activities_per_customer, seed)
+        env = dict(os.environ)
+        if database_url:
+            _reset_postgres(database_url)
+            env["TIERBOT_DATABASE_URL"] = database_url
+        else:
+            db = work_dir / f"bench-{customers}.db"
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+            env["TIERBOT_DATABASE_URL"] = f"sqlite:///{db}"
+        imported = _run(["import", str(folder), "--no-progress"], env)
+        scored = _run(["score", "--as-of", "2026-11-20"], env)
+        rescored = _run(["score", "--as-of", "2026-11-20"], env)
+        reimported = _run(["import", str(folder), "--no-progress"], env)
+        results.append({"customers": customers, "counts": counts, "phases": [generate, imported, scored, rescored,
+                                                                              reimported]})
+        _print(results[-1], database_url)
+        if not keep:
+            shutil.rmtree(folder)
+    return results
+
+
+def _reset_postgres(url: str) -> None:
+    from sqlalchemy import text
+
+    from storage.db import make_engine
+
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+def _print(result: dict, database_url: str | None) -> None:
+    counts = result["counts"]
+    backend = "PostgreSQL" if database_url else "SQLite"
+    print(f"\n{result['customers']:,} customers · {counts['orders']:,} orders · {counts['activities']:,} activities "
+          f"· {counts['users']:,} users — {backend}")
+    labels = ["generate CSV", "import (first)", "score (first run)", "score (again)", "import (same files again)"]
+    for label, phase in zip(labels, result["phases"]):
+        print(f"  {label:<26} {phase.seconds:8.1f} s   peak RSS {phase.peak_rss_mb:8.0f} MB")
+    sys.stdout.flush()
