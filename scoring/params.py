@@ -56,7 +56,7 @@ class PotentialValueWeights(_Strict):
 class Boundaries(_Strict):
     """A customer is "high" on an axis when its 0–100 score is >= the boundary."""
 
-    current_value: float = Field(55, ge=0, le=100)
+    current_value: float = Field(70, ge=0, le=100)
     potential_value: float = Field(50, ge=0, le=100)
 
 

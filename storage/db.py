@@ -42,8 +42,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA temp_store=MEMORY")
-    cursor.execute("PRAGMA cache_size=-262144")
+    # Import staging tables are temporary tables: they must spill to disk, not to RAM.
+    cursor.execute("PRAGMA temp_store=FILE")
+    cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
 
 

@@ -55,9 +55,16 @@ def _parse_datetimes(values: pd.Series, timezone: str) -> pd.Series:
 
 
 def _numbers(values: pd.Series) -> pd.Series:
-    # Exports from finance systems write ¥1,234.50; the separators carry no meaning.
-    stripped = values.str.replace(r"[¥￥,，\s]", "", regex=True)
-    return pd.to_numeric(stripped, errors="coerce")
+    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+    # Exports from finance systems write ¥1,234.50; the separators carry no meaning. Only
+    # the cells that did not parse pay for the clean-up.
+    retry = (values.notna() & numbers.isna()).to_numpy(dtype=bool)
+    if retry.any():
+        stripped = values[retry].str.replace(r"[¥￥,，\s]", "", regex=True)
+        cleaned = numbers.to_numpy(copy=True)
+        cleaned[retry] = pd.to_numeric(stripped, errors="coerce").astype("float64").to_numpy()
+        numbers = pd.Series(cleaned, index=values.index)
+    return numbers
 
 
 class BatchValidator:
