@@ -160,7 +160,7 @@ def export_group() -> None:
 @click.pass_context
 def export_scores(ctx: click.Context, out: str, lang: str | None) -> None:
     """One row per customer from the latest score run."""
-    from storage.export import NoScoreRun, export_scores as write_scores
+    from bot.export import NoScoreRun, export_scores as write_scores
 
     config = _config(ctx)
     try:

@@ -23,7 +23,7 @@ def run_demo(ctx: click.Context, customers: int, seed: int) -> None:
     from bot.rescore import full_rescore
     from handlers.text import reasons_text, render, tier_name
     from scoring.generator import generate_company
-    from storage.export import export_scores
+    from bot.export import export_scores
     from storage.importer import run_import, summarise
     from storage.models import Customer, ScoreSnapshot
 

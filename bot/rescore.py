@@ -68,7 +68,8 @@ def full_rescore(engine: Engine, config: Config, as_of: date) -> tuple[store.Run
         summary = summarise_tiers(features, scored)
         summary["as_of"] = as_of.isoformat()
         score_done = time.perf_counter()
-        outcome = store.write_run(engine, run_id, scored, summary, config.retention.score_runs)
+        outcome = store.write_run(engine, run_id, scored, features["revenue_12m"], summary,
+                                  config.retention.score_runs)
         finished = time.perf_counter()
     except BaseException as exc:
         store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")

@@ -208,6 +208,8 @@ class ScoreSnapshot(Base):
     tier: Mapped[str] = mapped_column(String(16))
     current_value: Mapped[float] = mapped_column(Float)
     potential_value: Mapped[float] = mapped_column(Float)
+    # Kept as a column: lists and reports sum and sort by it.
+    revenue_12m: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     # {"revenue_12m": 123.0, ...}: the features and component scores behind the labels.
     scores: Mapped[dict] = mapped_column(JSON)
     # [{"factor": ..., "axis": ..., "value": ..., "percentile": ...}, ...], most important first.
@@ -227,3 +229,50 @@ class TierChange(Base):
     reasons: Mapped[list] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_tier_history_customer", "customer_id", "changed_at"),)
+
+
+class CallbackSeen(Base):
+    """WeCom retries a callback it got no timely 200 for; the first delivery claims its key
+    here, so a retry is never answered twice — across restarts and service processes."""
+
+    __tablename__ = "callback_seen"
+
+    dedupe_key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class ChatSession(Base):
+    """What a user last listed, so 「更多」/"more" can show the next page."""
+
+    __tablename__ = "chat_sessions"
+
+    userid: Mapped[str] = mapped_column(ID, primary_key=True)
+    command: Mapped[str] = mapped_column(String(64))
+    arguments: Mapped[dict] = mapped_column(JSON)
+    next_offset: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutboxMessage(Base):
+    """Every outgoing message is first a row here (DESIGN §2); the dispatcher sends it."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # '|'-joined WeCom UserIDs, as message/send takes them.
+    touser: Mapped[str] = mapped_column(Text)
+    msgtype: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # Why the message exists (e.g. "reply:<msgid>"), unique so a retry never enqueues twice.
+    origin: Mapped[str | None] = mapped_column(String(160), unique=True)
+
+    __table_args__ = (
+        CheckConstraint(_one_of("status", ("pending", "sending", "sent", "failed")), name="status"),
+        Index("ix_outbox_due", "status", "not_before"),
+    )

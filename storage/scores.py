@@ -114,7 +114,8 @@ class RunOutcome:
     summary: dict
 
 
-def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, summary: dict, keep_runs: int) -> RunOutcome:
+def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series, summary: dict,
+              keep_runs: int) -> RunOutcome:
     """Snapshot rows, tier history and current tiers, then mark the run succeeded — all
     in one transaction, so a crash leaves the previous state untouched."""
     now = _now()
@@ -125,6 +126,7 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, summary: dict, 
         "tier": scored["tier"].to_numpy(),
         "current_value": scored["current_value"].to_numpy(),
         "potential_value": scored["potential_value"].to_numpy(),
+        "revenue_12m": revenue_12m.reindex(scored.index).fillna(0.0).round(2).to_numpy(),
         "scores": _json_rows(scored[score_columns].rename(columns=lambda c: c[2:])),
         "reasons": [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in scored["reasons"]],
     })

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from bot.config import load_config
 from bot.rescore import NothingToScore, full_rescore
 from storage import scores as store
-from storage.export import NoScoreRun, export_scores
+from bot.export import NoScoreRun, export_scores
 from storage.importer import run_import
 from storage.models import Customer, ScoreRun, ScoreSnapshot, TierChange
 from tests.company import AS_OF, ORDERS_HEADER, write_company

@@ -82,6 +82,7 @@ def upgrade() -> None:
     sa.Column('tier', sa.String(length=16), nullable=False),
     sa.Column('current_value', sa.Float(), nullable=False),
     sa.Column('potential_value', sa.Float(), nullable=False),
+    sa.Column('revenue_12m', sa.Float(), server_default='0', nullable=False),
     sa.Column('scores', sa.JSON(), nullable=False),
     sa.Column('reasons', sa.JSON(), nullable=False),
     sa.ForeignKeyConstraint(['run_id'], ['score_runs.id'], name=op.f('fk_score_snapshots_run_id_score_runs'), ondelete='CASCADE'),

@@ -1,0 +1,112 @@
+"""我的客户 / my customers, 我的明星客户 / my Star customers, 客户 X / customer X, 更多 / more."""
+
+from __future__ import annotations
+
+import json
+
+from handlers.registry import CommandContext, Reply
+from handlers.router import router
+from handlers.services import MESSAGE_BYTES
+from handlers.text import reasons_text, render, tier_names
+from scoring import TIERS
+from storage import queries
+
+PAGE_SIZE = 10
+SCOPE = {"zh": {"rep": "您", "agent": "您", "manager": "您团队", "admin": "全公司"},
+         "en": {"rep": "Your", "agent": "Your", "manager": "Your team's", "admin": "All"}}
+
+# Every spelling of every tier, for "my <tier> customers" in both languages.
+_TIER_WORDS: dict[str, str] = {}
+for _code, _names in tier_names().items():
+    for _word in (_names["zh"], _names["short_zh"], _names["en"], _code.replace("_", " ")):
+        _TIER_WORDS[_word.lower()] = _code
+_TIER_WORDS.update({"cashcow": "cash_cow", "cash-cow": "cash_cow", "stars": "star", "dogs": "dog",
+                    "question marks": "question_mark", "cash cows": "cash_cow", "questionmark": "question_mark"})
+_ZH_TIERS = "|".join(sorted((w for w in _TIER_WORDS if not w.isascii()), key=len, reverse=True))
+_EN_TIERS = "|".join(sorted((w for w in _TIER_WORDS if w.isascii()), key=len, reverse=True))
+
+
+def _scope(ctx: CommandContext) -> str:
+    return SCOPE[ctx.lang].get(ctx.asker.role, SCOPE[ctx.lang]["rep"])
+
+
+@router.command("my_customers", r"我的客户|我的全部客户|客户概览", r"(show )?my customers|my accounts|customers")
+async def my_customers(ctx: CommandContext) -> Reply:
+    async with ctx.services.db.connect() as connection:
+        run_id = await queries.latest_run_id(connection)
+        if run_id is None:
+            return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
+        owners = await queries.visible_owners(connection, ctx.asker)
+        totals = await queries.tier_totals(connection, owners, run_id)
+        as_of = await queries.run_as_of(connection, run_id)
+    tiers = [(tier, totals.get(tier, {"customers": 0, "revenue_12m": 0.0})) for tier in TIERS]
+    total = sum(row["customers"] for _tier, row in tiers)
+    return Reply(render(f"chat/my_customers.{ctx.lang}.j2", scope=_scope(ctx), tiers=tiers, total=total,
+                        as_of=as_of))
+
+
+@router.command("my_tier", rf"我的({_ZH_TIERS})(客户)?", rf"(show |list )?(me )?my ({_EN_TIERS})( customers| accounts)?")
+async def my_tier(ctx: CommandContext) -> Reply:
+    words = [group for group in ctx.match.groups() if group and group.strip() in _TIER_WORDS]
+    tier = _TIER_WORDS[words[0].strip()]
+    return await _tier_page(ctx, tier, offset=0)
+
+
+@router.command("more", r"更多|下一页|继续", r"more|next|next page")
+async def more(ctx: CommandContext) -> Reply:
+    async with ctx.services.db.connect() as connection:
+        listing = await queries.load_listing(connection, ctx.asker.userid)
+    if listing is None or listing["command"] != "my_tier" or listing["next_offset"] is None:
+        return Reply(render(f"chat/no_more.{ctx.lang}.j2"), msgtype="text")
+    return await _tier_page(ctx, listing["arguments"]["tier"], offset=listing["next_offset"])
+
+
+async def _tier_page(ctx: CommandContext, tier: str, offset: int) -> Reply:
+    async with ctx.services.db.begin() as connection:
+        run_id = await queries.latest_run_id(connection)
+        if run_id is None:
+            return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
+        owners = await queries.visible_owners(connection, ctx.asker)
+        items, total = await queries.customers_in_tier(connection, owners, run_id, tier, offset, PAGE_SIZE)
+        if not items:
+            if offset:
+                await queries.save_listing(connection, ctx.asker.userid, "none", {}, 0, ctx.services.now())
+                return Reply(render(f"chat/no_more.{ctx.lang}.j2"), msgtype="text")
+            return Reply(render(f"chat/tier_empty.{ctx.lang}.j2", scope=_scope(ctx), tier=tier), msgtype="text")
+        # WeCom cuts app messages at 2048 bytes: show fewer rows rather than lose the end.
+        shown = len(items)
+        while True:
+            more = offset + shown < total
+            text = render(f"chat/tier_list.{ctx.lang}.j2", scope=_scope(ctx), tier=tier, items=items[:shown],
+                          first=offset + 1, last=offset + shown, total=total, more=more)
+            if len(text.encode("utf-8")) <= MESSAGE_BYTES or shown == 1:
+                break
+            shown -= 1
+        await queries.save_listing(connection, ctx.asker.userid, "my_tier", {"tier": tier},
+                                   offset + shown if more else None, ctx.services.now())
+    return Reply(text)
+
+
+@router.command("customer", r"(?:客户|查客户|查询客户|查询)\s*(?P<query>.+)", r"(?:customer|cust|lookup|find)\s+(?P<query>.+)")
+async def customer(ctx: CommandContext) -> Reply:
+    query = ctx.match.group("query").strip()
+    catalogue = len(ctx.services.config.scoring.value_matrix.module_catalogue)
+    async with ctx.services.db.connect() as connection:
+        owners = await queries.visible_owners(connection, ctx.asker)
+        matches = await queries.find_customers(connection, owners, query)
+        if not matches:
+            return Reply(render(f"chat/not_found.{ctx.lang}.j2", query=query), msgtype="text")
+        if len(matches) > 1:
+            return Reply(render(f"chat/did_you_mean.{ctx.lang}.j2", query=query, matches=matches))
+        run_id = await queries.latest_run_id(connection)
+        detail = await queries.customer_detail(connection, owners, matches[0]["customer_id"], run_id)
+    snapshot = detail.pop("snapshot")
+    if detail.get("tier_since"):
+        detail["tier_since"] = str(detail["tier_since"])[:10]
+    reasons = []
+    if snapshot:
+        raw = snapshot["reasons"]
+        raw = json.loads(raw) if isinstance(raw, str) else raw
+        reasons = [reasons_text([reason], ctx.lang, catalogue) for reason in raw]
+        snapshot["as_of"] = str(snapshot["as_of"])[:10]
+    return Reply(render(f"chat/customer.{ctx.lang}.j2", c=detail, s=snapshot, reasons=reasons))

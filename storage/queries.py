@@ -1,0 +1,163 @@
+"""Permission-scoped reads for the chat commands (async).
+
+Visibility: a rep sees the customers they own, a manager those owned by anyone in their
+reporting tree (themselves included), an admin everything. Every query here takes the
+asker's visible owners, so a customer outside them behaves exactly like one that does
+not exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from sqlalchemy import and_, func, literal, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.models import Customer, Order, ScoreRun, ScoreSnapshot, User
+
+EVERYONE = None  # visible owners of an admin: no filter
+
+
+@dataclass(frozen=True)
+class UserRow:
+    userid: str
+    name: str
+    role: str
+
+
+async def get_user(connection: AsyncConnection, userid: str) -> UserRow | None:
+    row = (await connection.execute(select(User.userid, User.name, User.role).where(User.userid == userid))).first()
+    return UserRow(*row) if row else None
+
+
+async def visible_owners(connection: AsyncConnection, user: UserRow) -> list[str] | None:
+    """UserIDs whose customers `user` may see; None means everyone's (admin)."""
+    if user.role == "admin":
+        return EVERYONE
+    if user.role != "manager":
+        return [user.userid]
+    tree = await connection.execute(text("""
+        WITH RECURSIVE reports(userid, depth) AS (
+            SELECT userid, 0 FROM users WHERE userid = :root
+            UNION
+            SELECT u.userid, r.depth + 1 FROM users u JOIN reports r ON u.manager_userid = r.userid
+            WHERE r.depth < 50
+        )
+        SELECT DISTINCT userid FROM reports"""), {"root": user.userid})
+    return sorted(row[0] for row in tree)
+
+
+def _owned_by(owners: list[str] | None):
+    return literal(True) if owners is EVERYONE else Customer.owner_userid.in_(owners)
+
+
+async def latest_run_id(connection: AsyncConnection) -> int | None:
+    return (await connection.execute(
+        select(func.max(ScoreRun.id)).where(ScoreRun.status == "succeeded"))).scalar()
+
+
+async def run_as_of(connection: AsyncConnection, run_id: int) -> date:
+    value = (await connection.execute(select(ScoreRun.as_of).where(ScoreRun.id == run_id))).scalar_one()
+    return _as_date(value)
+
+
+async def tier_totals(connection: AsyncConnection, owners: list[str] | None, run_id: int) -> dict[str, dict]:
+    """Per tier: customers and 12-month revenue, over the visible customers."""
+    rows = await connection.execute(
+        select(ScoreSnapshot.tier, func.count(), func.coalesce(func.sum(ScoreSnapshot.revenue_12m), 0.0))
+        .join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
+        .where(ScoreSnapshot.run_id == run_id, _owned_by(owners))
+        .group_by(ScoreSnapshot.tier))
+    return {tier: {"customers": count, "revenue_12m": float(revenue)} for tier, count, revenue in rows}
+
+
+async def customers_in_tier(connection: AsyncConnection, owners: list[str] | None, run_id: int, tier: str,
+                            offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """A page of one tier's visible customers, most valuable first; and the total count."""
+    where = and_(ScoreSnapshot.run_id == run_id, ScoreSnapshot.tier == tier, _owned_by(owners))
+    base = select(ScoreSnapshot.customer_id).join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
+    total = (await connection.execute(select(func.count()).select_from(base.where(where).subquery()))).scalar_one()
+    rows = await connection.execute(
+        select(Customer.customer_id, Customer.name, Customer.owner_userid, ScoreSnapshot.current_value,
+               ScoreSnapshot.potential_value, ScoreSnapshot.revenue_12m)
+        .join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
+        .where(where)
+        .order_by(ScoreSnapshot.current_value.desc(), ScoreSnapshot.revenue_12m.desc(), Customer.customer_id)
+        .offset(offset).limit(limit))
+    return [dict(row._mapping) for row in rows], total
+
+
+def _like_escape(term: str) -> str:
+    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def find_customers(connection: AsyncConnection, owners: list[str] | None, query: str,
+                         limit: int = 8) -> list[dict[str, Any]]:
+    """Visible customers matching `query`: the exact id or name first, then names that
+    contain it, then names that contain its characters in order (华为 → 华为技术, 华X为)."""
+    visible = _owned_by(owners)
+    columns = (Customer.customer_id, Customer.name)
+    exact = await connection.execute(
+        select(*columns).where(visible, or_(func.lower(Customer.customer_id) == query.lower(),
+                                            Customer.name == query)).limit(2))
+    found = [dict(r._mapping) for r in exact]
+    if len(found) == 1:
+        return found
+    escaped = _like_escape(query)
+    for pattern in (f"%{escaped}%", "%" + "%".join(_like_escape(ch) for ch in query if not ch.isspace()) + "%"):
+        rows = await connection.execute(
+            select(*columns).where(visible, Customer.name.ilike(pattern, escape="\\"))
+            .order_by(func.length(Customer.name), Customer.customer_id).limit(limit))
+        found = [dict(r._mapping) for r in rows]
+        if found:
+            return found
+    return []
+
+
+async def customer_detail(connection: AsyncConnection, owners: list[str] | None, customer_id: str,
+                          run_id: int | None) -> dict[str, Any] | None:
+    row = (await connection.execute(
+        select(Customer.customer_id, Customer.name, Customer.owner_userid, Customer.industry, Customer.tier,
+               Customer.tier_since, User.name.label("owner_name"))
+        .outerjoin(User, User.userid == Customer.owner_userid)
+        .where(Customer.customer_id == customer_id, _owned_by(owners)))).first()
+    if row is None:
+        return None
+    detail = dict(row._mapping)
+    detail["snapshot"] = None
+    if run_id is not None:
+        snapshot = (await connection.execute(
+            select(ScoreSnapshot.tier, ScoreSnapshot.current_value, ScoreSnapshot.potential_value,
+                   ScoreSnapshot.revenue_12m, ScoreSnapshot.reasons, ScoreRun.as_of)
+            .join(ScoreRun, ScoreRun.id == ScoreSnapshot.run_id)
+            .where(ScoreSnapshot.run_id == run_id, ScoreSnapshot.customer_id == customer_id))).first()
+        detail["snapshot"] = dict(snapshot._mapping) if snapshot else None
+    last = (await connection.execute(
+        select(Order.order_date, Order.amount).where(Order.customer_id == customer_id)
+        .order_by(Order.order_date.desc(), Order.order_id.desc()).limit(1))).first()
+    detail["last_order"] = {"date": _as_date(last.order_date), "amount": float(last.amount)} if last else None
+    return detail
+
+
+def _as_date(value) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+
+
+async def save_listing(connection: AsyncConnection, userid: str, command: str, arguments: dict,
+                       next_offset: int, now) -> None:
+    """Remember the list a user is paging through (one per user; the newest wins)."""
+    from storage.models import ChatSession
+
+    await connection.execute(ChatSession.__table__.delete().where(ChatSession.userid == userid))
+    await connection.execute(ChatSession.__table__.insert().values(
+        userid=userid, command=command, arguments=arguments, next_offset=next_offset, updated_at=now))
+
+
+async def load_listing(connection: AsyncConnection, userid: str) -> dict[str, Any] | None:
+    from storage.models import ChatSession
+
+    row = (await connection.execute(select(ChatSession.command, ChatSession.arguments, ChatSession.next_offset)
+                                    .where(ChatSession.userid == userid))).first()
+    return dict(row._mapping) if row else None
