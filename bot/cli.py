@@ -174,12 +174,42 @@ def export_scores(ctx: click.Context, out: str, lang: str | None) -> None:
 @main.command("demo")
 @click.option("--customers", default=2000, show_default=True, help="Size of the demo company.")
 @click.option("--seed", default=42, show_default=True)
+@click.option("--serve/--no-serve", default=True, show_default=True, help="Start the sandbox service afterwards.")
 @click.pass_context
-def demo_command(ctx: click.Context, customers: int, seed: int) -> None:
-    """The sandbox: generate a demo company, import it, score it, print the summary."""
+def demo_command(ctx: click.Context, customers: int, seed: int, serve: bool) -> None:
+    """The sandbox: generate a demo company, import it, score it, print the summary, serve."""
     from bot.demo import run_demo
 
     run_demo(ctx, customers=customers, seed=seed)
+    if serve:
+        ctx.invoke(serve_command)
+
+
+@main.command("serve")
+@click.pass_context
+def serve_command(ctx: click.Context) -> None:
+    """The service: WeCom callback, health, metrics, outbox dispatch. Without WeCom
+    credentials in the environment: the sandbox (emulator + console at /sandbox)."""
+    import asyncio
+
+    from sqlalchemy import select
+
+    from bot.app import serve
+    from storage.models import User
+
+    config = _config(ctx)
+    engine = _engine(ctx)
+    with engine.connect() as connection:
+        users = list(connection.execute(select(User.userid)).scalars())
+    engine.dispose()
+    if not config.wecom.has_credentials:
+        click.echo(f"sandbox mode (no WeCom credentials set): open http://127.0.0.1:{config.http.port}/sandbox")
+    try:
+        asyncio.run(serve(config, config.http.host, config.http.port, sandbox_users=users))
+    except KeyboardInterrupt:
+        click.echo("stopped")
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {config.http.host}:{config.http.port}: {exc.strerror}") from None
 
 
 @main.command("migrate")

@@ -128,6 +128,15 @@ def pad(text: Any, width: int, align: str = "left") -> str:
     return text + fill if align == "left" else fill + text
 
 
+def plain_text(markdown: str) -> str:
+    """WeCom markdown (bold, quotes, <font>) as plain text, for passive replies and text cards."""
+    import re
+
+    text = re.sub(r"</?font[^>]*>", "", markdown)
+    text = text.replace("**", "")
+    return re.sub(r"(?m)^> ?", "", text).strip()
+
+
 @lru_cache(maxsize=None)
 def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), undefined=StrictUndefined,

@@ -1,0 +1,188 @@
+"""The aiohttp service: WeCom callback, health, metrics, the outbox dispatcher, and in
+sandbox mode the WeCom emulator and the console page.
+
+`python -m bot serve` runs it; with no WeCom credentials in the environment it starts
+the sandbox: a local WeCom emulator on its own port stands in for qyapi.weixin.qq.com,
+and /sandbox lets you talk to the bot as any user, over the real signed, encrypted
+callback path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import text
+
+from bot.callback import WeComCallback
+from bot.config import Config
+from bot.metrics import CONTENT_TYPE_LATEST, Metrics
+from bot.wecom_client import WeComClient
+from handlers import router
+from handlers.registry import Reply
+from handlers.services import Services
+from handlers.text import plain_text
+from notifications.dispatcher import Dispatcher
+from notifications.outbox import enqueue_once
+from storage.db import make_async_engine
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WeComIdentity:
+    """Who we are to WeCom: the app's credentials and where its API lives."""
+
+    corp_id: str
+    agent_id: int
+    secret: str
+    token: str
+    encoding_aes_key: str
+    api_base: str
+
+
+def sandbox_identity() -> WeComIdentity:
+    """Fresh credentials for the sandbox, as an admin console would hand them out."""
+    from bot.emulator import SANDBOX_AGENT_ID, SANDBOX_CORP_ID, SANDBOX_SECRET
+
+    aes_key = base64.b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    return WeComIdentity(SANDBOX_CORP_ID, SANDBOX_AGENT_ID, SANDBOX_SECRET, secrets.token_urlsafe(16), aes_key,
+                         api_base="")
+
+
+def configured_identity(config: Config) -> WeComIdentity:
+    wecom = config.wecom
+    return WeComIdentity(wecom.corp_id, int(wecom.agent_id or 0), wecom.secret, wecom.token,
+                         wecom.encoding_aes_key, wecom.api_base)
+
+
+@dataclass
+class Runtime:
+    config: Config
+    identity: WeComIdentity
+    services: Services
+    metrics: Metrics
+    client: WeComClient
+    dispatcher: Dispatcher
+    callback: WeComCallback
+    sandbox: Any = None  # bot.sandbox.Sandbox in sandbox mode
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+@web.middleware
+async def _measure(request: web.Request, handler):
+    metrics: Metrics = request.app[RUNTIME].metrics
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.requests.labels(route=route, status=str(status)).inc()
+        metrics.latency.labels(route=route).observe(time.perf_counter() - started)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    try:
+        async with runtime.services.db.connect() as connection:
+            await asyncio.wait_for(connection.execute(text("SELECT 1")), timeout=3)
+    except Exception as exc:  # any failure to reach the database is "unhealthy"
+        return web.json_response({"status": "unhealthy", "database": exc.__class__.__name__}, status=503)
+    return web.json_response({"status": "ok", "database": "ok",
+                              "mode": "sandbox" if runtime.sandbox else "wecom"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[RUNTIME].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None,
+               dispatch: bool = True) -> web.Application:
+    """The service. `identity.api_base` is where the WeCom API (or the emulator) lives."""
+    metrics = Metrics()
+    services = Services(db=make_async_engine(config.database.url), config=config)
+    client = WeComClient(None, identity.corp_id, identity.secret, identity.agent_id, identity.api_base)
+    dispatcher = Dispatcher(services.db, client, metrics)
+
+    async def late_reply(userid: str, reply: Reply, origin: str) -> None:
+        if reply.msgtype == "markdown":
+            body = {"content": reply.text}
+        else:
+            body = {"content": plain_text(reply.text)}
+        if await enqueue_once(services.db, [userid], reply.msgtype, body, origin):
+            dispatcher.wakeup.set()
+
+    callback = WeComCallback(token=identity.token, encoding_aes_key=identity.encoding_aes_key,
+                             corp_id=identity.corp_id, router=router, services=services, metrics=metrics,
+                             late_reply=late_reply)
+    app = web.Application(middlewares=[_measure], client_max_size=1024 * 1024)
+    runtime = Runtime(config, identity, services, metrics, client, dispatcher, callback, sandbox)
+    app[RUNTIME] = runtime
+    app.add_routes(callback.routes())
+    app.add_routes([web.get("/healthz", _healthz), web.get("/metrics", _metrics)])
+    if sandbox is not None:
+        sandbox.attach(app)
+
+    async def lifecycle(app: web.Application):
+        if dispatch:
+            await dispatcher.recover_stale()
+            runtime.tasks.append(asyncio.create_task(dispatcher.run_forever(), name="outbox-dispatcher"))
+        yield
+        for task in runtime.tasks:
+            task.cancel()
+        for task in runtime.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await client.close()
+        await services.db.dispose()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def serve(config: Config, host: str, port: int, sandbox_users: list[str] | None = None) -> None:
+    """Run until interrupted. Without WeCom credentials: the sandbox."""
+    from bot.sandbox import Sandbox
+
+    sandbox = None
+    if config.wecom.has_credentials:
+        identity = configured_identity(config)
+    else:
+        identity = sandbox_identity()
+        sandbox = Sandbox(identity, sandbox_users or [])
+        identity.api_base = await sandbox.start_emulator()
+    app = create_app(config, identity, sandbox=sandbox)
+    if sandbox is not None:
+        sandbox.service_url = f"http://127.0.0.1:{port}"
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    if sandbox is not None:
+        logger.info("sandbox: open http://%s:%s/sandbox — WeCom emulator at %s", host if host != "0.0.0.0" else
+                    "127.0.0.1", port, identity.api_base)
+    else:
+        logger.info("serving WeCom callbacks at http://%s:%s/wecom/callback", host, port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        if sandbox is not None:
+            await sandbox.stop_emulator()
