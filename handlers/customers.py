@@ -89,7 +89,7 @@ async def _tier_page(ctx: CommandContext, tier: str, offset: int) -> Reply:
 
 @router.command("customer", r"(?:客户|查客户|查询客户|查询)\s*(?P<query>.+)", r"(?:customer|cust|lookup|find)\s+(?P<query>.+)")
 async def customer(ctx: CommandContext) -> Reply:
-    query = ctx.match.group("query").strip()
+    query = ctx.argument("query")
     catalogue = len(ctx.services.config.scoring.value_matrix.module_catalogue)
     async with ctx.services.db.connect() as connection:
         owners = await queries.visible_owners(connection, ctx.asker)

@@ -21,9 +21,11 @@ from typing import Any, Awaitable, Callable
 _TRAILING_PUNCTUATION = "。！？!?.,，、；;：: "
 
 
-def normalise(text: str) -> str:
+def normalise(text: str, keep_case: bool = False) -> str:
     """Full-width → half-width (NFKC), lower case, single spaces, no trailing punctuation."""
-    folded = unicodedata.normalize("NFKC", text or "").lower()
+    folded = unicodedata.normalize("NFKC", text or "")
+    if not keep_case:
+        folded = folded.lower()
     folded = re.sub(r"\s+", " ", folded).strip()
     # Chinese needs no spaces: 「我的 明星客户」 means 「我的明星客户」.
     folded = re.sub(r"(?<=[\u4e00-\u9fff]) (?=[\u4e00-\u9fff])", "", folded)
@@ -59,6 +61,13 @@ class CommandContext:
     match: re.Match
     services: Any  # what handlers need to answer (database, config); see handlers.services
     command: str = ""
+
+    def argument(self, group: str) -> str:
+        """A matched group as the user typed it (case kept), e.g. a customer name."""
+        cased = normalise(self.raw, keep_case=True)
+        if len(cased) == len(self.text):
+            return cased[self.match.start(group):self.match.end(group)].strip()
+        return self.match.group(group).strip()
 
 
 Handler = Callable[[CommandContext], Awaitable[Reply]]

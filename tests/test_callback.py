@@ -1,0 +1,234 @@
+"""The WeCom callback end to end over real HTTP: a peer that signs and encrypts as WeCom
+does, the real app, the database, and the WeCom emulator behind the send API."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlencode
+
+import pytest
+from aiohttp.test_utils import TestServer
+from sqlalchemy import func, select
+
+from bot.app import RUNTIME, WeComIdentity, create_app
+from bot.config import load_config
+from bot.emulator import EMULATOR, create_emulator_app
+from bot.rescore import full_rescore
+from bot.sandbox import WeComPeer
+from handlers.router import router
+from storage.importer import run_import
+from storage.models import CallbackSeen
+from tests.company import AS_OF, write_company
+
+# wechatpy's public test vector (DESIGN §5).
+VECTOR_TOKEN = "123456"
+VECTOR_AES_KEY = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR"
+VECTOR_CORP = "wx49f0ab532d5d035a"
+
+
+@pytest.fixture
+def scored_company(engine, database_url, tmp_path):
+    run_import(engine, [write_company(tmp_path / "crm")])
+    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
+    full_rescore(engine, config, AS_OF)
+    return config
+
+
+@pytest.fixture
+async def wecom(aiohttp_server):
+    app = create_emulator_app(VECTOR_CORP, "vector-secret", 1000002,
+                              known_users={"admin", "boss", "rep_a", "rep_b"})
+    server = await aiohttp_server(app)
+    return server
+
+
+@pytest.fixture
+async def bot(scored_company, wecom, aiohttp_client):
+    identity = WeComIdentity(VECTOR_CORP, 1000002, "vector-secret", VECTOR_TOKEN, VECTOR_AES_KEY,
+                             str(wecom.make_url("")).rstrip("/"))
+    app = create_app(scored_company, identity)
+    client = await aiohttp_client(app)
+    return client
+
+
+@pytest.fixture
+def peer() -> WeComPeer:
+    return WeComPeer(VECTOR_TOKEN, VECTOR_AES_KEY, VECTOR_CORP, 1000002)
+
+
+async def _say(bot, peer: WeComPeer, userid: str, text: str, msg_id: str | None = None) -> tuple[int, str]:
+    query, body = peer.text_message(userid, text, msg_id=msg_id)
+    response = await bot.post(f"/wecom/callback?{urlencode(query)}", data=body.encode())
+    answer = await response.text()
+    if response.status == 200 and answer:
+        return 200, peer.read_reply(answer)["Content"]
+    return response.status, answer
+
+
+async def test_url_check_answers_the_public_vector(bot):
+    response = await bot.get("/wecom/callback", params={
+        "msg_signature": "dd6b9c95b495b3f7e2901bfbc76c664930ffdb96", "timestamp": "1411443780",
+        "nonce": "437374425",
+        "echostr": "4ByGGj+sVCYcvGeQYhaKIk1o0pQRNbRjxybjTGblXrBaXlTXeOo1+bXFXDQQb1o6co6Yh9Bv41n7hOchLF6p+Q=="})
+    assert response.status == 200
+    assert await response.text() == "5927782489442352469"
+
+
+async def test_url_check_with_bad_signature_is_403(bot, peer):
+    query = peer.url_check("hello")
+    query["msg_signature"] = "0" * 40
+    response = await bot.get("/wecom/callback", params=query)
+    assert response.status == 403
+
+
+async def test_rep_gets_own_star_customers_as_passive_reply(bot, peer):
+    status, reply = await _say(bot, peer, "rep_a", "我的明星客户")
+    assert status == 200
+    assert "星辰半导体股份有限公司" in reply and "您的明星客户（1–1 / 1）" in reply
+    status, english = await _say(bot, peer, "rep_a", "  Show my STAR customers! ")
+    assert "Your Star customers (1–1 of 1)" in english
+
+
+async def test_my_customers_counts_per_tier_for_each_role(bot, peer):
+    _, rep = await _say(bot, peer, "rep_b", "我的客户")
+    _, manager = await _say(bot, peer, "boss", "我的客户")
+    _, admin = await _say(bot, peer, "admin", "my customers")
+    assert "您的客户：共 14 家" in rep
+    assert "您团队的客户：共 28 家" in manager
+    assert "All customers: 28" in admin
+
+
+async def test_rep_cannot_learn_anything_about_another_reps_customer(bot, peer):
+    _, hidden = await _say(bot, peer, "rep_b", "客户 STAR1")
+    _, missing = await _say(bot, peer, "rep_b", "客户 NOPE1")
+    assert hidden == missing.replace("NOPE1", "STAR1")
+    _, fuzzy = await _say(bot, peer, "rep_b", "客户 星辰")
+    assert "没有找到客户「星辰」" in fuzzy
+    _, owner_view = await _say(bot, peer, "rep_a", "客户 星辰")
+    assert "明星客户" in owner_view and "近12个月营收" in owner_view and "负责人：张三" in owner_view
+    _, manager_view = await _say(bot, peer, "boss", "customer STAR1")
+    assert "Tier: Star" in manager_view
+
+
+async def test_ambiguous_name_gets_a_did_you_mean_list(bot, peer):
+    _, reply = await _say(bot, peer, "admin", "客户 普通客户01")
+    assert "匹配到多个客户" in reply and "客户 F010 — 普通客户010有限公司" in reply
+
+
+async def test_lists_page_with_more_and_stay_within_2048_bytes(bot, peer):
+    _, first = await _say(bot, peer, "boss", "我的瘦狗客户")
+    _, second = await _say(bot, peer, "boss", "更多")
+    _, third = await _say(bot, peer, "boss", "更多")
+    assert "（1–10 / 20）" in first and "（11–20 / 20）" in second and "没有更多了" in third
+    assert all(len(text.encode()) <= 2048 for text in (first, second, third))
+
+
+async def test_unknown_user_is_refused_politely(bot, peer):
+    _, reply = await _say(bot, peer, "stranger", "我的客户")
+    assert "尚未在 tierbot 中登记" in reply and "stranger" in reply
+
+
+async def test_anything_else_gets_a_short_hint(bot, peer):
+    _, reply = await _say(bot, peer, "rep_a", "今天天气怎么样")
+    assert reply.startswith("没听懂") and "帮助" in reply
+
+
+async def test_retried_message_is_answered_once(bot, peer, engine):
+    status, first = await _say(bot, peer, "rep_a", "我的客户", msg_id="777000111")
+    retry_status, retry = await _say(bot, peer, "rep_a", "我的客户", msg_id="777000111")
+    assert (status, retry_status) == (200, 200)
+    assert first and retry == ""
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(CallbackSeen)).scalar_one() == 1
+
+
+async def test_retried_event_is_handled_once(bot, peer):
+    query, body = peer.event("rep_a", "enter_agent", create_time=1700000000)
+    first = await bot.post(f"/wecom/callback?{urlencode(query)}", data=body.encode())
+    assert first.status == 200 and "我的客户" in peer.read_reply(await first.text())["Content"]
+    query, body = peer.event("rep_a", "enter_agent", create_time=1700000000)
+    again = await bot.post(f"/wecom/callback?{urlencode(query)}", data=body.encode())
+    assert again.status == 200 and await again.text() == ""
+
+
+async def test_bad_signature_is_403_and_nothing_is_processed(bot, peer, engine):
+    query, body = peer.text_message("rep_a", "我的客户")
+    query["msg_signature"] = "f" * 40
+    response = await bot.post(f"/wecom/callback?{urlencode(query)}", data=body.encode())
+    assert response.status == 403
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(CallbackSeen)).scalar_one() == 0
+
+
+@pytest.mark.parametrize("body", [
+    b"not xml at all",
+    b"<xml><Encrypt>",
+    b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'aaaaaaaa'><!ENTITY b '&a;&a;&a;&a;'>]><xml><Encrypt>&b;</Encrypt></xml>",
+    b"<xml><ToUserName>x</ToUserName></xml>",
+])
+async def test_garbled_envelopes_are_400(bot, body):
+    query = {"msg_signature": "a" * 40, "timestamp": "1", "nonce": "1"}
+    response = await bot.post(f"/wecom/callback?{urlencode(query)}", data=body)
+    assert response.status == 400
+
+
+async def test_envelope_signed_right_but_not_decryptable_is_400(bot, peer):
+    from bot.callback import signature_of
+
+    encrypted = "bm90IHJlYWxseSBlbmNyeXB0ZWQ="
+    body = f"<xml><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>"
+    query = {"msg_signature": signature_of(VECTOR_TOKEN, "1", "2", encrypted), "timestamp": "1", "nonce": "2"}
+    response = await bot.post(f"/wecom/callback?{urlencode(query)}", data=body.encode())
+    assert response.status == 400
+
+
+async def test_oversized_body_is_400(bot, peer):
+    query, _ = peer.text_message("rep_a", "x")
+    response = await bot.post(f"/wecom/callback?{urlencode(query)}", data=b"<xml>" + b"a" * 70_000 + b"</xml>")
+    assert response.status == 400
+
+
+async def test_message_for_another_corp_is_400(bot):
+    other = WeComPeer(VECTOR_TOKEN, VECTOR_AES_KEY, "wwsomeoneelse", 1000002)
+    query, body = other.text_message("rep_a", "我的客户")
+    response = await bot.post(f"/wecom/callback?{urlencode(query)}", data=body.encode())
+    assert response.status == 400
+
+
+async def test_slow_answer_gets_empty_200_then_arrives_through_the_send_api(bot, peer, wecom, monkeypatch):
+    runtime = bot.server.app[RUNTIME]
+    monkeypatch.setattr(runtime.callback, "deadline", 0.2)
+    name, handler, _ = router.resolve("帮助")
+
+    async def slow_help(ctx):
+        await asyncio.sleep(0.5)
+        return await handler(ctx)
+
+    route = next(r for r in router.routes if r.name == name)
+    monkeypatch.setattr(route, "handler", slow_help)
+    status, reply = await _say(bot, peer, "rep_a", "帮助", msg_id="5550001")
+    assert (status, reply) == (200, "")
+    state = wecom.app[EMULATOR]
+    for _ in range(100):
+        if state.messages_for("rep_a"):
+            break
+        await asyncio.sleep(0.05)
+    delivered = state.messages_for("rep_a")
+    assert len(delivered) == 1 and delivered[0].msgtype == "markdown"
+    assert "tierbot 客户分层助手" in delivered[0].payload["markdown"]["content"]
+    # WeCom's retry of the slow message does not produce a second answer.
+    status, retry = await _say(bot, peer, "rep_a", "帮助", msg_id="5550001")
+    await asyncio.sleep(0.3)
+    assert (status, retry) == (200, "") and len(state.messages_for("rep_a")) == 1
+
+
+async def test_healthz_and_metrics(bot, peer):
+    health = await bot.get("/healthz")
+    assert health.status == 200 and (await health.json())["database"] == "ok"
+    await _say(bot, peer, "rep_a", "我的客户", msg_id="42")
+    await _say(bot, peer, "rep_a", "我的客户", msg_id="42")
+    metrics = await (await bot.get("/metrics")).text()
+    assert 'tierbot_commands_total{command="my_customers"} 1.0' in metrics
+    assert "tierbot_callback_dedupe_hits_total 1.0" in metrics
+    assert 'tierbot_http_requests_total{route="/wecom/callback",status="200"} 2.0' in metrics
+    assert "tierbot_http_request_seconds_bucket" in metrics
