@@ -244,3 +244,15 @@ def bench_pipeline(sizes: tuple[int, ...], orders_per_customer: float | None, ac
     folder = Path(work_dir)
     folder.mkdir(parents=True, exist_ok=True)
     run_pipeline(scales, activities_per_customer, database_url, folder, keep=keep)
+
+
+@bench_group.command("callback")
+@click.option("--users", "concurrencies", multiple=True, type=int, help="Concurrent users (repeatable; default 50, 200).")
+@click.option("--seconds", type=float, default=15.0, show_default=True, help="Length of each run.")
+@click.option("--customers", type=int, default=10_000, show_default=True, help="Size of the company behind the bot.")
+@click.option("--work-dir", type=click.Path(file_okay=False), default=str(Path("var") / "bench"), show_default=True)
+def bench_callback(concurrencies: tuple[int, ...], seconds: float, customers: int, work_dir: str) -> None:
+    """Callback requests/s and p50/p99 vs a bare decrypt-and-200 handler."""
+    from bench.callback import run_callback_bench
+
+    run_callback_bench(list(concurrencies) or [50, 200], seconds, customers, Path(work_dir))

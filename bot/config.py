@@ -14,7 +14,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scoring.params import ScoringParams
 
@@ -59,6 +59,9 @@ class HttpConfig(_Section):
     port: int = Field(8080, ge=1, le=65535)
 
 
+_CREDENTIALS = ("corp_id", "agent_id", "secret", "token", "encoding_aes_key")
+
+
 class WecomConfig(_Section):
     corp_id: str = ""
     agent_id: str = ""
@@ -75,9 +78,20 @@ class WecomConfig(_Section):
             raise ValueError("must be the 43-character EncodingAESKey from the WeCom admin console")
         return key
 
+    @model_validator(mode="after")
+    def _all_or_no_credentials(self) -> "WecomConfig":
+        given = {name: bool(getattr(self, name)) for name in _CREDENTIALS}
+        if any(given.values()) and not all(given.values()):
+            missing = ", ".join(f"WECOM_{name.upper()}" for name, ok in given.items() if not ok)
+            raise ValueError(f"some WeCom credentials are set but not all: also set {missing} "
+                             "(or unset them all for the sandbox)")
+        if self.agent_id and not str(self.agent_id).isdigit():
+            raise ValueError("agent_id: must be the app's numeric AgentId")
+        return self
+
     @property
     def has_credentials(self) -> bool:
-        return bool(self.corp_id and self.secret and self.token and self.encoding_aes_key)
+        return all(getattr(self, name) for name in _CREDENTIALS)
 
 
 class ApiConfig(_Section):

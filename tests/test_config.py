@@ -57,9 +57,8 @@ def test_all_weights_zero_is_refused(tmp_path):
 def test_environment_overrides_and_names_itself_in_errors(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("http:\n  port: 9000\n", encoding="utf-8")
-    config = load_config(path, environ={"TIERBOT_HTTP_PORT": "8181", "WECOM_CORP_ID": "ww1",
-                                        "TIERBOT_DATABASE_URL": "postgresql://u@db/x"})
-    assert (config.http.port, config.wecom.corp_id, config.database.url) == (8181, "ww1", "postgresql://u@db/x")
+    config = load_config(path, environ={"TIERBOT_HTTP_PORT": "8181", "TIERBOT_DATABASE_URL": "postgresql://u@db/x"})
+    assert (config.http.port, config.database.url) == (8181, "postgresql://u@db/x")
     problems = _problems(tmp_path, "", environ={"TIERBOT_HTTP_PORT": "0", "WECOM_ENCODING_AES_KEY": "short-secret"})
     assert "http.port (from TIERBOT_HTTP_PORT): must be a number >= 1" in problems
     assert any(p.startswith("wecom.encoding_aes_key (from WECOM_ENCODING_AES_KEY): must be the 43-character")
@@ -77,3 +76,14 @@ def test_scoring_fingerprint_changes_with_scoring_settings_only():
     other_port = Config.model_validate({"http": {"port": 9999}})
     other_weight = Config.model_validate({"scoring": {"value_matrix": {"boundaries": {"current_value": 60}}}})
     assert base.scoring_hash() == other_port.scoring_hash() != other_weight.scoring_hash()
+
+
+def test_wecom_credentials_come_all_together(tmp_path):
+    complete = {"WECOM_CORP_ID": "ww1", "WECOM_AGENT_ID": "1000002", "WECOM_SECRET": "s3cret",
+                "WECOM_TOKEN": "tok", "WECOM_ENCODING_AES_KEY": "k" * 43}
+    assert load_config(None, environ=complete).wecom.has_credentials
+    partial = {k: v for k, v in complete.items() if k not in ("WECOM_TOKEN", "WECOM_AGENT_ID")}
+    problems = _problems(tmp_path, "", environ=partial)
+    assert problems == ["wecom: some WeCom credentials are set but not all: also set WECOM_AGENT_ID, WECOM_TOKEN "
+                        "(or unset them all for the sandbox)"]
+    assert not any("s3cret" in p for p in problems)
