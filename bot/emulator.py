@@ -466,15 +466,24 @@ def _duplicate_key(body: Mapping[str, Any]) -> str:
     return json.dumps(content, sort_keys=True, ensure_ascii=False)
 
 
-async def _message_send(request: web.Request) -> dict[str, Any]:
+async def _authorised_app_body(request: web.Request) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(error answer, None) for a bad token, bad JSON or wrong agentid; else (None, body)."""
     state = request.app[EMULATOR]
     record: ReceivedRequest = request[_RECORD]
     if error := state._token_error(request):
-        return error
+        return error, {}
     body = await _read_json(request, record)
     if body is None:
-        return state._error(47001, "data format error. Warning: wrong json format.")
+        return state._error(47001, "data format error. Warning: wrong json format."), {}
     if error := state._agentid_error(body):
+        return error, {}
+    return None, body
+
+
+async def _message_send(request: web.Request) -> dict[str, Any]:
+    state = request.app[EMULATOR]
+    error, body = await _authorised_app_body(request)
+    if error:
         return error
     msgtype = body.get("msgtype")
     if msgtype not in MESSAGE_TYPES:
@@ -538,13 +547,8 @@ async def _message_send(request: web.Request) -> dict[str, Any]:
 
 async def _update_template_card(request: web.Request) -> dict[str, Any]:
     state = request.app[EMULATOR]
-    record: ReceivedRequest = request[_RECORD]
-    if error := state._token_error(request):
-        return error
-    body = await _read_json(request, record)
-    if body is None:
-        return state._error(47001, "data format error. Warning: wrong json format.")
-    if error := state._agentid_error(body):
+    error, body = await _authorised_app_body(request)
+    if error:
         return error
     code = body.get("response_code")
     issued = state._response_codes.get(code) if isinstance(code, str) else None

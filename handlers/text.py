@@ -139,7 +139,8 @@ def plain_text(markdown: str) -> str:
 
 @lru_cache(maxsize=None)
 def environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), undefined=StrictUndefined,
+    # Templates are read once per process: no file check on every message.
+    env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), undefined=StrictUndefined, auto_reload=False,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False, autoescape=False)
     env.filters["money"] = money
     env.filters["percent"] = percent

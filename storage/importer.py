@@ -39,7 +39,7 @@ from storage.schema_files import (
     kind_of_file,
     normalise_header,
 )
-from storage.sql import bulk_insert, month_of, null_safe_differs
+from storage.sql import bulk_insert, month_of, null_safe_differs, refresh_statistics
 from storage.validate import BatchValidator, Problem
 
 
@@ -525,6 +525,8 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     _upsert(connection, kind, columns, stamp)
                 if not log:
                     rebuilt = rebuild_rollups(connection)
+                    refresh_statistics(connection, [*(KINDS_BY_NAME[name].table.name for name in staging),
+                                                    "customer_months", "activity_months"])
 
             if log:
                 transaction.rollback()

@@ -66,24 +66,27 @@ async def run_as_of(connection: AsyncConnection, run_id: int) -> date:
 async def tier_totals(connection: AsyncConnection, owners: list[str] | None, run_id: int) -> dict[str, dict]:
     """Per tier: customers and 12-month revenue, over the visible customers."""
     rows = await connection.execute(
-        select(ScoreSnapshot.tier, func.count(), func.coalesce(func.sum(ScoreSnapshot.revenue_12m), 0.0))
-        .join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
-        .where(ScoreSnapshot.run_id == run_id, _owned_by(owners))
-        .group_by(ScoreSnapshot.tier))
+        select(Customer.tier, func.count(), func.coalesce(func.sum(ScoreSnapshot.revenue_12m), 0.0))
+        .select_from(Customer)
+        .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id, ScoreSnapshot.customer_id == Customer.customer_id))
+        .where(_owned_by(owners))
+        .group_by(Customer.tier))
     return {tier: {"customers": count, "revenue_12m": float(revenue)} for tier, count, revenue in rows}
 
 
 async def customers_in_tier(connection: AsyncConnection, owners: list[str] | None, run_id: int, tier: str,
                             offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-    """A page of one tier's visible customers, most valuable first; and the total count."""
-    where = and_(ScoreSnapshot.run_id == run_id, ScoreSnapshot.tier == tier, _owned_by(owners))
-    base = select(ScoreSnapshot.customer_id).join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
-    total = (await connection.execute(select(func.count()).select_from(base.where(where).subquery()))).scalar_one()
+    """A page of one tier's visible customers, most valuable first; and the total count.
+    Driven from customers (owner, tier) — the current tier is kept there by every run."""
+    joined = (select(Customer.customer_id).select_from(Customer)
+              .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id,
+                                        ScoreSnapshot.customer_id == Customer.customer_id))
+              .where(Customer.tier == tier, _owned_by(owners)))
+    total = (await connection.execute(select(func.count()).select_from(joined.subquery()))).scalar_one()
     rows = await connection.execute(
-        select(Customer.customer_id, Customer.name, Customer.owner_userid, ScoreSnapshot.current_value,
-               ScoreSnapshot.potential_value, ScoreSnapshot.revenue_12m)
-        .join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
-        .where(where)
+        joined.with_only_columns(Customer.customer_id, Customer.name, Customer.owner_userid,
+                                 ScoreSnapshot.current_value, ScoreSnapshot.potential_value,
+                                 ScoreSnapshot.revenue_12m)
         .order_by(ScoreSnapshot.current_value.desc(), ScoreSnapshot.revenue_12m.desc(), Customer.customer_id)
         .offset(offset).limit(limit))
     return [dict(row._mapping) for row in rows], total

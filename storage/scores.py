@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, sele
 
 from scoring.features import AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, window_starts
 from storage.models import Customer, ScoreRun, ScoreSnapshot
-from storage.sql import bulk_insert
+from storage.sql import bulk_insert, refresh_statistics
 
 _NOW = bindparam("now", type_=DateTime(timezone=True))
 
@@ -153,6 +153,7 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
             status="succeeded", finished_at=_now(), customers=len(scored), tier_changes=int(changes or 0),
             summary=summary))
         _prune_snapshots(connection, keep_runs)
+        refresh_statistics(connection, ["score_snapshots", "customers", "tier_history"])
     return RunOutcome(run_id, len(scored), int(changes or 0), int(first or 0), summary)
 
 

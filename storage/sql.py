@@ -47,3 +47,16 @@ def bulk_insert(connection: Connection, table: str, frame: pd.DataFrame) -> None
                            values.itertuples(index=False, name=None))
     finally:
         cursor.close()
+
+
+def refresh_statistics(connection: Connection, tables: list[str]) -> None:
+    """Give the query planner fresh statistics after bulk writes, so that e.g. a rep's
+    list is read through the owner index rather than by scanning a whole score run."""
+    if connection.dialect.name == "postgresql":
+        for table in tables:
+            connection.exec_driver_sql(f"ANALYZE {table}")
+        return
+    # A sampled ANALYZE: a few hundred rows per index are plenty for the planner.
+    connection.exec_driver_sql("PRAGMA analysis_limit=400")
+    for table in tables:
+        connection.exec_driver_sql(f"ANALYZE {table}")
