@@ -60,10 +60,11 @@ def full_rescore(engine: Engine, config: Config, as_of: date) -> tuple[store.Run
         with store.consistent_read(engine) as connection:
             customers = store.load_customers(connection)
             aggregates = store.load_aggregates(connection, as_of)
+            activity = store.load_activity(connection, as_of)
         if customers.empty:
             raise NothingToScore("no customers to score: import data first (python -m bot import DIR)")
         read_done = time.perf_counter()
-        features = build_features(customers, aggregates, as_of)
+        features = build_features(customers, aggregates, as_of, activity)
         scored = score_customers(features, config.scoring)
         summary = summarise_tiers(features, scored)
         summary["as_of"] = as_of.isoformat()

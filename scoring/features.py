@@ -25,7 +25,13 @@ AGGREGATE_COLUMNS = (
     "revenue_24_36m",
     "lifetime_revenue",
     "lifetime_orders",
+    "purchase_days",
+    "first_day_revenue",
 )
+
+# Columns of the activity frame (customers without activity may be absent).
+ACTIVITY_COLUMNS = ("act_30d", "baseline_events_6m", "complaints_90d", "complaints_prev_90d", "last_activity_ts")
+BASELINE_DAYS = 182.5  # six calendar months, the span of baseline_events_6m
 
 CUSTOMER_COLUMNS = (
     "customer_id",
@@ -60,18 +66,28 @@ def window_starts(as_of: date) -> dict[str, date]:
             "m36": add_months(current, -35)}
 
 
-def build_features(customers: pd.DataFrame, aggregates: pd.DataFrame, as_of: date) -> pd.DataFrame:
-    """Join attributes and aggregates; derive the ratios the models use.
+def build_features(customers: pd.DataFrame, aggregates: pd.DataFrame, as_of: date,
+                   activity: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Join attributes, order aggregates and activity windows; derive what the models use.
 
     `customers`: CUSTOMER_COLUMNS. `aggregates`: customer_id, AGGREGATE_COLUMNS,
-    first_order_date, last_order_date (customers without orders may be absent).
-    Returns one row per customer, indexed by customer_id, sorted by it.
+    first_order_date, last_order_date. `activity`: customer_id, ACTIVITY_COLUMNS.
+    Customers absent from either count as having none. Returns one row per customer,
+    indexed by customer_id, sorted by it.
     """
     frame = customers.set_index("customer_id").sort_index()
     agg = aggregates.set_index("customer_id")
     frame = frame.join(agg, how="left")
-    for column in AGGREGATE_COLUMNS:
+    if activity is None:
+        activity = pd.DataFrame(columns=["customer_id", *ACTIVITY_COLUMNS])
+    frame = frame.join(activity.set_index("customer_id"), how="left")
+    for column in ACTIVITY_COLUMNS[:-1]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").fillna(0.0).astype(float)
+    frame["last_activity_ts"] = pd.to_datetime(frame["last_activity_ts"], errors="coerce")
+    frame["act_baseline_30d"] = frame["baseline_events_6m"] / BASELINE_DAYS * 30
+    for column in AGGREGATE_COLUMNS:
+        values = frame[column] if column in frame else pd.Series(0.0, index=frame.index)
+        frame[column] = pd.to_numeric(values, errors="coerce").fillna(0.0).astype(float)
     for column in ("is_listed", "is_benchmark", "is_partner"):
         frame[column] = frame[column].fillna(False).astype(bool)
     frame["employees"] = pd.to_numeric(frame["employees"], errors="coerce")

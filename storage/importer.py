@@ -449,14 +449,23 @@ def rebuild_rollups(connection: Connection, only_touched: bool = True) -> int:
     order_month = month_of(dialect, "order_date")
     activity_month = month_of(dialect, "ts")
     connection.execute(text(f"DELETE FROM customer_months {scope}"))
+    # Orders are first summed per day; the month's first day and its revenue come from a
+    # window over those days (lifetimes counts purchase days, not orders).
     connection.execute(text(f"""
-        INSERT INTO customer_months (customer_id, month, revenue, cost, repeat_revenue, orders,
-                                     first_order_date, last_order_date)
-        SELECT customer_id, {order_month}, SUM(amount), SUM(COALESCE(cost, 0)),
-               SUM(CASE WHEN kind IN ('renewal', 'upsell') THEN amount ELSE 0 END), COUNT(*),
-               MIN(order_date), MAX(order_date)
-        FROM orders WHERE true {scope_and}
-        GROUP BY customer_id, {order_month}"""))
+        INSERT INTO customer_months (customer_id, month, revenue, cost, repeat_revenue, orders, purchase_days,
+                                     first_day_revenue, first_order_date, last_order_date)
+        SELECT customer_id, month, SUM(revenue), SUM(cost), SUM(repeat_revenue), SUM(orders), COUNT(*),
+               SUM(CASE WHEN order_date = first_day THEN revenue ELSE 0 END), MIN(order_date), MAX(order_date)
+        FROM (
+            SELECT customer_id, {order_month} AS month, order_date, SUM(amount) AS revenue,
+                   SUM(COALESCE(cost, 0)) AS cost,
+                   SUM(CASE WHEN kind IN ('renewal', 'upsell') THEN amount ELSE 0 END) AS repeat_revenue,
+                   COUNT(*) AS orders,
+                   MIN(order_date) OVER (PARTITION BY customer_id, {order_month}) AS first_day
+            FROM orders WHERE true {scope_and}
+            GROUP BY customer_id, order_date
+        ) days
+        GROUP BY customer_id, month"""))
     connection.execute(text(f"DELETE FROM activity_months {scope}"))
     connection.execute(text(f"""
         INSERT INTO activity_months (customer_id, month, kind, events, last_ts)

@@ -126,6 +126,8 @@ class Activity(Base):
         CheckConstraint(_one_of("kind", ACTIVITY_KINDS), name="kind"),
         Index("ix_activities_rollup", "customer_id", "ts", "kind"),
         Index("ix_activities_ts", "ts"),
+        # Covering index for "complaints in the last 90 days" and similar per-kind windows.
+        Index("ix_activities_kind_ts", "kind", "ts", "customer_id"),
     )
 
 
@@ -159,6 +161,10 @@ class CustomerMonth(Base):
     cost: Mapped[float] = mapped_column(Money)
     repeat_revenue: Mapped[float] = mapped_column(Money)
     orders: Mapped[int] = mapped_column(Integer)
+    # Distinct days with orders, and the revenue of the month's first such day: enough to
+    # rebuild lifetimes' frequency and monetary_value without reading raw orders.
+    purchase_days: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    first_day_revenue: Mapped[float] = mapped_column(Money, default=0.0, server_default="0")
     first_order_date: Mapped[date] = mapped_column(Date)
     last_order_date: Mapped[date] = mapped_column(Date)
 

@@ -16,22 +16,31 @@ from typing import Iterator
 import pandas as pd
 from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, select, text, update
 
-from scoring.features import AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, window_starts
+from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, add_months, window_starts
 from storage.models import Customer, ScoreRun, ScoreSnapshot
 from storage.sql import bulk_insert, refresh_statistics
 
 _NOW = bindparam("now", type_=DateTime(timezone=True))
 
 _AGGREGATES_SQL = """
-WITH monthly AS (
-    SELECT customer_id, month, revenue, cost, repeat_revenue, orders, first_order_date, last_order_date
+WITH current_days AS (
+    SELECT customer_id, order_date, SUM(amount) AS revenue, SUM(COALESCE(cost, 0)) AS cost,
+           SUM(CASE WHEN kind IN ('renewal', 'upsell') THEN amount ELSE 0 END) AS repeat_revenue, COUNT(*) AS orders
+    FROM orders WHERE order_date >= :m0 AND order_date <= :as_of
+    GROUP BY customer_id, order_date
+),
+monthly AS (
+    SELECT customer_id, month, revenue, cost, repeat_revenue, orders, purchase_days, first_day_revenue,
+           first_order_date, last_order_date
     FROM customer_months WHERE month < :m0
     UNION ALL
-    SELECT customer_id, :m0 AS month, SUM(amount), SUM(COALESCE(cost, 0)),
-           SUM(CASE WHEN kind IN ('renewal', 'upsell') THEN amount ELSE 0 END), COUNT(*),
-           MIN(order_date), MAX(order_date)
-    FROM orders WHERE order_date >= :m0 AND order_date <= :as_of
+    SELECT customer_id, :m0 AS month, SUM(revenue), SUM(cost), SUM(repeat_revenue), SUM(orders), COUNT(*),
+           SUM(CASE WHEN order_date = first_day THEN revenue ELSE 0 END), MIN(order_date), MAX(order_date)
+    FROM (SELECT d.*, MIN(order_date) OVER (PARTITION BY customer_id) AS first_day FROM current_days d) c
     GROUP BY customer_id
+),
+ranked AS (
+    SELECT monthly.*, MIN(month) OVER (PARTITION BY customer_id) AS first_month FROM monthly
 )
 SELECT customer_id,
        SUM(CASE WHEN month >= :m12 THEN revenue ELSE 0 END) AS revenue_12m,
@@ -42,24 +51,79 @@ SELECT customer_id,
        SUM(CASE WHEN month >= :m36 AND month < :m24 THEN revenue ELSE 0 END) AS revenue_24_36m,
        SUM(revenue) AS lifetime_revenue,
        SUM(orders) AS lifetime_orders,
+       SUM(purchase_days) AS purchase_days,
+       SUM(CASE WHEN month = first_month THEN first_day_revenue ELSE 0 END) AS first_day_revenue,
        MIN(first_order_date) AS first_order_date,
        MAX(last_order_date) AS last_order_date
-FROM monthly
+FROM ranked
 GROUP BY customer_id
 """
 
+# Activity windows. "Active" kinds exclude complaints, which are counted on their own.
+_ACTIVITY_SQL = """
+WITH recent AS (
+    SELECT customer_id,
+           SUM(CASE WHEN kind <> 'complaint' AND ts >= :since_30d THEN 1 ELSE 0 END) AS act_30d,
+           MAX(ts) AS last_recent_ts
+    FROM activities WHERE ts >= :since_30d AND ts < :until
+    GROUP BY customer_id
+),
+complaints AS (
+    SELECT customer_id,
+           SUM(CASE WHEN ts >= :since_90d THEN 1 ELSE 0 END) AS complaints_90d,
+           SUM(CASE WHEN ts < :since_90d THEN 1 ELSE 0 END) AS complaints_prev_90d
+    FROM activities WHERE kind = 'complaint' AND ts >= :since_180d AND ts < :until
+    GROUP BY customer_id
+),
+baseline AS (
+    SELECT customer_id, SUM(CASE WHEN kind <> 'complaint' THEN events ELSE 0 END) AS baseline_events,
+           MAX(last_ts) AS last_ts
+    FROM activity_months WHERE month >= :m6 AND month < :m0
+    GROUP BY customer_id
+),
+customers_seen AS (
+    SELECT customer_id FROM recent UNION SELECT customer_id FROM complaints UNION SELECT customer_id FROM baseline
+)
+SELECT s.customer_id, COALESCE(r.act_30d, 0), COALESCE(b.baseline_events, 0),
+       COALESCE(c.complaints_90d, 0), COALESCE(c.complaints_prev_90d, 0), COALESCE(r.last_recent_ts, b.last_ts)
+FROM customers_seen s
+LEFT JOIN recent r ON r.customer_id = s.customer_id
+LEFT JOIN complaints c ON c.customer_id = s.customer_id
+LEFT JOIN baseline b ON b.customer_id = s.customer_id
+"""
+
+BASELINE_MONTHS = 6
+
 
 def load_aggregates(connection: Connection, as_of: date) -> pd.DataFrame:
-    statement = text(_AGGREGATES_SQL).bindparams(
-        *(bindparam(name, type_=Date) for name in ("m0", "m12", "m24", "m36", "as_of")))
+    sql = _AGGREGATES_SQL
     if connection.dialect.name == "postgresql":
-        statement = text(_AGGREGATES_SQL.replace(":m0 AS month", "CAST(:m0 AS DATE) AS month")).bindparams(
-            *(bindparam(name, type_=Date) for name in ("m0", "m12", "m24", "m36", "as_of")))
+        sql = sql.replace(":m0 AS month", "CAST(:m0 AS DATE) AS month")
+    statement = text(sql).bindparams(*(bindparam(name, type_=Date) for name in ("m0", "m12", "m24", "m36", "as_of")))
     rows = connection.execute(statement, {**window_starts(as_of), "as_of": as_of})
     frame = pd.DataFrame(rows.all(), columns=["customer_id", *AGGREGATE_COLUMNS, "first_order_date",
                                               "last_order_date"])
     for column in AGGREGATE_COLUMNS:
         frame[column] = pd.to_numeric(frame[column]).astype(float)
+    return frame
+
+
+def load_activity(connection: Connection, as_of: date) -> pd.DataFrame:
+    """Per customer: activities in the 30 days to as_of, the six whole months before the
+    as-of month (the baseline), complaints in the last 90 days and the 90 before."""
+    until = datetime.combine(as_of + timedelta(days=1), datetime.min.time())
+    months = window_starts(as_of)
+    parameters = {"until": until, "since_30d": until - timedelta(days=30), "since_90d": until - timedelta(days=90),
+                  "since_180d": until - timedelta(days=180), "m0": months["m0"],
+                  "m6": add_months(months["m0"], -BASELINE_MONTHS)}
+    statement = text(_ACTIVITY_SQL).bindparams(
+        *(bindparam(name, type_=DateTime) for name in ("until", "since_30d", "since_90d", "since_180d")),
+        *(bindparam(name, type_=Date) for name in ("m0", "m6")))
+    rows = connection.execute(statement, parameters)
+    frame = pd.DataFrame(rows.all(), columns=["customer_id", *ACTIVITY_COLUMNS])
+    for column in ACTIVITY_COLUMNS[:-1]:
+        frame[column] = pd.to_numeric(frame[column]).astype(float)
+    frame["last_activity_ts"] = pd.to_datetime(frame["last_activity_ts"], errors="coerce")
     return frame
 
 

@@ -100,6 +100,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('activities', schema=None) as batch_op:
         batch_op.create_index('ix_activities_rollup', ['customer_id', 'ts', 'kind'], unique=False)
+        batch_op.create_index('ix_activities_kind_ts', ['kind', 'ts', 'customer_id'], unique=False)
         batch_op.create_index('ix_activities_ts', ['ts'], unique=False)
 
     op.create_table('activity_months',
@@ -118,6 +119,8 @@ def upgrade() -> None:
     sa.Column('cost', sa.Numeric(precision=18, scale=2, asdecimal=False), nullable=False),
     sa.Column('repeat_revenue', sa.Numeric(precision=18, scale=2, asdecimal=False), nullable=False),
     sa.Column('orders', sa.Integer(), nullable=False),
+    sa.Column('purchase_days', sa.Integer(), server_default='0', nullable=False),
+    sa.Column('first_day_revenue', sa.Numeric(precision=18, scale=2, asdecimal=False), server_default='0', nullable=False),
     sa.Column('first_order_date', sa.Date(), nullable=False),
     sa.Column('last_order_date', sa.Date(), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.customer_id'], name=op.f('fk_customer_months_customer_id_customers')),
