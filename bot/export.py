@@ -8,12 +8,14 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
-from handlers.text import reasons_text, tier_name
+from handlers.text import model_reasons_text, reasons_text, tier_name
 from storage.models import Customer, ScoreSnapshot
 from storage.scores import latest_run
 
 SCORE_COLUMNS = ("customer_id", "name", "owner_userid", "tier", "tier_name", "current_value", "potential_value",
                  "reasons")
+# Per model after the value matrix: label, score, reasons (in words).
+MODEL_COLUMNS = ("rfm", "sabc", "pyramid", "lifecycle", "churn", "intent")
 
 
 class NoScoreRun(Exception):
@@ -31,7 +33,7 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
             raise NoScoreRun("no score run yet: run `python -m bot score` first")
         query = (select(ScoreSnapshot.customer_id, Customer.name, Customer.owner_userid, ScoreSnapshot.tier,
                         ScoreSnapshot.current_value, ScoreSnapshot.potential_value, ScoreSnapshot.reasons,
-                        ScoreSnapshot.scores)
+                        ScoreSnapshot.scores, ScoreSnapshot.labels)
                  .join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
                  .where(ScoreSnapshot.run_id == run.id)
                  .order_by(ScoreSnapshot.customer_id))
@@ -40,15 +42,23 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
         with open(partial, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
             component_names: list[str] | None = None
-            for customer_id, name, owner, tier, current, potential, reasons, scores in rows:
-                scores = json.loads(scores) if isinstance(scores, str) else scores
-                reasons = json.loads(reasons) if isinstance(reasons, str) else reasons
+            for customer_id, name, owner, tier, current, potential, reasons, scores, labels in rows:
+                scores, reasons, labels = (json.loads(v) if isinstance(v, str) else v for v in (scores, reasons, labels))
                 if component_names is None:
-                    component_names = list(scores)
-                    writer.writerow([*SCORE_COLUMNS, "as_of", "run_id", *(f"score_{c}" for c in component_names)])
+                    component_names = [c for c in scores if c not in MODEL_COLUMNS]
+                    models = [m for m in MODEL_COLUMNS if m in labels]
+                    writer.writerow([*SCORE_COLUMNS,
+                                     *(f"{m}_{part}" for m in models for part in ("label", "score", "reasons")),
+                                     "tags", "as_of", "run_id", *(f"score_{c}" for c in component_names)])
+                model_cells = []
+                for model in models:
+                    model_cells += [labels.get(model) or "", _cell(scores.get(model)),
+                                    model_reasons_text(model, reasons.get(model) or [], lang)]
                 writer.writerow([customer_id, name, owner or "", tier, tier_name(tier, lang), f"{current:.2f}",
-                                 f"{potential:.2f}", reasons_text(reasons, lang, catalogue_size),
-                                 run.as_of, run.id, *(_cell(scores.get(c)) for c in component_names)])
+                                 f"{potential:.2f}", reasons_text(reasons.get("value_matrix") or [], lang,
+                                                                  catalogue_size),
+                                 *model_cells, "|".join(labels.get("tags") or []), run.as_of, run.id,
+                                 *(_cell(scores.get(c)) for c in component_names)])
                 written += 1
             if component_names is None:
                 writer.writerow([*SCORE_COLUMNS, "as_of", "run_id"])
@@ -57,4 +67,6 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
 
 
 def _cell(value) -> str:
-    return "" if value is None else f"{value:.2f}"
+    if value is None:
+        return ""
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

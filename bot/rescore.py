@@ -61,11 +61,14 @@ def full_rescore(engine: Engine, config: Config, as_of: date) -> tuple[store.Run
             customers = store.load_customers(connection)
             aggregates = store.load_aggregates(connection, as_of)
             activity = store.load_activity(connection, as_of)
+            intent_counts = store.load_intent_counts(connection, as_of, config.scoring.intent.rules
+                                                     if config.scoring.intent.enabled else [])
         if customers.empty:
             raise NothingToScore("no customers to score: import data first (python -m bot import DIR)")
         read_done = time.perf_counter()
         features = build_features(customers, aggregates, as_of, activity)
-        scored = score_customers(features, config.scoring)
+        previous = customers.set_index("customer_id")[["tier", "pending_tier", "pending_runs"]]
+        scored = score_customers(features, config.scoring, as_of, previous=previous, intent_counts=intent_counts)
         summary = summarise_tiers(features, scored)
         summary["as_of"] = as_of.isoformat()
         score_done = time.perf_counter()

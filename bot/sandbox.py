@@ -135,7 +135,7 @@ class Sandbox:
 
         async with request.app[RUNTIME].services.db.connect() as connection:
             rows = await connection.execute(select(User.userid, User.name, User.role, User.team)
-                                            .where(User.role.in_(("rep", "manager", "admin")))
+                                            .where(User.role.in_(("rep", "manager", "admin", "agent")))
                                             .order_by(User.role, User.userid).limit(500))
             users = [dict(row._mapping) for row in rows]
         return web.json_response(users)
@@ -143,7 +143,9 @@ class Sandbox:
     async def say(self, request: web.Request) -> web.Response:
         try:
             data = await request.json()
-            userid, content = str(data["userid"]), str(data["text"])
+            userid, content = data["userid"], data["text"]
+            if not isinstance(userid, str) or not isinstance(content, str) or not userid:
+                raise TypeError
         except (ValueError, KeyError, TypeError):
             return web.json_response({"error": "send JSON {\"userid\": ..., \"text\": ...}"}, status=400)
         query, body = self.peer.text_message(userid, content)

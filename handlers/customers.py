@@ -7,11 +7,17 @@ import json
 from handlers.registry import CommandContext, Reply
 from handlers.router import router
 from handlers.services import MESSAGE_BYTES
-from handlers.text import reasons_text, render, tier_names
+from handlers.text import model_reasons_text, reasons_text, render, tier_name, tier_names
 from scoring import TIERS
 from storage import queries
 
 PAGE_SIZE = 10
+# Shown under the value matrix in the customer card, in this order.
+OTHER_MODELS = ("churn", "rfm", "sabc", "pyramid", "lifecycle", "intent")
+DID_YOU_MEAN = 8
+# A name or id is short; a longer "query" is pasted text, and echoing it back would
+# break WeCom's 2048-byte limit.
+MAX_QUERY_CHARS = 40
 SCOPE = {"zh": {"rep": "您", "agent": "您", "manager": "您团队", "admin": "全公司"},
          "en": {"rep": "Your", "agent": "Your", "manager": "Your team's", "admin": "All"}}
 
@@ -45,7 +51,7 @@ async def my_customers(ctx: CommandContext) -> Reply:
                         as_of=as_of))
 
 
-@router.command("my_tier", rf"我的({_ZH_TIERS})(客户)?", rf"(show |list )?(me )?my ({_EN_TIERS})( customers| accounts)?")
+@router.command("my_tier", rf"(?:我的)?({_ZH_TIERS})(客户)?", rf"(show |list )?(me )?my ({_EN_TIERS})( customers| accounts)?")
 async def my_tier(ctx: CommandContext) -> Reply:
     words = [group for group in ctx.match.groups() if group and group.strip() in _TIER_WORDS]
     tier = _TIER_WORDS[words[0].strip()]
@@ -87,26 +93,42 @@ async def _tier_page(ctx: CommandContext, tier: str, offset: int) -> Reply:
     return Reply(text)
 
 
+@router.command("customer_without_name", r"客户|查客户|查询客户|查询", r"customer|cust|lookup|find")
+async def customer_without_name(ctx: CommandContext) -> Reply:
+    return Reply(render(f"chat/customer_needs_name.{ctx.lang}.j2"), msgtype="text")
+
+
 @router.command("customer", r"(?:客户|查客户|查询客户|查询)\s*(?P<query>.+)", r"(?:customer|cust|lookup|find)\s+(?P<query>.+)")
 async def customer(ctx: CommandContext) -> Reply:
-    query = ctx.argument("query")
+    query = ctx.argument("query")[:MAX_QUERY_CHARS]
     catalogue = len(ctx.services.config.scoring.value_matrix.module_catalogue)
     async with ctx.services.db.connect() as connection:
         owners = await queries.visible_owners(connection, ctx.asker)
-        matches = await queries.find_customers(connection, owners, query)
+        matches = await queries.find_customers(connection, owners, query, limit=DID_YOU_MEAN + 1)
         if not matches:
             return Reply(render(f"chat/not_found.{ctx.lang}.j2", query=query), msgtype="text")
         if len(matches) > 1:
-            return Reply(render(f"chat/did_you_mean.{ctx.lang}.j2", query=query, matches=matches))
+            shown = matches[:DID_YOU_MEAN]
+            return Reply(render(f"chat/did_you_mean.{ctx.lang}.j2", query=query, matches=shown,
+                                more=len(matches) > DID_YOU_MEAN))
         run_id = await queries.latest_run_id(connection)
         detail = await queries.customer_detail(connection, owners, matches[0]["customer_id"], run_id)
     snapshot = detail.pop("snapshot")
     if detail.get("tier_since"):
         detail["tier_since"] = str(detail["tier_since"])[:10]
-    reasons = []
+    reasons, models = [], []
     if snapshot:
         raw = snapshot["reasons"]
         raw = json.loads(raw) if isinstance(raw, str) else raw
-        reasons = [reasons_text([reason], ctx.lang, catalogue) for reason in raw]
+        reasons = [reasons_text([reason], ctx.lang, catalogue) for reason in raw.get("value_matrix", [])]
+        labels = snapshot["labels"]
+        labels = json.loads(labels) if isinstance(labels, str) else labels
+        scores = snapshot["scores"]
+        scores = json.loads(scores) if isinstance(scores, str) else scores
+        for model in OTHER_MODELS:
+            if labels.get(model):
+                models.append({"model": model, "label": tier_name(labels[model], ctx.lang, model),
+                               "score": scores.get(model),
+                               "why": model_reasons_text(model, (raw.get(model) or [])[:2], ctx.lang)})
         snapshot["as_of"] = str(snapshot["as_of"])[:10]
-    return Reply(render(f"chat/customer.{ctx.lang}.j2", c=detail, s=snapshot, reasons=reasons))
+    return Reply(render(f"chat/customer.{ctx.lang}.j2", c=detail, s=snapshot, reasons=reasons, models=models))

@@ -23,9 +23,10 @@ def _yaml(name: str) -> dict[str, Any]:
 
 
 def tier_name(tier: str | None, lang: str = "zh", model: str = "value_matrix") -> str:
+    """A label's display name, for any model (value_matrix, rfm, sabc, pyramid, …)."""
     if not tier:
         return "—"
-    names = _yaml("tiers.yaml")[model].get(tier)
+    names = _yaml("tiers.yaml").get(model, {}).get(tier)
     return names[lang] if names else tier
 
 
@@ -63,8 +64,9 @@ def percent(share: float | None, signed: bool = False) -> str:
 def _reason_value(reason: dict[str, Any], lang: str, phrases: dict[str, Any]) -> dict[str, Any]:
     factor, value = reason["factor"], reason.get("value")
     fields: dict[str, Any] = {"score": _whole(reason.get("score")), "percentile": _whole(reason.get("percentile"))}
-    if factor in ("revenue_12m", "gross_margin_12m", "contract_value"):
+    if factor in ("revenue", "revenue_12m", "gross_margin_12m", "contract_value", "weighted_revenue"):
         fields["value"] = money(value, lang)
+        fields["revenue_12m"] = money(reason.get("revenue_12m"), lang)
     elif factor in ("repurchase_upsell", "margin_rate"):
         fields["value"] = percent(value)
     elif factor == "growth":
@@ -109,6 +111,52 @@ def reason_text(reason: dict[str, Any], lang: str = "zh", catalogue_size: int | 
     elif reason.get("value") == "new":
         template = entry.get(f"{lang}_new", template)
     return (template or entry[lang]).format(**fields)
+
+
+def model_reasons_text(model: str, reasons: list[dict[str, Any]], lang: str = "zh") -> str:
+    """The reasons of one of the other models (RFM, S/A/B/C, …) in words, from
+    templates/model_reasons.yaml; an unknown factor shows as factor=value."""
+    phrases = _yaml("model_reasons.yaml").get(model, {})
+    separator = "；" if lang == "zh" else "; "
+    parts = []
+    for reason in reasons:
+        entry = phrases.get(reason.get("factor"))
+        fields = {key: _format_field(key, value, lang) for key, value in reason.items()}
+        if reason.get("factor") in _SHARE_FACTORS and isinstance(reason.get("value"), (int, float)):
+            fields["value"] = percent(reason["value"], signed=reason["factor"] == "growth")
+        if model != "intent":
+            fields.update({key: _format_field(key, value, lang) for key, value in (reason.get("detail") or {}).items()})
+        if entry is None:
+            parts.append(f"{reason.get('factor')}={reason.get('value')}")
+            continue
+        template = entry.get(f"{lang}_none") if reason.get("value") is None and f"{lang}_none" in entry else entry[lang]
+        try:
+            parts.append(template.format_map(_Missing(fields)))
+        except (ValueError, TypeError):
+            parts.append(f"{reason.get('factor')}={reason.get('value')}")
+    return separator.join(parts)
+
+
+# Factors whose value is a share (0.8 → 80%).
+_SHARE_FACTORS = {"growth", "activity_decline", "p_alive"}
+
+
+class _Missing(dict):
+    def __missing__(self, key: str) -> str:
+        return "—"
+
+
+def _format_field(key: str, value: Any, lang: str) -> Any:
+    if isinstance(value, float):
+        if key in ("value", "monetary_value", "weighted_revenue") and abs(value) >= 100:
+            return money(value, lang)
+        if key in ("p_alive", "share", "growth"):
+            return percent(value, signed=(key == "growth"))
+        return f"{value:.1f}".rstrip("0").rstrip(".")
+    if isinstance(value, dict):
+        return "、".join(f"{k}×{v}" for k, v in value.items()) if lang == "zh" else ", ".join(
+            f"{k}×{v}" for k, v in value.items())
+    return value
 
 
 def reasons_text(reasons: list[dict[str, Any]], lang: str = "zh", catalogue_size: int | None = None) -> str:

@@ -3,16 +3,6 @@
 No database, no network, no clock: the as-of date is always a parameter.
 """
 
-from __future__ import annotations
+from scoring.pipeline import MODELS, TIERS, ScoringParams, score_customers
 
-import pandas as pd
-
-from scoring.params import ScoringParams
-from scoring.value_matrix import TIERS, score_value_matrix
-
-__all__ = ["TIERS", "score_customers"]
-
-
-def score_customers(features: pd.DataFrame, params: ScoringParams) -> pd.DataFrame:
-    """Every model's output for every customer, one row each, indexed like `features`."""
-    return score_value_matrix(features, params.value_matrix)
+__all__ = ["MODELS", "TIERS", "ScoringParams", "score_customers"]

@@ -22,7 +22,7 @@ class _Strict(BaseModel):
 class CurrentValueWeights(_Strict):
     """Weights of the current-value (X axis) components; normalised by their sum."""
 
-    revenue_12m: float = Field(0.35, ge=0)
+    revenue: float = Field(0.35, ge=0)
     gross_margin_12m: float = Field(0.25, ge=0)
     contract_value: float = Field(0.15, ge=0)
     repurchase_upsell: float = Field(0.15, ge=0)
@@ -49,6 +49,30 @@ class PotentialValueWeights(_Strict):
     @model_validator(mode="after")
     def _some_weight(self) -> "PotentialValueWeights":
         if sum(self.model_dump().values()) <= 0:
+            raise ValueError("at least one weight must be > 0")
+        return self
+
+
+class Stability(_Strict):
+    """Hysteresis: a customer changes tier at once only when it is past the boundary by
+    `margin` points on every axis that changed; otherwise only after the new tier has
+    come out `confirm_runs` runs in a row. Borderline customers do not flap."""
+
+    margin: float = Field(3.0, ge=0, le=100)
+    confirm_runs: int = Field(2, ge=1, le=30)
+
+
+class RevenueYears(_Strict):
+    """Weights of each year's revenue in the multi-year revenue (normalised by their sum),
+    so that a single big year does not decide a tier (seed 004)."""
+
+    last_12m: float = Field(0.6, ge=0)
+    months_12_24: float = Field(0.3, ge=0)
+    months_24_36: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> "RevenueYears":
+        if self.last_12m + self.months_12_24 + self.months_24_36 <= 0:
             raise ValueError("at least one weight must be > 0")
         return self
 
@@ -102,6 +126,7 @@ class ValueMatrixParams(_Strict):
     current_weights: CurrentValueWeights = CurrentValueWeights()
     potential_weights: PotentialValueWeights = PotentialValueWeights()
     boundaries: Boundaries = Boundaries()
+    stability: Stability = Stability()
     # Outlook of each industry, 0 (shrinking) to 1 (policy-backed, fast-growing).
     industry_outlook: dict[str, Share] = Field(default_factory=lambda: dict(DEFAULT_INDUSTRY_OUTLOOK))
     industry_outlook_default: float = Field(0.5, ge=0, le=1)
@@ -114,6 +139,3 @@ class ValueMatrixParams(_Strict):
     digital_maturity_unknown: float = Field(40, ge=0, le=100)
     strategic_points: StrategicPoints = StrategicPoints()
 
-
-class ScoringParams(_Strict):
-    value_matrix: ValueMatrixParams = ValueMatrixParams()

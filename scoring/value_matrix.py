@@ -4,9 +4,12 @@ X = current value, Y = potential + strategic value, each a 0–100 score that is
 weighted mean of component scores (weights in config, normalised by their sum):
 
 current value components
-  revenue_12m, gross_margin_12m, contract_value (36-month revenue)
-      percentile among all customers: the share of customers with a strictly lower
-      value, ×100. Ties score alike, customers without revenue score 0.
+  revenue              multi-year revenue: the weighted sum of the last 12 months, 12–24
+                       and 24–36 (weights `scoring.revenue_years`), so one big year does
+                       not decide the tier
+  gross_margin_12m, contract_value (36-month revenue)
+      these three: percentile among all customers: the share of customers with a
+      strictly lower value, ×100. Ties score alike, customers without revenue score 0.
   margin_rate          percentile among customers with revenue in the last 12 months
   repurchase_upsell    share of 12-month revenue from renewals and upsells, ×100
 
@@ -39,7 +42,7 @@ from scoring.features import modules_owned_count
 from scoring.params import ValueMatrixParams
 
 TIERS = ("star", "cash_cow", "question_mark", "dog")
-CURRENT_COMPONENTS = ("revenue_12m", "gross_margin_12m", "contract_value", "repurchase_upsell", "margin_rate")
+CURRENT_COMPONENTS = ("revenue", "gross_margin_12m", "contract_value", "repurchase_upsell", "margin_rate")
 POTENTIAL_COMPONENTS = ("industry_outlook", "expansion_plan", "cross_sell_room", "digital_maturity", "growth",
                         "company_size", "strategic")
 REASONS_PER_AXIS = 2
@@ -66,9 +69,10 @@ def _component_scores(features: pd.DataFrame, params: ValueMatrixParams) -> tupl
     """(scores 0–100, percentiles shown in reasons) per component."""
     scores = pd.DataFrame(index=features.index)
     percentiles = pd.DataFrame(index=features.index)
-    for money in ("revenue_12m", "gross_margin_12m", "contract_value"):
-        percentiles[money] = percentile_below(features[money])
-        scores[money] = percentiles[money]
+    for component, column in (("revenue", "weighted_revenue"), ("gross_margin_12m", "gross_margin_12m"),
+                              ("contract_value", "contract_value")):
+        percentiles[component] = percentile_below(features[column])
+        scores[component] = percentiles[component]
     with_revenue = features["revenue_12m"] > 0
     percentiles["margin_rate"] = percentile_below(features["margin_rate"], with_revenue)
     scores["margin_rate"] = percentiles["margin_rate"].fillna(0.0)
@@ -119,7 +123,7 @@ def _top_components(scores: pd.DataFrame, weights: dict[str, float], high: np.nd
 
 
 _RAW_VALUE = {
-    "revenue_12m": "revenue_12m",
+    "revenue": "weighted_revenue",
     "gross_margin_12m": "gross_margin_12m",
     "contract_value": "contract_value",
     "repurchase_upsell": "repurchase_upsell",
@@ -189,8 +193,41 @@ def _reasons(features, scores, percentiles, current_weights, potential_weights, 
                     value = _json_value(columns[name][row])
                 entry = {"axis": axis, "factor": name, "direction": "high" if high[row] else "low",
                          "score": _json_value(score_matrix[name][row]), "value": value}
+                if name == "revenue":
+                    entry["revenue_12m"] = _json_value(revenue[row])
                 if name in percentile_matrix:
                     entry["percentile"] = _json_value(percentile_matrix[name][row])
                 entries.append(entry)
         reasons.append(entries)
     return reasons
+
+
+def stabilise(raw: pd.DataFrame, previous: pd.DataFrame, params: ValueMatrixParams) -> pd.DataFrame:
+    """Hysteresis on the tier (see Stability). `raw`: tier, current_value, potential_value.
+    `previous`: tier, pending_tier, pending_runs from the last run (NaN/None when new).
+    Returns tier, pending_tier, pending_runs, held (True where the raw tier was held back)."""
+    previous = previous.reindex(raw.index)
+    before = previous["tier"].to_numpy(dtype=object)
+    now = raw["tier"].to_numpy(dtype=object)
+    boundaries = params.boundaries
+    x_high_before = np.isin(before, ("star", "cash_cow"))
+    y_high_before = np.isin(before, ("star", "question_mark"))
+    x_high_now = np.isin(now, ("star", "cash_cow"))
+    y_high_now = np.isin(now, ("star", "question_mark"))
+    x_distance = np.abs(raw["current_value"].to_numpy() - boundaries.current_value)
+    y_distance = np.abs(raw["potential_value"].to_numpy() - boundaries.potential_value)
+    # The distance past the boundary on each axis that changed; an unchanged axis never blocks.
+    clear = np.minimum(np.where(x_high_now != x_high_before, x_distance, np.inf),
+                       np.where(y_high_now != y_high_before, y_distance, np.inf)) >= params.stability.margin
+    first_time = pd.isna(previous["tier"]).to_numpy()
+    unchanged = now == before
+    pending_before = previous["pending_tier"].to_numpy(dtype=object)
+    runs_before = previous["pending_runs"].fillna(0).to_numpy(dtype=int)
+    runs = np.where(pending_before == now, runs_before + 1, 1)
+    confirmed = runs >= params.stability.confirm_runs
+    switch = first_time | clear | confirmed
+    tier = np.where(unchanged | ~switch, np.where(first_time, now, before), now)
+    tier = np.where(first_time, now, tier)
+    waiting = ~first_time & ~unchanged & ~switch
+    return pd.DataFrame({"tier": tier, "pending_tier": np.where(waiting, now, None),
+                         "pending_runs": np.where(waiting, runs, 0), "held": waiting}, index=raw.index)

@@ -216,10 +216,15 @@ class ScoreSnapshot(Base):
     potential_value: Mapped[float] = mapped_column(Float)
     # Kept as a column: lists and reports sum and sort by it.
     revenue_12m: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
-    # {"revenue_12m": 123.0, ...}: the features and component scores behind the labels.
+    # Hysteresis state: the tier this customer is heading for and for how many runs so far.
+    pending_tier: Mapped[str | None] = mapped_column(String(16))
+    pending_runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # {"rfm": "champions", "sabc": "S", "pyramid": "gold", ...}: every model's label.
+    labels: Mapped[dict] = mapped_column(JSON)
+    # {"revenue": 92.9, ..., "rfm": 545, "churn": 12.5}: component and model scores.
     scores: Mapped[dict] = mapped_column(JSON)
-    # [{"factor": ..., "axis": ..., "value": ..., "percentile": ...}, ...], most important first.
-    reasons: Mapped[list] = mapped_column(JSON)
+    # {"value_matrix": [{"factor": ..., "value": ..., "percentile": ...}, ...], "rfm": [...], ...}
+    reasons: Mapped[dict] = mapped_column(JSON)
 
 
 class TierChange(Base):

@@ -133,7 +133,8 @@ async def customer_detail(connection: AsyncConnection, owners: list[str] | None,
     if run_id is not None:
         snapshot = (await connection.execute(
             select(ScoreSnapshot.tier, ScoreSnapshot.current_value, ScoreSnapshot.potential_value,
-                   ScoreSnapshot.revenue_12m, ScoreSnapshot.reasons, ScoreRun.as_of)
+                   ScoreSnapshot.revenue_12m, ScoreSnapshot.reasons, ScoreSnapshot.labels, ScoreSnapshot.scores,
+                   ScoreRun.as_of)
             .join(ScoreRun, ScoreRun.id == ScoreSnapshot.run_id)
             .where(ScoreSnapshot.run_id == run_id, ScoreSnapshot.customer_id == customer_id))).first()
         detail["snapshot"] = dict(snapshot._mapping) if snapshot else None

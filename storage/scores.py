@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, select, text, update
 
@@ -128,9 +129,14 @@ def load_activity(connection: Connection, as_of: date) -> pd.DataFrame:
 
 
 def load_customers(connection: Connection) -> pd.DataFrame:
-    columns = [getattr(Customer, name) for name in CUSTOMER_COLUMNS] + [Customer.tier]
-    rows = connection.execute(select(*columns))
-    return pd.DataFrame(rows.all(), columns=[*CUSTOMER_COLUMNS, "tier"])
+    """Attributes, plus each customer's current tier and the hysteresis state of the last run."""
+    latest = select(func.max(ScoreRun.id)).where(ScoreRun.status == "succeeded").scalar_subquery()
+    columns = [getattr(Customer, name) for name in CUSTOMER_COLUMNS]
+    rows = connection.execute(
+        select(*columns, Customer.tier, ScoreSnapshot.pending_tier, ScoreSnapshot.pending_runs)
+        .outerjoin(ScoreSnapshot, (ScoreSnapshot.customer_id == Customer.customer_id)
+                   & (ScoreSnapshot.run_id == latest)))
+    return pd.DataFrame(rows.all(), columns=[*CUSTOMER_COLUMNS, "tier", "pending_tier", "pending_runs"])
 
 
 @contextmanager
@@ -183,7 +189,6 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
     """Snapshot rows, tier history and current tiers, then mark the run succeeded — all
     in one transaction, so a crash leaves the previous state untouched."""
     now = _now()
-    score_columns = [c for c in scored.columns if c.startswith("c_")]
     snapshot = pd.DataFrame({
         "run_id": run_id,
         "customer_id": scored.index.to_numpy(),
@@ -191,8 +196,9 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
         "current_value": scored["current_value"].to_numpy(),
         "potential_value": scored["potential_value"].to_numpy(),
         "revenue_12m": revenue_12m.reindex(scored.index).fillna(0.0).round(2).to_numpy(),
-        "scores": _json_rows(scored[score_columns].rename(columns=lambda c: c[2:])),
-        "reasons": [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in scored["reasons"]],
+        "pending_tier": scored["pending_tier"].to_numpy() if "pending_tier" in scored else None,
+        "pending_runs": scored["pending_runs"].to_numpy() if "pending_runs" in scored else 0,
+        **snapshot_documents(scored),
     })
     with engine.begin() as connection:
         bulk_insert(connection, ScoreSnapshot.__tablename__, snapshot)
@@ -228,10 +234,49 @@ def _prune_snapshots(connection: Connection, keep_runs: int) -> None:
         connection.execute(ScoreSnapshot.__table__.delete().where(ScoreSnapshot.run_id < oldest_kept))
 
 
+def snapshot_documents(scored: pd.DataFrame) -> dict[str, list[str]]:
+    """The JSON columns of the snapshot rows: labels, scores and reasons per model."""
+    from scoring import MODELS
+
+    models = [m for m in MODELS[1:] if f"{m}_label" in scored]
+    component_columns = [c for c in scored.columns if c.startswith("c_")]
+    extra_scores = [c for c in ("rfm_r", "rfm_f", "rfm_m", "churn_p_alive", "sabc_influence", "sabc_volume")
+                    if c in scored]
+    labels_frame = scored[[f"{m}_label" for m in models]].rename(columns=lambda c: c[:-len("_label")])
+    labels_frame.insert(0, "value_matrix", scored["tier"])
+    if "tier_raw" in scored:
+        labels_frame["value_matrix_raw"] = scored["tier_raw"]
+    if "intent_tags" in scored:
+        labels_frame["tags"] = scored["intent_tags"]
+    scores_frame = pd.concat([
+        scored[component_columns].rename(columns=lambda c: c[2:]),
+        scored[[f"{m}_score" for m in models if f"{m}_score" in scored]].rename(columns=lambda c: c[:-len("_score")]),
+        scored[extra_scores]], axis=1)
+    reasons_frame = scored[[f"{m}_reasons" for m in models if f"{m}_reasons" in scored]].rename(
+        columns=lambda c: c[:-len("_reasons")])
+    reasons_frame.insert(0, "value_matrix", scored["reasons"])
+    if "rules_reasons" in scored:
+        reasons_frame["rules"] = scored["rules_reasons"]
+    return {"labels": _json_rows(labels_frame), "scores": _json_rows(scores_frame),
+            "reasons": _json_rows(reasons_frame)}
+
+
+def _plain(value):
+    if isinstance(value, (list, dict, str)) or value is None:
+        return value
+    if isinstance(value, (np.floating, float)):
+        return None if np.isnan(value) else round(float(value), 4)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return value
+
+
 def _json_rows(frame: pd.DataFrame) -> list[str]:
-    records = frame.to_dict(orient="records")
-    return [json.dumps({k: (None if pd.isna(v) else v) for k, v in record.items()}, separators=(",", ":"))
-            for record in records]
+    columns = list(frame.columns)
+    return [json.dumps(dict(zip(columns, map(_plain, row))), ensure_ascii=False, separators=(",", ":"))
+            for row in frame.itertuples(index=False, name=None)]
 
 
 def latest_run(connection: Connection):
@@ -243,3 +288,38 @@ def latest_run(connection: Connection):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def load_intent_counts(connection: Connection, as_of: date, rules: list) -> pd.DataFrame:
+    """Per customer and intent-rule condition: matching activities within the rule's window
+    ending at as_of. Column `intent_<rule>_<condition>`; `rules` are scoring.intent rules."""
+    if not rules:
+        return pd.DataFrame(columns=["customer_id"])
+    until = datetime.combine(as_of + timedelta(days=1), datetime.min.time())
+    parameters: dict = {"until": until}
+    sums, binds = [], [bindparam("until", type_=DateTime)]
+    widest = max(rule.within_days for rule in rules)
+    parameters["since"] = until - timedelta(days=widest)
+    binds.append(bindparam("since", type_=DateTime))
+    for r, rule in enumerate(rules):
+        parameters[f"since_{r}"] = until - timedelta(days=rule.within_days)
+        binds.append(bindparam(f"since_{r}", type_=DateTime))
+        for c, condition in enumerate(rule.all):
+            test = f"kind = :kind_{r}_{c} AND ts >= :since_{r}"
+            parameters[f"kind_{r}_{c}"] = condition.kind
+            if condition.detail_contains:
+                escaped = condition.detail_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                parameters[f"detail_{r}_{c}"] = f"%{escaped}%"
+                test += f" AND detail LIKE :detail_{r}_{c} ESCAPE '\\'"
+            sums.append(f"SUM(CASE WHEN {test} THEN 1 ELSE 0 END) AS intent_{r}_{c}")
+    kinds = sorted({condition.kind for rule in rules for condition in rule.all})
+    for i, kind in enumerate(kinds):
+        parameters[f"any_kind_{i}"] = kind
+    kind_list = ", ".join(f":any_kind_{i}" for i in range(len(kinds)))
+    statement = text(f"""
+        SELECT customer_id, {', '.join(sums)}
+        FROM activities WHERE ts >= :since AND ts < :until AND kind IN ({kind_list})
+        GROUP BY customer_id""").bindparams(*binds)
+    rows = connection.execute(statement, parameters)
+    return pd.DataFrame(rows.all(), columns=["customer_id", *(f"intent_{r}_{c}" for r, rule in enumerate(rules)
+                                                              for c in range(len(rule.all)))])

@@ -105,7 +105,8 @@ async def test_rep_cannot_learn_anything_about_another_reps_customer(bot, peer):
     _, fuzzy = await _say(bot, peer, "rep_b", "客户 星辰")
     assert "没有找到客户「星辰」" in fuzzy
     _, owner_view = await _say(bot, peer, "rep_a", "客户 星辰")
-    assert "明星客户" in owner_view and "近12个月营收" in owner_view and "负责人：张三" in owner_view
+    assert "明星客户" in owner_view and "三年加权营收" in owner_view and "负责人：张三" in owner_view
+    assert "金字塔：" in owner_view and "生命周期：" in owner_view
     _, manager_view = await _say(bot, peer, "boss", "customer STAR1")
     assert "Tier: Star" in manager_view
 

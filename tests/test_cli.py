@@ -44,7 +44,7 @@ def test_import_score_export_round_trip(cli, tmp_path):
     assert exported.exit_code == 0 and "wrote 28 customers" in exported.stdout
     text = (tmp_path / "out.csv").read_text(encoding="utf-8")
     assert "STAR1,星辰半导体股份有限公司,rep_a,star,Star," in text
-    assert "revenue in the last 12 months" in text
+    assert "multi-year revenue" in text and "sabc_label" in text and "pyramid_reasons" in text
 
 
 def test_bad_rows_exit_2_listing_each_and_nothing_is_imported(cli, tmp_path):

@@ -30,8 +30,8 @@ http:
 scoring:
   value_matrix:
     current_weights:
-      revenue_12m: -1
-      revenu_12m: 0.3
+      revenue: -1
+      revenu: 0.3
     boundaries:
       current_value: 120
     industry_outlook:
@@ -39,8 +39,8 @@ scoring:
 timezone: Mars/Olympus
 """)
     assert "http.port: must be a whole number" in problems
-    assert "scoring.value_matrix.current_weights.revenue_12m: must be a number >= 0" in problems
-    assert "scoring.value_matrix.current_weights.revenu_12m: unknown setting (misspelt?)" in problems
+    assert "scoring.value_matrix.current_weights.revenue: must be a number >= 0" in problems
+    assert "scoring.value_matrix.current_weights.revenu: unknown setting (misspelt?)" in problems
     assert "scoring.value_matrix.boundaries.current_value: must be a number <= 100" in problems
     assert "scoring.value_matrix.industry_outlook.半导体: must be a number <= 1" in problems
     assert "timezone: unknown time zone 'Mars/Olympus' (e.g. Asia/Shanghai)" in problems
@@ -48,7 +48,7 @@ timezone: Mars/Olympus
 
 
 def test_all_weights_zero_is_refused(tmp_path):
-    zeros = "\n".join(f"      {k}: 0" for k in ("revenue_12m", "gross_margin_12m", "contract_value",
+    zeros = "\n".join(f"      {k}: 0" for k in ("revenue", "gross_margin_12m", "contract_value",
                                                 "repurchase_upsell", "margin_rate"))
     problems = _problems(tmp_path, f"scoring:\n  value_matrix:\n    current_weights:\n{zeros}\n")
     assert problems == ["scoring.value_matrix.current_weights: at least one weight must be > 0"]

@@ -11,7 +11,8 @@ import pytest
 from handlers.text import reasons_text
 from scoring import score_customers
 from scoring.features import build_features, window_starts
-from scoring.params import Boundaries, ScoringParams, ValueMatrixParams
+from scoring.params import Boundaries, ValueMatrixParams
+from scoring.pipeline import ScoringParams
 from scoring.value_matrix import percentile_below
 
 AS_OF = date(2026, 11, 20)
@@ -80,10 +81,10 @@ def test_every_customer_gets_exactly_one_tier_and_reasons_on_both_axes():
 def test_reasons_say_why_in_words_with_the_values_behind_them():
     scored = _score()
     star = reasons_text(scored.loc["STAR", "reasons"], "zh", 8)
-    assert star.startswith("近12个月营收 ¥900.0万，高于97%的客户；近12个月毛利 ¥700.0万，高于97%的客户")
+    assert star.startswith("三年加权营收 ¥640.0万（近12个月 ¥900.0万），高于97%的客户；近12个月毛利 ¥700.0万，高于97%的客户")
     assert star.endswith("营收同比 +200%；行业「半导体」前景评分 90/100")
     dog = reasons_text(scored.loc["DOG", "reasons"], "zh", 8)
-    assert "近12个月无营收" in dog
+    assert "三年加权营收 ¥270（近12个月 ¥0），高于0%的客户" in dog
     english = reasons_text(scored.loc["QM", "reasons"], "en", 8)
     assert "outlook 90/100" in english or "cross-sell" in english or "digital maturity 5/5" in english
 
@@ -103,9 +104,9 @@ def test_boundaries_from_config_move_customers_between_tiers():
 
 
 def test_a_zero_weight_component_never_appears_in_reasons():
-    params = ScoringParams.model_validate({"value_matrix": {"current_weights": {"revenue_12m": 0}}})
+    params = ScoringParams.model_validate({"value_matrix": {"current_weights": {"revenue": 0}}})
     scored = _score(params)
-    assert not any(r["factor"] == "revenue_12m" for reasons in scored["reasons"] for r in reasons)
+    assert not any(r["factor"] == "revenue" for reasons in scored["reasons"] for r in reasons)
 
 
 def test_percentile_is_the_share_strictly_below_and_ties_score_alike():
@@ -150,4 +151,4 @@ def test_customer_without_orders_is_scored_with_zero_revenue():
     features = build_features(customers, aggregates, AS_OF)
     assert features.loc["B", "revenue_12m"] == 0.0 and np.isnan(features.loc["B", "margin_rate"])
     scored = score_customers(features, ScoringParams())
-    assert scored.loc["B", "c_revenue_12m"] == 0.0 and scored.loc["A", "c_revenue_12m"] == 50.0
+    assert scored.loc["B", "c_revenue"] == 0.0 and scored.loc["A", "c_revenue"] == 50.0

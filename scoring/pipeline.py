@@ -1,0 +1,160 @@
+"""Every model in one run: features → labels, scores and reasons per customer.
+
+Order matters where one model feeds another: churn risk feeds the lifecycle stage, the
+value matrix's strategic and outlook components feed S/A/B/C, and business rules
+(config) see every model's output and may override labels last.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from scoring.churn import ChurnParams, score_churn
+from scoring.intent import INTENT_LEVELS, IntentParams, score_intent
+from scoring.params import RevenueYears, ValueMatrixParams
+from scoring.rfm import RfmParams, score_rfm
+from scoring.rules import RulesParams, apply_rules, check_rules, compile_rules
+from scoring.segments import (LIFECYCLE_LABELS, PYRAMID_LABELS, SABC_LABELS, LifecycleParams, PyramidParams,
+                              SabcParams, score_lifecycle, score_pyramid, score_sabc)
+from scoring.value_matrix import TIERS, score_value_matrix, stabilise
+
+# Models whose label is stored per customer, in this order in exports.
+MODELS = ("value_matrix", "rfm", "sabc", "pyramid", "lifecycle", "churn", "intent")
+
+
+CHURN_LABELS = ("high", "medium", "low", "none")
+
+# What a business rule (config `scoring.rules`) may test: feature or model output → type.
+RULE_FIELDS: dict[str, str] = {
+    **{name: "number" for name in (
+        "ltv", "lifetime_revenue", "revenue_12m", "revenue_12_24m", "revenue_24_36m", "weighted_revenue",
+        "gross_margin_12m", "margin_rate", "repurchase_upsell", "contract_value", "growth", "employees",
+        "digital_maturity", "orders_12m", "lifetime_orders", "purchase_days", "days_since_last_order", "act_30d",
+        "act_baseline_30d", "complaints_90d", "complaints_prev_90d", "current_value", "potential_value",
+        "churn_score", "rfm_r", "rfm_f", "rfm_m", "rfm_score", "sabc_influence", "sabc_volume", "pyramid_score")},
+    **{name: "text" for name in ("industry", "region", "customer_type", "expansion_plan", "modules_owned",
+                                 "owner_userid", "name")},
+    **{name: "bool" for name in ("is_listed", "is_benchmark", "is_partner")},
+    **{name: "date" for name in ("first_order_date", "last_order_date", "created_at")},
+}
+
+
+class ScoringParams(BaseModel):
+    """The `scoring:` section of config.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    revenue_years: RevenueYears = RevenueYears()
+    value_matrix: ValueMatrixParams = ValueMatrixParams()
+    rfm: RfmParams = RfmParams()
+    sabc: SabcParams = SabcParams()
+    pyramid: PyramidParams = PyramidParams()
+    churn: ChurnParams = ChurnParams()
+    lifecycle: LifecycleParams = LifecycleParams()
+    intent: IntentParams = IntentParams()
+    rules: RulesParams = RulesParams()
+
+    def model_labels(self) -> dict[str, tuple[str, ...]]:
+        """Every label each model can give: what a rule may set."""
+        return {"value_matrix": TIERS, "rfm": tuple(s.name for s in self.rfm.segments) + ("no_purchase",),
+                "sabc": SABC_LABELS, "pyramid": PYRAMID_LABELS, "lifecycle": LIFECYCLE_LABELS,
+                "churn": CHURN_LABELS}
+
+    @model_validator(mode="after")
+    def _rules_are_sound(self) -> "ScoringParams":
+        problems = check_rules(self.rules, RULE_FIELDS, self.model_labels())
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def with_weighted_revenue(features: pd.DataFrame, years: RevenueYears) -> pd.DataFrame:
+    total = years.last_12m + years.months_12_24 + years.months_24_36
+    weighted = (features["revenue_12m"] * years.last_12m + features["revenue_12_24m"] * years.months_12_24
+                + features["revenue_24_36m"] * years.months_24_36) / total
+    return features.assign(weighted_revenue=weighted)
+
+
+def score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date | None = None,
+                    previous: pd.DataFrame | None = None, intent_counts: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per customer, indexed like `features`: `tier` (the value matrix after
+    hysteresis), `tier_raw`, current/potential value, component scores `c_*`, `reasons`
+    (value matrix), and `<model>_label`, `<model>_score`, `<model>_reasons` per model."""
+    features = with_weighted_revenue(features, params.revenue_years)
+    result = score_value_matrix(features, params.value_matrix)
+    result["tier_raw"] = result["tier"]
+    if previous is not None and not previous.empty:
+        stable = stabilise(result, previous, params.value_matrix)
+        result["tier"] = stable["tier"]
+        result["pending_tier"] = stable["pending_tier"]
+        result["pending_runs"] = stable["pending_runs"]
+    else:
+        result["pending_tier"] = None
+        result["pending_runs"] = 0
+    as_of = as_of or date.today()
+    if params.rfm.enabled:
+        result = result.join(score_rfm(features, as_of, params.rfm))
+    if params.sabc.enabled:
+        result = result.join(score_sabc(features, params.sabc, result["c_strategic"], result["c_industry_outlook"]))
+    if params.pyramid.enabled:
+        result = result.join(score_pyramid(features, params.pyramid))
+    if params.churn.enabled:
+        churn = score_churn(features, as_of, params.churn)
+        result = result.join(churn)
+        result.attrs["bgnbd"] = churn.attrs.get("bgnbd")
+    if params.lifecycle.enabled:
+        churn_label = result["churn_label"] if "churn_label" in result else None
+        result = result.join(score_lifecycle(features, as_of, params.lifecycle, churn_label))
+    if params.intent.enabled:
+        counts = intent_counts.set_index("customer_id") if intent_counts is not None and len(intent_counts) else \
+            pd.DataFrame(index=features.index)
+        result = result.join(score_intent(counts, features.index, params.intent))
+    if params.rules.rules:
+        result = _apply_business_rules(features, result, params)
+    return result
+
+
+def _apply_business_rules(features: pd.DataFrame, result: pd.DataFrame, params: ScoringParams) -> pd.DataFrame:
+    """Rules see features and model outputs; they may set labels, add tags, raise intent."""
+    view = features.assign(ltv=features["lifetime_revenue"])
+    for column in RULE_FIELDS:
+        if column not in view and column in result:
+            view[column] = result[column]
+    if "churn_score" in result:
+        view["churn_score"] = result["churn_score"]
+    models = [m for m in params.model_labels() if m == "value_matrix" or f"{m}_label" in result]
+    labels = pd.DataFrame({m: (result["tier"] if m == "value_matrix" else result[f"{m}_label"]) for m in models},
+                          index=result.index)
+    labels["intent"] = result["intent_label"] if "intent_label" in result else "none"
+    outcome = apply_rules(compile_rules(params.rules, RULE_FIELDS, params.model_labels()), view, labels)
+    result = result.copy()
+    for model in models:
+        target = "tier" if model == "value_matrix" else f"{model}_label"
+        result[target] = outcome.labels[model]
+    if "intent_label" in result:
+        result["intent_label"] = outcome.labels["intent"]
+        result["intent_score"] = result["intent_label"].map(
+            {level: score for level, score in zip(INTENT_LEVELS, (0, 30, 60, 90))})
+    tags = outcome.tags
+    result["intent_tags"] = [list(dict.fromkeys((base or []) + extra)) for base, extra in
+                             zip(result.get("intent_tags", pd.Series([[]] * len(result), index=result.index)),
+                                 tags.reindex(result.index))]
+    result["rules_reasons"] = outcome.reasons().reindex(result.index)
+    return result
+
+
+def labels_of(result: pd.DataFrame) -> dict[str, np.ndarray]:
+    """model → label array, for the models present in a result."""
+    labels = {"value_matrix": result["tier"].to_numpy()}
+    for model in MODELS[1:]:
+        column = f"{model}_label"
+        if column in result:
+            labels[model] = result[column].to_numpy()
+    return labels
+
+
+__all__ = ["MODELS", "TIERS", "ScoringParams", "score_customers", "labels_of"]

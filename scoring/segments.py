@@ -1,0 +1,151 @@
+"""S/A/B/C (influence × business volume), the value pyramid, and the lifecycle stage.
+
+Pure functions on the features frame; each returns `<model>_label`, `<model>_score` and
+`<model>_reasons` (a list of dicts per customer, most important first).
+
+S/A/B/C (Huawei MCR, seed 004-A)
+  influence  = weighted mean of: strategic flags (points, capped at 100), company size
+               (percentile of employees), industry outlook (table ×100)
+  volume     = percentile of the multi-year weighted revenue
+  S: high influence and high volume · A: high influence only · B: high volume only · C: neither
+  score      = (influence + volume) / 2
+
+Pyramid (金字塔)
+  customers ranked by weighted revenue (ties by customer id); the top `platinum` share is
+  platinum, down to `gold`, down to `iron` (cumulative shares of customers), the rest —
+  and every customer without revenue — lead. score = the revenue percentile.
+
+Lifecycle (生命周期), first match wins:
+  potential   no order up to the as-of day
+  churn_risk  churn label high, or no order for `dormant_days`
+  new         first order within `new_days`
+  growing     revenue growth (12 months over the 12 before) >= `growing_growth`
+  mature      otherwise
+  score       the stage's position: potential 0, new 1, growing 2, mature 3, churn_risk 4
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from scoring.value_matrix import percentile_below
+
+SABC_LABELS = ("S", "A", "B", "C")
+PYRAMID_LABELS = ("platinum", "gold", "iron", "lead")
+LIFECYCLE_LABELS = ("potential", "new", "growing", "mature", "churn_risk")
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InfluenceWeights(_Params):
+    strategic: float = Field(0.5, ge=0)
+    company_size: float = Field(0.3, ge=0)
+    industry_outlook: float = Field(0.2, ge=0)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> "InfluenceWeights":
+        if sum(self.model_dump().values()) <= 0:
+            raise ValueError("at least one weight must be > 0")
+        return self
+
+
+class SabcParams(_Params):
+    enabled: bool = True
+    influence_weights: InfluenceWeights = InfluenceWeights()
+    # "High" influence / volume at or above these scores (0–100).
+    influence_boundary: float = Field(50, ge=0, le=100)
+    volume_boundary: float = Field(70, ge=0, le=100)
+
+
+class PyramidParams(_Params):
+    enabled: bool = True
+    # Cumulative shares of customers, by value: top 1% platinum, next 19% gold, next 30% iron.
+    platinum: float = Field(0.01, gt=0, lt=1)
+    gold: float = Field(0.20, gt=0, lt=1)
+    iron: float = Field(0.50, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ascending(self) -> "PyramidParams":
+        if not self.platinum < self.gold < self.iron:
+            raise ValueError("cut points must rise: platinum < gold < iron (cumulative shares of customers)")
+        return self
+
+
+class LifecycleParams(_Params):
+    enabled: bool = True
+    new_days: int = Field(180, ge=1)
+    dormant_days: int = Field(365, ge=1)
+    growing_growth: float = Field(0.2, ge=0)
+
+
+def score_pyramid(features: pd.DataFrame, params: PyramidParams) -> pd.DataFrame:
+    value = features["weighted_revenue"].fillna(0.0)
+    # numpy's lexsort: last key first — value descending, then customer id ascending.
+    order = np.lexsort((features.index.to_numpy(dtype=str), -value.to_numpy()))
+    position = np.empty(len(value), dtype=float)
+    position[order] = (np.arange(len(value)) + 1) / max(len(value), 1)
+    labels = np.select([position <= params.platinum, position <= params.gold, position <= params.iron],
+                       ["platinum", "gold", "iron"], "lead")
+    labels = np.where(value.to_numpy() > 0, labels, "lead")
+    percentile = percentile_below(value).round(2)
+    top_share = np.round(position * 100, 2)
+    reasons = [[{"factor": "weighted_revenue", "value": round(float(v), 2), "percentile": float(p),
+                 "top_share": float(t)}] for v, p, t in zip(value.to_numpy(), percentile.to_numpy(), top_share)]
+    return pd.DataFrame({"pyramid_label": labels, "pyramid_score": percentile, "pyramid_reasons": reasons},
+                        index=features.index)
+
+
+def score_sabc(features: pd.DataFrame, params: SabcParams, strategic: pd.Series, outlook: pd.Series) -> pd.DataFrame:
+    """`strategic` and `outlook` are the value matrix's 0–100 component scores."""
+    weights = params.influence_weights.model_dump()
+    size = percentile_below(features["employees"]).fillna(0.0)
+    parts = {"strategic": strategic, "company_size": size, "industry_outlook": outlook}
+    influence = sum(parts[name] * weight for name, weight in weights.items()) / sum(weights.values())
+    volume = percentile_below(features["weighted_revenue"].fillna(0.0)).fillna(0.0)
+    high_influence = (influence >= params.influence_boundary).to_numpy()
+    high_volume = (volume >= params.volume_boundary).to_numpy()
+    labels = np.select([high_influence & high_volume, high_influence, high_volume], ["S", "A", "B"], "C")
+    reasons = [[{"factor": "influence", "score": round(float(i), 1), "direction": "high" if hi else "low"},
+                {"factor": "volume", "score": round(float(v), 1), "direction": "high" if hv else "low",
+                 "value": round(float(r), 2)}]
+               for i, v, hi, hv, r in zip(influence.to_numpy(), volume.to_numpy(), high_influence, high_volume,
+                                          features["weighted_revenue"].to_numpy())]
+    return pd.DataFrame({"sabc_label": labels, "sabc_score": ((influence + volume) / 2).round(2),
+                         "sabc_influence": influence.round(2), "sabc_volume": volume.round(2),
+                         "sabc_reasons": reasons}, index=features.index)
+
+
+def score_lifecycle(features: pd.DataFrame, as_of: date, params: LifecycleParams,
+                    churn_label: pd.Series | None = None) -> pd.DataFrame:
+    as_of_stamp = pd.Timestamp(as_of)
+    first, last = features["first_order_date"], features["last_order_date"]
+    days_since_first = (as_of_stamp - first).dt.days
+    days_since_last = (as_of_stamp - last).dt.days
+    no_orders = first.isna().to_numpy()
+    churn_high = (churn_label == "high").to_numpy() if churn_label is not None else np.zeros(len(features), bool)
+    dormant = (days_since_last > params.dormant_days).fillna(False).to_numpy()
+    new = (days_since_first <= params.new_days).fillna(False).to_numpy()
+    growing = (features["growth"] >= params.growing_growth).fillna(False).to_numpy()
+    labels = np.select([no_orders, churn_high | dormant, new, growing],
+                       ["potential", "churn_risk", "new", "growing"], "mature")
+    score = pd.Series(labels).map({label: i for i, label in enumerate(LIFECYCLE_LABELS)}).to_numpy()
+    reasons = []
+    for label, since_first, since_last, growth, is_churn in zip(labels, days_since_first, days_since_last,
+                                                                features["growth"], churn_high):
+        if label == "potential":
+            reasons.append([{"factor": "no_orders"}])
+        elif label == "churn_risk":
+            reasons.append([{"factor": "churn_high"}] if is_churn else
+                           [{"factor": "days_since_last_order", "value": int(since_last)}])
+        elif label == "new":
+            reasons.append([{"factor": "days_since_first_order", "value": int(since_first)}])
+        else:
+            reasons.append([{"factor": "growth", "value": None if pd.isna(growth) else round(float(growth), 4)}])
+    return pd.DataFrame({"lifecycle_label": labels, "lifecycle_score": score, "lifecycle_reasons": reasons},
+                        index=features.index)
