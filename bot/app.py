@@ -31,7 +31,8 @@ from handlers.services import Services
 from handlers.text import plain_text
 from notifications.dispatcher import Dispatcher
 from notifications.outbox import enqueue_once
-from storage.db import make_async_engine
+from bot.api import IngestApi
+from storage.db import make_async_engine, make_engine
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Runtime:
     dispatcher: Dispatcher
     callback: WeComCallback
     sandbox: Any = None  # bot.sandbox.Sandbox in sandbox mode
+    sync_db: Any = None  # a synchronous engine for imports and rescoring on worker threads
     tasks: list[asyncio.Task] = field(default_factory=list)
 
 
@@ -133,9 +135,11 @@ def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None,
                              corp_id=identity.corp_id, router=router, services=services, metrics=metrics,
                              late_reply=late_reply)
     app = web.Application(middlewares=[_measure], client_max_size=1024 * 1024)
-    runtime = Runtime(config, identity, services, metrics, client, dispatcher, callback, sandbox)
+    runtime = Runtime(config, identity, services, metrics, client, dispatcher, callback, sandbox,
+                      sync_db=make_engine(config.database.url))
     app[RUNTIME] = runtime
     app.add_routes(callback.routes())
+    app.add_routes(IngestApi(runtime).routes())
     app.add_routes([web.get("/healthz", _healthz), web.get("/metrics", _metrics)])
     if sandbox is not None:
         sandbox.attach(app)
@@ -152,6 +156,7 @@ def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None,
                 await task
         await client.close()
         await services.db.dispose()
+        runtime.sync_db.dispose()
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -113,9 +113,12 @@ def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, pr
     config = _config(ctx)
     engine = _engine(ctx)
     try:
+        from bot.rescore import INCREMENTAL_LIMIT
+
         result = run_import(engine, list(paths), timezone_name=config.timezone,
                             batch_rows=config.import_.batch_rows, max_errors=config.import_.max_errors_listed,
-                            dry_run=dry_run, progress=_progress_default() if progress is None else progress)
+                            dry_run=dry_run, progress=_progress_default() if progress is None else progress,
+                            touched_limit=INCREMENTAL_LIMIT)
     except ImportFailed as exc:
         footer = (f"… and {exc.more:,} more problem(s)" if exc.more else "")
         footer += ("\n" if footer else "") + "nothing was imported: fix the rows above and run the import again"
@@ -126,8 +129,15 @@ def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, pr
         click.echo(line)
     if dry_run:
         click.echo("dry run: every row is valid; nothing was written")
-    else:
-        click.echo(f"imported; monthly roll-ups rebuilt for {result.rollups_rebuilt_for:,} customers")
+        return
+    click.echo(f"imported; monthly roll-ups rebuilt for {result.rollups_rebuilt_for:,} customers")
+    if result.touched:
+        from bot.rescore import incremental_rescore
+
+        outcome = incremental_rescore(engine, config, result.touched, _today(config))
+        if outcome is not None:
+            click.echo(f"rescored the {outcome.customers:,} customers this import touched: "
+                       f"{outcome.tier_changes:,} tier change(s)")
 
 
 @main.command("score")

@@ -72,10 +72,48 @@ def full_rescore(engine: Engine, config: Config, as_of: date) -> tuple[store.Run
         summary = summarise_tiers(features, scored)
         summary["as_of"] = as_of.isoformat()
         score_done = time.perf_counter()
+        reference = scored.attrs.get("reference")
         outcome = store.write_run(engine, run_id, scored, features["revenue_12m"], summary,
-                                  config.retention.score_runs)
+                                  config.retention.score_runs, reference.to_json() if reference else None)
         finished = time.perf_counter()
     except BaseException as exc:
         store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")
         raise
     return outcome, Timings(read_done - started, score_done - read_done, finished - score_done)
+
+
+# Past this many touched customers an import asks for a full rescore instead.
+INCREMENTAL_LIMIT = 5_000
+
+
+def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str], as_of: date
+                        ) -> store.RunOutcome | None:
+    """Rescore only these customers, against the population of the last full run; their
+    rows in that run's snapshot are replaced and tier changes recorded. None when there
+    is no full run to compare against yet (run `score` first)."""
+    from scoring.reference import PopulationReference
+
+    with engine.connect() as connection:
+        full = store.latest_run(connection)
+    if full is None or not full.reference or not customer_ids:
+        return None
+    reference = PopulationReference.from_json(full.reference)
+    run_id = store.start_run(engine, as_of, config.scoring_hash(), kind="incremental")
+    try:
+        with store.consistent_read(engine) as connection:
+            customers = store.load_customers(connection, customer_ids)
+            aggregates = store.load_aggregates(connection, as_of, customer_ids)
+            activity = store.load_activity(connection, as_of, customer_ids)
+            intent_counts = store.load_intent_counts(connection, as_of, config.scoring.intent.rules
+                                                     if config.scoring.intent.enabled else [], customer_ids)
+        if customers.empty:
+            store.fail_run(engine, run_id, "none of the customers exist")
+            return None
+        features = build_features(customers, aggregates, as_of, activity)
+        previous = customers.set_index("customer_id")[["tier", "pending_tier", "pending_runs"]]
+        scored = score_customers(features, config.scoring, as_of, previous=previous, intent_counts=intent_counts,
+                                 reference=reference)
+        return store.write_incremental(engine, full.id, run_id, scored, features["revenue_12m"])
+    except BaseException as exc:
+        store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")
+        raise

@@ -7,20 +7,22 @@ value matrix's strategic and outlook components feed S/A/B/C, and business rules
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from scoring.churn import ChurnParams, score_churn
+from scoring.churn import BgNbdParams, ChurnParams, score_churn
 from scoring.intent import INTENT_LEVELS, IntentParams, score_intent
 from scoring.params import RevenueYears, ValueMatrixParams
-from scoring.rfm import RfmParams, score_rfm
+from scoring.reference import PopulationReference
+from scoring.rfm import RfmParams, RfmReference, score_rfm
 from scoring.rules import RulesParams, apply_rules, check_rules, compile_rules
 from scoring.segments import (LIFECYCLE_LABELS, PYRAMID_LABELS, SABC_LABELS, LifecycleParams, PyramidParams,
                               SabcParams, score_lifecycle, score_pyramid, score_sabc)
-from scoring.value_matrix import TIERS, score_value_matrix, stabilise
+from scoring.value_matrix import TIERS, add_reference, score_value_matrix, stabilise
 
 # Models whose label is stored per customer, in this order in exports.
 MODELS = ("value_matrix", "rfm", "sabc", "pyramid", "lifecycle", "churn", "intent")
@@ -80,12 +82,21 @@ def with_weighted_revenue(features: pd.DataFrame, years: RevenueYears) -> pd.Dat
 
 
 def score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date | None = None,
-                    previous: pd.DataFrame | None = None, intent_counts: pd.DataFrame | None = None) -> pd.DataFrame:
+                    previous: pd.DataFrame | None = None, intent_counts: pd.DataFrame | None = None,
+                    reference: PopulationReference | None = None) -> pd.DataFrame:
     """One row per customer, indexed like `features`: `tier` (the value matrix after
     hysteresis), `tier_raw`, current/potential value, component scores `c_*`, `reasons`
-    (value matrix), and `<model>_label`, `<model>_score`, `<model>_reasons` per model."""
+    (value matrix), and `<model>_label`, `<model>_score`, `<model>_reasons` per model.
+
+    Without `reference` the customers are scored against each other (a full run) and the
+    population's yardsticks come back in `result.attrs["reference"]`; with one, they are
+    scored against that population (an incremental rescore)."""
     features = with_weighted_revenue(features, params.revenue_years)
-    result = score_value_matrix(features, params.value_matrix)
+    built = reference is None
+    if built:
+        reference = PopulationReference(population=len(features))
+        add_reference(reference, features)
+    result = score_value_matrix(features, params.value_matrix, None if built else reference)
     result["tier_raw"] = result["tier"]
     if previous is not None and not previous.empty:
         stable = stabilise(result, previous, params.value_matrix)
@@ -96,16 +107,24 @@ def score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date |
         result["pending_tier"] = None
         result["pending_runs"] = 0
     as_of = as_of or date.today()
+    given = None if built else reference
     if params.rfm.enabled:
-        result = result.join(score_rfm(features, as_of, params.rfm))
+        rfm_reference = RfmReference.from_json(reference.rfm) if given is not None and reference.rfm else None
+        rfm = score_rfm(features, as_of, params.rfm, rfm_reference)
+        if built and rfm.attrs.get("rfm_reference") is not None:
+            reference.rfm = rfm.attrs["rfm_reference"].to_json()
+        result = result.join(rfm)
     if params.sabc.enabled:
-        result = result.join(score_sabc(features, params.sabc, result["c_strategic"], result["c_industry_outlook"]))
+        result = result.join(score_sabc(features, params.sabc, result["c_strategic"], result["c_industry_outlook"],
+                                        given))
     if params.pyramid.enabled:
-        result = result.join(score_pyramid(features, params.pyramid))
+        result = result.join(score_pyramid(features, params.pyramid, given))
     if params.churn.enabled:
-        churn = score_churn(features, as_of, params.churn)
+        bgnbd = BgNbdParams(**reference.bgnbd) if given is not None and reference.bgnbd else None
+        churn = score_churn(features, as_of, params.churn, bgnbd)
+        if built and churn.attrs.get("bgnbd") is not None:
+            reference.bgnbd = dataclasses.asdict(churn.attrs["bgnbd"])
         result = result.join(churn)
-        result.attrs["bgnbd"] = churn.attrs.get("bgnbd")
     if params.lifecycle.enabled:
         churn_label = result["churn_label"] if "churn_label" in result else None
         result = result.join(score_lifecycle(features, as_of, params.lifecycle, churn_label))
@@ -115,6 +134,7 @@ def score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date |
         result = result.join(score_intent(counts, features.index, params.intent))
     if params.rules.rules:
         result = _apply_business_rules(features, result, params)
+    result.attrs["reference"] = reference
     return result
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scoring.value_matrix import percentile_below
+from scoring.value_matrix import population_percentile
 
 SABC_LABELS = ("S", "A", "B", "C")
 PYRAMID_LABELS = ("platinum", "gold", "iron", "lead")
@@ -84,16 +84,22 @@ class LifecycleParams(_Params):
     growing_growth: float = Field(0.2, ge=0)
 
 
-def score_pyramid(features: pd.DataFrame, params: PyramidParams) -> pd.DataFrame:
+def score_pyramid(features: pd.DataFrame, params: PyramidParams, reference=None) -> pd.DataFrame:
     value = features["weighted_revenue"].fillna(0.0)
-    # numpy's lexsort: last key first — value descending, then customer id ascending.
-    order = np.lexsort((features.index.to_numpy(dtype=str), -value.to_numpy()))
-    position = np.empty(len(value), dtype=float)
-    position[order] = (np.arange(len(value)) + 1) / max(len(value), 1)
+    if reference is None:
+        # numpy's lexsort: last key first — value descending, then customer id ascending.
+        order = np.lexsort((features.index.to_numpy(dtype=str), -value.to_numpy()))
+        position = np.empty(len(value), dtype=float)
+        position[order] = (np.arange(len(value)) + 1) / max(len(value), 1)
+    else:
+        # Against the last full run: the share of that population at or above this value.
+        position = np.maximum(reference.share_at_or_above("weighted_revenue", value).to_numpy(),
+                              1 / max(reference.population, 1))
     labels = np.select([position <= params.platinum, position <= params.gold, position <= params.iron],
                        ["platinum", "gold", "iron"], "lead")
     labels = np.where(value.to_numpy() > 0, labels, "lead")
-    percentile = percentile_below(value).round(2)
+    percentile = population_percentile(features.assign(weighted_revenue=value), "weighted_revenue",
+                                       reference).round(2)
     top_share = np.round(position * 100, 2)
     reasons = [[{"factor": "weighted_revenue", "value": round(float(v), 2), "percentile": float(p),
                  "top_share": float(t)}] for v, p, t in zip(value.to_numpy(), percentile.to_numpy(), top_share)]
@@ -101,13 +107,15 @@ def score_pyramid(features: pd.DataFrame, params: PyramidParams) -> pd.DataFrame
                         index=features.index)
 
 
-def score_sabc(features: pd.DataFrame, params: SabcParams, strategic: pd.Series, outlook: pd.Series) -> pd.DataFrame:
+def score_sabc(features: pd.DataFrame, params: SabcParams, strategic: pd.Series, outlook: pd.Series,
+               reference=None) -> pd.DataFrame:
     """`strategic` and `outlook` are the value matrix's 0–100 component scores."""
     weights = params.influence_weights.model_dump()
-    size = percentile_below(features["employees"]).fillna(0.0)
+    size = population_percentile(features, "employees", reference).fillna(0.0)
     parts = {"strategic": strategic, "company_size": size, "industry_outlook": outlook}
     influence = sum(parts[name] * weight for name, weight in weights.items()) / sum(weights.values())
-    volume = percentile_below(features["weighted_revenue"].fillna(0.0)).fillna(0.0)
+    volume = population_percentile(features.assign(weighted_revenue=features["weighted_revenue"].fillna(0.0)),
+                                   "weighted_revenue", reference).fillna(0.0)
     high_influence = (influence >= params.influence_boundary).to_numpy()
     high_volume = (volume >= params.volume_boundary).to_numpy()
     labels = np.select([high_influence & high_volume, high_influence, high_volume], ["S", "A", "B"], "C")

@@ -65,16 +65,26 @@ def percentile_below(values: pd.Series, among: pd.Series | None = None) -> pd.Se
     return result
 
 
-def _component_scores(features: pd.DataFrame, params: ValueMatrixParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+def population_percentile(features: pd.DataFrame, column: str, reference=None, among: pd.Series | None = None):
+    """Percentile of a feature among this population, or against a stored reference
+    (scoring.reference.PopulationReference) when rescoring a few customers."""
+    if reference is None:
+        return percentile_below(features[column], among)
+    values = features[column] if among is None else features[column].where(among)
+    return reference.percentile(column, values)
+
+
+def _component_scores(features: pd.DataFrame, params: ValueMatrixParams,
+                      reference=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(scores 0–100, percentiles shown in reasons) per component."""
     scores = pd.DataFrame(index=features.index)
     percentiles = pd.DataFrame(index=features.index)
     for component, column in (("revenue", "weighted_revenue"), ("gross_margin_12m", "gross_margin_12m"),
                               ("contract_value", "contract_value")):
-        percentiles[component] = percentile_below(features[column])
+        percentiles[component] = population_percentile(features, column, reference)
         scores[component] = percentiles[component]
     with_revenue = features["revenue_12m"] > 0
-    percentiles["margin_rate"] = percentile_below(features["margin_rate"], with_revenue)
+    percentiles["margin_rate"] = population_percentile(features, "margin_rate", reference, with_revenue)
     scores["margin_rate"] = percentiles["margin_rate"].fillna(0.0)
     scores["repurchase_upsell"] = features["repurchase_upsell"] * 100.0
 
@@ -94,7 +104,7 @@ def _component_scores(features: pd.DataFrame, params: ValueMatrixParams) -> tupl
     growth_score = (50 + 50 * growth).clip(0, 100)
     only_recent = growth.isna() & (features["revenue_12m"] > 0)
     scores["growth"] = growth_score.where(growth.notna(), np.where(only_recent, 80.0, 50.0))
-    percentiles["company_size"] = percentile_below(features["employees"])
+    percentiles["company_size"] = population_percentile(features, "employees", reference)
     scores["company_size"] = percentiles["company_size"].fillna(0.0)
     points = params.strategic_points
     strategic = (features["is_benchmark"] * points.is_benchmark + features["is_listed"] * points.is_listed
@@ -150,10 +160,10 @@ def _json_value(value):
     return value
 
 
-def score_value_matrix(features: pd.DataFrame, params: ValueMatrixParams) -> pd.DataFrame:
+def score_value_matrix(features: pd.DataFrame, params: ValueMatrixParams, reference=None) -> pd.DataFrame:
     """One row per customer: tier, current_value, potential_value, the component
     scores (`c_<name>`), and `reasons` (a list of dicts, most important first)."""
-    scores, percentiles = _component_scores(features, params)
+    scores, percentiles = _component_scores(features, params, reference)
     current_weights = params.current_weights.model_dump()
     potential_weights = params.potential_weights.model_dump()
     current = _weighted(scores, current_weights).round(2)
@@ -231,3 +241,10 @@ def stabilise(raw: pd.DataFrame, previous: pd.DataFrame, params: ValueMatrixPara
     waiting = ~first_time & ~unchanged & ~switch
     return pd.DataFrame({"tier": tier, "pending_tier": np.where(waiting, now, None),
                          "pending_runs": np.where(waiting, runs, 0), "held": waiting}, index=raw.index)
+
+
+def add_reference(reference, features: pd.DataFrame) -> None:
+    """Record this population's yardsticks (see population_percentile)."""
+    for column in ("weighted_revenue", "gross_margin_12m", "contract_value", "employees"):
+        reference.add(column, features[column])
+    reference.add("margin_rate", features["margin_rate"].where(features["revenue_12m"] > 0))

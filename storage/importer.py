@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from storage.schema_files import (
     ACTIVITIES,
+    CUSTOMERS,
     DATA_SUFFIXES,
     FILE_KINDS,
     KINDS_BY_NAME,
@@ -44,12 +45,14 @@ from storage.validate import BatchValidator, Problem
 
 
 class ImportFailed(Exception):
-    """Nothing was written. `problems` lists what was wrong (capped), `more` the rest."""
+    """Nothing was written. `problems` lists what was wrong (capped), `more` the rest;
+    `details` the same as Problem objects where there are any."""
 
-    def __init__(self, problems: list[str], more: int = 0):
+    def __init__(self, problems: list[str], more: int = 0, details: list[Problem] | None = None):
         super().__init__(f"{len(problems) + more} problem(s)")
         self.problems = problems
         self.more = more
+        self.details = details or []
 
 
 @dataclass
@@ -70,6 +73,8 @@ class ImportResult:
     warnings: list[str] = field(default_factory=list)
     dry_run: bool = False
     rollups_rebuilt_for: int = 0
+    # Customers whose data changed (for incremental rescoring); None when more than the limit.
+    touched: list[str] | None = None
 
 
 @dataclass
@@ -77,6 +82,7 @@ class _Source:
     path: Path
     kind: FileKind
     index: int
+    frame: pd.DataFrame | None = None  # records given in memory (REST API) instead of a file
 
 
 class _ProblemLog:
@@ -180,10 +186,21 @@ class _FileReader:
         return mapping
 
     def batches(self) -> Iterator[_Batch]:
-        if self.source.path.suffix.lower() == ".xlsx":
+        if self.source.frame is not None:
+            yield from self._record_batches()
+        elif self.source.path.suffix.lower() == ".xlsx":
             yield from self._xlsx_batches()
         else:
             yield from self._csv_batches()
+
+    def _record_batches(self) -> Iterator[_Batch]:
+        frame = self.source.frame
+        mapping = self._map_header(list(frame.columns))
+        if mapping is None:
+            return
+        cells = frame[[frame.columns[p] for p in mapping]].map(_cell_text)
+        cells.columns = list(mapping.values())
+        yield _Batch(cells.reset_index(drop=True), np.arange(1, len(cells) + 1))
 
     def _csv_batches(self) -> Iterator[_Batch]:
         path = self.source.path
@@ -412,14 +429,15 @@ def _collect_touched_customers(connection: Connection, kind: FileKind, columns: 
     previous customer of a row that moved to another customer."""
     table, key = kind.table.name, kind.key
     differs = null_safe_differs(connection.dialect.name, "t", "s", [c for c in columns if c != key])
+    moved = "" if key == "customer_id" else f"""UNION
+            SELECT t.customer_id FROM stage_{kind.name} s JOIN {table} t ON t.{key} = s.{key}
+            WHERE t.customer_id <> s.customer_id"""
     connection.execute(text(f"""
         INSERT INTO touched_customers (customer_id)
         SELECT customer_id FROM (
             SELECT s.customer_id FROM stage_{kind.name} s LEFT JOIN {table} t ON t.{key} = s.{key}
             WHERE t.{key} IS NULL OR ({differs})
-            UNION
-            SELECT t.customer_id FROM stage_{kind.name} s JOIN {table} t ON t.{key} = s.{key}
-            WHERE t.customer_id <> s.customer_id
+            {moved}
         ) touched WHERE true
         ON CONFLICT (customer_id) DO NOTHING"""))
 
@@ -479,15 +497,25 @@ def rebuild_rollups(connection: Connection, only_touched: bool = True) -> int:
 
 def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = "Asia/Shanghai",
                batch_rows: int = 50_000, max_errors: int = 50, dry_run: bool = False,
-               progress: bool = False) -> ImportResult:
-    """Validate and load files in one transaction. Raises ImportFailed (nothing written)."""
-    sources = collect_sources(paths)
+               progress: bool = False, records: dict[str, list[dict]] | None = None,
+               touched_limit: int = 5_000) -> ImportResult:
+    """Validate and load files (or `records`: kind → list of row dicts, as the REST API
+    receives them) in one transaction. Raises ImportFailed (nothing written)."""
+    sources = collect_sources(paths) if paths else []
+    for kind_name, rows in (records or {}).items():
+        kind = KINDS_BY_NAME[kind_name]
+        sources.append(_Source(Path(f"<{kind_name}>"), kind, len(sources), pd.DataFrame.from_records(rows)))
+    order = {kind.name: i for i, kind in enumerate(FILE_KINDS)}
+    sources.sort(key=lambda source: (order[source.kind.name], source.index))
+    for position, source in enumerate(sources):
+        source.index = position  # `_file` in the staging tables is this position
     log = _ProblemLog(max_errors)
     warnings: list[str] = []
     names = [str(source.path) for source in sources]
     results: dict[str, KindResult] = {}
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
     rebuilt = 0
+    touched: list[str] | None = None
 
     with engine.connect() as connection:
         transaction = connection.begin()
@@ -529,18 +557,21 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     rows = int(connection.execute(text(f"SELECT COUNT(*) FROM stage_{kind.name}")).scalar())
                     new, changed = _count_changes(connection, kind, columns)
                     results[kind.name] = KindResult(rows, new, changed)
-                    if kind in (ORDERS, ACTIVITIES):
+                    if kind in (CUSTOMERS, ORDERS, ACTIVITIES):
                         _collect_touched_customers(connection, kind, columns)
                     _upsert(connection, kind, columns, stamp)
                 if not log:
                     rebuilt = rebuild_rollups(connection)
+                    if rebuilt <= touched_limit:
+                        touched = sorted(connection.execute(text("SELECT customer_id FROM touched_customers"))
+                                         .scalars())
                     refresh_statistics(connection, [*(KINDS_BY_NAME[name].table.name for name in staging),
                                                     "customer_months", "activity_months"])
 
             if log:
                 transaction.rollback()
-                problems = [str(p) for p in _fix_line_numbers(sorted(log.problems, key=_problem_order(names)))]
-                raise ImportFailed(problems, log.total - len(problems))
+                details = _fix_line_numbers(sorted(log.problems, key=_problem_order(names)))
+                raise ImportFailed([str(p) for p in details], log.total - len(details), details)
             if dry_run:
                 transaction.rollback()
             else:
@@ -552,7 +583,7 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
             if transaction.is_active:
                 transaction.rollback()
             raise
-    return ImportResult([s.path for s in sources], results, warnings, dry_run, rebuilt)
+    return ImportResult([s.path for s in sources if s.frame is None], results, warnings, dry_run, rebuilt, touched)
 
 
 def _problem_order(names: list[str]):

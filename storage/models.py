@@ -197,6 +197,8 @@ class ScoreRun(Base):
     config_hash: Mapped[str] = mapped_column(String(32))
     # Tier counts and revenue share per tier, for the summary and reports.
     summary: Mapped[dict | None] = mapped_column(JSON)
+    # Full runs: the population's yardsticks (scoring.reference) for incremental rescoring.
+    reference: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (

@@ -54,8 +54,9 @@ def _owned_by(owners: list[str] | None):
 
 
 async def latest_run_id(connection: AsyncConnection) -> int | None:
+    """The newest succeeded full run: incremental rescores update its rows in place."""
     return (await connection.execute(
-        select(func.max(ScoreRun.id)).where(ScoreRun.status == "succeeded"))).scalar()
+        select(func.max(ScoreRun.id)).where(ScoreRun.status == "succeeded", ScoreRun.kind == "full"))).scalar()
 
 
 async def run_as_of(connection: AsyncConnection, run_id: int) -> date:

@@ -27,13 +27,13 @@ _AGGREGATES_SQL = """
 WITH current_days AS (
     SELECT customer_id, order_date, SUM(amount) AS revenue, SUM(COALESCE(cost, 0)) AS cost,
            SUM(CASE WHEN kind IN ('renewal', 'upsell') THEN amount ELSE 0 END) AS repeat_revenue, COUNT(*) AS orders
-    FROM orders WHERE order_date >= :m0 AND order_date <= :as_of
+    FROM orders WHERE order_date >= :m0 AND order_date <= :as_of {scope}
     GROUP BY customer_id, order_date
 ),
 monthly AS (
     SELECT customer_id, month, revenue, cost, repeat_revenue, orders, purchase_days, first_day_revenue,
            first_order_date, last_order_date
-    FROM customer_months WHERE month < :m0
+    FROM customer_months WHERE month < :m0 {scope}
     UNION ALL
     SELECT customer_id, :m0 AS month, SUM(revenue), SUM(cost), SUM(repeat_revenue), SUM(orders), COUNT(*),
            SUM(CASE WHEN order_date = first_day THEN revenue ELSE 0 END), MIN(order_date), MAX(order_date)
@@ -66,20 +66,20 @@ WITH recent AS (
     SELECT customer_id,
            SUM(CASE WHEN kind <> 'complaint' AND ts >= :since_30d THEN 1 ELSE 0 END) AS act_30d,
            MAX(ts) AS last_recent_ts
-    FROM activities WHERE ts >= :since_30d AND ts < :until
+    FROM activities WHERE ts >= :since_30d AND ts < :until {scope}
     GROUP BY customer_id
 ),
 complaints AS (
     SELECT customer_id,
            SUM(CASE WHEN ts >= :since_90d THEN 1 ELSE 0 END) AS complaints_90d,
            SUM(CASE WHEN ts < :since_90d THEN 1 ELSE 0 END) AS complaints_prev_90d
-    FROM activities WHERE kind = 'complaint' AND ts >= :since_180d AND ts < :until
+    FROM activities WHERE kind = 'complaint' AND ts >= :since_180d AND ts < :until {scope}
     GROUP BY customer_id
 ),
 baseline AS (
     SELECT customer_id, SUM(CASE WHEN kind <> 'complaint' THEN events ELSE 0 END) AS baseline_events,
            MAX(last_ts) AS last_ts
-    FROM activity_months WHERE month >= :m6 AND month < :m0
+    FROM activity_months WHERE month >= :m6 AND month < :m0 {scope}
     GROUP BY customer_id
 ),
 customers_seen AS (
@@ -96,12 +96,21 @@ LEFT JOIN baseline b ON b.customer_id = s.customer_id
 BASELINE_MONTHS = 6
 
 
-def load_aggregates(connection: Connection, as_of: date) -> pd.DataFrame:
-    sql = _AGGREGATES_SQL
+def _scoped(sql: str, customer_ids: list[str] | None) -> tuple[str, list, dict]:
+    """Restrict a query to some customers (incremental rescoring) or leave it whole."""
+    if customer_ids is None:
+        return sql.replace("{scope}", ""), [], {}
+    return (sql.replace("{scope}", "AND customer_id IN :ids"), [bindparam("ids", expanding=True)],
+            {"ids": list(customer_ids)})
+
+
+def load_aggregates(connection: Connection, as_of: date, customer_ids: list[str] | None = None) -> pd.DataFrame:
+    sql, scope_binds, scope_values = _scoped(_AGGREGATES_SQL, customer_ids)
     if connection.dialect.name == "postgresql":
         sql = sql.replace(":m0 AS month", "CAST(:m0 AS DATE) AS month")
-    statement = text(sql).bindparams(*(bindparam(name, type_=Date) for name in ("m0", "m12", "m24", "m36", "as_of")))
-    rows = connection.execute(statement, {**window_starts(as_of), "as_of": as_of})
+    statement = text(sql).bindparams(*(bindparam(name, type_=Date) for name in ("m0", "m12", "m24", "m36", "as_of")),
+                                     *scope_binds)
+    rows = connection.execute(statement, {**window_starts(as_of), "as_of": as_of, **scope_values})
     frame = pd.DataFrame(rows.all(), columns=["customer_id", *AGGREGATE_COLUMNS, "first_order_date",
                                               "last_order_date"])
     for column in AGGREGATE_COLUMNS:
@@ -109,7 +118,7 @@ def load_aggregates(connection: Connection, as_of: date) -> pd.DataFrame:
     return frame
 
 
-def load_activity(connection: Connection, as_of: date) -> pd.DataFrame:
+def load_activity(connection: Connection, as_of: date, customer_ids: list[str] | None = None) -> pd.DataFrame:
     """Per customer: activities in the 30 days to as_of, the six whole months before the
     as-of month (the baseline), complaints in the last 90 days and the 90 before."""
     until = datetime.combine(as_of + timedelta(days=1), datetime.min.time())
@@ -117,10 +126,11 @@ def load_activity(connection: Connection, as_of: date) -> pd.DataFrame:
     parameters = {"until": until, "since_30d": until - timedelta(days=30), "since_90d": until - timedelta(days=90),
                   "since_180d": until - timedelta(days=180), "m0": months["m0"],
                   "m6": add_months(months["m0"], -BASELINE_MONTHS)}
-    statement = text(_ACTIVITY_SQL).bindparams(
+    sql, scope_binds, scope_values = _scoped(_ACTIVITY_SQL, customer_ids)
+    statement = text(sql).bindparams(
         *(bindparam(name, type_=DateTime) for name in ("until", "since_30d", "since_90d", "since_180d")),
-        *(bindparam(name, type_=Date) for name in ("m0", "m6")))
-    rows = connection.execute(statement, parameters)
+        *(bindparam(name, type_=Date) for name in ("m0", "m6")), *scope_binds)
+    rows = connection.execute(statement, {**parameters, **scope_values})
     frame = pd.DataFrame(rows.all(), columns=["customer_id", *ACTIVITY_COLUMNS])
     for column in ACTIVITY_COLUMNS[:-1]:
         frame[column] = pd.to_numeric(frame[column]).astype(float)
@@ -128,14 +138,17 @@ def load_activity(connection: Connection, as_of: date) -> pd.DataFrame:
     return frame
 
 
-def load_customers(connection: Connection) -> pd.DataFrame:
+def load_customers(connection: Connection, customer_ids: list[str] | None = None) -> pd.DataFrame:
     """Attributes, plus each customer's current tier and the hysteresis state of the last run."""
-    latest = select(func.max(ScoreRun.id)).where(ScoreRun.status == "succeeded").scalar_subquery()
+    latest = select(func.max(ScoreRun.id)).where(ScoreRun.status == "succeeded",
+                                                 ScoreRun.kind == "full").scalar_subquery()
     columns = [getattr(Customer, name) for name in CUSTOMER_COLUMNS]
-    rows = connection.execute(
-        select(*columns, Customer.tier, ScoreSnapshot.pending_tier, ScoreSnapshot.pending_runs)
-        .outerjoin(ScoreSnapshot, (ScoreSnapshot.customer_id == Customer.customer_id)
-                   & (ScoreSnapshot.run_id == latest)))
+    query = (select(*columns, Customer.tier, ScoreSnapshot.pending_tier, ScoreSnapshot.pending_runs)
+             .outerjoin(ScoreSnapshot, (ScoreSnapshot.customer_id == Customer.customer_id)
+                        & (ScoreSnapshot.run_id == latest)))
+    if customer_ids is not None:
+        query = query.where(Customer.customer_id.in_(list(customer_ids)))
+    rows = connection.execute(query)
     return pd.DataFrame(rows.all(), columns=[*CUSTOMER_COLUMNS, "tier", "pending_tier", "pending_runs"])
 
 
@@ -184,13 +197,9 @@ class RunOutcome:
     summary: dict
 
 
-def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series, summary: dict,
-              keep_runs: int) -> RunOutcome:
-    """Snapshot rows, tier history and current tiers, then mark the run succeeded — all
-    in one transaction, so a crash leaves the previous state untouched."""
-    now = _now()
-    snapshot = pd.DataFrame({
-        "run_id": run_id,
+def _snapshot_frame(snapshot_run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame({
+        "run_id": snapshot_run_id,
         "customer_id": scored.index.to_numpy(),
         "tier": scored["tier"].to_numpy(),
         "current_value": scored["current_value"].to_numpy(),
@@ -200,35 +209,71 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
         "pending_runs": scored["pending_runs"].to_numpy() if "pending_runs" in scored else 0,
         **snapshot_documents(scored),
     })
+
+
+def _record_tier_changes(connection: Connection, snapshot_run_id: int, history_run_id: int,
+                         customer_ids: list[str] | None) -> tuple[int, int]:
+    """Tier history for every customer whose snapshot tier differs from its current tier,
+    then the current tiers. Returns (changes, first assignments)."""
+    scope, binds, values = ("", [], {}) if customer_ids is None else (
+        "AND s.customer_id IN :ids", [bindparam("ids", expanding=True)], {"ids": list(customer_ids)})
+    parameters = {"snapshot_run": snapshot_run_id, "history_run": history_run_id, "now": _now(), **values}
+    connection.execute(text(f"""
+        INSERT INTO tier_history (customer_id, run_id, model, from_tier, to_tier, changed_at, reasons)
+        SELECT s.customer_id, :history_run, 'value_matrix', c.tier, s.tier, :now, s.reasons
+        FROM score_snapshots s JOIN customers c ON c.customer_id = s.customer_id
+        WHERE s.run_id = :snapshot_run {scope} AND (c.tier IS NULL OR c.tier <> s.tier)""").bindparams(
+        _NOW, *binds), parameters)
+    connection.execute(text("""
+        UPDATE customers SET
+            tier = (SELECT s.tier FROM score_snapshots s
+                    WHERE s.run_id = :snapshot_run AND s.customer_id = customers.customer_id),
+            tier_since = :now
+        WHERE customer_id IN (SELECT customer_id FROM tier_history WHERE run_id = :history_run)""").bindparams(_NOW),
+        {"snapshot_run": snapshot_run_id, "history_run": history_run_id, "now": parameters["now"]})
+    changes, first = connection.execute(text("""
+        SELECT SUM(CASE WHEN from_tier IS NOT NULL THEN 1 ELSE 0 END),
+               SUM(CASE WHEN from_tier IS NULL THEN 1 ELSE 0 END)
+        FROM tier_history WHERE run_id = :run_id"""), {"run_id": history_run_id}).one()
+    return int(changes or 0), int(first or 0)
+
+
+def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series, summary: dict,
+              keep_runs: int, reference: str | None = None) -> RunOutcome:
+    """A full run: snapshot rows, tier history and current tiers, then the run marked
+    succeeded — all in one transaction, so a crash leaves the previous state untouched."""
+    snapshot = _snapshot_frame(run_id, scored, revenue_12m)
     with engine.begin() as connection:
         bulk_insert(connection, ScoreSnapshot.__tablename__, snapshot)
-        changed_at = {"run_id": run_id, "now": now}
-        connection.execute(text("""
-            INSERT INTO tier_history (customer_id, run_id, model, from_tier, to_tier, changed_at, reasons)
-            SELECT s.customer_id, s.run_id, 'value_matrix', c.tier, s.tier, :now, s.reasons
-            FROM score_snapshots s JOIN customers c ON c.customer_id = s.customer_id
-            WHERE s.run_id = :run_id AND (c.tier IS NULL OR c.tier <> s.tier)""").bindparams(_NOW), changed_at)
-        connection.execute(text("""
-            UPDATE customers SET
-                tier = (SELECT s.tier FROM score_snapshots s
-                        WHERE s.run_id = :run_id AND s.customer_id = customers.customer_id),
-                tier_since = :now
-            WHERE customer_id IN (SELECT customer_id FROM tier_history WHERE run_id = :run_id)""").bindparams(_NOW),
-            changed_at)
-        changes, first = connection.execute(text("""
-            SELECT SUM(CASE WHEN from_tier IS NOT NULL THEN 1 ELSE 0 END),
-                   SUM(CASE WHEN from_tier IS NULL THEN 1 ELSE 0 END)
-            FROM tier_history WHERE run_id = :run_id"""), {"run_id": run_id}).one()
+        changes, first = _record_tier_changes(connection, run_id, run_id, None)
         connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(
-            status="succeeded", finished_at=_now(), customers=len(scored), tier_changes=int(changes or 0),
-            summary=summary))
+            status="succeeded", finished_at=_now(), customers=len(scored), tier_changes=changes,
+            summary=summary, reference=reference))
         _prune_snapshots(connection, keep_runs)
         refresh_statistics(connection, ["score_snapshots", "customers", "tier_history"])
-    return RunOutcome(run_id, len(scored), int(changes or 0), int(first or 0), summary)
+    return RunOutcome(run_id, len(scored), changes, first, summary)
+
+
+def write_incremental(engine: Engine, full_run_id: int, run_id: int, scored: pd.DataFrame,
+                      revenue_12m: pd.Series) -> RunOutcome:
+    """An incremental rescore: replace these customers' rows in the full run's snapshot
+    (it stays the current picture), record their tier changes under the incremental run."""
+    snapshot = _snapshot_frame(full_run_id, scored, revenue_12m)
+    ids = list(scored.index)
+    with engine.begin() as connection:
+        connection.execute(ScoreSnapshot.__table__.delete().where(ScoreSnapshot.run_id == full_run_id,
+                                                                  ScoreSnapshot.customer_id.in_(ids)))
+        bulk_insert(connection, ScoreSnapshot.__tablename__, snapshot)
+        changes, first = _record_tier_changes(connection, full_run_id, run_id, ids)
+        summary = {"customers": len(ids), "full_run": full_run_id}
+        connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(
+            status="succeeded", finished_at=_now(), customers=len(ids), tier_changes=changes, summary=summary))
+    return RunOutcome(run_id, len(ids), changes, first, summary)
 
 
 def _prune_snapshots(connection: Connection, keep_runs: int) -> None:
-    kept = select(ScoreRun.id).where(ScoreRun.status == "succeeded").order_by(ScoreRun.id.desc()).limit(keep_runs)
+    kept = (select(ScoreRun.id).where(ScoreRun.status == "succeeded", ScoreRun.kind == "full")
+            .order_by(ScoreRun.id.desc()).limit(keep_runs))
     oldest_kept = connection.execute(select(func.min(kept.subquery().c.id))).scalar()
     if oldest_kept is not None:
         connection.execute(ScoreSnapshot.__table__.delete().where(ScoreSnapshot.run_id < oldest_kept))
@@ -280,9 +325,10 @@ def _json_rows(frame: pd.DataFrame) -> list[str]:
 
 
 def latest_run(connection: Connection):
-    """The newest succeeded run as a row (id, as_of, summary, ...), or None."""
+    """The newest succeeded full run as a row (id, as_of, summary, reference, ...), or None.
+    Incremental rescores update that run's snapshot rows in place."""
     runs = ScoreRun.__table__
-    return connection.execute(select(runs).where(runs.c.status == "succeeded")
+    return connection.execute(select(runs).where(runs.c.status == "succeeded", runs.c.kind == "full")
                               .order_by(runs.c.id.desc()).limit(1)).first()
 
 
@@ -290,7 +336,8 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def load_intent_counts(connection: Connection, as_of: date, rules: list) -> pd.DataFrame:
+def load_intent_counts(connection: Connection, as_of: date, rules: list,
+                       customer_ids: list[str] | None = None) -> pd.DataFrame:
     """Per customer and intent-rule condition: matching activities within the rule's window
     ending at as_of. Column `intent_<rule>_<condition>`; `rules` are scoring.intent rules."""
     if not rules:
@@ -316,10 +363,10 @@ def load_intent_counts(connection: Connection, as_of: date, rules: list) -> pd.D
     for i, kind in enumerate(kinds):
         parameters[f"any_kind_{i}"] = kind
     kind_list = ", ".join(f":any_kind_{i}" for i in range(len(kinds)))
-    statement = text(f"""
+    sql, scope_binds, scope_values = _scoped(f"""
         SELECT customer_id, {', '.join(sums)}
-        FROM activities WHERE ts >= :since AND ts < :until AND kind IN ({kind_list})
-        GROUP BY customer_id""").bindparams(*binds)
-    rows = connection.execute(statement, parameters)
+        FROM activities WHERE ts >= :since AND ts < :until AND kind IN ({kind_list}) {{scope}}
+        GROUP BY customer_id""", customer_ids)
+    rows = connection.execute(text(sql).bindparams(*binds, *scope_binds), {**parameters, **scope_values})
     return pd.DataFrame(rows.all(), columns=["customer_id", *(f"intent_{r}_{c}" for r, rule in enumerate(rules)
                                                               for c in range(len(rule.all)))])

@@ -26,6 +26,7 @@ def upgrade() -> None:
     sa.Column('tier_changes', sa.Integer(), nullable=True),
     sa.Column('config_hash', sa.String(length=32), nullable=False),
     sa.Column('summary', sa.JSON(), nullable=True),
+    sa.Column('reference', sa.Text(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.CheckConstraint("status IN ('running', 'succeeded', 'failed')", name=op.f('ck_score_runs_status')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_score_runs'))

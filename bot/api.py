@@ -1,0 +1,100 @@
+"""REST ingest: POST /api/v1/{customers,orders,activities,tickets}.
+
+A JSON array of objects with the fields of the data files (DESIGN §4), bearer token
+(TIERBOT_API_TOKEN), idempotent by id. The rows go through the same validation and
+all-or-nothing upsert as a file import; then the customers they touched are rescored
+at once against the last full run (incremental), so a new order shows in the bot's
+answers within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from datetime import datetime
+
+from aiohttp import web
+
+from storage.schema_files import KINDS_BY_NAME
+
+logger = logging.getLogger(__name__)
+
+API_KINDS = ("customers", "orders", "activities", "tickets", "users")
+MAX_BODY_BYTES = 10 * 1024 * 1024
+MAX_ITEMS = 20_000
+
+
+def _error(status: int, message: str, problems: list[str] | None = None) -> web.Response:
+    body = {"error": message}
+    if problems is not None:
+        body["problems"] = problems
+    return web.json_response(body, status=status, dumps=lambda data: json.dumps(data, ensure_ascii=False))
+
+
+class IngestApi:
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/api/v1/{kind}", self.ingest)]
+
+    def _authorised(self, request: web.Request) -> web.Response | None:
+        token = self.runtime.config.api.token
+        if not token:
+            return _error(503, "the REST API is off: set TIERBOT_API_TOKEN to turn it on")
+        given = request.headers.get("Authorization", "")
+        if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].strip().encode(), token.encode()):
+            return _error(401, "missing or wrong bearer token")
+        return None
+
+    async def ingest(self, request: web.Request) -> web.Response:
+        refused = self._authorised(request)
+        if refused is not None:
+            return refused
+        kind = request.match_info["kind"]
+        if kind not in API_KINDS:
+            return _error(404, f"unknown collection {kind!r}: one of {', '.join(API_KINDS)}")
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            return _error(413, f"body larger than {MAX_BODY_BYTES // (1024 * 1024)} MB: send smaller batches")
+        try:
+            items = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(400, f"body is not JSON: {exc}")
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            return _error(400, "body must be a JSON array of objects")
+        if not items:
+            return web.json_response({"kind": kind, "rows": 0, "new": 0, "changed": 0, "unchanged": 0})
+        if len(items) > MAX_ITEMS:
+            return _error(413, f"more than {MAX_ITEMS:,} items: send smaller batches")
+        return await asyncio.to_thread(self._ingest_blocking, kind, items)
+
+    def _ingest_blocking(self, kind: str, items: list[dict]) -> web.Response:
+        """Import and rescore on a worker thread: the event loop keeps answering WeCom."""
+        from bot.rescore import INCREMENTAL_LIMIT, incremental_rescore
+        from storage.importer import ImportFailed, run_import
+
+        config, engine = self.runtime.config, self.runtime.sync_db
+        try:
+            result = run_import(engine, [], timezone_name=config.timezone, records={kind: items},
+                                max_errors=config.import_.max_errors_listed, touched_limit=INCREMENTAL_LIMIT)
+        except ImportFailed as failure:
+            problems = [f"item {p.line}: {p.column}: {p.reason}" for p in failure.details] or failure.problems
+            if failure.more:
+                problems.append(f"… and {failure.more:,} more")
+            return _error(400, "nothing was imported", problems)
+        counts = result.kinds.get(kind)
+        body = {"kind": kind, "rows": counts.rows, "new": counts.new, "changed": counts.changed,
+                "unchanged": counts.unchanged, "warnings": result.warnings}
+        if result.touched:
+            outcome = incremental_rescore(engine, config, result.touched, datetime.now(config.tz).date())
+            if outcome is not None:
+                body["rescored"] = {"customers": outcome.customers, "tier_changes": outcome.tier_changes,
+                                    "run_id": outcome.run_id}
+        elif result.touched is None:
+            body["rescored"] = {"customers": 0, "note": "too many customers touched: the next full run scores them"}
+        return web.json_response(body, dumps=lambda data: json.dumps(data, ensure_ascii=False))
+
+
+assert set(API_KINDS) <= set(KINDS_BY_NAME)

@@ -1,0 +1,94 @@
+"""REST ingest: token, validation, idempotence — and a new order changes that customer's
+scores within the same request, without a full run."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.app import WeComIdentity, create_app
+from bot.config import load_config
+from bot.rescore import full_rescore
+from storage.importer import run_import
+from storage.models import Order, ScoreRun, ScoreSnapshot, TierChange
+from tests.company import write_company
+
+TOKEN = "test-api-token"
+
+
+@pytest.fixture
+def config(engine, database_url, tmp_path):
+    run_import(engine, [write_company(tmp_path / "crm")])
+    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url, "TIERBOT_API_TOKEN": TOKEN})
+    full_rescore(engine, config, date.today())
+    return config
+
+
+@pytest.fixture
+async def api(config, aiohttp_client):
+    identity = WeComIdentity("wwtest", 1000002, "secret", "token", "k" * 43, "http://127.0.0.1:9")
+    return await aiohttp_client(create_app(config, identity, dispatch=False))
+
+
+def _auth(token: str = TOKEN) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_token_is_required(api):
+    response = await api.post("/api/v1/orders", json=[], headers=_auth("wrong"))
+    assert response.status == 401
+    response = await api.post("/api/v1/orders", json=[])
+    assert response.status == 401
+
+
+async def test_new_order_moves_customer_into_star_within_the_request(api, engine):
+    today = date.today()
+    orders = [{"order_id": f"API-{i}", "customer_id": "QM1", "order_date": (today - timedelta(days=20 * i)).isoformat(),
+               "amount": 3_000_000, "cost": 800_000, "product_line": "mes", "kind": "upsell"} for i in range(1, 8)]
+    response = await api.post("/api/v1/orders", json=orders, headers=_auth())
+    body = await response.json()
+    assert response.status == 200, body
+    assert (body["new"], body["rescored"]["customers"], body["rescored"]["tier_changes"]) == (7, 1, 1)
+    with engine.connect() as connection:
+        change = connection.execute(select(TierChange.from_tier, TierChange.to_tier)
+                                    .where(TierChange.customer_id == "QM1")
+                                    .order_by(TierChange.id.desc()).limit(1)).one()
+        kinds = connection.execute(select(ScoreRun.kind).order_by(ScoreRun.id)).scalars().all()
+        snapshot = connection.execute(select(ScoreSnapshot.tier, ScoreSnapshot.revenue_12m)
+                                      .where(ScoreSnapshot.run_id == 1, ScoreSnapshot.customer_id == "QM1")).one()
+        rows = connection.execute(select(func.count()).select_from(ScoreSnapshot)
+                                  .where(ScoreSnapshot.run_id == 1)).scalar_one()
+    assert tuple(change) == ("question_mark", "star")
+    assert kinds == ["full", "incremental"]
+    assert snapshot.tier == "star" and snapshot.revenue_12m > 20_000_000
+    assert rows == 28  # the full run's picture is updated in place, nobody lost
+
+    again = await (await api.post("/api/v1/orders", json=orders, headers=_auth())).json()
+    assert (again["new"], again["changed"], again["unchanged"]) == (0, 0, 7)
+
+
+async def test_bad_items_are_listed_and_nothing_is_written(api, engine):
+    items = [{"order_id": "X1", "customer_id": "QM1", "order_date": "2026-02-30", "amount": 10},
+             {"order_id": "X2", "customer_id": "NOBODY", "order_date": "2026-02-01", "amount": "ten"}]
+    response = await api.post("/api/v1/orders", json=items, headers=_auth())
+    body = await response.json()
+    assert response.status == 400 and body["error"] == "nothing was imported"
+    assert "item 1: order_date: not a date (expected YYYY-MM-DD): '2026-02-30'" in body["problems"]
+    assert "item 2: amount: not a number: 'ten'" in body["problems"]
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(Order)
+                                  .where(Order.order_id.in_(["X1", "X2"]))).scalar_one() == 0
+
+
+@pytest.mark.parametrize("body, status", [(b"{not json", 400), (b'{"a": 1}', 400), (b"[1, 2]", 400)])
+async def test_malformed_bodies(api, body, status):
+    response = await api.post("/api/v1/orders", data=body, headers={**_auth(), "Content-Type": "application/json"})
+    assert response.status == status and "error" in json.loads(await response.text())
+
+
+async def test_unknown_collection_is_404(api):
+    response = await api.post("/api/v1/invoices", json=[], headers=_auth())
+    assert response.status == 404
