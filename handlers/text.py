@@ -150,6 +150,8 @@ def _format_field(key: str, value: Any, lang: str) -> Any:
     if isinstance(value, float):
         if key in ("value", "monetary_value", "weighted_revenue") and abs(value) >= 100:
             return money(value, lang)
+        if key == "percentile":
+            return f"{value:.0f}"
         if key in ("p_alive", "share", "growth"):
             return percent(value, signed=(key == "growth"))
         return f"{value:.1f}".rstrip("0").rstrip(".")

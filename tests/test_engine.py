@@ -1,0 +1,127 @@
+"""The scoring engine as the business sees it: rules from config, stable tiers, every
+model in the export."""
+
+from __future__ import annotations
+
+import csv
+
+import pandas as pd
+import pytest
+from sqlalchemy import select
+
+from bot.config import ConfigError, load_config
+from bot.export import export_scores
+from bot.rescore import full_rescore
+from scoring.params import ValueMatrixParams
+from scoring.pipeline import ScoringParams, score_customers
+from scoring.value_matrix import stabilise
+from storage.importer import run_import
+from storage.models import Customer, ScoreSnapshot
+from tests.company import AS_OF, write_company
+from tests.test_scoring import _population
+
+RULE = {"name": "big manufacturers", "when": 'ltv > 1000000 and industry == "高端制造"',
+        "then": {"set_label": {"value_matrix": "star"}, "add_tags": ["标杆候选"]}}
+
+
+def _features():
+    from scoring.features import build_features
+
+    customers, aggregates = _population()
+    customers.loc[customers["customer_id"].isin(["N05", "N30", "N12"]), "industry"] = "高端制造"
+    lifetime = {"N05": 2e6, "N30": 5e6, "N10": 3e6, "N12": 5e5}  # N10 is no manufacturer, N12 too small
+    aggregates["lifetime_revenue"] = aggregates["customer_id"].map(lifetime).fillna(aggregates["revenue_12m"])
+    return build_features(customers, aggregates, AS_OF)
+
+
+def test_a_config_rule_changes_the_labels_it_should_and_nothing_else():
+    features = _features()
+    plain = score_customers(features, ScoringParams(), AS_OF)
+    ruled = score_customers(features, ScoringParams.model_validate({"rules": {"rules": [RULE]}}), AS_OF)
+    matching = {"N05", "N30"}  # 高端制造 with lifetime revenue over 1M
+    assert set(features.index[(features["lifetime_revenue"] > 1e6) & (features["industry"] == "高端制造")]) == matching
+    assert (ruled.loc[list(matching), "tier"] == "star").all()
+    assert all("标杆候选" in ruled.loc[c, "intent_tags"] for c in matching)
+    others = [c for c in features.index if c not in matching]
+    comparable = [c for c in plain.columns if c not in ("rules_reasons", "intent_tags")]
+    pd.testing.assert_frame_equal(plain.loc[others, comparable], ruled.loc[others, comparable])
+    assert ruled.loc["N05", "rules_reasons"] == [{"factor": "rule", "value": "big manufacturers"}]
+
+
+def test_a_misspelt_field_in_a_rule_is_refused_at_start_up_naming_the_rule(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text('scoring:\n  rules:\n    rules:\n      - name: big manufacturers\n'
+                    '        when: ltvv > 1000000 and industry == "高端制造"\n'
+                    '        then: {set_label: {value_matrix: star}}\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as failure:
+        load_config(path, environ={})
+    assert len(failure.value.problems) == 1
+    problem = failure.value.problems[0]
+    assert problem.startswith("scoring: ") and '"big manufacturers"' in problem
+    assert "unknown field 'ltvv' (did you mean 'ltv'?)" in problem
+
+
+def _state(tier, pending=None, runs=0):
+    return pd.DataFrame({"tier": [tier], "pending_tier": [pending], "pending_runs": [runs]}, index=["C"])
+
+
+def _raw(tier, x, y=60.0):
+    return pd.DataFrame({"tier": [tier], "current_value": [x], "potential_value": [y]}, index=["C"])
+
+
+def test_a_customer_wobbling_on_the_boundary_does_not_flip():
+    params = ValueMatrixParams()  # boundary X=70, margin 3, two runs to confirm
+    state = _state("star")
+    tiers = []
+    for x in (69.0, 71.0, 69.5, 70.5, 68.0, 72.0):
+        raw_tier = "star" if x >= 70 else "question_mark"
+        stable = stabilise(_raw(raw_tier, x), state, params)
+        tiers.append(stable.loc["C", "tier"])
+        state = stable[["tier", "pending_tier", "pending_runs"]]
+    assert tiers == ["star"] * 6
+
+
+def test_a_clear_move_switches_at_once_and_a_lasting_one_after_the_runs():
+    params = ValueMatrixParams()
+    assert stabilise(_raw("question_mark", 50.0), _state("star"), params).loc["C", "tier"] == "question_mark"
+    first = stabilise(_raw("question_mark", 68.5), _state("star"), params)
+    assert (first.loc["C", "tier"], first.loc["C", "pending_tier"], first.loc["C", "pending_runs"]) == \
+        ("star", "question_mark", 1)
+    second = stabilise(_raw("question_mark", 68.5), first[["tier", "pending_tier", "pending_runs"]], params)
+    assert second.loc["C", "tier"] == "question_mark"
+
+
+def test_hysteresis_state_survives_between_runs_in_the_database(engine, database_url, tmp_path):
+    run_import(engine, [write_company(tmp_path / "crm")])
+    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
+    full_rescore(engine, config, AS_OF)
+    with engine.connect() as connection:
+        x = connection.execute(select(ScoreSnapshot.current_value).where(ScoreSnapshot.customer_id == "F023")
+                               ).scalar_one()
+    assert x >= 70  # a cash cow just above the boundary
+    nudged = config.model_copy(update={"scoring": ScoringParams.model_validate(
+        {"value_matrix": {"boundaries": {"current_value": x + 1}}})})
+
+    def tier_now() -> str:
+        with engine.connect() as connection:
+            return connection.execute(select(Customer.tier).where(Customer.customer_id == "F023")).scalar_one()
+
+    full_rescore(engine, nudged, AS_OF)
+    assert tier_now() == "cash_cow"  # one point past the boundary: held
+    full_rescore(engine, nudged, AS_OF)
+    assert tier_now() == "dog"  # the second run in a row confirms it
+
+
+def test_export_has_every_models_label_score_and_reasons(engine, database_url, tmp_path):
+    run_import(engine, [write_company(tmp_path / "crm")])
+    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
+    full_rescore(engine, config, AS_OF)
+    export_scores(engine, tmp_path / "scores.csv", "zh", 8)
+    with open(tmp_path / "scores.csv", encoding="utf-8") as handle:
+        rows = {row["customer_id"]: row for row in csv.DictReader(handle)}
+    star = rows["STAR1"]
+    for model in ("rfm", "sabc", "pyramid", "lifecycle", "churn", "intent"):
+        assert f"{model}_label" in star and f"{model}_score" in star and f"{model}_reasons" in star
+    assert star["sabc_label"] == "S" and star["pyramid_label"] in ("platinum", "gold")
+    assert star["rfm_label"] in ("champions", "loyal") and "距上次购买" in star["rfm_reasons"]
+    assert rows["DOG1"]["lifecycle_label"] == "churn_risk" and rows["QM1"]["lifecycle_label"] == "new"
