@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -28,19 +27,14 @@ class Phase:
 
 
 def _run(args: list[str], env: dict[str, str]) -> Phase:
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "bot", *args], cwd=PROJECT_ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output_lines = []
-    assert process.stdout is not None
-    for line in process.stdout:
-        output_lines.append(line)
-    _pid, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    elapsed = time.perf_counter() - started
+    # Through bench.scoring's launcher: started straight from this process, a child's peak
+    # RSS would include this process's own (the generator's) peak.
+    from bench.scoring import run_process
+
+    process = run_process(args[0], [sys.executable, "-m", "bot", *args], env=env, cwd=PROJECT_ROOT)
     if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({process.returncode}):\n{''.join(output_lines[-30:])}")
-    return Phase(args[0], elapsed, usage.ru_maxrss / 1024)
+        raise RuntimeError(f"{' '.join(args)} failed ({process.returncode}):\n{process.output[-3000:]}")
+    return Phase(args[0], process.seconds, process.peak_rss_mb)
 
 
 def _generate(out: Path, customers: int, orders_per_customer: float, activities_per_customer: float,

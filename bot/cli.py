@@ -266,3 +266,21 @@ def bench_callback(concurrencies: tuple[int, ...], seconds: float, customers: in
     from bench.callback import run_callback_bench
 
     run_callback_bench(list(concurrencies) or [50, 200], seconds, customers, Path(work_dir))
+
+
+@bench_group.command("scoring")
+@click.option("--size", "sizes", multiple=True, type=(int, float, float),
+              metavar="CUSTOMERS ORDERS_PER ACTIVITIES_PER",
+              help="Repeatable; default 100000 100 100 and 1000000 20 20.")
+@click.option("--database-url", default=None,
+              help="Benchmark on this database (its public schema is dropped!); default a fresh SQLite file.")
+@click.option("--work-dir", type=click.Path(file_okay=False), default=str(Path("var") / "bench"), show_default=True)
+@click.option("--keep", is_flag=True, help="Keep the generated files and database.")
+@click.option("--lifetimes-timeout", type=float, default=900.0, show_default=True)
+@click.option("--lifetimes-fraction", type=float, default=0.1, show_default=True)
+def bench_scoring(sizes, database_url, work_dir, keep, lifetimes_timeout, lifetimes_fraction) -> None:
+    """Full rescore end to end vs DuckDB GROUP BY and lifetimes' summary: times, ratios, peak memory."""
+    from bench.scoring import DEFAULT_SIZES, run_scoring_bench
+
+    run_scoring_bench(list(sizes) or DEFAULT_SIZES, database_url, Path(work_dir), keep=keep,
+                      lifetimes_timeout=lifetimes_timeout, lifetimes_fraction=lifetimes_fraction)
