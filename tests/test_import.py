@@ -264,3 +264,18 @@ def test_activities_and_tickets_import(engine, tmp_path: Path):
     assert [tuple(m) for m in months] == [("QM1", "complaint", 1), ("STAR1", "download", 1),
                                           ("STAR1", "page_view", 1)]
     assert severity == "P1"
+
+
+def test_bulk_load_of_an_empty_table_rebuilds_its_indexes(engine, tmp_path, monkeypatch):
+    from sqlalchemy import inspect
+
+    import storage.importer as importer
+
+    monkeypatch.setattr(importer, "BULK_LOAD_ROWS", 10)
+    before = {index["name"] for index in inspect(engine).get_indexes("orders")}
+    folder = write_company(tmp_path / "crm")
+    result = run_import(engine, [folder])
+    assert result.kinds["orders"].new == 914
+    assert {index["name"] for index in inspect(engine).get_indexes("orders")} == before
+    again = run_import(engine, [folder])
+    assert again.kinds["orders"].unchanged == 914
