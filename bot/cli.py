@@ -79,7 +79,7 @@ def _engine(ctx: click.Context):
         try:
             upgrade_schema(config.database.url)
         except OperationalError as exc:
-            raise click.ClickException(f"database unreachable ({config.database.url.split('@')[-1]}): "
+            raise click.ClickException(f"database unreachable ({_safe_url(config.database.url)}): "
                                        f"{str(exc.orig).strip().splitlines()[0]}") from None
         ctx.obj["engine"] = make_engine(config.database.url)
     return ctx.obj["engine"]

@@ -7,7 +7,6 @@ import asyncio
 from urllib.parse import urlencode
 
 import pytest
-from aiohttp.test_utils import TestServer
 from sqlalchemy import func, select
 
 from bot.app import RUNTIME, WeComIdentity, create_app
