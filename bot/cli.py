@@ -185,12 +185,14 @@ def export_scores(ctx: click.Context, out: str, lang: str | None) -> None:
 @click.option("--customers", default=2000, show_default=True, help="Size of the demo company.")
 @click.option("--seed", default=42, show_default=True)
 @click.option("--serve/--no-serve", default=True, show_default=True, help="Start the sandbox service afterwards.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the demo files go (default var/demo).")
 @click.pass_context
-def demo_command(ctx: click.Context, customers: int, seed: int, serve: bool) -> None:
+def demo_command(ctx: click.Context, customers: int, seed: int, serve: bool, data_dir: str | None) -> None:
     """The sandbox: generate a demo company, import it, score it, print the summary, serve."""
     from bot.demo import run_demo
 
-    run_demo(ctx, customers=customers, seed=seed)
+    run_demo(ctx, customers=customers, seed=seed, data_root=Path(data_dir) if data_dir else None)
     if serve:
         ctx.invoke(serve_command)
 

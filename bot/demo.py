@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import date
+from pathlib import Path
 
 import click
 from sqlalchemy import select
@@ -18,7 +19,7 @@ DEMO_AS_OF = date(2026, 11, 20)
 EXAMPLES_PER_TIER = 3
 
 
-def run_demo(ctx: click.Context, customers: int, seed: int) -> None:
+def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | None = None) -> None:
     from bot.cli import _config, _engine, _progress_default
     from bot.rescore import full_rescore
     from handlers.text import reasons_text, render, tier_name
@@ -30,7 +31,8 @@ def run_demo(ctx: click.Context, customers: int, seed: int) -> None:
     config = _config(ctx)
     engine = _engine(ctx)
     lang = config.language
-    data_dir = PROJECT_ROOT / "var" / "demo" / f"company-{customers}-seed{seed}"
+    data_root = data_root or PROJECT_ROOT / "var" / "demo"
+    data_dir = data_root / f"company-{customers}-seed{seed}"
     marker = data_dir / ".complete"
     if not marker.exists():
         click.echo(f"generating a demo company of {customers:,} customers in {data_dir} …")
@@ -62,8 +64,8 @@ def run_demo(ctx: click.Context, customers: int, seed: int) -> None:
             for customer_id, name, current, potential, reasons in rows:
                 reasons = json.loads(reasons) if isinstance(reasons, str) else reasons
                 click.echo(f"  {customer_id} {name}  X={current:.0f} Y={potential:.0f}")
-                click.echo(f"    {reasons_text(reasons, lang, catalogue)}")
-    out = PROJECT_ROOT / "var" / "demo" / "scores.csv"
+                click.echo(f"    {reasons_text(reasons['value_matrix'], lang, catalogue)}")
+    out = data_root / "scores.csv"
     export_scores(engine, out, lang, catalogue)
     click.echo()
     click.echo(f"every customer with its tier and reasons: {out}")

@@ -91,3 +91,13 @@ def test_check_config_as_a_real_process_lists_every_problem(tmp_path):
 def test_check_config_accepts_the_shipped_file():
     result = CliRunner().invoke(main, ["check-config"], env={"TIERBOT_DATABASE_URL": "sqlite:///unused.db"})
     assert result.exit_code == 0 and result.stdout.startswith("config OK")
+
+
+def test_demo_generates_imports_scores_and_shows_examples_with_reasons(cli, tmp_path):
+    result = cli("demo", "--no-serve", "--customers", "300", "--data-dir", str(tmp_path / "demo"))
+    assert result.exit_code == 0, result.output
+    assert "300 个客户" in result.stdout and "明星客户 Star" in result.stdout
+    assert "三年加权营收" in result.stdout  # example customers come with their reasons
+    assert (tmp_path / "demo" / "scores.csv").exists()
+    again = cli("demo", "--no-serve", "--customers", "300", "--data-dir", str(tmp_path / "demo"))
+    assert again.exit_code == 0 and "0 new, 0 changed" in again.stdout
