@@ -46,7 +46,12 @@ def summarise_tiers(features: pd.DataFrame, scored: pd.DataFrame) -> dict:
             "revenue_12m": round(tier_revenue, 2),
             "revenue_share": round(tier_revenue / total_revenue, 4) if total_revenue else 0.0,
         }
-    return {"customers": total_customers, "revenue_12m": round(total_revenue, 2), "tiers": tiers}
+    models = {}
+    for model in ("rfm", "sabc", "pyramid", "lifecycle", "churn", "intent"):
+        if f"{model}_label" in scored:
+            counts = scored[f"{model}_label"].value_counts()
+            models[model] = {str(label): int(count) for label, count in counts.items()}
+    return {"customers": total_customers, "revenue_12m": round(total_revenue, 2), "tiers": tiers, "models": models}
 
 
 def full_rescore(engine: Engine, config: Config, as_of: date) -> tuple[store.RunOutcome, Timings]:

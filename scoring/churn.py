@@ -19,8 +19,9 @@ Components, each a risk c in [0, 1]
 -----------------------------------
 activity_decline  c = clip(1 − act_30d / act_baseline_30d, 0, 1) when
                   act_baseline_30d >= `min_baseline_30d`; otherwise the baseline is too
-                  thin to judge and c = 0 (the reasons carry an `activity_baseline_thin`
-                  note when there is room for it).
+                  thin to judge: the component does not apply (its weight goes to the
+                  others, so a quiet account is judged on its orders) and the reasons
+                  carry an `activity_baseline_thin` note when there is room for it.
 overdue           own purchase cycle = t_x / x (mean days between purchase days), known
                   when x >= `min_cycle_intervals`; ratio = days since last order / cycle;
                   c = clip((ratio − overdue_grace) / (overdue_full − overdue_grace), 0, 1),
@@ -35,8 +36,8 @@ not_alive         c = 1 − P(alive) from a BG/NBD model (see `p_alive`), used w
 Score
 -----
 A component is *applicable* to a customer when it can be judged at all: activity_decline
-and complaints always, overdue when the own cycle is known, not_alive when P(alive) is
-used. Inapplicable components hand their weight to the applicable ones:
+when the baseline is thick enough, complaints always, overdue when the own cycle is known,
+not_alive when P(alive) is used. Inapplicable components hand their weight to the applicable ones:
 
     churn_score = 100 × Σ w_i·a_i·c_i / Σ w_i·a_i     (a_i = 1 if applicable, else 0)
 
@@ -384,7 +385,7 @@ def score_churn(features: pd.DataFrame, as_of: date, params: ChurnParams,
     not_alive = np.where(use_alive, 1.0 - np.nan_to_num(alive), 0.0)
 
     risks = np.column_stack([decline, overdue, complaint_risk, not_alive])
-    applicable = np.column_stack([np.ones(n, bool), has_cycle, np.ones(n, bool), use_alive])
+    applicable = np.column_stack([judged, has_cycle, np.ones(n, bool), use_alive])
     w = np.array([weights.activity_decline, weights.overdue, weights.complaints, weights.not_alive])
     applied = applicable * w[None, :]
     total = applied.sum(axis=1)
