@@ -24,4 +24,4 @@ bench: install
 	$(PY) -m bot bench scoring
 
 clean:
-	rm -rf $(VENV) var/demo
+	rm -rf $(VENV) .venv-bench .venv-lifetimes var/demo
