@@ -115,6 +115,26 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+# WeCom retries within seconds; a day of dedupe keys is plenty and keeps the table small.
+DEDUPE_KEEP = 24 * 3600
+DEDUPE_SWEEP_SECONDS = 600
+
+
+async def _forget_old_callbacks(services: Services) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from storage.models import CallbackSeen
+
+    while True:
+        try:
+            cutoff = datetime.now(timezone.utc) - timedelta(seconds=DEDUPE_KEEP)
+            async with services.db.begin() as connection:
+                await connection.execute(CallbackSeen.__table__.delete().where(CallbackSeen.received_at < cutoff))
+        except Exception:
+            logger.exception("sweeping old callback dedupe keys failed; trying again later")
+        await asyncio.sleep(DEDUPE_SWEEP_SECONDS)
+
+
 def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None,
                dispatch: bool = True) -> web.Application:
     """The service. `identity.api_base` is where the WeCom API (or the emulator) lives."""
@@ -148,6 +168,7 @@ def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None,
         if dispatch:
             await dispatcher.recover_stale()
             runtime.tasks.append(asyncio.create_task(dispatcher.run_forever(), name="outbox-dispatcher"))
+        runtime.tasks.append(asyncio.create_task(_forget_old_callbacks(services), name="dedupe-cleanup"))
         yield
         for task in runtime.tasks:
             task.cancel()
