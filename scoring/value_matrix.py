@@ -148,18 +148,6 @@ _RAW_VALUE = {
 }
 
 
-def _json_value(value):
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    if isinstance(value, (np.floating, float)):
-        return round(float(value), 4)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    return value
-
-
 def score_value_matrix(features: pd.DataFrame, params: ValueMatrixParams, reference=None) -> pd.DataFrame:
     """One row per customer: tier, current_value, potential_value, the component
     scores (`c_<name>`), and `reasons` (a list of dicts, most important first)."""
@@ -180,36 +168,60 @@ def score_value_matrix(features: pd.DataFrame, params: ValueMatrixParams, refere
     return result
 
 
+def _plain_list(values) -> list:
+    """A column as a JSON-ready list: Python scalars, NaN → None, floats to 4 places."""
+    array = np.asarray(values)
+    if array.dtype.kind == "f":
+        return [None if v != v else v for v in np.round(array, 4).tolist()]
+    if array.dtype.kind == "b":
+        return array.tolist()
+    return [None if (v is None or (isinstance(v, float) and v != v)) else
+            (v.item() if isinstance(v, np.generic) else v) for v in array.tolist()]
+
+
+def _raw_values(features: pd.DataFrame, name: str, rows: np.ndarray, revenue: np.ndarray) -> list:
+    if name == "strategic":
+        flags = features[["is_benchmark", "is_listed", "is_partner"]].to_numpy()[rows]
+        return [[flag for flag, on in zip(("is_benchmark", "is_listed", "is_partner"), row) if on] for row in flags]
+    values = _plain_list(features[_RAW_VALUE[name]].to_numpy()[rows])
+    if name == "growth":
+        # Revenue this year and none the year before: "new" rather than "unknown".
+        new = (revenue[rows] > 0).tolist()
+        values = ["new" if value is None and is_new else value for value, is_new in zip(values, new)]
+    return values
+
+
 def _reasons(features, scores, percentiles, current_weights, potential_weights, high_x, high_y) -> list[list[dict]]:
-    axes = (("current", current_weights, high_x), ("potential", potential_weights, high_y))
-    picks = [(axis, list(weights), _top_components(scores, weights, high), high) for axis, weights, high in axes]
-    flags = features[["is_benchmark", "is_listed", "is_partner"]].to_numpy()
-    columns = {name: features[column].to_numpy(dtype=object) if column else None
-               for name, column in _RAW_VALUE.items()}
-    score_matrix = {name: scores[name].to_numpy() for name in scores.columns}
+    """Per customer, REASONS_PER_AXIS entries per axis. Built column by column (one pass per
+    component and slot), not row by row: a full run explains a million customers."""
+    count = len(features)
     revenue = features["revenue_12m"].to_numpy()
-    percentile_matrix = {name: percentiles[name].to_numpy() for name in percentiles.columns}
-    reasons: list[list[dict]] = []
-    for row in range(len(features)):
-        entries = []
-        for axis, names, top, high in picks:
-            for position in top[row]:
-                name = names[position]
-                if name == "strategic":
-                    value = [flag for flag, on in zip(("is_benchmark", "is_listed", "is_partner"), flags[row]) if on]
-                elif name == "growth" and np.isnan(columns["growth"][row]) and revenue[row] > 0:
-                    value = "new"  # revenue this year, none the year before
-                else:
-                    value = _json_value(columns[name][row])
-                entry = {"axis": axis, "factor": name, "direction": "high" if high[row] else "low",
-                         "score": _json_value(score_matrix[name][row]), "value": value}
-                if name == "revenue":
-                    entry["revenue_12m"] = _json_value(revenue[row])
-                if name in percentile_matrix:
-                    entry["percentile"] = _json_value(percentile_matrix[name][row])
-                entries.append(entry)
-        reasons.append(entries)
-    return reasons
+    slots: list[list[dict | None]] = []
+    for axis, weights, high in (("current", current_weights, high_x), ("potential", potential_weights, high_y)):
+        names = list(weights)
+        top = _top_components(scores, weights, high)
+        direction = np.where(high, "high", "low").tolist()
+        for slot in range(top.shape[1]):
+            entries: list[dict | None] = [None] * count
+            for position, name in enumerate(names):
+                rows = np.flatnonzero(top[:, slot] == position)
+                if not len(rows):
+                    continue
+                score_list = _plain_list(scores[name].to_numpy()[rows])
+                value_list = _raw_values(features, name, rows, revenue)
+                percentile_list = (_plain_list(percentiles[name].to_numpy()[rows])
+                                   if name in percentiles else None)
+                revenue_list = _plain_list(revenue[rows]) if name == "revenue" else None
+                for i, row in enumerate(rows.tolist()):
+                    entry = {"axis": axis, "factor": name, "direction": direction[row], "score": score_list[i],
+                             "value": value_list[i]}
+                    if revenue_list is not None:
+                        entry["revenue_12m"] = revenue_list[i]
+                    if percentile_list is not None:
+                        entry["percentile"] = percentile_list[i]
+                    entries[row] = entry
+            slots.append(entries)
+    return [list(row) for row in zip(*slots)]
 
 
 def stabilise(raw: pd.DataFrame, previous: pd.DataFrame, params: ValueMatrixParams) -> pd.DataFrame:

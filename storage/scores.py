@@ -7,19 +7,18 @@ snapshot rows, tier changes and each customer's current tier, in one transaction
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterator
 
-import numpy as np
+import orjson
 import pandas as pd
 from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, select, text, update
 
 from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, add_months, window_starts
 from storage.models import Customer, ScoreRun, ScoreSnapshot
-from storage.sql import bulk_insert, refresh_statistics
+from storage.sql import bulk_insert, frame_from_result, refresh_statistics
 
 _NOW = bindparam("now", type_=DateTime(timezone=True))
 
@@ -111,11 +110,8 @@ def load_aggregates(connection: Connection, as_of: date, customer_ids: list[str]
     statement = text(sql).bindparams(*(bindparam(name, type_=Date) for name in ("m0", "m12", "m24", "m36", "as_of")),
                                      *scope_binds)
     rows = connection.execute(statement, {**window_starts(as_of), "as_of": as_of, **scope_values})
-    frame = pd.DataFrame(rows.all(), columns=["customer_id", *AGGREGATE_COLUMNS, "first_order_date",
-                                              "last_order_date"])
-    for column in AGGREGATE_COLUMNS:
-        frame[column] = pd.to_numeric(frame[column]).astype(float)
-    return frame
+    return frame_from_result(rows, ["customer_id", *AGGREGATE_COLUMNS, "first_order_date", "last_order_date"],
+                             numeric=AGGREGATE_COLUMNS)
 
 
 def load_activity(connection: Connection, as_of: date, customer_ids: list[str] | None = None) -> pd.DataFrame:
@@ -131,9 +127,7 @@ def load_activity(connection: Connection, as_of: date, customer_ids: list[str] |
         *(bindparam(name, type_=DateTime) for name in ("until", "since_30d", "since_90d", "since_180d")),
         *(bindparam(name, type_=Date) for name in ("m0", "m6")), *scope_binds)
     rows = connection.execute(statement, {**parameters, **scope_values})
-    frame = pd.DataFrame(rows.all(), columns=["customer_id", *ACTIVITY_COLUMNS])
-    for column in ACTIVITY_COLUMNS[:-1]:
-        frame[column] = pd.to_numeric(frame[column]).astype(float)
+    frame = frame_from_result(rows, ["customer_id", *ACTIVITY_COLUMNS], numeric=ACTIVITY_COLUMNS[:-1])
     frame["last_activity_ts"] = pd.to_datetime(frame["last_activity_ts"], errors="coerce")
     return frame
 
@@ -149,7 +143,8 @@ def load_customers(connection: Connection, customer_ids: list[str] | None = None
     if customer_ids is not None:
         query = query.where(Customer.customer_id.in_(list(customer_ids)))
     rows = connection.execute(query)
-    return pd.DataFrame(rows.all(), columns=[*CUSTOMER_COLUMNS, "tier", "pending_tier", "pending_runs"])
+    return frame_from_result(rows, [*CUSTOMER_COLUMNS, "tier", "pending_tier", "pending_runs"],
+                             numeric=("employees", "digital_maturity", "pending_runs"))
 
 
 @contextmanager
@@ -306,22 +301,12 @@ def snapshot_documents(scored: pd.DataFrame) -> dict[str, list[str]]:
             "reasons": _json_rows(reasons_frame)}
 
 
-def _plain(value):
-    if isinstance(value, (list, dict, str)) or value is None:
-        return value
-    if isinstance(value, (np.floating, float)):
-        return None if np.isnan(value) else round(float(value), 4)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    return value
-
-
 def _json_rows(frame: pd.DataFrame) -> list[str]:
+    """One JSON object per row; NaN becomes null. orjson: a full run writes millions."""
     columns = list(frame.columns)
-    return [json.dumps(dict(zip(columns, map(_plain, row))), ensure_ascii=False, separators=(",", ":"))
-            for row in frame.itertuples(index=False, name=None)]
+    values = [frame[c].tolist() if frame[c].dtype != object else list(frame[c]) for c in columns]
+    dumps, option = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
+    return [dumps(dict(zip(columns, row)), option=option).decode() for row in zip(*values)]
 
 
 def latest_run(connection: Connection):
@@ -368,5 +353,5 @@ def load_intent_counts(connection: Connection, as_of: date, rules: list,
         FROM activities WHERE ts >= :since AND ts < :until AND kind IN ({kind_list}) {{scope}}
         GROUP BY customer_id""", customer_ids)
     rows = connection.execute(text(sql).bindparams(*binds, *scope_binds), {**parameters, **scope_values})
-    return pd.DataFrame(rows.all(), columns=["customer_id", *(f"intent_{r}_{c}" for r, rule in enumerate(rules)
-                                                              for c in range(len(rule.all)))])
+    count_columns = [f"intent_{r}_{c}" for r, rule in enumerate(rules) for c in range(len(rule.all))]
+    return frame_from_result(rows, ["customer_id", *count_columns], numeric=tuple(count_columns))

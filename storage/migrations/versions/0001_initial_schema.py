@@ -114,7 +114,8 @@ def upgrade() -> None:
     sa.Column('events', sa.Integer(), nullable=False),
     sa.Column('last_ts', sa.DateTime(), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.customer_id'], name=op.f('fk_activity_months_customer_id_customers')),
-    sa.PrimaryKeyConstraint('customer_id', 'month', 'kind', name=op.f('pk_activity_months'))
+    sa.PrimaryKeyConstraint('customer_id', 'month', 'kind', name=op.f('pk_activity_months')),
+    sqlite_with_rowid=False,
     )
     op.create_table('customer_months',
     sa.Column('customer_id', sa.String(length=64), nullable=False),
@@ -128,7 +129,8 @@ def upgrade() -> None:
     sa.Column('first_order_date', sa.Date(), nullable=False),
     sa.Column('last_order_date', sa.Date(), nullable=False),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.customer_id'], name=op.f('fk_customer_months_customer_id_customers')),
-    sa.PrimaryKeyConstraint('customer_id', 'month', name=op.f('pk_customer_months'))
+    sa.PrimaryKeyConstraint('customer_id', 'month', name=op.f('pk_customer_months')),
+    sqlite_with_rowid=False,
     )
     with op.batch_alter_table('customer_months', schema=None) as batch_op:
         batch_op.create_index('ix_customer_months_month', ['month'], unique=False)
