@@ -126,13 +126,13 @@ async def _forget_old_callbacks(services: Services) -> None:
     from storage.models import CallbackSeen
 
     while True:
+        await asyncio.sleep(DEDUPE_SWEEP_SECONDS)
         try:
             cutoff = datetime.now(timezone.utc) - timedelta(seconds=DEDUPE_KEEP)
             async with services.db.begin() as connection:
                 await connection.execute(CallbackSeen.__table__.delete().where(CallbackSeen.received_at < cutoff))
         except Exception:
             logger.exception("sweeping old callback dedupe keys failed; trying again later")
-        await asyncio.sleep(DEDUPE_SWEEP_SECONDS)
 
 
 def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None,

@@ -229,8 +229,11 @@ class WeComCallback:
         return await self._dispatch(message, message.content)
 
     async def _dispatch(self, message: InboundMessage, text: str) -> Reply:
-        async with self.services.db.connect() as connection:
-            user = await queries.get_user(connection, message.from_user)
+        async def load_user():
+            async with self.services.db.connect() as connection:
+                return await queries.get_user(connection, message.from_user)
+
+        user = await self.services.cached(("user", message.from_user), load_user)
         if user is None:
             self.metrics.commands.labels(command="unknown_user").inc()
             lang = "en" if text and text.isascii() else "zh"

@@ -32,6 +32,15 @@ _ZH_TIERS = "|".join(sorted((w for w in _TIER_WORDS if not w.isascii()), key=len
 _EN_TIERS = "|".join(sorted((w for w in _TIER_WORDS if w.isascii()), key=len, reverse=True))
 
 
+async def _owners(ctx: CommandContext, connection) -> list[str] | None:
+    return await ctx.services.cached(("owners", ctx.asker.userid, ctx.asker.role),
+                                     lambda: queries.visible_owners(connection, ctx.asker))
+
+
+async def _latest_run(ctx: CommandContext, connection) -> int | None:
+    return await ctx.services.cached(("latest_run",), lambda: queries.latest_run_id(connection), seconds=5.0)
+
+
 def _scope(ctx: CommandContext) -> str:
     return SCOPE[ctx.lang].get(ctx.asker.role, SCOPE[ctx.lang]["rep"])
 
@@ -39,10 +48,10 @@ def _scope(ctx: CommandContext) -> str:
 @router.command("my_customers", r"我的客户|我的全部客户|客户概览", r"(show )?my customers|my accounts|customers")
 async def my_customers(ctx: CommandContext) -> Reply:
     async with ctx.services.db.connect() as connection:
-        run_id = await queries.latest_run_id(connection)
+        run_id = await _latest_run(ctx, connection)
         if run_id is None:
             return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
-        owners = await queries.visible_owners(connection, ctx.asker)
+        owners = await _owners(ctx, connection)
         totals = await queries.tier_totals(connection, owners, run_id)
         as_of = await queries.run_as_of(connection, run_id)
     tiers = [(tier, totals.get(tier, {"customers": 0, "revenue_12m": 0.0})) for tier in TIERS]
@@ -69,10 +78,10 @@ async def more(ctx: CommandContext) -> Reply:
 
 async def _tier_page(ctx: CommandContext, tier: str, offset: int) -> Reply:
     async with ctx.services.db.begin() as connection:
-        run_id = await queries.latest_run_id(connection)
+        run_id = await _latest_run(ctx, connection)
         if run_id is None:
             return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
-        owners = await queries.visible_owners(connection, ctx.asker)
+        owners = await _owners(ctx, connection)
         items, total = await queries.customers_in_tier(connection, owners, run_id, tier, offset, PAGE_SIZE)
         if not items:
             if offset:
@@ -103,7 +112,7 @@ async def customer(ctx: CommandContext) -> Reply:
     query = ctx.argument("query")[:MAX_QUERY_CHARS]
     catalogue = len(ctx.services.config.scoring.value_matrix.module_catalogue)
     async with ctx.services.db.connect() as connection:
-        owners = await queries.visible_owners(connection, ctx.asker)
+        owners = await _owners(ctx, connection)
         matches = await queries.find_customers(connection, owners, query, limit=DID_YOU_MEAN + 1)
         if not matches:
             return Reply(render(f"chat/not_found.{ctx.lang}.j2", query=query), msgtype="text")
@@ -111,7 +120,7 @@ async def customer(ctx: CommandContext) -> Reply:
             shown = matches[:DID_YOU_MEAN]
             return Reply(render(f"chat/did_you_mean.{ctx.lang}.j2", query=query, matches=shown,
                                 more=len(matches) > DID_YOU_MEAN))
-        run_id = await queries.latest_run_id(connection)
+        run_id = await _latest_run(ctx, connection)
         detail = await queries.customer_detail(connection, owners, matches[0]["customer_id"], run_id)
     snapshot = detail.pop("snapshot")
     if detail.get("tier_since"):

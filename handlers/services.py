@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,10 +16,29 @@ if TYPE_CHECKING:  # handlers must not import bot at run time (bot → handlers)
 MESSAGE_BYTES = 2048
 
 
+# How long answers may rely on what they looked up before: users and reporting lines
+# change with an import, the latest run with a rescore.
+CACHE_SECONDS = 30.0
+
+
 @dataclass
 class Services:
     db: AsyncEngine
     config: "Config"
+    _cache: dict = field(default_factory=dict, repr=False)
 
     def now(self) -> datetime:
         return datetime.now(self.config.tz)
+
+    async def cached(self, key: tuple, load: Callable[[], Awaitable[Any]], seconds: float = CACHE_SECONDS) -> Any:
+        """`load()`'s value, reused for `seconds`: every message would otherwise look up
+        the same user, reporting tree and latest run again."""
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = await load()
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (now + seconds, value)
+        return value
