@@ -22,26 +22,8 @@ from storage.sql import bulk_insert, frame_from_result, refresh_statistics
 
 _NOW = bindparam("now", type_=DateTime(timezone=True))
 
-_AGGREGATES_SQL = """
-WITH current_days AS (
-    SELECT customer_id, order_date, SUM(amount) AS revenue, SUM(COALESCE(cost, 0)) AS cost,
-           SUM(CASE WHEN kind IN ('renewal', 'upsell') THEN amount ELSE 0 END) AS repeat_revenue, COUNT(*) AS orders
-    FROM orders WHERE order_date >= :m0 AND order_date <= :as_of {scope}
-    GROUP BY customer_id, order_date
-),
-monthly AS (
-    SELECT customer_id, month, revenue, cost, repeat_revenue, orders, purchase_days, first_day_revenue,
-           first_order_date, last_order_date
-    FROM customer_months WHERE month < :m0 {scope}
-    UNION ALL
-    SELECT customer_id, :m0 AS month, SUM(revenue), SUM(cost), SUM(repeat_revenue), SUM(orders), COUNT(*),
-           SUM(CASE WHEN order_date = first_day THEN revenue ELSE 0 END), MIN(order_date), MAX(order_date)
-    FROM (SELECT d.*, MIN(order_date) OVER (PARTITION BY customer_id) AS first_day FROM current_days d) c
-    GROUP BY customer_id
-),
-ranked AS (
-    SELECT monthly.*, MIN(month) OVER (PARTITION BY customer_id) AS first_month FROM monthly
-)
+# Whole months before the as-of month, from the roll-up (clustered by customer, month).
+_PREVIOUS_MONTHS_SQL = """
 SELECT customer_id,
        SUM(CASE WHEN month >= :m12 THEN revenue ELSE 0 END) AS revenue_12m,
        SUM(CASE WHEN month >= :m12 THEN cost ELSE 0 END) AS cost_12m,
@@ -52,11 +34,25 @@ SELECT customer_id,
        SUM(revenue) AS lifetime_revenue,
        SUM(orders) AS lifetime_orders,
        SUM(purchase_days) AS purchase_days,
-       SUM(CASE WHEN month = first_month THEN first_day_revenue ELSE 0 END) AS first_day_revenue,
        MIN(first_order_date) AS first_order_date,
        MAX(last_order_date) AS last_order_date
-FROM ranked
+FROM customer_months WHERE month < :m0 {scope}
 GROUP BY customer_id
+"""
+
+# The revenue of each customer's first purchase day: kept on its first month's row.
+_FIRST_DAY_SQL = """
+SELECT m.customer_id, m.first_day_revenue FROM customer_months m
+WHERE m.month < :m0 AND (m.customer_id, m.month) IN (
+    SELECT customer_id, MIN(month) FROM customer_months WHERE month < :m0 {scope} GROUP BY customer_id)
+"""
+
+# The as-of month so far, from the raw orders (its roll-up row may hold later days).
+_CURRENT_DAYS_SQL = """
+SELECT customer_id, order_date, SUM(amount), SUM(COALESCE(cost, 0)),
+       SUM(CASE WHEN kind IN ('renewal', 'upsell') THEN amount ELSE 0 END), COUNT(*)
+FROM orders WHERE order_date >= :m0 AND order_date <= :as_of {scope}
+GROUP BY customer_id, order_date
 """
 
 # Activity windows. "Active" kinds exclude complaints, which are counted on their own.
@@ -104,14 +100,53 @@ def _scoped(sql: str, customer_ids: list[str] | None) -> tuple[str, list, dict]:
 
 
 def load_aggregates(connection: Connection, as_of: date, customer_ids: list[str] | None = None) -> pd.DataFrame:
-    sql, scope_binds, scope_values = _scoped(_AGGREGATES_SQL, customer_ids)
-    if connection.dialect.name == "postgresql":
-        sql = sql.replace(":m0 AS month", "CAST(:m0 AS DATE) AS month")
-    statement = text(sql).bindparams(*(bindparam(name, type_=Date) for name in ("m0", "m12", "m24", "m36", "as_of")),
-                                     *scope_binds)
-    rows = connection.execute(statement, {**window_starts(as_of), "as_of": as_of, **scope_values})
-    return frame_from_result(rows, ["customer_id", *AGGREGATE_COLUMNS, "first_order_date", "last_order_date"],
-                             numeric=AGGREGATE_COLUMNS)
+    """Per customer: revenue windows, lifetime totals, purchase days, first-day revenue,
+    first and last order dates, all up to and including `as_of`."""
+    months = window_starts(as_of)
+    dates = [bindparam(name, type_=Date) for name in ("m0", "m12", "m24", "m36", "as_of")]
+    values = {**months, "as_of": as_of}
+
+    def run(sql: str, names: list[str], numeric: tuple[str, ...]) -> pd.DataFrame:
+        scoped, binds, scope_values = _scoped(sql, customer_ids)
+        used = [b for b in dates if f":{b.key}" in scoped]
+        rows = connection.execute(text(scoped).bindparams(*used, *binds), {**values, **scope_values})
+        return frame_from_result(rows, names, numeric=numeric)
+
+    sums = ("revenue_12m", "cost_12m", "repeat_revenue_12m", "orders_12m", "revenue_12_24m", "revenue_24_36m",
+            "lifetime_revenue", "lifetime_orders", "purchase_days")
+    previous = run(_PREVIOUS_MONTHS_SQL, ["customer_id", *sums, "first_order_date", "last_order_date"], sums)
+    first_day = run(_FIRST_DAY_SQL, ["customer_id", "first_day_revenue"], ("first_day_revenue",))
+    days = run(_CURRENT_DAYS_SQL, ["customer_id", "order_date", "revenue", "cost", "repeat_revenue", "orders"],
+               ("revenue", "cost", "repeat_revenue", "orders"))
+
+    frame = previous.set_index("customer_id")
+    frame["first_day_revenue"] = first_day.set_index("customer_id")["first_day_revenue"]
+    for column in ("first_order_date", "last_order_date"):
+        frame[column] = pd.to_datetime(frame[column])
+    if len(days):
+        days["order_date"] = pd.to_datetime(days["order_date"])
+        days = days.sort_values(["customer_id", "order_date"])
+        grouped = days.groupby("customer_id", sort=False)
+        current = grouped[["revenue", "cost", "repeat_revenue", "orders"]].sum()
+        current["purchase_days"] = grouped.size()
+        current["first_order_date"] = grouped["order_date"].min()
+        current["last_order_date"] = grouped["order_date"].max()
+        current["first_day_revenue"] = grouped["revenue"].first()
+        frame = frame.reindex(frame.index.union(current.index))
+        current = current.reindex(frame.index)
+        added = {"revenue_12m": "revenue", "cost_12m": "cost", "repeat_revenue_12m": "repeat_revenue",
+                 "orders_12m": "orders", "lifetime_revenue": "revenue", "lifetime_orders": "orders",
+                 "purchase_days": "purchase_days"}
+        for target, source in added.items():
+            frame[target] = frame[target].fillna(0.0) + current[source].fillna(0.0)
+        new_buyers = frame["first_order_date"].isna()
+        frame.loc[new_buyers, "first_day_revenue"] = current.loc[new_buyers, "first_day_revenue"]
+        frame["first_order_date"] = frame["first_order_date"].fillna(current["first_order_date"])
+        frame["last_order_date"] = current["last_order_date"].fillna(frame["last_order_date"])
+    for column in AGGREGATE_COLUMNS:
+        frame[column] = frame[column].fillna(0.0).astype(float)
+    return frame.rename_axis("customer_id").reset_index()[["customer_id", *AGGREGATE_COLUMNS, "first_order_date",
+                                                           "last_order_date"]]
 
 
 def load_activity(connection: Connection, as_of: date, customer_ids: list[str] | None = None) -> pd.DataFrame:
