@@ -74,10 +74,12 @@ def full_rescore(engine: Engine, config: Config, as_of: date) -> tuple[store.Run
         features = build_features(customers, aggregates, as_of, activity)
         previous = customers.set_index("customer_id")[["tier", "pending_tier", "pending_runs"]]
         scored = score_customers(features, config.scoring, as_of, previous=previous, intent_counts=intent_counts)
+        # Off the frame before anything else touches it: pandas copies attrs on every operation.
+        reference = scored.attrs.pop("reference", None)
+        scored.attrs.clear()
         summary = summarise_tiers(features, scored)
         summary["as_of"] = as_of.isoformat()
         score_done = time.perf_counter()
-        reference = scored.attrs.get("reference")
         outcome = store.write_run(engine, run_id, scored, features["revenue_12m"], summary,
                                   config.retention.score_runs, reference.to_json() if reference else None)
         finished = time.perf_counter()
@@ -118,6 +120,7 @@ def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str],
         previous = customers.set_index("customer_id")[["tier", "pending_tier", "pending_runs"]]
         scored = score_customers(features, config.scoring, as_of, previous=previous, intent_counts=intent_counts,
                                  reference=reference)
+        scored.attrs.clear()
         return store.write_incremental(engine, full.id, run_id, scored, features["revenue_12m"])
     except BaseException as exc:
         store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")

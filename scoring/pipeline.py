@@ -113,6 +113,7 @@ def score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date |
         rfm = score_rfm(features, as_of, params.rfm, rfm_reference)
         if built and rfm.attrs.get("rfm_reference") is not None:
             reference.rfm = rfm.attrs["rfm_reference"].to_json()
+        rfm.attrs.clear()
         result = result.join(rfm)
     if params.sabc.enabled:
         result = result.join(score_sabc(features, params.sabc, result["c_strategic"], result["c_industry_outlook"],
@@ -124,6 +125,7 @@ def score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date |
         churn = score_churn(features, as_of, params.churn, bgnbd)
         if built and churn.attrs.get("bgnbd") is not None:
             reference.bgnbd = dataclasses.asdict(churn.attrs["bgnbd"])
+        churn.attrs.clear()
         result = result.join(churn)
     if params.lifecycle.enabled:
         churn_label = result["churn_label"] if "churn_label" in result else None

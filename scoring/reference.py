@@ -19,18 +19,19 @@ MAX_EXACT = 20_000
 GRID_POINTS = 2_001
 
 
-def _grid(values: pd.Series) -> list[float]:
+def _grid(values: pd.Series) -> np.ndarray:
     finite = np.sort(values.dropna().to_numpy(dtype=float))
     if len(finite) <= MAX_EXACT:
-        return finite.tolist()
-    return np.quantile(finite, np.linspace(0, 1, GRID_POINTS), method="inverted_cdf").tolist()
+        return finite
+    return np.quantile(finite, np.linspace(0, 1, GRID_POINTS), method="inverted_cdf")
 
 
 @dataclass
 class PopulationReference:
     """Sorted values (or quantiles) per feature, plus the model references."""
 
-    grids: dict[str, list[float]] = field(default_factory=dict)
+    # numpy arrays, not lists: pandas deep-copies DataFrame.attrs on every operation.
+    grids: dict[str, np.ndarray] = field(default_factory=dict)
     exact: dict[str, bool] = field(default_factory=dict)
     population: int = 0
     rfm: str | None = None  # scoring.rfm.RfmReference.to_json()
@@ -58,11 +59,13 @@ class PopulationReference:
         return pd.Series(1.0 - below_or_equal / grid.size, index=values.index)
 
     def to_json(self) -> str:
-        return json.dumps({"grids": self.grids, "exact": self.exact, "population": self.population,
+        grids = {name: grid.tolist() for name, grid in self.grids.items()}
+        return json.dumps({"grids": grids, "exact": self.exact, "population": self.population,
                            "rfm": self.rfm, "bgnbd": self.bgnbd}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "PopulationReference":
         data = json.loads(text)
-        return cls(grids=data["grids"], exact=data.get("exact", {}), population=data["population"],
+        grids = {name: np.asarray(grid, dtype=float) for name, grid in data["grids"].items()}
+        return cls(grids=grids, exact=data.get("exact", {}), population=data["population"],
                    rfm=data.get("rfm"), bgnbd=data.get("bgnbd"))
