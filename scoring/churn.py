@@ -89,7 +89,6 @@ from datetime import date
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from scipy.optimize import minimize
 from scipy.special import digamma, expit, gammaln
 
 COMPONENTS = ("activity_decline", "overdue", "complaints", "not_alive")
@@ -249,6 +248,7 @@ def fit_bgnbd(frequency, recency, T, sample: int = 50_000, seed: int = 0) -> BgN
     on the set of histories only (not their order); above `sample` customers a sample drawn
     with numpy's default_rng(seed) from that canonical order is used.
     """
+    from scipy.optimize import minimize  # only a full run fits; rescoring a few customers does not
     x, t_x, age = _as_history(frequency, recency, T)
     if len(x) == 0:
         raise ValueError("cannot fit BG/NBD on no customers")

@@ -90,7 +90,19 @@ def alembic_config(url: str):
 
 
 def upgrade_schema(url: str) -> None:
-    """Bring the database to the newest schema, in place (alembic upgrade head)."""
+    """Bring the database to the newest schema, in place (alembic upgrade head). A database
+    already at the newest revision costs one query, not a migration environment."""
     from alembic import command
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
-    command.upgrade(alembic_config(url), "head")
+    config = alembic_config(url)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    if current != head:
+        command.upgrade(config, "head")
