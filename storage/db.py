@@ -65,6 +65,12 @@ def make_async_engine(url: str, **kwargs) -> AsyncEngine:
     async_url = _with_driver(url, _ASYNC_DRIVERS)
     if async_url.get_backend_name() == "sqlite":
         _ensure_sqlite_folder(async_url)
+        # SQLite has one writer at a time; several pooled connections in one process only
+        # make them wait on each other in SQLite's busy handler (sleeps of up to 100 ms).
+        # One connection queues them in Python instead, which is far cheaper.
+        kwargs.setdefault("pool_size", 1)
+        kwargs.setdefault("max_overflow", 0)
+        kwargs.setdefault("pool_timeout", 30)
         engine = create_async_engine(async_url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
