@@ -65,14 +65,16 @@ async def run_as_of(connection: AsyncConnection, run_id: int) -> date:
 
 
 async def tier_totals(connection: AsyncConnection, owners: list[str] | None, run_id: int) -> dict[str, dict]:
-    """Per tier: customers and 12-month revenue, over the visible customers."""
+    """Per tier: customers and 12-month revenue, over the visible customers. Driven from
+    customers (owner index): joined the other way round, the planner may scan a whole run."""
+    revenue = (select(ScoreSnapshot.revenue_12m)
+               .where(ScoreSnapshot.run_id == run_id, ScoreSnapshot.customer_id == Customer.customer_id)
+               .scalar_subquery())
     rows = await connection.execute(
-        select(Customer.tier, func.count(), func.coalesce(func.sum(ScoreSnapshot.revenue_12m), 0.0))
-        .select_from(Customer)
-        .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id, ScoreSnapshot.customer_id == Customer.customer_id))
-        .where(_owned_by(owners))
+        select(Customer.tier, func.count(), func.coalesce(func.sum(revenue), 0.0))
+        .where(_owned_by(owners), Customer.tier.is_not(None))
         .group_by(Customer.tier))
-    return {tier: {"customers": count, "revenue_12m": float(revenue)} for tier, count, revenue in rows}
+    return {tier: {"customers": count, "revenue_12m": float(total)} for tier, count, total in rows}
 
 
 async def customers_in_tier(connection: AsyncConnection, owners: list[str] | None, run_id: int, tier: str,
