@@ -58,15 +58,7 @@ def run_pipeline(scales: dict[int, float], activities_per_customer: float, datab
         if folder.exists():
             shutil.rmtree(folder)
         generate, counts = _generate(folder, customers, orders_per_customer, activities_per_customer, seed)
-        env = dict(os.environ)
-        if database_url:
-            _reset_postgres(database_url)
-            env["TIERBOT_DATABASE_URL"] = database_url
-        else:
-            db = work_dir / f"bench-{customers}.db"
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{db}{suffix}").unlink(missing_ok=True)
-            env["TIERBOT_DATABASE_URL"] = f"sqlite:///{db}"
+        env = fresh_database_env(database_url, work_dir / f"bench-{customers}.db")
         imported = _run(["import", str(folder), "--no-progress"], env)
         scored = _run(["score", "--as-of", "2026-11-20"], env)
         rescored = _run(["score", "--as-of", "2026-11-20"], env)
@@ -77,6 +69,20 @@ def run_pipeline(scales: dict[int, float], activities_per_customer: float, datab
         if not keep:
             shutil.rmtree(folder)
     return results
+
+
+def fresh_database_env(database_url: str | None, sqlite_file: Path) -> dict[str, str]:
+    """The environment for CLI phases on an empty database: the given PostgreSQL (its
+    public schema dropped and recreated) or a new SQLite file."""
+    env = dict(os.environ)
+    if database_url:
+        _reset_postgres(database_url)
+        env["TIERBOT_DATABASE_URL"] = database_url
+        return env
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{sqlite_file}{suffix}").unlink(missing_ok=True)
+    env["TIERBOT_DATABASE_URL"] = f"sqlite:///{sqlite_file}"
+    return env
 
 
 def _reset_postgres(url: str) -> None:

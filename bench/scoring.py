@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
-from bench.pipeline import Phase, _generate, _reset_postgres
+from bench.pipeline import Phase, _generate, fresh_database_env
 from bench.venvs import venv_python
 from bot.config import PROJECT_ROOT
 
@@ -308,15 +308,7 @@ def run_scoring_bench(sizes: list[tuple[int, float, float]] | None, database_url
         if folder.exists():
             shutil.rmtree(folder)
         generate, counts = _generate(folder, customers, orders_per_customer, activities_per_customer, seed)
-        env = dict(os.environ)
-        if database_url:
-            _reset_postgres(database_url)
-            env["TIERBOT_DATABASE_URL"] = database_url
-        else:
-            db = work_dir / f"scoring-{customers}.db"
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{db}{suffix}").unlink(missing_ok=True)
-            env["TIERBOT_DATABASE_URL"] = f"sqlite:///{db}"
+        env = fresh_database_env(database_url, work_dir / f"scoring-{customers}.db")
         imported = _checked(run_process("import", [sys.executable, "-m", "bot", "import", str(folder), "--no-progress"],
                                         env=env, cwd=PROJECT_ROOT)).phase()
         rescore = _rescore(env)
