@@ -241,6 +241,18 @@ def _snapshot_frame(snapshot_run_id: int, scored: pd.DataFrame, revenue_12m: pd.
     })
 
 
+# Snapshot rows are turned into JSON and written this many at a time: the documents of a
+# million customers at once would cost gigabytes.
+SNAPSHOT_CHUNK = 50_000
+
+
+def _insert_snapshots(connection: Connection, snapshot_run_id: int, scored: pd.DataFrame,
+                      revenue_12m: pd.Series) -> None:
+    for start in range(0, len(scored), SNAPSHOT_CHUNK):
+        part = scored.iloc[start:start + SNAPSHOT_CHUNK]
+        bulk_insert(connection, ScoreSnapshot.__tablename__, _snapshot_frame(snapshot_run_id, part, revenue_12m))
+
+
 def _record_tier_changes(connection: Connection, snapshot_run_id: int, history_run_id: int,
                          customer_ids: list[str] | None) -> tuple[int, int]:
     """Tier history for every customer whose snapshot tier differs from its current tier,
@@ -272,9 +284,8 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
               keep_runs: int, reference: str | None = None) -> RunOutcome:
     """A full run: snapshot rows, tier history and current tiers, then the run marked
     succeeded — all in one transaction, so a crash leaves the previous state untouched."""
-    snapshot = _snapshot_frame(run_id, scored, revenue_12m)
     with engine.begin() as connection:
-        bulk_insert(connection, ScoreSnapshot.__tablename__, snapshot)
+        _insert_snapshots(connection, run_id, scored, revenue_12m)
         changes, first = _record_tier_changes(connection, run_id, run_id, None)
         connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(
             status="succeeded", finished_at=_now(), customers=len(scored), tier_changes=changes,
@@ -288,12 +299,11 @@ def write_incremental(engine: Engine, full_run_id: int, run_id: int, scored: pd.
                       revenue_12m: pd.Series) -> RunOutcome:
     """An incremental rescore: replace these customers' rows in the full run's snapshot
     (it stays the current picture), record their tier changes under the incremental run."""
-    snapshot = _snapshot_frame(full_run_id, scored, revenue_12m)
     ids = list(scored.index)
     with engine.begin() as connection:
         connection.execute(ScoreSnapshot.__table__.delete().where(ScoreSnapshot.run_id == full_run_id,
                                                                   ScoreSnapshot.customer_id.in_(ids)))
-        bulk_insert(connection, ScoreSnapshot.__tablename__, snapshot)
+        _insert_snapshots(connection, full_run_id, scored, revenue_12m)
         changes, first = _record_tier_changes(connection, full_run_id, run_id, ids)
         summary = {"customers": len(ids), "full_run": full_run_id}
         connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(
