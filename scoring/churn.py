@@ -91,6 +91,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.special import digamma, expit, gammaln
 
+from scoring.features import day_numbers
+from scoring.params import Weights
+
 COMPONENTS = ("activity_decline", "overdue", "complaints", "not_alive")
 REASON_FACTORS = {"activity_decline": "activity_decline", "overdue": "overdue",
                   "complaints": "complaints_rising", "not_alive": "p_alive"}
@@ -109,7 +112,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ChurnWeights(_Strict):
+class ChurnWeights(Weights):
     """Weights of the churn components, normalised by their sum (over the components
     that apply to a customer). A weight of 0 removes the component."""
 
@@ -118,11 +121,6 @@ class ChurnWeights(_Strict):
     complaints: float = Field(0.15, ge=0, description="complaints in the last 90 days vs the 90 before")
     not_alive: float = Field(0.25, ge=0, description="1 − BG/NBD probability alive")
 
-    @model_validator(mode="after")
-    def _some_weight(self) -> "ChurnWeights":
-        if sum(self.model_dump().values()) <= 0:
-            raise ValueError("at least one weight must be > 0")
-        return self
 
 
 class ChurnParams(_Strict):
@@ -294,19 +292,6 @@ def p_alive(params: BgNbdParams, frequency, recency, T) -> np.ndarray:
 
 # --------------------------------------------------------------------------- scoring
 
-def _day_numbers(column: pd.Series) -> np.ndarray:
-    """Dates as float day numbers since the epoch (NaN for NaT), whole days only."""
-    if not pd.api.types.is_datetime64_any_dtype(column):
-        column = pd.to_datetime(column, errors="coerce")
-    if getattr(column.dt, "tz", None) is not None:
-        column = column.dt.tz_localize(None)
-    days = column.to_numpy().astype("datetime64[D]")
-    missing = np.isnat(days)
-    numbers = days.astype("int64").astype(float)
-    numbers[missing] = np.nan
-    return numbers
-
-
 def _numbers(features: pd.DataFrame, name: str) -> np.ndarray:
     values = pd.to_numeric(features[name], errors="coerce").to_numpy(dtype=float)
     return np.nan_to_num(values, nan=0.0)
@@ -336,8 +321,8 @@ def score_churn(features: pd.DataFrame, as_of: date, params: ChurnParams,
     weights = params.weights
     today = float(np.datetime64(pd.Timestamp(as_of).date(), "D").astype("int64"))
 
-    first = _day_numbers(features["first_order_date"])
-    last = _day_numbers(features["last_order_date"])
+    first = day_numbers(features["first_order_date"])
+    last = day_numbers(features["last_order_date"])
     purchase_days = _numbers(features, "purchase_days")
     has_order = ~np.isnan(first) & ~np.isnan(last) & (purchase_days >= 1)
     with np.errstate(invalid="ignore"):

@@ -117,3 +117,15 @@ def modules_owned_count(modules: pd.Series, catalogue: tuple[str, ...]) -> pd.Se
     owned = items[items.isin(catalogue)]
     counts = owned.groupby(level=0).nunique()
     return counts.reindex(modules.index, fill_value=0).astype(int)
+
+
+def day_numbers(column: pd.Series) -> np.ndarray:
+    """Calendar days since the epoch as floats (NaN for NaT); time of day and zone dropped."""
+    if not pd.api.types.is_datetime64_any_dtype(column):
+        column = pd.to_datetime(column, errors="coerce")
+    if getattr(column.dt, "tz", None) is not None:
+        column = column.dt.tz_localize(None)
+    days = column.to_numpy().astype("datetime64[D]")
+    numbers = days.astype("int64").astype(float)
+    numbers[np.isnat(days)] = np.nan
+    return numbers

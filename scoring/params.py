@@ -19,7 +19,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class CurrentValueWeights(_Strict):
+class Weights(_Strict):
+    """Relative weights: each >= 0, normalised by their sum, so at least one must be > 0."""
+
+    @model_validator(mode="after")
+    def _some_weight(self):
+        if sum(self.model_dump().values()) <= 0:
+            raise ValueError("at least one weight must be > 0")
+        return self
+
+
+class CurrentValueWeights(Weights):
     """Weights of the current-value (X axis) components; normalised by their sum."""
 
     revenue: float = Field(0.35, ge=0)
@@ -28,14 +38,9 @@ class CurrentValueWeights(_Strict):
     repurchase_upsell: float = Field(0.15, ge=0)
     margin_rate: float = Field(0.10, ge=0)
 
-    @model_validator(mode="after")
-    def _some_weight(self) -> "CurrentValueWeights":
-        if sum(self.model_dump().values()) <= 0:
-            raise ValueError("at least one weight must be > 0")
-        return self
 
 
-class PotentialValueWeights(_Strict):
+class PotentialValueWeights(Weights):
     """Weights of the potential + strategic value (Y axis) components."""
 
     industry_outlook: float = Field(0.20, ge=0)
@@ -46,11 +51,6 @@ class PotentialValueWeights(_Strict):
     company_size: float = Field(0.10, ge=0)
     strategic: float = Field(0.15, ge=0)
 
-    @model_validator(mode="after")
-    def _some_weight(self) -> "PotentialValueWeights":
-        if sum(self.model_dump().values()) <= 0:
-            raise ValueError("at least one weight must be > 0")
-        return self
 
 
 class Stability(_Strict):
@@ -62,7 +62,7 @@ class Stability(_Strict):
     confirm_runs: int = Field(2, ge=1, le=30)
 
 
-class RevenueYears(_Strict):
+class RevenueYears(Weights):
     """Weights of each year's revenue in the multi-year revenue (normalised by their sum),
     so that a single big year does not decide a tier (seed 004)."""
 
@@ -70,11 +70,6 @@ class RevenueYears(_Strict):
     months_12_24: float = Field(0.3, ge=0)
     months_24_36: float = Field(0.1, ge=0)
 
-    @model_validator(mode="after")
-    def _some_weight(self) -> "RevenueYears":
-        if self.last_12m + self.months_12_24 + self.months_24_36 <= 0:
-            raise ValueError("at least one weight must be > 0")
-        return self
 
 
 class Boundaries(_Strict):

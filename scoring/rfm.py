@@ -102,6 +102,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from scoring.features import day_numbers
+
 REQUIRED_COLUMNS = ("first_order_date", "last_order_date", "purchase_days", "lifetime_revenue", "first_day_revenue")
 MEASURES = ("frequency", "recency", "T", "monetary_value")
 FACTORS = ("recency_days", "repeat_purchases", "avg_repeat_value")
@@ -236,18 +238,6 @@ class RfmParams(_Strict):
 
 # --------------------------------------------------------------------------- measures
 
-def _day_numbers(column: pd.Series) -> np.ndarray:
-    """Calendar days since the epoch as floats (NaN for NaT); time of day dropped."""
-    if not pd.api.types.is_datetime64_any_dtype(column):
-        column = pd.to_datetime(column, errors="coerce")
-    if getattr(column.dt, "tz", None) is not None:
-        column = column.dt.tz_localize(None)
-    days = column.to_numpy().astype("datetime64[D]")
-    numbers = days.astype("int64").astype(float)
-    numbers[np.isnat(days)] = np.nan
-    return numbers
-
-
 def _inconsistent(features: pd.DataFrame, mask: np.ndarray, what: str) -> None:
     if mask.any():
         ids = ", ".join(map(str, features.index[mask][:5]))
@@ -261,8 +251,8 @@ def rfm_measures(features: pd.DataFrame, as_of: date) -> pd.DataFrame:
     missing = [name for name in REQUIRED_COLUMNS if name not in features.columns]
     if missing:
         raise KeyError(f"RFM features lack columns: {', '.join(missing)}")
-    first = _day_numbers(features["first_order_date"])
-    last = _day_numbers(features["last_order_date"])
+    first = day_numbers(features["first_order_date"])
+    last = day_numbers(features["last_order_date"])
     end = float((np.datetime64(pd.Timestamp(as_of).date(), "D")).astype("int64"))
     days = pd.to_numeric(features["purchase_days"], errors="coerce").fillna(0).to_numpy(dtype=float)
     revenue = pd.to_numeric(features["lifetime_revenue"], errors="coerce").fillna(0).to_numpy(dtype=float)

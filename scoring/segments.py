@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from scoring.params import Weights
 from scoring.value_matrix import population_percentile
 
 SABC_LABELS = ("S", "A", "B", "C")
@@ -43,16 +44,11 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class InfluenceWeights(_Params):
+class InfluenceWeights(Weights):
     strategic: float = Field(0.5, ge=0)
     company_size: float = Field(0.3, ge=0)
     industry_outlook: float = Field(0.2, ge=0)
 
-    @model_validator(mode="after")
-    def _some_weight(self) -> "InfluenceWeights":
-        if sum(self.model_dump().values()) <= 0:
-            raise ValueError("at least one weight must be > 0")
-        return self
 
 
 class SabcParams(_Params):
