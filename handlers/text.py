@@ -147,6 +147,8 @@ class _Missing(dict):
 
 
 def _format_field(key: str, value: Any, lang: str) -> Any:
+    if key == "direction" and lang == "zh":
+        return {"high": "高", "low": "低"}.get(value, value)
     if isinstance(value, float):
         if key in ("value", "monetary_value", "weighted_revenue") and abs(value) >= 100:
             return money(value, lang)
