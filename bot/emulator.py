@@ -11,6 +11,9 @@ same error codes, same limits — including the behaviour that is easy to forget
 - with `enable_duplicate_check`, an identical request inside the interval is accepted and
   not delivered again: `state.deduplicated` shows it;
 - a callback template card returns a `response_code` that works once, for 72 hours;
+- `state.click(userid, task_id, key)` is a member pressing a card button: it issues a fresh
+  response_code and returns the fields WeCom puts in the template_card_event callback;
+  `state.card_state(task_id, userid)` is how the card looks after update_template_card;
 - the group robot takes 20 messages a minute, then answers 45009.
 
 Tests and the sandbox reach the state through `app[EMULATOR]`: what was delivered, every
@@ -163,6 +166,7 @@ class CardUpdate:
     userids: list[str]
     payload: dict[str, Any]
     received_at: float
+    task_id: str | None = None  # the card the response_code belongs to
 
 
 @dataclass
@@ -265,6 +269,28 @@ class EmulatorState:
         wanted = _normalise_path(path)
         return [request for request in self.received if request.path == wanted]
 
+    def card_state(self, task_id: str, userid: str | None = None) -> dict[str, Any] | None:
+        """How the card with `task_id` looks now: to `userid`, or after every update when None.
+
+        {"task_id", "card": the template_card shown (as sent, or the latest replacement),
+        "replaced_name": the grey button's text after a `button.replace_name` update (else None),
+        "updated": whether any update reached it}. None when no such card was delivered (to `userid`).
+        """
+        card = self._delivered_card(task_id, userid)
+        if card is None:
+            return None
+        replaced_name: str | None = None
+        updated = False
+        for update in self.card_updates:
+            if update.task_id != task_id or (userid is not None and not _update_reaches(update, userid)):
+                continue
+            updated = True
+            if "template_card" in update.payload:
+                card, replaced_name = update.payload["template_card"], None
+            else:
+                replaced_name = str(update.payload["button"]["replace_name"])
+        return {"task_id": task_id, "card": card, "replaced_name": replaced_name, "updated": updated}
+
     # -- what tests steer ----------------------------------------------------------------
 
     def add_user(self, userid: str) -> None:
@@ -303,6 +329,42 @@ class EmulatorState:
 
     def clear_faults(self) -> None:
         self._faults.clear()
+
+    def click(self, userid: str, task_id: str, key: str) -> dict[str, str]:
+        """Member `userid` presses the button `key` on the card `task_id` delivered to them.
+
+        Returns the fields of the template_card_event callback WeCom then sends (documented in
+        事件格式 · 模板卡片事件推送), with a fresh ResponseCode: one update_template_card call,
+        72 hours, like the one message/send returned. Raises ValueError for a click WeCom's
+        client could not make: a card not delivered to this member, an unknown key, a URL
+        button (it opens the page, no callback), or buttons greyed out by an update.
+        Not documented, so our guess: a button stays clickable until the app updates the card,
+        and every click brings a new code.
+        """
+        state = self.card_state(task_id, userid)
+        if state is None:
+            elsewhere = self._delivered_card(task_id, None) is not None
+            raise ValueError(f"no card with task_id {task_id!r} was delivered to {userid!r}"
+                             + (" (it went to other members)" if elsewhere else ""))
+        if state["replaced_name"] is not None:
+            raise ValueError(f"card {task_id!r} was already updated: its button reads "
+                             f"{state['replaced_name']!r} and cannot be clicked")
+        card = state["card"]
+        card_type = str(card.get("card_type"))
+        # vote/multiple cards (SelectedItems) and action_menu (template_card_menu_event) are not simulated.
+        if card_type != "button_interaction":
+            raise ValueError(f"card {task_id!r} is a {card_type} card now: it has no buttons to click")
+        if card.get("replace_text"):
+            raise ValueError(f"card {task_id!r} shows a grey {card['replace_text']!r} button: nothing to click")
+        buttons = [button for button in card.get("button_list") or [] if isinstance(button, dict)]
+        callback_keys = [str(button.get("key")) for button in buttons if button.get("type") in (None, 0, "0")]
+        if key not in callback_keys:
+            raise ValueError(f"card {task_id!r} has no callback button with key {key!r}; "
+                             f"its keys: {', '.join(callback_keys) or '(none)'}")
+        code = secrets.token_urlsafe(32)
+        self._response_codes[code] = _ResponseCode(task_id, self.clock())
+        return {"Event": "template_card_event", "EventKey": key, "TaskId": task_id, "CardType": card_type,
+                "ResponseCode": code}
 
     # -- internals -----------------------------------------------------------------------
 
@@ -358,6 +420,18 @@ class EmulatorState:
         if str(body["agentid"]) != str(self.agent_id):
             return self._error(40056)
         return None
+
+    def _delivered_card(self, task_id: str, userid: str | None) -> dict[str, Any] | None:
+        for message in self.delivered:
+            card = message.payload.get("template_card") if message.msgtype == "template_card" else None
+            if card and card.get("task_id") == task_id and (userid is None or message.userid == userid):
+                return card
+        return None
+
+    def _card_recipients(self, task_id: str | None) -> set[str]:
+        # Members the card went to, delivered or not: WeCom counts them as its receivers either way.
+        return {message.userid for message in itertools.chain(self.delivered, self.dropped_by_rate_limit)
+                if message.msgtype == "template_card" and message.payload["template_card"].get("task_id") == task_id}
 
     def _rate_limit_allows(self, userid: str, now: float) -> bool:
         sent = self._deliveries_by_user.setdefault(userid, deque())
@@ -437,7 +511,13 @@ def _content_error(state: EmulatorState, msgtype: str, content: Any) -> dict[str
     return None
 
 
-def _card_shape_error(state: EmulatorState, card: Any) -> dict[str, Any] | None:
+def _update_reaches(update: CardUpdate, userid: str) -> bool:
+    # partyids/tagids are not modelled (the emulator has no departments or tags). An update that
+    # names nobody reaches nobody here: the docs do not say, and naming the members is safe either way.
+    return bool(update.payload.get("atall")) or userid in update.userids
+
+
+def _card_shape_error(state: EmulatorState, card: Any, task_id_required: bool = True) -> dict[str, Any] | None:
     if not isinstance(card, dict) or card.get("card_type") not in TEMPLATE_CARD_TYPES:
         return state._error(40058, "template_card.card_type is invalid. invalid Request Parameter")
     buttons = card.get("button_list") or []
@@ -447,7 +527,7 @@ def _card_shape_error(state: EmulatorState, card: Any) -> dict[str, Any] | None:
             40058, f"template_card.button_list exceed max size {TEMPLATE_CARD_MAX_BUTTONS}. invalid Request Parameter"
         )
     task_id = card.get("task_id")
-    needs_task_id = card["card_type"] in CALLBACK_CARD_TYPES or "action_menu" in card
+    needs_task_id = task_id_required and (card["card_type"] in CALLBACK_CARD_TYPES or "action_menu" in card)
     if task_id is None and not needs_task_id:
         return None
     if (
@@ -557,7 +637,8 @@ async def _update_template_card(request: web.Request) -> dict[str, Any]:
         # Our closest guess: WeCom documents "one use, 72 hours" but no dedicated errcode.
         return state._error(40058, "response_code is invalid, used or expired. invalid Request Parameter")
     if "template_card" in body:
-        if error := _card_shape_error(state, body["template_card"]):
+        # The documented update examples carry no task_id: the response_code names the card.
+        if error := _card_shape_error(state, body["template_card"], task_id_required=False):
             return error
     elif not isinstance(body.get("button"), dict) or not body["button"].get("replace_name"):
         return state._error(40058, "template_card or button.replace_name is required. invalid Request Parameter")
@@ -565,8 +646,12 @@ async def _update_template_card(request: web.Request) -> dict[str, Any]:
     if len(userids) > MAX_RECIPIENTS:
         return state._error(40032)
     issued.used = True
-    state.card_updates.append(CardUpdate(code, userids, body, now))
-    return {"errcode": 0, "errmsg": "ok", "invaliduser": [user for user in userids if not state.is_known_user(user)]}
+    state.card_updates.append(CardUpdate(code, userids, body, now, issued.task_id))
+    # Documented: members outside the app or outside the card's receivers come back, lower-cased,
+    # and the update still happens for the others.
+    receivers = state._card_recipients(issued.task_id)
+    invalid = [user.lower() for user in userids if not state.is_known_user(user) or user not in receivers]
+    return {"errcode": 0, "errmsg": "ok", "invaliduser": invalid}
 
 
 # -- webhook/send -------------------------------------------------------------------------------

@@ -23,6 +23,11 @@ from handlers.text import render
 from storage.models import User
 
 
+def _cdata(text: str) -> str:
+    # "]]>" cannot stand inside one CDATA section: split it across two (the standard XML way).
+    return "<![CDATA[" + text.replace("]]>", "]]]]><![CDATA[>") + "]]>"
+
+
 @dataclass
 class WeComPeer:
     """Signs and encrypts callbacks as WeCom does, and reads the passive replies."""
@@ -61,20 +66,30 @@ class WeComPeer:
                      create_time: int | None = None) -> tuple[dict, str]:
         create_time = create_time or int(time.time())
         msg_id = msg_id or str(secrets.randbelow(10**18))
-        escaped = content.replace("]]>", "]]]]><![CDATA[>")
-        inner = (f"<xml><ToUserName><![CDATA[{self.corp_id}]]></ToUserName><FromUserName><![CDATA[{from_user}]]>"
+        inner = (f"<xml><ToUserName>{_cdata(self.corp_id)}</ToUserName><FromUserName>{_cdata(from_user)}"
                  f"</FromUserName><CreateTime>{create_time}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
-                 f"<Content><![CDATA[{escaped}]]></Content><MsgId>{msg_id}</MsgId><AgentID>{self.agent_id}"
+                 f"<Content>{_cdata(content)}</Content><MsgId>{msg_id}</MsgId><AgentID>{self.agent_id}"
                  f"</AgentID></xml>")
         return self.envelope(inner)
 
     def event(self, from_user: str, event: str, create_time: int | None = None, **fields: str) -> tuple[dict, str]:
+        """An event callback; `fields` follow <Event> in the order given, as in WeCom's samples."""
         create_time = create_time or int(time.time())
-        extra = "".join(f"<{k}><![CDATA[{v}]]></{k}>" for k, v in fields.items())
-        inner = (f"<xml><ToUserName><![CDATA[{self.corp_id}]]></ToUserName><FromUserName><![CDATA[{from_user}]]>"
+        extra = "".join(f"<{k}>{_cdata(str(v))}</{k}>" for k, v in fields.items())
+        inner = (f"<xml><ToUserName>{_cdata(self.corp_id)}</ToUserName><FromUserName>{_cdata(from_user)}"
                  f"</FromUserName><CreateTime>{create_time}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
-                 f"<Event><![CDATA[{event}]]></Event>{extra}<AgentID>{self.agent_id}</AgentID></xml>")
+                 f"<Event>{_cdata(event)}</Event>{extra}<AgentID>{self.agent_id}</AgentID></xml>")
         return self.envelope(inner)
+
+    def card_event(self, from_user: str, *, event_key: str, task_id: str, response_code: str,
+                   card_type: str = "button_interaction", create_time: int | None = None) -> tuple[dict, str]:
+        """A member pressed a template card button: the template_card_event callback.
+
+        Element order as in WeCom's sample (事件格式 · 模板卡片事件推送); SelectedItems, which only
+        vote/multiple-choice cards carry, is left out.
+        """
+        return self.event(from_user, "template_card_event", create_time, EventKey=event_key, TaskId=task_id,
+                          CardType=card_type, ResponseCode=response_code)
 
     def read_reply(self, body: str) -> dict[str, str]:
         """Verify and decrypt a passive reply; returns its fields (Content, MsgType, …)."""
@@ -124,6 +139,7 @@ class Sandbox:
             web.get("/sandbox", self.console),
             web.get("/sandbox/api/users", self.users),
             web.post("/sandbox/api/say", self.say),
+            web.post("/sandbox/api/click", self.click),
             web.get("/sandbox/api/pushes", self.pushes),
         ])
 
@@ -148,7 +164,33 @@ class Sandbox:
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             return web.json_response({"error": "send JSON {\"userid\": ..., \"text\": ...}"}, status=400)
-        query, body = self.peer.text_message(userid, content)
+        status, reply, elapsed_ms = await self._callback(request, *self.peer.text_message(userid, content))
+        return web.json_response({"status": status, "reply": reply, "passive": bool(reply), "ms": elapsed_ms})
+
+    async def click(self, request: web.Request) -> web.Response:
+        """A member presses a card button: the emulator checks the click and issues the
+        ResponseCode, and the event goes to /wecom/callback signed and encrypted, as WeCom sends it."""
+        try:
+            data = await request.json()
+            userid, task_id, key = data["userid"], data["task_id"], data["key"]
+            if not all(isinstance(value, str) and value for value in (userid, task_id, key)):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "send JSON {\"userid\": ..., \"task_id\": ..., \"key\": ...}"},
+                                     status=400)
+        if self.emulator is None:
+            return web.json_response({"error": "the WeCom emulator is not running"}, status=400)
+        try:
+            event = self.emulator.click(userid, task_id, key)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        status, reply, elapsed_ms = await self._callback(request, *self.peer.card_event(
+            userid, event_key=event["EventKey"], task_id=event["TaskId"], response_code=event["ResponseCode"],
+            card_type=event["CardType"]))
+        return web.json_response({"status": status, "reply": reply, "ms": elapsed_ms})
+
+    async def _callback(self, request: web.Request, query: dict, body: str) -> tuple[int, str, int]:
+        """POST one callback to the service: (HTTP status, passive reply text or "", milliseconds)."""
         base = self.service_url or f"{request.scheme}://{request.host}"
         async with aiohttp.ClientSession() as session:
             started = time.perf_counter()
@@ -156,11 +198,17 @@ class Sandbox:
                 status, answer = response.status, await response.text()
             elapsed_ms = round((time.perf_counter() - started) * 1000)
         reply = self.peer.read_reply(answer).get("Content", "") if status == 200 and answer else ""
-        return web.json_response({"status": status, "reply": reply, "passive": bool(reply), "ms": elapsed_ms})
+        return status, reply, elapsed_ms
 
     async def pushes(self, request: web.Request) -> web.Response:
         userid = request.query.get("userid", "")
         state = self.emulator
         messages = [] if state is None else state.messages_for(userid)
+
+        def card_state(message) -> dict | None:
+            # How the card looks to this user after update_template_card (greyed button or a new card).
+            task_id = message.payload.get("template_card", {}).get("task_id")
+            return state.card_state(task_id, userid) if message.msgtype == "template_card" and task_id else None
+
         return web.json_response([{"msgtype": m.msgtype, "payload": m.payload, "msgid": m.msgid,
-                                   "received_at": m.received_at} for m in messages])
+                                   "received_at": m.received_at, "card_state": card_state(m)} for m in messages])
