@@ -68,7 +68,10 @@ class IngestApi:
             return web.json_response({"kind": kind, "rows": 0, "new": 0, "changed": 0, "unchanged": 0})
         if len(items) > MAX_ITEMS:
             return _error(413, f"more than {MAX_ITEMS:,} items: send smaller batches")
-        return await asyncio.to_thread(self._ingest_blocking, kind, items)
+        response = await asyncio.to_thread(self._ingest_blocking, kind, items)
+        # A rescore may have queued tier-change messages and tasks: send them now.
+        self.runtime.wake_dispatcher()
+        return response
 
     def _ingest_blocking(self, kind: str, items: list[dict]) -> web.Response:
         """Import and rescore on a worker thread: the event loop keeps answering WeCom."""

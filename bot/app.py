@@ -15,6 +15,7 @@ import contextlib
 import logging
 import secrets
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +76,12 @@ class Runtime:
     callback: WeComCallback
     sandbox: Any = None  # bot.sandbox.Sandbox in sandbox mode
     sync_db: Any = None  # a synchronous engine for imports and rescoring on worker threads
+    scheduler: Any = None  # bot.scheduler.Scheduler
     tasks: list[asyncio.Task] = field(default_factory=list)
+
+    def wake_dispatcher(self) -> None:
+        """Something was queued: send it now rather than at the next pass."""
+        self.dispatcher.wakeup.set()
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -135,13 +141,20 @@ async def _forget_old_callbacks(services: Services) -> None:
             logger.exception("sweeping old callback dedupe keys failed; trying again later")
 
 
-def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None,
-               dispatch: bool = True) -> web.Application:
-    """The service. `identity.api_base` is where the WeCom API (or the emulator) lives."""
+def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None, dispatch: bool = True,
+               webhook_key: str | None = None) -> web.Application:
+    """The service. `identity.api_base` is where the WeCom API (or the emulator) lives.
+    `dispatch=False` leaves out the scheduler and the dispatcher (tests drive them)."""
+    from bot.wecom_client import WebhookClient
+
     metrics = Metrics()
     services = Services(db=make_async_engine(config.database.url), config=config)
     client = WeComClient(None, identity.corp_id, identity.secret, identity.agent_id, identity.api_base)
-    dispatcher = Dispatcher(services.db, client, metrics)
+    webhook_key = config.wecom.webhook_key if webhook_key is None else webhook_key
+    webhook = WebhookClient(None, webhook_key, identity.api_base) if webhook_key else None
+    dispatcher = Dispatcher(services.db, client, pushes=config.pushes, language=config.language, webhook=webhook,
+                            metrics=metrics)
+    services.wake = dispatcher.wakeup.set
 
     async def late_reply(userid: str, reply: Reply, origin: str) -> None:
         if reply.msgtype == "markdown":
@@ -166,21 +179,95 @@ def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None,
 
     async def lifecycle(app: web.Application):
         if dispatch:
-            await dispatcher.recover_stale()
-            runtime.tasks.append(asyncio.create_task(dispatcher.run_forever(), name="outbox-dispatcher"))
+            runtime.scheduler = build_scheduler(runtime)
+            await runtime.scheduler.start()
         runtime.tasks.append(asyncio.create_task(_forget_old_callbacks(services), name="dedupe-cleanup"))
         yield
+        if runtime.scheduler is not None:
+            await runtime.scheduler.stop()
+            await runtime.scheduler.leases.release("dispatch")
         for task in runtime.tasks:
             task.cancel()
         for task in runtime.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await client.close()
+        if webhook is not None:
+            await webhook.close()
         await services.db.dispose()
         runtime.sync_db.dispose()
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def build_scheduler(runtime: Runtime):
+    """The service's jobs (bot.scheduler): nightly rescore, digest, overdue watch, dispatch."""
+    from bot.rescore import NothingToScore, full_rescore
+    from bot.scheduler import Scheduler
+    from notifications.digest import queue_digests, queue_overdue_notices
+    from notifications.playbook import PlaybookSettings
+
+    config = runtime.config
+    engine = runtime.services.db
+    scheduler = Scheduler(engine, config.timezone)
+    settings = PlaybookSettings.from_config(config)
+
+    async def nightly_rescore() -> None:
+        today = datetime.now(config.tz).date()
+        try:
+            outcome, _ = await asyncio.to_thread(full_rescore, runtime.sync_db, config, today)
+        except NothingToScore:
+            logger.info("nightly rescore: no customers yet")
+            return
+        logger.info("nightly rescore: run %s, %s customers, %s tier changes", outcome.run_id, outcome.customers,
+                    outcome.tier_changes)
+        runtime.wake_dispatcher()
+
+    async def digest() -> None:
+        if await queue_digests(engine, settings, datetime.now(timezone.utc)):
+            runtime.wake_dispatcher()
+
+    async def watch() -> None:
+        if await queue_overdue_notices(engine, settings, datetime.now(timezone.utc)):
+            runtime.wake_dispatcher()
+
+    async def dispatch_loop() -> None:
+        await dispatch_under_lease(runtime.dispatcher, scheduler.leases, config.scheduler.dispatch_every_seconds)
+
+    scheduler.cron("full_rescore", config.scheduler.full_rescore, nightly_rescore)
+    scheduler.cron("digest", config.scheduler.digest, digest)
+    scheduler.every("watch", config.scheduler.watch_every_minutes * 60, watch)
+    scheduler.loop("dispatch", dispatch_loop)
+    return scheduler
+
+
+async def dispatch_under_lease(dispatcher: Dispatcher, leases, idle_seconds: float) -> None:
+    """Send the outbox for as long as this process holds the dispatch lease: one
+    dispatcher at a time keeps WeCom's per-member limits whole across processes."""
+    from bot.scheduler import LEASE_SECONDS
+
+    holding = False
+    while True:
+        pause = idle_seconds
+        try:
+            if await leases.acquire("dispatch"):
+                if not holding:
+                    await dispatcher.take_over()
+                    holding = True
+                handled = await dispatcher.run_once()
+                pause = 0.0 if handled else await dispatcher.next_due_in(idle_seconds)
+            else:
+                holding = False
+                pause = LEASE_SECONDS / 3
+        except Exception:
+            logger.exception("outbox dispatch failed; trying again")
+        if pause > 0:
+            try:
+                await asyncio.wait_for(dispatcher.wakeup.wait(), timeout=pause)
+            except asyncio.TimeoutError:
+                pass
+        dispatcher.wakeup.clear()
 
 
 async def serve(config: Config, host: str, port: int, sandbox_users: list[str] | None = None) -> None:

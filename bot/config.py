@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from notifications.settings import PlaybookConfig, PushesConfig, SchedulerConfig
+from notifications.workdays import CalendarConfig
 from scoring.pipeline import ScoringParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -120,6 +122,10 @@ class Config(_Section):
     import_: ImportConfig = Field(ImportConfig(), alias="import")
     retention: RetentionConfig = RetentionConfig()
     scoring: ScoringParams = ScoringParams()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    calendar: CalendarConfig = CalendarConfig()
+    pushes: PushesConfig = PushesConfig()
+    playbook: PlaybookConfig = PlaybookConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -30,6 +30,8 @@ class Metrics:
                                    registry=self.registry)
         self.outbox_failed = Counter("tierbot_outbox_failed", "Outbox messages given up on, by errcode",
                                      ["errcode"], registry=self.registry)
+        self.outbox_retries = Counter("tierbot_outbox_retries", "Outbox sends to try again later, by errcode",
+                                      ["errcode"], registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -6,7 +6,7 @@ Used by `python -m bot score`, the demo, the benchmarks and (later) the schedule
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 import pandas as pd
 from sqlalchemy import Engine
@@ -54,8 +54,25 @@ def summarise_tiers(features: pd.DataFrame, scored: pd.DataFrame) -> dict:
     return {"customers": total_customers, "revenue_12m": round(total_revenue, 2), "tiers": tiers, "models": models}
 
 
-def full_rescore(engine: Engine, config: Config, as_of: date) -> tuple[store.RunOutcome, Timings]:
-    """Score every customer as of `as_of` and record the run. Raises NothingToScore."""
+def _playbook(config: Config, history_run_id: int, features: pd.DataFrame, scored: pd.DataFrame,
+              customers: pd.DataFrame, now: datetime | None):
+    """The run's tier-change messages, tasks and churn alerts, written in its transaction."""
+    from notifications.playbook import PlaybookSettings, apply_playbook
+
+    settings = PlaybookSettings.from_config(config)
+    previous_tier = customers.set_index("customer_id")["tier"]
+
+    def write(connection) -> None:
+        apply_playbook(connection, settings, history_run_id=history_run_id, features=features, scored=scored,
+                       previous_tier=previous_tier, now=now or datetime.now(timezone.utc))
+
+    return write
+
+
+def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | None = None
+                 ) -> tuple[store.RunOutcome, Timings]:
+    """Score every customer as of `as_of` and record the run, with its pushes (see
+    notifications.playbook). Raises NothingToScore."""
     import time
 
     store.abandon_stale_runs(engine, STALE_RUN_AFTER)
@@ -81,7 +98,8 @@ def full_rescore(engine: Engine, config: Config, as_of: date) -> tuple[store.Run
         summary["as_of"] = as_of.isoformat()
         score_done = time.perf_counter()
         outcome = store.write_run(engine, run_id, scored, features["revenue_12m"], summary,
-                                  config.retention.score_runs, reference.to_json() if reference else None)
+                                  config.retention.score_runs, reference.to_json() if reference else None,
+                                  after_changes=_playbook(config, run_id, features, scored, customers, now))
         finished = time.perf_counter()
     except BaseException as exc:
         store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")
@@ -93,8 +111,8 @@ def full_rescore(engine: Engine, config: Config, as_of: date) -> tuple[store.Run
 INCREMENTAL_LIMIT = 5_000
 
 
-def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str], as_of: date
-                        ) -> store.RunOutcome | None:
+def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str], as_of: date,
+                        now: datetime | None = None) -> store.RunOutcome | None:
     """Rescore only these customers, against the population of the last full run; their
     rows in that run's snapshot are replaced and tier changes recorded. None when there
     is no full run to compare against yet (run `score` first)."""
@@ -121,7 +139,8 @@ def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str],
         scored = score_customers(features, config.scoring, as_of, previous=previous, intent_counts=intent_counts,
                                  reference=reference)
         scored.attrs.clear()
-        return store.write_incremental(engine, full.id, run_id, scored, features["revenue_12m"])
+        return store.write_incremental(engine, full.id, run_id, scored, features["revenue_12m"],
+                                       after_changes=_playbook(config, run_id, features, scored, customers, now))
     except BaseException as exc:
         store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")
         raise

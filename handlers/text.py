@@ -189,6 +189,22 @@ def plain_text(markdown: str) -> str:
     return re.sub(r"(?m)^> ?", "", text).strip()
 
 
+def clip(text: Any, characters: int) -> str:
+    """At most `characters` characters, with … when cut: WeCom card fields have lengths."""
+    text = str(text)
+    return text if len(text) <= characters else text[:max(characters - 1, 0)] + "…"
+
+
+def fit_bytes(render_with: Any, count: int, limit: int = 2048) -> str:
+    """`render_with(n)` for the largest n <= count whose UTF-8 text fits `limit` bytes:
+    lists in one WeCom message are cut to fit instead of being refused."""
+    for n in range(count, -1, -1):
+        text = render_with(n)
+        if len(text.encode("utf-8")) <= limit:
+            return text
+    raise ValueError("even an empty list does not fit the message limit")
+
+
 @lru_cache(maxsize=None)
 def environment() -> Environment:
     # Templates are read once per process: no file check on every message.
@@ -198,6 +214,9 @@ def environment() -> Environment:
     env.filters["percent"] = percent
     env.filters["tier"] = tier_name
     env.filters["pad"] = pad
+    env.filters["clip"] = clip
+    env.filters["reasons"] = reasons_text
+    env.filters["model_reasons"] = lambda reasons, model, lang="zh": model_reasons_text(model, reasons, lang)
     return env
 
 

@@ -1,104 +1,383 @@
-"""Sends outbox rows through the WeCom API.
+"""Sends outbox rows through the WeCom API without ever letting WeCom drop one silently.
 
-A row is claimed (pending → sending) in its own transaction before the call, and marked
-sent or failed after it; retryable errors put it back with a later `not_before`.
-Rate limits, quiet hours and batching come with the pushes issue.
+One pass (`run_once`):
+1. claim the due rows (pending → sending), plus every due row sharing a batch key with them;
+2. batches: several rows for one rep or manager due together become one summary
+   message; a batch key with `batch_every` goes out at most once per that many seconds;
+3. identical messages to different members become one call (touser ≤ 1000);
+4. before each call, the per-member windows (30 a minute, 1000 an hour) and the app's
+   call rate are checked; rows without room wait (not_before) instead of being sent;
+5. retryable errors (-1, 45009, 45033, timeouts, dropped connections) back off and try
+   again for up to a day; permanent ones (81013, 60020, 40008, …) are recorded with
+   their reason, counted in /metrics and reported to the admins.
+
+Exactly once to each member: WeCom's duplicate check is on, so a row sent just before a
+crash (and so still 'sending') is dropped by WeCom when it is sent again after restart.
+Only one process dispatches at a time (the scheduler's lease, bot.scheduler).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.models import OutboxMessage
+from notifications import messages
+from notifications.limits import SlidingWindows, Window
+from notifications.outbox import message_payload, outbox_row
+from notifications.settings import PushesConfig
+from storage.models import OutboxBatch, OutboxMessage, User
 
 logger = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 6
-BACKOFF_SECONDS = (2, 5, 15, 60, 300)
+# Retryable errors are retried with growing pauses for this long, then given up.
+RETRY_FOR = timedelta(hours=24)
+MAX_BACKOFF_SECONDS = 600
+MAX_RECIPIENTS = 1000
+# Kinds whose batches become a rep's summary message from PushesConfig.summary_from rows on;
+# other batched kinds (churn alerts, failure notices) are summarised from two rows on.
+REP_KINDS = ("tier_change", "task", "overdue")
+APP_KEY = "@app"
+WEBHOOK_KEY = "@webhook"
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _aware(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC.
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
+def backoff_seconds(attempts: int) -> float:
+    """2, 4, 8 … seconds, capped at 10 minutes, with jitter so retries do not move in step."""
+    return min(2.0 ** max(attempts, 1), MAX_BACKOFF_SECONDS) * random.uniform(0.8, 1.2)
+
+
+@dataclass
+class _Unit:
+    """One call to WeCom standing for one or more outbox rows."""
+
+    rows: list[Any]
+    channel: str
+    payload: dict[str, Any]
+    members: list[str] = field(default_factory=list)
+    batch_key: str | None = None
+    batch_every: int = 0
+
+
 class Dispatcher:
-    def __init__(self, engine: AsyncEngine, client, metrics=None, batch: int = 50):
-        # `client` is a bot.wecom_client.WeComClient; its errors carry errcode and retryable.
+    def __init__(self, engine: AsyncEngine, client, *, pushes: PushesConfig | None = None, language: str = "zh",
+                 webhook=None, metrics=None, clock: Callable[[], datetime] = utc_now, batch: int = 500):
+        # `client`: bot.wecom_client.WeComClient; `webhook`: its WebhookClient, or None.
         self.engine = engine
         self.client = client
+        self.webhook = webhook
+        self.pushes = pushes or PushesConfig()
+        self.language = language
         self.metrics = metrics
+        self.clock = clock
         self.batch = batch
         self.wakeup = asyncio.Event()
+        self.members = SlidingWindows((Window(self.pushes.member_per_minute, 60),
+                                       Window(self.pushes.member_per_hour, 3600)))
+        self.calls = SlidingWindows((Window(self.pushes.app_calls_per_minute, 60),))
+        self.robot = SlidingWindows((Window(self.pushes.webhook_per_minute, 60),))
+        self._primed = False
+
+    # ------------------------------------------------------------------ start-up
+
+    async def take_over(self) -> int:
+        """Become the dispatcher: rows a dead process left 'sending' go back to pending
+        (WeCom's duplicate check catches any it did send), and the limits start from what
+        went out in the last hour. Returns how many rows were recovered."""
+        outbox = OutboxMessage.__table__
+        now = self.clock()
+        async with self.engine.begin() as connection:
+            recovered = (await connection.execute(update(outbox).where(outbox.c.status == "sending")
+                                                  .values(status="pending"))).rowcount or 0
+            sent = (await connection.execute(
+                select(outbox.c.touser, outbox.c.sent_at, outbox.c.channel, outbox.c.msgid)
+                .where(outbox.c.status == "sent", outbox.c.sent_at > now - timedelta(hours=1),
+                       outbox.c.channel != "card_update")
+                .order_by(outbox.c.sent_at))).all()
+        for limits in (self.members, self.calls, self.robot):
+            limits.forget()
+        calls_seen = set()
+        for row in sent:
+            at = _aware(row.sent_at).timestamp()
+            if row.channel == "webhook":
+                self.robot.record([WEBHOOK_KEY], at)
+                continue
+            self.members.record([user for user in row.touser.split("|") if user], at)
+            if (row.msgid, at) not in calls_seen:
+                calls_seen.add((row.msgid, at))
+                self.calls.record([APP_KEY], at)
+        self._primed = True
+        if recovered:
+            logger.warning("outbox: %s rows were left 'sending' by a stopped dispatcher; sending them again", recovered)
+        return recovered
+
+    # ------------------------------------------------------------------ one pass
 
     async def run_once(self) -> int:
-        """Send what is due; returns how many rows were handled."""
+        """Send what is due; returns how many rows were handled (sent, failed or deferred)."""
+        if not self._primed:
+            await self.take_over()
+        now = self.clock()
+        rows = await self._claim(now)
+        if not rows:
+            return 0
+        for unit in await self._units(rows, now):
+            await self._deliver(unit)
+        return len(rows)
+
+    async def drain(self, max_passes: int = 1000) -> int:
+        """Passes until nothing is due now; returns rows handled."""
+        handled = 0
+        for _ in range(max_passes):
+            count = await self.run_once()
+            if not count:
+                break
+            handled += count
+        return handled
+
+    async def _claim(self, now: datetime) -> list[Any]:
         outbox = OutboxMessage.__table__
+        due = (outbox.c.status == "pending") & ((outbox.c.not_before.is_(None)) | (outbox.c.not_before <= now))
         async with self.engine.begin() as connection:
-            rows = (await connection.execute(
-                select(outbox.c.id, outbox.c.touser, outbox.c.payload, outbox.c.attempts)
-                .where(outbox.c.status == "pending", or_(outbox.c.not_before.is_(None), outbox.c.not_before <= _now()))
-                .order_by(outbox.c.id).limit(self.batch))).all()
+            first = (await connection.execute(select(outbox.c.id, outbox.c.batch_key).where(due)
+                                              .order_by(outbox.c.id).limit(self.batch))).all()
+            if not first:
+                return []
+            ids = {row.id for row in first}
+            keys = sorted({row.batch_key for row in first if row.batch_key})
+            if keys:
+                # The whole batch, or a summary would leave some of its rows for a second message.
+                ids.update((await connection.execute(select(outbox.c.id).where(due, outbox.c.batch_key.in_(keys))))
+                           .scalars())
             claimed = []
-            for row in rows:
-                result = await connection.execute(update(outbox).where(outbox.c.id == row.id,
-                                                                       outbox.c.status == "pending")
-                                                  .values(status="sending", attempts=row.attempts + 1))
-                if result.rowcount:
-                    claimed.append(row)
-        for row in claimed:
-            await self._send(row)
-        return len(claimed)
+            for chunk in _chunks(sorted(ids), 500):
+                claimed.extend((await connection.execute(
+                    update(outbox).where(outbox.c.id.in_(chunk), outbox.c.status == "pending")
+                    .values(status="sending", claimed_at=now, attempts=outbox.c.attempts + 1)
+                    .returning(*outbox.c))).all())
+        return sorted(claimed, key=lambda row: row.id)
 
-    async def _send(self, row) -> None:
-        outbox = OutboxMessage.__table__
-        payload = {**row.payload, "touser": row.touser}
-        try:
-            # WeCom's own duplicate check: a resend after a crash between the call and the
-            # status update is dropped by WeCom instead of reaching the user twice.
-            await self.client.send_message(payload, enable_duplicate_check=True, duplicate_check_interval=1800)
-        except Exception as error:
-            attempts = row.attempts + 1
-            errcode = getattr(error, "errcode", None)
-            reason = f"{errcode}: {getattr(error, 'errmsg', str(error))}"[:1000]
-            if getattr(error, "retryable", False) and attempts < MAX_ATTEMPTS:
-                delay = BACKOFF_SECONDS[min(attempts - 1, len(BACKOFF_SECONDS) - 1)]
-                values = {"status": "pending", "not_before": _now() + timedelta(seconds=delay), "last_error": reason}
+    async def _units(self, rows: list[Any], now: datetime) -> list[_Unit]:
+        units: list[_Unit] = []
+        batches: dict[str, list[Any]] = defaultdict(list)
+        singles: list[Any] = []
+        for row in rows:
+            (batches[row.batch_key] if row.batch_key else singles).append(row)
+
+        last_sent = await self._last_batch_times(list(batches)) if batches else {}
+        for key, members in batches.items():
+            every = max(row.batch_every for row in members)
+            last = last_sent.get(key)
+            if every and last is not None and now < last + timedelta(seconds=every):
+                await self._defer(members, last + timedelta(seconds=every), counted=False)
+                continue
+            kind = members[0].kind
+            needed = self.pushes.summary_from if kind in REP_KINDS else 2
+            if len(members) >= needed:
+                msgtype, body = messages.summary_for(kind, [row.batch_item or {} for row in members], self.language)
+                units.append(_Unit(members, members[0].channel, message_payload(msgtype, body),
+                                   _members(members[0].touser), key, every))
             else:
-                values = {"status": "failed", "last_error": reason}
-                if self.metrics:
-                    self.metrics.outbox_failed.labels(errcode=str(errcode)).inc()
-                logger.warning("outbox %s given up: %s", row.id, values["last_error"])
+                units.extend(_Unit([row], row.channel, row.payload, _members(row.touser), key, every)
+                             for row in members)
+
+        # Identical messages to different members: one call, up to WeCom's 1000 recipients.
+        same: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        for row in singles:
+            if row.channel == "app":
+                same[(row.msgtype, json.dumps(row.payload, sort_keys=True, ensure_ascii=False))].append(row)
+            else:
+                units.append(_Unit([row], row.channel, row.payload, _members(row.touser)))
+        for group in same.values():
+            unit: _Unit | None = None
+            for row in group:
+                wanted = _members(row.touser)
+                if unit is None or len(set(unit.members) | set(wanted)) > MAX_RECIPIENTS:
+                    unit = _Unit([], "app", row.payload, [])
+                    units.append(unit)
+                unit.rows.append(row)
+                unit.members = list(dict.fromkeys(unit.members + wanted))
+        return units
+
+    async def _last_batch_times(self, keys: list[str]) -> dict[str, datetime]:
+        batches = OutboxBatch.__table__
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(select(batches.c.batch_key, batches.c.last_sent_at)
+                                             .where(batches.c.batch_key.in_(keys)))).all()
+        return {row.batch_key: _aware(row.last_sent_at) for row in rows}
+
+    # ------------------------------------------------------------------ sending
+
+    async def _deliver(self, unit: _Unit) -> None:
+        now = self.clock()
+        stamp = now.timestamp()
+        if unit.channel == "webhook":
+            limits, keys = self.robot, [WEBHOOK_KEY]
+        elif unit.channel == "card_update":
+            limits, keys = self.calls, [APP_KEY]
         else:
-            values = {"status": "sent", "sent_at": _now(), "last_error": None}
-            if self.metrics:
-                self.metrics.outbox_sent.inc()
-        async with self.engine.begin() as connection:
-            await connection.execute(update(outbox).where(outbox.c.id == row.id).values(**values))
+            limits, keys = None, unit.members
+        wait = max(self.calls.wait_for([APP_KEY], stamp) if unit.channel != "webhook" else 0.0,
+                   (limits or self.members).wait_for(keys, stamp))
+        if wait > 0:
+            # The small margin keeps a float rounding from waking us a hair too early.
+            await self._defer(unit.rows, now + timedelta(seconds=wait + 0.01), counted=False)
+            return
+        try:
+            result = await self._call(unit)
+        except Exception as error:  # every failure is recorded on the rows; none may stop the loop
+            await self._failed(unit, error, now)
+            return
+        invalid = set(result.invaliduser) if result is not None else set()
+        accepted = [member for member in unit.members if member not in invalid]
+        if unit.channel == "app":
+            self.members.record(accepted, stamp)
+        if unit.channel == "webhook":
+            self.robot.record([WEBHOOK_KEY], stamp)
+        else:
+            self.calls.record([APP_KEY], stamp)
+        await self._sent(unit, result, invalid, now)
 
-    async def recover_stale(self, older_than: timedelta = timedelta(minutes=5)) -> int:
-        """Rows left 'sending' by a process that died go back to pending."""
+    async def _call(self, unit: _Unit):
+        duplicate_check = {"enable_duplicate_check": True,
+                           "duplicate_check_interval": self.pushes.duplicate_check_seconds}
+        if unit.channel == "app":
+            return await self.client.send_message({**unit.payload, "touser": "|".join(unit.members)},
+                                                  **duplicate_check)
+        if unit.channel == "card_update":
+            update_body = unit.payload
+            return await self.client.update_template_card(
+                unit.members, update_body["response_code"], update_body.get("template_card"),
+                replace_button_name=update_body.get("replace_name"))
+        if self.webhook is None:
+            raise PermanentDeliveryError("no group robot configured (WECOM_WEBHOOK_KEY)")
+        await self.webhook.send(unit.payload)
+        return None
+
+    async def _sent(self, unit: _Unit, result, invalid: set[str], now: datetime) -> None:
         outbox = OutboxMessage.__table__
+        delivered, refused = [], []
+        for row in unit.rows:
+            members = _members(row.touser)
+            (refused if members and set(members) <= invalid else delivered).append(row)
         async with self.engine.begin() as connection:
-            result = await connection.execute(
-                update(outbox).where(outbox.c.status == "sending", outbox.c.created_at < _now() - older_than)
-                .values(status="pending"))
-        return result.rowcount or 0
+            if delivered:
+                await connection.execute(update(outbox).where(outbox.c.id.in_([row.id for row in delivered])).values(
+                    status="sent", sent_at=now, last_error=None, msgid=getattr(result, "msgid", None),
+                    response_code=getattr(result, "response_code", None)))
+            if refused:
+                await connection.execute(update(outbox).where(outbox.c.id.in_([row.id for row in refused])).values(
+                    status="failed", last_error="81013: not a valid recipient of this app (invaliduser)"))
+            if unit.batch_key and unit.batch_every:
+                await _upsert_batch(connection, unit.batch_key, now)
+            if refused:
+                await self._tell_admins(connection, refused, "81013: invaliduser", now)
+        if self.metrics:
+            self.metrics.outbox_sent.inc(len(delivered))
+            if refused:
+                self.metrics.outbox_failed.labels(errcode="81013").inc(len(refused))
 
-    async def run_forever(self, idle_seconds: float = 1.0) -> None:
-        while True:
-            try:
-                handled = await self.run_once()
-            except Exception:
-                logger.exception("outbox dispatch failed; trying again")
-                handled = 0
-            if not handled:
-                try:
-                    await asyncio.wait_for(self.wakeup.wait(), timeout=idle_seconds)
-                except asyncio.TimeoutError:
-                    pass
-                self.wakeup.clear()
+    async def _failed(self, unit: _Unit, error: Exception, now: datetime) -> None:
+        errcode = getattr(error, "errcode", None)
+        reason = f"{errcode}: {getattr(error, 'errmsg', str(error))}"[:1000]
+        outbox = OutboxMessage.__table__
+        retry = getattr(error, "retryable", False) and not isinstance(error, PermanentDeliveryError)
+        oldest = min(_aware(row.created_at) for row in unit.rows)
+        if retry and now - oldest < RETRY_FOR:
+            attempts = max(row.attempts for row in unit.rows)
+            await self._defer(unit.rows, now + timedelta(seconds=backoff_seconds(attempts)), counted=True,
+                              last_error=reason)
+            if self.metrics:
+                self.metrics.outbox_retries.labels(errcode=str(errcode)).inc(len(unit.rows))
+            return
+        async with self.engine.begin() as connection:
+            await connection.execute(update(outbox).where(outbox.c.id.in_([row.id for row in unit.rows]))
+                                     .values(status="failed", last_error=reason))
+            if unit.channel != "card_update":
+                await self._tell_admins(connection, unit.rows, reason, now)
+        if self.metrics:
+            self.metrics.outbox_failed.labels(errcode=str(errcode)).inc(len(unit.rows))
+        logger.warning("outbox %s given up: %s", ",".join(str(row.id) for row in unit.rows), reason)
+
+    async def _defer(self, rows: list[Any], until: datetime, *, counted: bool, last_error: str | None = None
+                     ) -> None:
+        """Back to pending until `until`; a wait for room under a limit is not an attempt."""
+        outbox = OutboxMessage.__table__
+        values: dict[str, Any] = {"status": "pending", "not_before": until}
+        if not counted:
+            values["attempts"] = outbox.c.attempts - 1
+        if last_error is not None:
+            values["last_error"] = last_error
+        async with self.engine.begin() as connection:
+            await connection.execute(update(outbox).where(outbox.c.id.in_([row.id for row in rows])).values(**values))
+
+    async def _tell_admins(self, connection, rows: list[Any], reason: str, now: datetime) -> None:
+        """A notice to every admin, batched to one an hour; never about notices themselves."""
+        reported = [row for row in rows if row.kind != "delivery_failure"]
+        if not reported:
+            return
+        admins = (await connection.execute(select(User.userid).where(User.role == "admin"))).scalars().all()
+        notices = []
+        for row in reported:
+            item = {"touser": row.touser or "group robot", "kind": row.kind, "reason": reason}
+            body = {"content": messages.delivery_failures([item], self.language)}
+            notices.extend(outbox_row([admin], "markdown", body, origin=f"failure:{row.id}:{admin}",
+                                      kind="delivery_failure", batch_key=f"failures:{admin}", batch_every=3600,
+                                      batch_item=item, now=now) for admin in admins)
+        if notices:
+            await connection.execute(OutboxMessage.__table__.insert(), notices)
+
+    # ------------------------------------------------------------------ loop
+
+    async def next_due_in(self, ceiling: float) -> float:
+        """Seconds until the earliest pending row is due (at most `ceiling`)."""
+        outbox = OutboxMessage.__table__
+        async with self.engine.connect() as connection:
+            earliest = (await connection.execute(select(func.min(outbox.c.not_before))
+                                                 .where(outbox.c.status == "pending"))).scalar()
+        if earliest is None:
+            return ceiling
+        return max(0.0, min(ceiling, (_aware(earliest) - self.clock()).total_seconds()))
+
+
+class PermanentDeliveryError(Exception):
+    """Sending cannot work until someone changes the setup."""
+
+    errcode = None
+    retryable = False
+
+
+def _members(touser: str) -> list[str]:
+    return [user for user in (touser or "").split("|") if user]
+
+
+def _chunks(values: list, size: int):
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+async def _upsert_batch(connection, key: str, at: datetime) -> None:
+    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    statement = insert(OutboxBatch.__table__).values(batch_key=key, last_sent_at=at)
+    await connection.execute(statement.on_conflict_do_update(index_elements=["batch_key"],
+                                                             set_={"last_sent_at": at}))

@@ -1,11 +1,17 @@
 """The outbox: every outgoing message is first a row (DESIGN §2), written in the same
-transaction as whatever caused it, and sent later by the dispatcher."""
+transaction as whatever caused it, and sent later by the dispatcher.
+
+Rows written from a scoring run use the synchronous connection of that run's
+transaction (`queue_rows`); chat replies that missed the deadline use `enqueue_once`.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, time, timedelta, timezone
 from typing import Any, Iterable
+from zoneinfo import ZoneInfo
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -17,21 +23,54 @@ def message_payload(msgtype: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"msgtype": msgtype, msgtype: body}
 
 
+def outbox_row(touser: Iterable[str], msgtype: str, body: dict[str, Any], *, origin: str | None = None,
+               kind: str = "reply", channel: str = "app", not_before: datetime | None = None,
+               batch_key: str | None = None, batch_every: int = 0, batch_item: dict | None = None,
+               now: datetime | None = None) -> dict[str, Any]:
+    """The values of one outbox row. `origin` names why it exists and is unique: a second
+    row with the same origin is refused by the database."""
+    if isinstance(touser, str):  # one UserID, not its letters
+        touser = [touser]
+    return {"created_at": now or datetime.now(timezone.utc), "touser": "|".join(touser), "msgtype": msgtype,
+            "payload": message_payload(msgtype, body), "status": "pending", "attempts": 0, "origin": origin,
+            "kind": kind, "channel": channel, "not_before": not_before, "batch_key": batch_key,
+            "batch_every": batch_every, "batch_item": batch_item}
+
+
+def queue_rows(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """Add rows inside the caller's (synchronous) transaction."""
+    if rows:
+        connection.execute(OutboxMessage.__table__.insert(), rows)
+
+
 async def enqueue(connection: AsyncConnection, touser: Iterable[str], msgtype: str, body: dict[str, Any],
-                  origin: str | None = None) -> None:
-    """Add a message inside the caller's transaction. `origin` names why it exists; a
-    second message with the same origin is refused by the database (IntegrityError)."""
+                  origin: str | None = None, **options: Any) -> None:
+    """Add a message inside the caller's transaction (see outbox_row for the options)."""
     await connection.execute(OutboxMessage.__table__.insert().values(
-        created_at=datetime.now(timezone.utc), touser="|".join(touser), msgtype=msgtype,
-        payload=message_payload(msgtype, body), status="pending", attempts=0, origin=origin))
+        **outbox_row(touser, msgtype, body, origin=origin, **options)))
 
 
 async def enqueue_once(engine: AsyncEngine, touser: Iterable[str], msgtype: str, body: dict[str, Any],
-                       origin: str) -> bool:
+                       origin: str, **options: Any) -> bool:
     """Enqueue in a transaction of its own; False if that origin was queued before."""
     try:
         async with engine.begin() as connection:
-            await enqueue(connection, touser, msgtype, body, origin)
+            await enqueue(connection, touser, msgtype, body, origin, **options)
     except IntegrityError:
         return False
     return True
+
+
+def quiet_until(now: datetime, start: time, end: time, tz: ZoneInfo) -> datetime | None:
+    """When quiet hours [start, end) (local time, may span midnight) are on at `now`, the
+    moment they end (UTC); else None. start == end means no quiet hours."""
+    if start == end:
+        return None
+    local = now.astimezone(tz)
+    clock = local.time()
+    spans_midnight = start > end
+    inside = (clock >= start or clock < end) if spans_midnight else (start <= clock < end)
+    if not inside:
+        return None
+    release_day = local.date() + timedelta(days=1) if spans_midnight and clock >= start else local.date()
+    return datetime.combine(release_day, end, tzinfo=tz).astimezone(timezone.utc)

@@ -27,7 +27,13 @@ AGGREGATE_COLUMNS = (
     "lifetime_orders",
     "purchase_days",
     "first_day_revenue",
+    # Revenue of each of the last whole months before the as-of month (m1 = the one before).
+    "revenue_m1",
+    "revenue_m2",
+    "revenue_m3",
+    "revenue_m4",
 )
+RECENT_MONTHS = 4
 
 # Columns of the activity frame (customers without activity may be absent).
 ACTIVITY_COLUMNS = ("act_30d", "baseline_events_6m", "complaints_90d", "complaints_prev_90d", "last_activity_ts")
@@ -63,7 +69,8 @@ def window_starts(as_of: date) -> dict[str, date]:
     """First day of each window, see the module docstring."""
     current = month_start(as_of)
     return {"m0": current, "m12": add_months(current, -11), "m24": add_months(current, -23),
-            "m36": add_months(current, -35)}
+            "m36": add_months(current, -35),
+            **{f"m{k}": add_months(current, -k) for k in range(1, RECENT_MONTHS + 1)}}
 
 
 def build_features(customers: pd.DataFrame, aggregates: pd.DataFrame, as_of: date,
@@ -107,8 +114,22 @@ def build_features(customers: pd.DataFrame, aggregates: pd.DataFrame, as_of: dat
     frame["growth"] = np.where(prior > 0, revenue / prior.where(prior > 0, 1) - 1, np.nan)
     as_of_stamp = pd.Timestamp(as_of)
     frame["days_since_last_order"] = (as_of_stamp - frame["last_order_date"]).dt.days
+    frame["days_since_first_order"] = (as_of_stamp - frame["first_order_date"]).dt.days
+    frame["revenue_rising_months"] = rising_months(frame)
     frame["modules_owned"] = frame["modules_owned"].fillna("").astype(str)
     return frame
+
+
+def rising_months(frame: pd.DataFrame, rise: float = 0.2) -> np.ndarray:
+    """How many of the last whole months running each beat the month before by more than
+    `rise` (seed 000: "revenue +20% three months running → sales director visit")."""
+    months = [frame[f"revenue_m{k}"].to_numpy(dtype=float) for k in range(1, RECENT_MONTHS + 1)]
+    running = np.zeros(len(frame), dtype=float)
+    still_rising = np.ones(len(frame), dtype=bool)
+    for later, earlier in zip(months, months[1:]):
+        still_rising &= (later > 0) & (later > earlier * (1 + rise))
+        running += still_rising
+    return running
 
 
 def modules_owned_count(modules: pd.Series, catalogue: tuple[str, ...]) -> pd.Series:

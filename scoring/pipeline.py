@@ -36,6 +36,7 @@ RULE_FIELDS: dict[str, str] = {
         "ltv", "lifetime_revenue", "revenue_12m", "revenue_12_24m", "revenue_24_36m", "weighted_revenue",
         "gross_margin_12m", "margin_rate", "repurchase_upsell", "contract_value", "growth", "employees",
         "digital_maturity", "orders_12m", "lifetime_orders", "purchase_days", "days_since_last_order", "act_30d",
+        "days_since_first_order", "revenue_rising_months", "revenue_m1", "revenue_m2", "revenue_m3",
         "act_baseline_30d", "complaints_90d", "complaints_prev_90d", "current_value", "potential_value",
         "churn_score", "rfm_r", "rfm_f", "rfm_m", "rfm_score", "sabc_influence", "sabc_volume", "pyramid_score")},
     **{name: "text" for name in ("industry", "region", "customer_type", "expansion_plan", "modules_owned",
@@ -140,14 +141,20 @@ def score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date |
     return result
 
 
-def _apply_business_rules(features: pd.DataFrame, result: pd.DataFrame, params: ScoringParams) -> pd.DataFrame:
-    """Rules see features and model outputs; they may set labels, add tags, raise intent."""
+def rule_view(features: pd.DataFrame, result: pd.DataFrame) -> pd.DataFrame:
+    """Every RULE_FIELDS column, from the features or the models' output."""
     view = features.assign(ltv=features["lifetime_revenue"])
     for column in RULE_FIELDS:
         if column not in view and column in result:
             view[column] = result[column]
     if "churn_score" in result:
         view["churn_score"] = result["churn_score"]
+    return view
+
+
+def _apply_business_rules(features: pd.DataFrame, result: pd.DataFrame, params: ScoringParams) -> pd.DataFrame:
+    """Rules see features and model outputs; they may set labels, add tags, raise intent."""
+    view = rule_view(features, result)
     models = [m for m in params.model_labels() if m == "value_matrix" or f"{m}_label" in result]
     labels = pd.DataFrame({m: (result["tier"] if m == "value_matrix" else result[f"{m}_label"]) for m in models},
                           index=result.index)

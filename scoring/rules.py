@@ -794,8 +794,8 @@ def _check_mappings(fields: Mapping[str, str], labels: Mapping[str, Collection[s
             raise ValueError(f"labels of model {model!r} must be a collection of labels, not a string")
 
 
-def _compile_one(index: int, rule: BusinessRule, fields: Mapping[str, str],
-                 labels: Mapping[str, Collection[str]]) -> tuple[CompiledRule | None, list[RuleProblem]]:
+def _compile_one(index: int, rule: BusinessRule, fields: Mapping[str, str], labels: Mapping[str, Collection[str]],
+                 actions_required: bool = True) -> tuple[CompiledRule | None, list[RuleProblem]]:
     problems: list[RuleProblem] = []
     name = rule.name
 
@@ -835,7 +835,7 @@ def _compile_one(index: int, rule: BusinessRule, fields: Mapping[str, str],
         guess = _did_you_mean(action.raise_intent, RAISABLE_INTENT)
         hint = f"; did you mean '{guess}'?" if guess else ""
         problem(f"raise_intent '{action.raise_intent}' is not one of {', '.join(RAISABLE_INTENT)}{hint}")
-    if not action.set_label and not action.add_tags and action.raise_intent is None:
+    if actions_required and not action.set_label and not action.add_tags and action.raise_intent is None:
         problem("the rule does nothing (then: needs set_label, add_tags or raise_intent)")
     if problems:
         return None, problems
@@ -854,8 +854,11 @@ def check_rules(params: RulesParams, fields: Mapping[str, str],
 
 
 def compile_rules(params: RulesParams, fields: Mapping[str, str],
-                  labels: Mapping[str, Collection[str]]) -> CompiledRules:
+                  labels: Mapping[str, Collection[str]], actions_required: bool = True) -> CompiledRules:
     """Check every rule (enabled or not) and compile the conditions.
+
+    `actions_required=False` is for callers that only want to know where a condition
+    holds (the playbook's task rules): a rule with an empty `then` is fine there.
 
     `fields`: the features a rule may use → "number" | "text" | "bool" | "date".
     `labels`: model name → the labels it may give. Raises RuleError carrying every
@@ -869,7 +872,7 @@ def compile_rules(params: RulesParams, fields: Mapping[str, str],
         if rule.name in seen:
             problems.append(RuleProblem(index, rule.name, f"another rule has the same name (rules[{seen[rule.name]}])"))
         seen.setdefault(rule.name, index)
-        result, found = _compile_one(index, rule, fields, labels)
+        result, found = _compile_one(index, rule, fields, labels, actions_required)
         problems.extend(found)
         if result is not None:
             compiled.append(result)

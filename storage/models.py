@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -270,6 +271,9 @@ class ChatSession(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+OUTBOX_CHANNELS = ("app", "card_update", "webhook")
+
+
 class OutboxMessage(Base):
     """Every outgoing message is first a row here (DESIGN §2); the dispatcher sends it."""
 
@@ -288,8 +292,99 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # Why the message exists (e.g. "reply:<msgid>"), unique so a retry never enqueues twice.
     origin: Mapped[str | None] = mapped_column(String(160), unique=True)
+    # What it is (reply, tier_change, task, digest, churn_alert, card_update, …): metrics and reports.
+    kind: Mapped[str] = mapped_column(String(32), default="reply", server_default="reply")
+    # app: message/send · card_update: update_template_card · webhook: the group robot.
+    channel: Mapped[str] = mapped_column(String(16), default="app", server_default="app")
+    # Rows due together under one batch key go out as one summary (notifications.batches);
+    # batch_every > 0: at most one such message per that many seconds.
+    batch_key: Mapped[str | None] = mapped_column(String(160))
+    batch_every: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # What the summary needs to mention this row (customer, tiers, reason…), rendered at send time.
+    batch_item: Mapped[dict | None] = mapped_column(JSON)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # From WeCom's answer: button cards can be updated later with their response_code.
+    msgid: Mapped[str | None] = mapped_column(String(128))
+    response_code: Mapped[str | None] = mapped_column(String(256))
 
     __table_args__ = (
         CheckConstraint(_one_of("status", ("pending", "sending", "sent", "failed")), name="status"),
+        CheckConstraint(_one_of("channel", OUTBOX_CHANNELS), name="channel"),
         Index("ix_outbox_due", "status", "not_before"),
+        Index("ix_outbox_sent", "sent_at"),
     )
+
+
+class OutboxBatch(Base):
+    """When a batch key last went out, so alerts batched "at most one per hour" stay so
+    across restarts."""
+
+    __tablename__ = "outbox_batches"
+
+    batch_key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    last_sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+TASK_STATUSES = ("open", "done", "cancelled")
+
+
+class FollowUpTask(Base):
+    """A follow-up task from a playbook rule (config `playbook.tasks`)."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(ID, ForeignKey("customers.customer_id"))
+    rule: Mapped[str] = mapped_column(String(64))
+    owner_userid: Mapped[str] = mapped_column(ID, ForeignKey("users.userid"))
+    # The action in words, rendered from the rule when the task was made (zh and en).
+    title_zh: Mapped[str] = mapped_column(String(256))
+    title_en: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("score_runs.id"))
+    due_date: Mapped[date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(16), default="open", server_default="open")
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    snoozed_until: Mapped[date | None] = mapped_column(Date)
+    # Inputs of the priority formula (notifications.tasks.priority) as of the task's run.
+    tier: Mapped[str | None] = mapped_column(String(16))
+    churn_score: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    value_at_stake: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    reasons: Mapped[list] = mapped_column(JSON)
+    # The card that carries the 完成 / 延后 buttons (its outbox row has the response_code).
+    card_task_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    overdue_notified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    __table_args__ = (
+        CheckConstraint(_one_of("status", TASK_STATUSES), name="status"),
+        # Same rule and customer → one open task, whatever runs twice.
+        Index("uq_tasks_open_rule_customer", "rule", "customer_id", unique=True,
+              sqlite_where=text("status = 'open'"), postgresql_where=text("status = 'open'")),
+        Index("ix_tasks_owner_status", "owner_userid", "status", "due_date"),
+    )
+
+
+class ChurnAlertState(Base):
+    """Customers a manager has been alerted about while their churn risk stays high; a
+    customer drops out when the risk falls, so a later rise alerts again."""
+
+    __tablename__ = "churn_alert_state"
+
+    customer_id: Mapped[str] = mapped_column(ID, ForeignKey("customers.customer_id"), primary_key=True)
+    alerted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    churn_score: Mapped[float] = mapped_column(Float)
+
+
+class JobState(Base):
+    """One row per scheduled job: who runs it now (a lease, so several service processes
+    sharing one database run each job in one of them only) and which slot ran last."""
+
+    __tablename__ = "job_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_slot: Mapped[str | None] = mapped_column(String(64))
+    last_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Iterator
+from typing import Callable, Iterator
 
 import orjson
 import pandas as pd
@@ -31,6 +31,10 @@ SELECT customer_id,
        SUM(CASE WHEN month >= :m12 THEN orders ELSE 0 END) AS orders_12m,
        SUM(CASE WHEN month >= :m24 AND month < :m12 THEN revenue ELSE 0 END) AS revenue_12_24m,
        SUM(CASE WHEN month >= :m36 AND month < :m24 THEN revenue ELSE 0 END) AS revenue_24_36m,
+       SUM(CASE WHEN month = :m1 THEN revenue ELSE 0 END) AS revenue_m1,
+       SUM(CASE WHEN month = :m2 THEN revenue ELSE 0 END) AS revenue_m2,
+       SUM(CASE WHEN month = :m3 THEN revenue ELSE 0 END) AS revenue_m3,
+       SUM(CASE WHEN month = :m4 THEN revenue ELSE 0 END) AS revenue_m4,
        SUM(revenue) AS lifetime_revenue,
        SUM(orders) AS lifetime_orders,
        SUM(purchase_days) AS purchase_days,
@@ -103,7 +107,7 @@ def load_aggregates(connection: Connection, as_of: date, customer_ids: list[str]
     """Per customer: revenue windows, lifetime totals, purchase days, first-day revenue,
     first and last order dates, all up to and including `as_of`."""
     months = window_starts(as_of)
-    dates = [bindparam(name, type_=Date) for name in ("m0", "m12", "m24", "m36", "as_of")]
+    dates = [bindparam(name, type_=Date) for name in (*months, "as_of")]
     values = {**months, "as_of": as_of}
 
     def run(sql: str, names: list[str], numeric: tuple[str, ...]) -> pd.DataFrame:
@@ -113,7 +117,8 @@ def load_aggregates(connection: Connection, as_of: date, customer_ids: list[str]
         return frame_from_result(rows, names, numeric=numeric)
 
     sums = ("revenue_12m", "cost_12m", "repeat_revenue_12m", "orders_12m", "revenue_12_24m", "revenue_24_36m",
-            "lifetime_revenue", "lifetime_orders", "purchase_days")
+            "revenue_m1", "revenue_m2", "revenue_m3", "revenue_m4", "lifetime_revenue", "lifetime_orders",
+            "purchase_days")
     previous = run(_PREVIOUS_MONTHS_SQL, ["customer_id", *sums, "first_order_date", "last_order_date"], sums)
     first_day = run(_FIRST_DAY_SQL, ["customer_id", "first_day_revenue"], ("first_day_revenue",))
     days = run(_CURRENT_DAYS_SQL, ["customer_id", "order_date", "revenue", "cost", "repeat_revenue", "orders"],
@@ -280,13 +285,20 @@ def _record_tier_changes(connection: Connection, snapshot_run_id: int, history_r
     return int(changes or 0), int(first or 0)
 
 
+# Called inside the run's transaction once its tier changes are recorded: the playbook
+# writes tasks and outbox rows there, so they commit with the run or not at all.
+AfterChanges = Callable[[Connection], None]
+
+
 def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series, summary: dict,
-              keep_runs: int, reference: str | None = None) -> RunOutcome:
+              keep_runs: int, reference: str | None = None, after_changes: AfterChanges | None = None) -> RunOutcome:
     """A full run: snapshot rows, tier history and current tiers, then the run marked
     succeeded — all in one transaction, so a crash leaves the previous state untouched."""
     with engine.begin() as connection:
         _insert_snapshots(connection, run_id, scored, revenue_12m)
         changes, first = _record_tier_changes(connection, run_id, run_id, None)
+        if after_changes is not None:
+            after_changes(connection)
         connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(
             status="succeeded", finished_at=_now(), customers=len(scored), tier_changes=changes,
             summary=summary, reference=reference))
@@ -296,7 +308,7 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
 
 
 def write_incremental(engine: Engine, full_run_id: int, run_id: int, scored: pd.DataFrame,
-                      revenue_12m: pd.Series) -> RunOutcome:
+                      revenue_12m: pd.Series, after_changes: AfterChanges | None = None) -> RunOutcome:
     """An incremental rescore: replace these customers' rows in the full run's snapshot
     (it stays the current picture), record their tier changes under the incremental run."""
     ids = list(scored.index)
@@ -305,6 +317,8 @@ def write_incremental(engine: Engine, full_run_id: int, run_id: int, scored: pd.
                                                                   ScoreSnapshot.customer_id.in_(ids)))
         _insert_snapshots(connection, full_run_id, scored, revenue_12m)
         changes, first = _record_tier_changes(connection, full_run_id, run_id, ids)
+        if after_changes is not None:
+            after_changes(connection)
         summary = {"customers": len(ids), "full_run": full_run_id}
         connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(
             status="succeeded", finished_at=_now(), customers=len(ids), tier_changes=changes, summary=summary))

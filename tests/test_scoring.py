@@ -141,7 +141,9 @@ def test_growth_score_follows_the_documented_formula():
 
 def test_windows_are_calendar_months_ending_at_the_as_of_day():
     assert window_starts(date(2026, 11, 20)) == {"m0": date(2026, 11, 1), "m12": date(2025, 12, 1),
-                                                 "m24": date(2024, 12, 1), "m36": date(2023, 12, 1)}
+                                                 "m24": date(2024, 12, 1), "m36": date(2023, 12, 1),
+                                                 "m1": date(2026, 10, 1), "m2": date(2026, 9, 1),
+                                                 "m3": date(2026, 8, 1), "m4": date(2026, 7, 1)}
     assert window_starts(date(2026, 1, 31))["m12"] == date(2025, 2, 1)
 
 

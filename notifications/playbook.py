@@ -1,0 +1,307 @@
+"""The playbook: what a scoring run means for people.
+
+Inside the run's own transaction (DESIGN §2: the message row and the event that caused
+it commit together, or neither does):
+- every tier change becomes a card to the owner rep with the reasons and the new tier's
+  action (config `playbook.tier_actions`);
+- task rules (config `playbook.tasks`) become follow-up tasks — one open task per rule
+  and customer — and a task made with a tier change rides on that change's card;
+- customers whose churn risk reaches the threshold are reported to the owner's manager.
+
+Rows for one rep (or manager) share a batch key: the dispatcher turns many of them due
+at once into one summary (notifications.dispatcher), and holds them through quiet hours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, bindparam, select, text
+
+from notifications import messages
+from notifications.outbox import outbox_row, queue_rows, quiet_until
+from notifications.settings import PlaybookConfig, PushesConfig, TaskRule, parse_hh_mm
+from notifications.workdays import WorkCalendar
+from scoring.pipeline import RULE_FIELDS, rule_view
+from scoring.rules import BusinessRule, RuleAction, RuleError, RulesParams, apply_rules, compile_rules
+from storage.models import ChurnAlertState, FollowUpTask
+
+# What a task rule may test, beyond the business-rule fields: the labels of every model,
+# the tier before this run, and a few signals the articles name.
+TASK_FIELDS: dict[str, str] = {
+    **RULE_FIELDS,
+    "tier": "text", "previous_tier": "text", "rfm_segment": "text", "sabc": "text", "pyramid": "text",
+    "lifecycle": "text", "churn_label": "text", "intent": "text",
+    "activity_decline": "number",  # 1 − last 30 days' activity / the customer's own 30-day baseline
+}
+
+_LABEL_COLUMNS = {"rfm_segment": "rfm_label", "sabc": "sabc_label", "pyramid": "pyramid_label",
+                  "lifecycle": "lifecycle_label", "churn_label": "churn_label", "intent": "intent_label"}
+
+
+def _as_business_rules(rules: list[TaskRule]) -> RulesParams:
+    return RulesParams(rules=[BusinessRule(name=rule.name, when=rule.when, then=RuleAction(), enabled=rule.enabled)
+                              for rule in rules])
+
+
+def check_task_rules(rules: list[TaskRule]) -> list[str]:
+    """Problems of the task rules, each naming its rule; [] when all compile."""
+    try:
+        compile_rules(_as_business_rules(rules), TASK_FIELDS, {}, actions_required=False)
+    except RuleError as error:
+        return [problem.replace("rules[", "tasks[", 1) for problem in error.problems]
+    return []
+
+
+def task_view(features: pd.DataFrame, scored: pd.DataFrame, previous_tier: pd.Series) -> pd.DataFrame:
+    """One row per scored customer with every TASK_FIELDS column."""
+    view = rule_view(features.reindex(scored.index), scored)
+    view["tier"] = scored["tier"]
+    view["previous_tier"] = previous_tier.reindex(scored.index).fillna("").astype(str)
+    for field, column in _LABEL_COLUMNS.items():
+        view[field] = scored[column] if column in scored else ""
+    baseline = view["act_baseline_30d"].to_numpy(dtype=float)
+    recent = view["act_30d"].to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        view["activity_decline"] = np.where(baseline > 0, np.clip(1 - recent / baseline, 0, 1), 0.0)
+    return view
+
+
+def matching_customers(rules: list[TaskRule], view: pd.DataFrame) -> dict[str, list[str]]:
+    """rule name → customers its condition holds for (enabled rules only)."""
+    enabled = [rule for rule in rules if rule.enabled]
+    if not enabled or view.empty:
+        return {}
+    compiled = compile_rules(_as_business_rules(enabled), TASK_FIELDS, {}, actions_required=False)
+    outcome = apply_rules(compiled, view, pd.DataFrame(index=view.index))
+    return {rule.name: list(view.index[outcome.matched[rule.name].to_numpy()]) for rule in enabled}
+
+
+@dataclass(frozen=True)
+class PlaybookSettings:
+    playbook: PlaybookConfig
+    pushes: PushesConfig
+    language: str
+    tz: ZoneInfo
+    calendar: WorkCalendar
+    group_robot: bool = False  # a WECOM_WEBHOOK_KEY is configured
+
+    @classmethod
+    def from_config(cls, config) -> "PlaybookSettings":
+        return cls(config.playbook, config.pushes, config.language, config.tz, WorkCalendar(config.calendar),
+                   bool(config.wecom.webhook_key))
+
+    def hold_until(self, now: datetime) -> datetime | None:
+        quiet = self.pushes.quiet_hours
+        return quiet_until(now, parse_hh_mm(quiet.start), parse_hh_mm(quiet.end), self.tz)
+
+
+@dataclass(frozen=True)
+class PlaybookOutcome:
+    messages: int
+    tasks: int
+    churn_alerts: int
+
+
+def _top(reasons: Any, count: int = 3) -> list:
+    return list(reasons or [])[:count] if isinstance(reasons, (list, tuple)) else []
+
+
+def apply_playbook(connection: Connection, settings: PlaybookSettings, *, history_run_id: int,
+                   features: pd.DataFrame, scored: pd.DataFrame, previous_tier: pd.Series,
+                   now: datetime) -> PlaybookOutcome:
+    """Tier-change cards, tasks and churn alerts for one run, in the caller's transaction.
+    `history_run_id` is the run whose tier_history rows are the changes to announce."""
+    today = now.astimezone(settings.tz).date()
+    hold = settings.hold_until(now)
+    # What the messages mention, beside the models' output.
+    scored = scored.assign(**{column: features[column].reindex(scored.index)
+                              for column in ("name", "owner_userid", "revenue_12m") if column in features})
+    people = _people(connection)
+    made = _make_tasks(connection, settings, history_run_id, features, scored, previous_tier, now, today, people)
+    rows: list[dict[str, Any]] = []
+    announced = _tier_change_rows(connection, settings, history_run_id, scored, made, now, hold, rows)
+    for task in made:
+        if task["id"] not in announced:
+            task["card_task_id"] = messages.card_task_id(task["id"])
+            rows.append(_task_row(settings, task, scored, now, hold))
+    carded = [{"task": task["id"], "card": task["card_task_id"]} for task in made if task.get("card_task_id")]
+    if carded:
+        tasks = FollowUpTask.__table__
+        connection.execute(tasks.update().where(tasks.c.id == bindparam("task")).values(card_task_id=bindparam("card")),
+                           carded)
+    alerts = _churn_alert_rows(connection, settings, scored, people, history_run_id, now, hold, rows)
+    queue_rows(connection, rows)
+    return PlaybookOutcome(len(rows), len(made), alerts)
+
+
+def _people(connection: Connection) -> dict[str, tuple[str, str | None]]:
+    """userid → (name, manager_userid)."""
+    rows = connection.execute(text("SELECT userid, name, manager_userid FROM users"))
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def _make_tasks(connection: Connection, settings: PlaybookSettings, run_id: int, features: pd.DataFrame,
+                scored: pd.DataFrame, previous_tier: pd.Series, now: datetime, today: date,
+                people: dict[str, tuple[str, str | None]]) -> list[dict[str, Any]]:
+    rules = [rule for rule in settings.playbook.tasks if rule.enabled]
+    if not rules or scored.empty:
+        return []
+    matches = matching_customers(rules, task_view(features, scored, previous_tier))
+    wanted = {name: ids for name, ids in matches.items() if ids}
+    if not wanted:
+        return []
+    longest_cooldown = max(rule.cooldown_days for rule in rules)
+    tasks = FollowUpTask.__table__
+    existing = connection.execute(
+        select(tasks.c.rule, tasks.c.customer_id, tasks.c.status, tasks.c.created_at)
+        .where(tasks.c.rule.in_(list(wanted)),
+               (tasks.c.status == "open") | (tasks.c.created_at >= now - timedelta(days=longest_cooldown)))).all()
+    open_pairs = {(row.rule, row.customer_id) for row in existing if row.status == "open"}
+    last_made: dict[tuple[str, str], datetime] = {}
+    for row in existing:
+        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=now.tzinfo)
+        key = (row.rule, row.customer_id)
+        last_made[key] = max(last_made.get(key, created), created)
+
+    owners = scored["owner_userid"] if "owner_userid" in scored else pd.Series(dtype=object)
+    revenue = scored["revenue_12m"] if "revenue_12m" in scored else pd.Series(dtype=float)
+    churn = scored["churn_score"] if "churn_score" in scored else pd.Series(dtype=float)
+    new_rows = []
+    for rule in rules:
+        for customer_id in wanted.get(rule.name, []):
+            key = (rule.name, customer_id)
+            if key in open_pairs:
+                continue
+            if key in last_made and last_made[key] > now - timedelta(days=rule.cooldown_days):
+                continue
+            owner = owners.get(customer_id)
+            if not isinstance(owner, str) or not owner:
+                continue
+            assignee = owner
+            if rule.assign_to == "manager":
+                manager = people.get(owner, ("", None))[1]
+                assignee = manager or owner
+            score = churn.get(customer_id)
+            new_rows.append({
+                "customer_id": customer_id, "rule": rule.name, "owner_userid": assignee,
+                "title_zh": rule.action.zh, "title_en": rule.action.en, "created_at": now, "run_id": run_id,
+                "due_date": settings.calendar.add_workdays(today, rule.due_working_days), "status": "open",
+                "tier": scored.at[customer_id, "tier"],
+                "churn_score": float(score) if score is not None and not pd.isna(score) else 0.0,
+                "value_at_stake": float(revenue.get(customer_id, 0.0) or 0.0),
+                "reasons": _top(scored.at[customer_id, "reasons"]),
+            })
+            open_pairs.add(key)
+    if not new_rows:
+        return []
+    connection.execute(tasks.insert(), new_rows)
+    # The playbook runs once per run, so the run's tasks are the ones just made.
+    made = connection.execute(select(tasks).where(tasks.c.run_id == run_id).order_by(tasks.c.id)).mappings().all()
+    return [dict(row) for row in made]
+
+
+def _task_item(task: dict[str, Any]) -> dict[str, Any]:
+    return {"id": task["id"], "title_zh": task["title_zh"], "title_en": task["title_en"],
+            "due_date": task["due_date"].isoformat()}
+
+
+def _tier_change_rows(connection: Connection, settings: PlaybookSettings, run_id: int, scored: pd.DataFrame,
+                      made: list[dict[str, Any]], now: datetime, hold: datetime | None,
+                      rows: list[dict[str, Any]]) -> set[int]:
+    """A card per tier change of this run to the owner rep; returns the tasks it carries."""
+    changes = connection.execute(text("""
+        SELECT h.id, h.customer_id, h.from_tier, h.to_tier, c.name, c.owner_userid
+        FROM tier_history h JOIN customers c ON c.customer_id = h.customer_id
+        WHERE h.run_id = :run AND h.model = 'value_matrix' AND h.from_tier IS NOT NULL
+          AND c.owner_userid IS NOT NULL ORDER BY h.id"""), {"run": run_id}).all()
+    first_task: dict[tuple[str, str], dict[str, Any]] = {}
+    for task in made:
+        first_task.setdefault((task["customer_id"], task["owner_userid"]), task)
+    lang = settings.language
+    announced = set()
+    revenue = scored["revenue_12m"] if "revenue_12m" in scored else None
+    for change in changes:
+        task = first_task.get((change.customer_id, change.owner_userid))
+        item = {"type": "tier_change", "customer_id": change.customer_id, "name": change.name,
+                "from_tier": change.from_tier, "to_tier": change.to_tier,
+                "reasons": _top(scored.at[change.customer_id, "reasons"]) if change.customer_id in scored.index else [],
+                "revenue_12m": float(revenue.get(change.customer_id, 0.0)) if revenue is not None else 0.0,
+                "task": _task_item(task) if task else None}
+        card_id = messages.card_task_id(task["id"] if task else None)
+        if task:
+            task["card_task_id"] = card_id
+            announced.add(task["id"])
+        action = getattr(settings.playbook.tier_actions[change.to_tier], lang)
+        card = messages.tier_change_card(item, action, lang, card_id)
+        rows.append(outbox_row([change.owner_userid], "template_card", card, origin=f"tier:{change.id}",
+                               kind="tier_change", not_before=hold, batch_key=f"rep:{change.owner_userid}",
+                               batch_item=item, now=now))
+    return announced
+
+
+def _task_row(settings: PlaybookSettings, task: dict[str, Any], scored: pd.DataFrame, now: datetime,
+              hold: datetime | None) -> dict[str, Any]:
+    item = {"type": "task", "customer_id": task["customer_id"], "name": _customer_name(scored, task),
+            "tier": task["tier"], "reasons": task["reasons"], "task": _task_item(task)}
+    card = messages.task_card(item, settings.language, task["card_task_id"])
+    return outbox_row([task["owner_userid"]], "template_card", card, origin=f"task:{task['id']}", kind="task",
+                      not_before=hold, batch_key=f"rep:{task['owner_userid']}", batch_item=item, now=now)
+
+
+def _customer_name(scored: pd.DataFrame, task: dict[str, Any]) -> str:
+    if "name" in scored and task["customer_id"] in scored.index:
+        return str(scored.at[task["customer_id"], "name"])
+    return task["customer_id"]
+
+
+def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored: pd.DataFrame,
+                      people: dict[str, tuple[str, str | None]], run_id: int, now: datetime,
+                      hold: datetime | None, rows: list[dict[str, Any]]) -> int:
+    """Alert the owner's manager once when a customer's churn risk reaches the threshold;
+    re-arm when it falls back by the margin."""
+    alerts = settings.playbook.churn_alerts
+    if not alerts.enabled or "churn_score" not in scored or scored.empty:
+        return 0
+    state = ChurnAlertState.__table__
+    score = scored["churn_score"]
+    ids = list(scored.index)
+    alerted: set[str] = set()
+    for start in range(0, len(ids), 10_000):
+        part = ids[start:start + 10_000]
+        alerted.update(connection.execute(select(state.c.customer_id).where(state.c.customer_id.in_(part))).scalars())
+    rearmed = [cid for cid in alerted if not pd.isna(score.get(cid)) and score[cid] < alerts.threshold
+               - alerts.rearm_margin]
+    for start in range(0, len(rearmed), 10_000):
+        connection.execute(state.delete().where(state.c.customer_id.in_(rearmed[start:start + 10_000])))
+    rising = score[(score >= alerts.threshold) & ~score.index.isin(list(alerted))]
+    if rising.empty:
+        return 0
+    connection.execute(state.insert(), [{"customer_id": cid, "alerted_at": now, "churn_score": float(value)}
+                                        for cid, value in rising.items()])
+    info = connection.execute(text("SELECT customer_id, name, owner_userid FROM customers WHERE customer_id IN :ids")
+                              .bindparams(bindparam("ids", expanding=True)), {"ids": list(rising.index)}).all()
+    revenue = scored["revenue_12m"] if "revenue_12m" in scored else None
+    every = alerts.every_minutes * 60
+    lang = settings.language
+    for customer_id, name, owner in info:
+        owner_name, manager = people.get(owner, (owner or "—", None))
+        item = {"customer_id": customer_id, "name": name, "owner_name": owner_name,
+                "churn_score": float(rising[customer_id]),
+                "reasons": _top(scored.at[customer_id, "churn_reasons"]) if "churn_reasons" in scored else [],
+                "revenue_12m": float(revenue.get(customer_id, 0.0)) if revenue is not None else 0.0}
+        body = {"content": messages.churn_alert([item], lang)}
+        if manager:
+            rows.append(outbox_row([manager], "markdown", body, origin=f"churn:{customer_id}:{run_id}",
+                                   kind="churn_alert", not_before=hold, batch_key=f"churn:{manager}",
+                                   batch_every=every, batch_item=item, now=now))
+        if alerts.group_robot and settings.group_robot:
+            rows.append(outbox_row([], "markdown", body, origin=f"churn-group:{customer_id}:{run_id}",
+                                   kind="churn_alert", channel="webhook", not_before=hold,
+                                   batch_key="churn:group", batch_every=every, batch_item=item, now=now))
+    return len(rising)

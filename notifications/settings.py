@@ -1,0 +1,201 @@
+"""What config.yaml says about pushes: the scheduler's times, WeCom's sending limits,
+quiet hours, the playbook (tier actions and follow-up task rules) and churn alerts.
+
+Validated when the config loads, like everything else: a task rule's condition is
+compiled here, so a misspelt field is refused at start-up with the rule named.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from scoring.value_matrix import TIERS
+
+_HH_MM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_hh_mm(value: str) -> time:
+    match = _HH_MM.match(value or "")
+    if not match:
+        raise ValueError(f'must be a time of day as "HH:MM" (e.g. "21:00"), not {value!r}')
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+
+def _check_cron(expression: str) -> str:
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(expression)
+    except ValueError as error:
+        raise ValueError(f'must be a cron expression "minute hour day month weekday" (e.g. "0 2 * * *"): '
+                         f"{error}") from None
+    return expression
+
+
+class SchedulerConfig(_Section):
+    # The nightly full rescore: the source of truth (imports and the API rescore what they touch at once).
+    full_rescore: str = "0 2 * * *"
+    # The morning digest; it goes out only on working days (see `calendar`).
+    digest: str = "0 9 * * *"
+    # Overdue tasks (and, later, ticket SLAs) are checked this often.
+    watch_every_minutes: int = Field(10, ge=1, le=24 * 60)
+    # The outbox is also woken at once whenever something is queued; this is the fallback.
+    dispatch_every_seconds: float = Field(2.0, gt=0, le=600)
+
+    @field_validator("full_rescore", "digest")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return _check_cron(value)
+
+
+class QuietHours(_Section):
+    start: str = "21:00"
+    end: str = "08:00"
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        parse_hh_mm(value)
+        return value
+
+
+class PushesConfig(_Section):
+    # Pushes (tier changes, task cards, alerts) wait through these hours; answers to a
+    # user's own command never do. start == end turns quiet hours off.
+    quiet_hours: QuietHours = QuietHours()
+    # WeCom drops messages beyond these per member and app silently, with no error.
+    member_per_minute: int = Field(30, ge=1, le=30)
+    member_per_hour: int = Field(1000, ge=1, le=1000)
+    # WeCom's per-app call frequency cap (message/send calls per minute, all members).
+    app_calls_per_minute: int = Field(1000, ge=1)
+    # The group robot (WECOM_WEBHOOK_KEY) accepts 20 messages a minute.
+    webhook_per_minute: int = Field(20, ge=1, le=20)
+    # This many tier changes (or more) for one rep at once go out as one summary.
+    summary_from: int = Field(3, ge=2)
+    # WeCom's duplicate check: a resend of the same content within this window is dropped
+    # by WeCom, so a crash between sending and recording never reaches anyone twice.
+    duplicate_check_seconds: int = Field(4 * 3600, ge=1, le=4 * 3600)
+    # Tasks listed in the morning digest.
+    digest_tasks: int = Field(8, ge=1, le=30)
+
+
+class Words(_Section):
+    zh: str
+    en: str
+
+
+DEFAULT_TIER_ACTIONS = {
+    "star": Words(zh="组建战略客户小组，安排高层拜访，探索联合创新与标杆案例",
+                  en="Form a strategic account team, arrange an executive visit, explore co-innovation and a "
+                     "lighthouse case"),
+    "cash_cow": Words(zh="高效维护：标准服务与自助服务，推动续约和增购，关注健康度预防流失",
+                      en="Keep them satisfied efficiently: standard and self-service, renewals and upsells, watch "
+                         "health for early churn signs"),
+    "question_mark": Words(zh="重点培育：弄清价值低的原因，投入试点/PoC，设定里程碑",
+                           en="Incubate: find out why value is low, offer a pilot or PoC, set milestones"),
+    "dog": Words(zh="低成本自动化触达（邮件、知识库、机器人），控制投入，留意突发潜力",
+                 en="Low-cost automated touch (email, knowledge base, chatbot), cap the effort, watch for sudden "
+                    "potential"),
+}
+
+
+class TaskRule(_Section):
+    name: str = Field(min_length=1, max_length=64)
+    # A condition over the customer after a run, in the business-rule language (see
+    # scoring.rules), with the extra fields listed in notifications.playbook.TASK_FIELDS.
+    when: str
+    action: Words
+    due_working_days: int = Field(ge=0, le=250)
+    # owner: the customer's rep; manager: that rep's manager (e.g. the sales director).
+    assign_to: str = "owner"
+    # No new task from this rule for the customer until this many days after the last one.
+    cooldown_days: int = Field(30, ge=0)
+    enabled: bool = True
+
+    @field_validator("assign_to")
+    @classmethod
+    def _assignee(cls, value: str) -> str:
+        if value not in ("owner", "manager"):
+            raise ValueError('must be "owner" or "manager"')
+        return value
+
+
+DEFAULT_TASK_RULES = [
+    TaskRule(name="new_star_visit", when='tier == "star" and previous_tier != "star" and previous_tier != ""',
+             action=Words(zh="安排高层拜访", en="Arrange an executive visit"), due_working_days=7),
+    TaskRule(name="question_mark_rising", when='tier == "question_mark" and revenue_rising_months >= 3',
+             action=Words(zh="销售总监拜访，评估升级为明星客户", en="Sales director visit: assess promotion to Star"),
+             due_working_days=5, assign_to="manager", cooldown_days=90),
+    TaskRule(name="activity_down_retention", when="activity_decline >= 0.5 and act_baseline_30d >= 3",
+             action=Words(zh="挽留回访：了解活跃度下降的原因", en="Retention call: find out why activity dropped"),
+             due_working_days=2, cooldown_days=30),
+    TaskRule(name="first_order_nurture", when="purchase_days == 1 and days_since_first_order <= 30",
+             action=Words(zh="首单培育：回访使用情况，介绍上手资源", en="First-order nurture: check in on the start, share "
+                                                                   "onboarding resources"),
+             due_working_days=3, cooldown_days=365),
+]
+
+
+class PriorityWeights(_Section):
+    """priority = tier points + churn_weight × churn score + value points + urgency points
+    (README "Follow-up tasks" has the formula)."""
+
+    tier_points: dict[str, float] = {"star": 40, "cash_cow": 30, "question_mark": 20, "dog": 5}
+    churn_weight: float = Field(0.3, ge=0)  # × churn score 0–100
+    value_points: float = Field(20, ge=0)  # × the value-at-stake percentile (0–1)
+    urgency_points: float = Field(20, ge=0)  # overdue: all of it; due in n working days: / (n + 1)
+
+    @field_validator("tier_points")
+    @classmethod
+    def _known_tiers(cls, points: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(points) - set(TIERS))
+        if unknown:
+            raise ValueError(f"unknown tier(s) {', '.join(unknown)}: use {', '.join(TIERS)}")
+        return points
+
+
+class ChurnAlerts(_Section):
+    enabled: bool = True
+    # A customer whose churn risk reaches this (0–100) is reported to the owner's manager.
+    threshold: float = Field(70, ge=0, le=100)
+    # It is reported again only after falling below threshold − rearm_margin and rising again.
+    rearm_margin: float = Field(10, ge=0, le=100)
+    # At most one alert message per manager per this many minutes; alerts in between are batched.
+    every_minutes: int = Field(60, ge=1)
+    # Also post the alerts to the team group robot (needs WECOM_WEBHOOK_KEY).
+    group_robot: bool = False
+
+
+class PlaybookConfig(_Section):
+    tier_actions: dict[str, Words] = DEFAULT_TIER_ACTIONS
+    tasks: list[TaskRule] = DEFAULT_TASK_RULES
+    priority: PriorityWeights = PriorityWeights()
+    churn_alerts: ChurnAlerts = ChurnAlerts()
+
+    @field_validator("tier_actions")
+    @classmethod
+    def _every_tier(cls, actions: dict[str, Words]) -> dict[str, Words]:
+        unknown = sorted(set(actions) - set(TIERS))
+        if unknown:
+            raise ValueError(f"unknown tier(s) {', '.join(unknown)}: use {', '.join(TIERS)}")
+        missing = [tier for tier in TIERS if tier not in actions]
+        if missing:
+            raise ValueError(f"no action for {', '.join(missing)}: every tier needs one")
+        return actions
+
+    @model_validator(mode="after")
+    def _task_rules_compile(self) -> "PlaybookConfig":
+        from notifications.playbook import check_task_rules
+
+        problems = check_task_rules(self.tasks)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

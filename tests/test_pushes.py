@@ -1,0 +1,257 @@
+"""Pushes end to end against the WeCom emulator: tier-change cards and tasks from a run,
+the per-member limits, batching, retries, permanent failures and quiet hours."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+import aiohttp
+import pytest
+from sqlalchemy import func, select
+
+from bot.config import load_config
+from bot.emulator import (EMULATOR, SANDBOX_AGENT_ID, SANDBOX_CORP_ID, SANDBOX_SECRET, RedactingAccessLogger,
+                          create_emulator_app)
+from bot.metrics import Metrics
+from bot.rescore import full_rescore, incremental_rescore
+from bot.wecom_client import WeComClient
+from notifications.dispatcher import Dispatcher
+from notifications.outbox import outbox_row
+from notifications.settings import PushesConfig
+from storage.db import make_async_engine
+from storage.importer import run_import
+from storage.models import FollowUpTask, OutboxMessage
+from tests.company import AS_OF, write_company
+
+# Monday 2026-11-23 10:00 in Shanghai: a working day, outside quiet hours.
+MORNING = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)
+
+
+class Clock:
+    """One time for the dispatcher (datetimes) and the emulator (seconds)."""
+
+    def __init__(self, start: datetime = MORNING):
+        self.moment = start
+
+    def utc(self) -> datetime:
+        return self.moment
+
+    def __call__(self) -> float:
+        return self.moment.timestamp()
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def config(engine, database_url, tmp_path, clock):
+    run_import(engine, [write_company(tmp_path / "crm")])
+    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
+    full_rescore(engine, config, AS_OF, now=clock.utc())
+    return config
+
+
+@pytest.fixture
+async def emulator(aiohttp_server, clock):
+    app = create_emulator_app(known_users=["admin", "boss", "rep_a", "rep_b"] + [f"u{i}" for i in range(50)],
+                              clock=clock)
+    server = await aiohttp_server(app, access_log_class=RedactingAccessLogger)
+    return server
+
+
+@pytest.fixture
+async def async_db(database_url):
+    engine = make_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def make_dispatcher(emulator, async_db, clock, config):
+    sessions = []
+
+    async def make(**pushes) -> Dispatcher:
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        client = WeComClient(session, SANDBOX_CORP_ID, SANDBOX_SECRET, SANDBOX_AGENT_ID,
+                             str(emulator.make_url("/")), clock=clock)
+        return Dispatcher(async_db, client, pushes=PushesConfig(**pushes), language="zh", metrics=Metrics(),
+                          clock=clock.utc)
+
+    yield make
+    for session in sessions:
+        await session.close()
+
+
+def state_of(emulator):
+    return emulator.app[EMULATOR]
+
+
+def outbox_counts(engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        rows = connection.execute(select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)).all()
+    return {status: count for status, count in rows}
+
+
+async def test_new_order_into_star_gives_one_message_and_one_task(engine, config, make_dispatcher, emulator, clock):
+    dispatcher = await make_dispatcher()
+    await dispatcher.drain()  # whatever the first run queued (tasks, churn alerts)
+    state = state_of(emulator)
+    state.clear()
+
+    today = AS_OF
+    orders = [{"order_id": f"API-{i}", "customer_id": "QM1", "order_date": (today - timedelta(days=20 * i)).isoformat(),
+               "amount": 3_000_000, "cost": 800_000, "product_line": "mes", "kind": "upsell"} for i in range(1, 8)]
+    result = run_import(engine, [], records={"orders": orders})
+    outcome = incremental_rescore(engine, config, result.touched, today, now=clock.utc())
+    assert outcome.tier_changes == 1
+
+    await dispatcher.drain()
+    delivered = state.messages_for("rep_b")
+    assert len(delivered) == 1 and not state.dropped_by_rate_limit
+    card = delivered[0].payload["template_card"]
+    assert card["main_title"]["desc"] == "问题客户 → 明星客户"
+    assert "新锐新能源" in card["main_title"]["title"]
+    assert card["sub_title_text"].startswith("原因：") and "营收" in card["sub_title_text"]
+    with engine.connect() as connection:
+        tasks = connection.execute(select(FollowUpTask.id, FollowUpTask.rule, FollowUpTask.owner_userid,
+                                          FollowUpTask.card_task_id)
+                                   .where(FollowUpTask.customer_id == "QM1")).all()
+    assert [(task.rule, task.owner_userid) for task in tasks] == [("new_star_visit", "rep_b")]
+    assert card["task_id"] == tasks[0].card_task_id
+    assert [button["key"] for button in card["button_list"]] == [f"done:{tasks[0].id}", f"snooze:{tasks[0].id}"]
+    assert any(row["keyname"] == "建议" and "高层拜访" in row["value"] for row in card["horizontal_content_list"])
+
+    # The same data again: no new change, no new message, no second task.
+    again = incremental_rescore(engine, config, result.touched, today, now=clock.utc())
+    assert again.tier_changes == 0
+    await dispatcher.drain()
+    assert len(state.messages_for("rep_b")) == 1
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(FollowUpTask)
+                                  .where(FollowUpTask.customer_id == "QM1")).scalar_one() == 1
+
+
+async def test_many_changes_for_one_rep_become_one_summary(engine, config, make_dispatcher, emulator, clock):
+    dispatcher = await make_dispatcher()
+    await dispatcher.drain()
+    state = state_of(emulator)
+    state.clear()
+    # Every customer of rep_a "was" a dog: the next run moves all the others back.
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE customers SET tier = 'dog' WHERE owner_userid = 'rep_a'")
+        moved = connection.exec_driver_sql("SELECT COUNT(*) FROM score_snapshots s JOIN customers c "
+                                           "ON c.customer_id = s.customer_id WHERE c.owner_userid = 'rep_a' "
+                                           "AND s.tier <> 'dog'").scalar_one()
+    assert moved >= 3
+    outcome, _ = full_rescore(engine, config, AS_OF, now=clock.utc())
+    assert outcome.tier_changes >= 3  # a borderline one may wait for a second run (hysteresis)
+    await dispatcher.drain()
+    to_rep = state.messages_for("rep_a")
+    assert len(to_rep) == 1, [m.payload for m in to_rep]
+    assert to_rep[0].msgtype == "markdown"
+    content = to_rep[0].payload["markdown"]["content"]
+    assert f"{outcome.tier_changes} 位客户分层变化" in content and "瘦狗客户 → 明星客户" in content
+    assert len(content.encode()) <= 2048
+    assert outbox_counts(engine).get("pending", 0) == 0
+
+
+async def test_200_messages_to_one_member_stay_within_the_minute_limit(engine, config, make_dispatcher, emulator,
+                                                                      clock, async_db):
+    dispatcher = await make_dispatcher()
+    await dispatcher.drain()
+    state = state_of(emulator)
+    state.clear()
+    rows = [outbox_row(["rep_a"], "text", {"content": f"任务提醒 {n}"}, origin=f"test:{n}", kind="task",
+                       now=clock.utc()) for n in range(200)]
+    with engine.begin() as connection:
+        connection.execute(OutboxMessage.__table__.insert(), rows)
+
+    for _ in range(100):
+        await dispatcher.drain()
+        if outbox_counts(engine).get("pending", 0) == 0:
+            break
+        clock.advance(5)
+    delivered = state.messages_for("rep_a")
+    assert len(delivered) == 200 and not state.dropped_by_rate_limit
+    assert sorted(m.payload["text"]["content"] for m in delivered) == sorted(f"任务提醒 {n}" for n in range(200))
+    times = sorted(m.received_at for m in delivered)
+    busiest_minute = max(sum(1 for t in times if start <= t < start + 60) for start in times)
+    assert busiest_minute == 30
+    # All 200 took about 200/30 minutes: the limit was used, not waited out needlessly.
+    assert times[-1] - times[0] < 7 * 60
+
+
+async def test_identical_messages_to_many_members_go_in_one_call(engine, config, make_dispatcher, emulator, clock):
+    dispatcher = await make_dispatcher()
+    await dispatcher.drain()
+    state = state_of(emulator)
+    state.clear()
+    rows = [outbox_row([f"u{i}"], "text", {"content": "系统将于今晚 22:00 维护"}, origin=f"notice:{i}", now=clock.utc())
+            for i in range(50)]
+    with engine.begin() as connection:
+        connection.execute(OutboxMessage.__table__.insert(), rows)
+    await dispatcher.drain()
+    assert len(state.requests_to("message/send")) == 1
+    assert sorted(m.userid for m in state.delivered) == sorted(f"u{i}" for i in range(50))
+
+
+async def test_busy_api_delays_but_loses_nothing(engine, config, make_dispatcher, emulator, clock):
+    dispatcher = await make_dispatcher()
+    await dispatcher.drain()
+    state = state_of(emulator)
+    state.clear()
+    state.inject("message/send", 45009, times=4)
+    state.inject("message/send", -1, times=3)
+    rows = [outbox_row([["rep_a", "rep_b"][n % 2]], "text", {"content": f"消息 {n}"}, origin=f"busy:{n}",
+                       now=clock.utc()) for n in range(5)]
+    with engine.begin() as connection:
+        connection.execute(OutboxMessage.__table__.insert(), rows)
+    for _ in range(60):
+        await dispatcher.drain()
+        if outbox_counts(engine).get("pending", 0) == 0:
+            break
+        clock.advance(30)
+    assert outbox_counts(engine).get("failed", 0) == 0
+    contents = sorted(m.payload["text"]["content"] for m in state.delivered)
+    assert contents == sorted(f"消息 {n}" for n in range(5))
+    errors = [r.errcode for r in state.requests_to("message/send")]
+    assert errors.count(45009) == 4 and errors.count(-1) == 3
+
+
+async def test_permanent_failure_is_recorded_and_reported_to_admins(engine, config, make_dispatcher, emulator,
+                                                                   clock):
+    dispatcher = await make_dispatcher()
+    await dispatcher.drain()
+    state = state_of(emulator)
+    state.clear()
+    with engine.begin() as connection:
+        connection.execute(OutboxMessage.__table__.insert(),
+                           [outbox_row(["left_company"], "text", {"content": "你好"}, origin="gone", kind="task",
+                                       now=clock.utc())])
+    await dispatcher.drain()
+    with engine.connect() as connection:
+        status, error = connection.execute(select(OutboxMessage.status, OutboxMessage.last_error)
+                                           .where(OutboxMessage.origin == "gone")).one()
+    assert status == "failed" and error.startswith("81013")
+    notices = state.messages_for("admin")
+    assert len(notices) == 1 and "left_company" in notices[0].payload["markdown"]["content"]
+    assert b'tierbot_outbox_failed_total{errcode="81013"} 1.0' in dispatcher.metrics.render()
+
+
+async def test_quiet_hours_hold_pushes_until_morning(engine, config, make_dispatcher, emulator):
+    late = Clock(datetime(2026, 11, 23, 14, 30, tzinfo=timezone.utc))  # 22:30 in Shanghai
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE customers SET tier = 'dog' WHERE customer_id = 'STAR1'")
+    full_rescore(engine, config, AS_OF, now=late.utc())
+    with engine.connect() as connection:
+        held = connection.execute(select(OutboxMessage.not_before).where(OutboxMessage.kind == "tier_change")).all()
+    assert held, "the run queued the tier change"
+    release = held[0].not_before
+    release = release if release.tzinfo else release.replace(tzinfo=timezone.utc)
+    assert release == datetime(2026, 11, 24, 0, 0, tzinfo=timezone.utc)  # 08:00 in Shanghai
