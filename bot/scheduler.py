@@ -228,8 +228,8 @@ class Scheduler:
                 slot = slot_of(fired)
                 if not await self.leases.completed(job.name, slot):
                     logger.info("job %s missed its %s run: running it now", job.name, fired.isoformat())
-                    self.apscheduler.add_job(self.run_cron, "date", run_date=now, args=[job.name, slot],
-                                             id=f"{job.name}-catch-up", replace_existing=True)
+                    self._tasks.append(asyncio.create_task(self.run_cron(job.name, slot),
+                                                           name=f"{job.name}-catch-up"))
 
     async def stop(self) -> None:
         if self.apscheduler.running:

@@ -60,7 +60,7 @@ def overdue_notice(item: dict[str, Any], lang: str) -> str:
 def digest(name: str, today: Any, tasks: list, total_tasks: int, changes: list, lang: str) -> str:
     """The morning digest: tier changes are cut first, then tasks, until it fits."""
     def with_counts(shown_tasks: int, shown_changes: int) -> str:
-        return render(f"push/digest.{lang}.j2", name=name, today=today, tasks=tasks, total_tasks=total_tasks,
+        return render(f"push/digest.{lang}.j2", person=name, today=today, tasks=tasks, total_tasks=total_tasks,
                       changes=changes, shown_tasks=shown_tasks, shown_changes=shown_changes)
 
     for shown_changes in range(min(len(changes), 10), 0, -1):

@@ -1,0 +1,162 @@
+"""The scheduler's jobs: the digest on working days only, the overdue watch, and the
+lease that keeps a job to one process and one run per slot."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import func, select, update
+
+from bot.config import load_config
+from bot.rescore import full_rescore
+from bot.scheduler import Leases, Scheduler, last_fire, slot_of
+from notifications.digest import queue_digests, queue_overdue_notices
+from notifications.playbook import PlaybookSettings
+from storage.db import make_async_engine
+from storage.importer import run_import
+from storage.models import FollowUpTask, JobState, OutboxMessage
+from tests.company import AS_OF, write_company
+
+SHANGHAI_9AM = timedelta(hours=1)  # 09:00 in Shanghai is 01:00 UTC
+
+
+def at_nine(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + SHANGHAI_9AM
+
+
+@pytest.fixture
+def config(engine, database_url, tmp_path):
+    run_import(engine, [write_company(tmp_path / "crm")])
+    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
+    full_rescore(engine, config, AS_OF, now=at_nine(date(2026, 11, 20)))
+    return config
+
+
+@pytest.fixture
+async def async_db(database_url):
+    engine = make_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+def digests(engine) -> list[str]:
+    with engine.connect() as connection:
+        return list(connection.execute(select(OutboxMessage.origin).where(OutboxMessage.kind == "digest")
+                                       .order_by(OutboxMessage.origin)).scalars())
+
+
+def add_task(engine, customer_id: str, owner: str, due: date, tier: str, rule: str = "manual") -> None:
+    with engine.begin() as connection:
+        connection.execute(FollowUpTask.__table__.insert().values(
+            customer_id=customer_id, rule=rule, owner_userid=owner, title_zh="电话回访", title_en="Call back",
+            created_at=datetime(2026, 11, 20, tzinfo=timezone.utc), due_date=due, status="open", tier=tier,
+            churn_score=10.0, value_at_stake=1000.0, reasons=[]))
+
+
+def open_task_owner(engine) -> str:
+    add_task(engine, "QM1", "rep_b", date(2026, 11, 30), "question_mark")
+    return "rep_b"
+
+
+@pytest.mark.parametrize("day, sent", [
+    (date(2026, 10, 1), False),   # National Day, a Thursday
+    (date(2026, 10, 10), True),   # a make-up working Saturday (调休)
+    (date(2026, 11, 21), False),  # an ordinary Saturday
+    (date(2026, 11, 23), True),   # a Monday
+])
+async def test_digest_follows_the_working_day_calendar(engine, config, async_db, day, sent):
+    owner = open_task_owner(engine)
+    settings = PlaybookSettings.from_config(config)
+    queued = await queue_digests(async_db, settings, at_nine(day))
+    assert (f"digest:{owner}:{day.isoformat()}" in digests(engine)) is sent
+    assert (queued > 0) is sent
+    # A second run of the job that day (restart, another process) queues nothing more.
+    assert await queue_digests(async_db, settings, at_nine(day)) == 0
+
+
+async def test_digest_lists_tasks_by_priority_and_fits_one_message(engine, config, async_db):
+    owner = open_task_owner(engine)
+    add_task(engine, "DOG1", "rep_b", date(2026, 11, 24), "dog", rule="dog_call")
+    add_task(engine, "STAR1", "rep_b", date(2026, 11, 27), "star", rule="star_visit")
+    await queue_digests(async_db, PlaybookSettings.from_config(config), at_nine(date(2026, 11, 23)))
+    with engine.connect() as connection:
+        payload = connection.execute(select(OutboxMessage.payload).where(
+            OutboxMessage.origin == f"digest:{owner}:2026-11-23")).scalar_one()
+    content = payload["markdown"]["content"]
+    assert "今日任务" in content and len(content.encode()) <= 2048
+    # The Star customer's task comes first although the Dog customer's is due earlier.
+    assert content.index("星辰半导体") < content.index("街角建材")
+
+
+async def test_overdue_tasks_are_announced_once(engine, config, async_db):
+    settings = PlaybookSettings.from_config(config)
+    add_task(engine, "QM1", "rep_b", date(2026, 11, 19), "question_mark")
+    add_task(engine, "STAR1", "rep_a", date(2026, 11, 20), "star")
+    add_task(engine, "COW1", "rep_a", date(2026, 11, 30), "cash_cow")  # not yet due
+    with engine.begin() as connection:
+        overdue = connection.execute(select(func.count()).select_from(FollowUpTask).where(
+            FollowUpTask.status == "open", FollowUpTask.due_date < date(2026, 11, 23))).scalar_one()
+    monday = at_nine(date(2026, 11, 23))
+    assert overdue == 2
+    assert await queue_overdue_notices(async_db, settings, monday) == 2
+    assert await queue_overdue_notices(async_db, settings, monday + timedelta(minutes=10)) == 0
+
+
+async def test_a_slot_runs_once_across_processes_and_restarts(async_db):
+    runs = []
+
+    async def job() -> None:
+        runs.append(1)
+        await asyncio.sleep(0.05)
+
+    now = datetime(2026, 11, 23, 18, 5, tzinfo=timezone.utc)  # 02:05 in Shanghai, just after the run time
+    first = Scheduler(async_db, "Asia/Shanghai", leases=Leases(async_db, holder="host-a:1:x", clock=lambda: now),
+                      clock=lambda: now)
+    second = Scheduler(async_db, "Asia/Shanghai", leases=Leases(async_db, holder="host-b:2:y", clock=lambda: now),
+                       clock=lambda: now)
+    for scheduler in (first, second):
+        scheduler.cron("full_rescore", "0 2 * * *", job)
+    # Two processes fire at once: one runs the slot, the other sees the lease and steps back.
+    results = await asyncio.gather(first.run_cron("full_rescore"), second.run_cron("full_rescore"))
+    assert sorted(results) == [False, True] and len(runs) == 1
+    # Later (after a restart, say) the same slot is not run again.
+    assert await second.run_cron("full_rescore") is False and len(runs) == 1
+    async with async_db.connect() as connection:
+        slot = (await connection.execute(select(JobState.last_slot).where(JobState.name == "full_rescore"))).scalar()
+    assert slot == "2026-11-23T18:00Z"
+
+
+async def test_a_missed_slot_runs_once_at_start_up(async_db):
+    runs = []
+
+    async def job() -> None:
+        runs.append(1)
+
+    now = datetime(2026, 11, 23, 20, 0, tzinfo=timezone.utc)  # 04:00 in Shanghai: the 02:00 run was missed
+    scheduler = Scheduler(async_db, "Asia/Shanghai", leases=Leases(async_db, clock=lambda: now), clock=lambda: now)
+    scheduler.cron("full_rescore", "0 2 * * *", job)
+    await scheduler.start()
+    try:
+        for _ in range(50):
+            if runs:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await scheduler.stop()
+    assert runs == [1]
+    restarted = Scheduler(async_db, "Asia/Shanghai", leases=Leases(async_db, clock=lambda: now), clock=lambda: now)
+    restarted.cron("full_rescore", "0 2 * * *", job)
+    await restarted.start()
+    await asyncio.sleep(0.2)
+    await restarted.stop()
+    assert runs == [1]
+
+
+def test_last_fire_is_the_slot_just_past():
+    from apscheduler.triggers.cron import CronTrigger
+
+    trigger = CronTrigger.from_crontab("0 9 * * *", timezone="Asia/Shanghai")
+    fired = last_fire(trigger, datetime(2026, 11, 23, 2, 30, tzinfo=timezone.utc))
+    assert slot_of(fired) == "2026-11-23T01:00Z"
