@@ -255,3 +255,30 @@ async def test_quiet_hours_hold_pushes_until_morning(engine, config, make_dispat
     release = held[0].not_before
     release = release if release.tzinfo else release.replace(tzinfo=timezone.utc)
     assert release == datetime(2026, 11, 24, 0, 0, tzinfo=timezone.utc)  # 08:00 in Shanghai
+
+
+async def test_crash_after_wecom_accepted_is_caught_by_the_duplicate_check(engine, config, make_dispatcher,
+                                                                          emulator, clock):
+    first = await make_dispatcher()
+    await first.drain()
+    state = state_of(emulator)
+    state.clear()
+    with engine.begin() as connection:
+        connection.execute(OutboxMessage.__table__.insert(),
+                           [outbox_row(["rep_a"], "text", {"content": "请跟进星辰半导体"}, origin="once", now=clock.utc())])
+
+    async def die(*args, **kwargs):  # the process dies before it can record the send
+        raise SystemExit("kill -9")
+
+    first._sent = die
+    with pytest.raises(SystemExit):
+        await first.run_once()
+    assert outbox_counts(engine).get("sending") == 1 and len(state.messages_for("rep_a")) == 1
+
+    clock.advance(5)
+    restarted = await make_dispatcher()
+    assert await restarted.take_over() == 1
+    await restarted.drain()
+    with engine.connect() as connection:
+        assert connection.execute(select(OutboxMessage.status).where(OutboxMessage.origin == "once")).scalar() == "sent"
+    assert len(state.messages_for("rep_a")) == 1 and len(state.deduplicated) == 1
