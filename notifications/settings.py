@@ -28,7 +28,6 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-
 def _check_cron(expression: str) -> str:
     from apscheduler.triggers.cron import CronTrigger
 
@@ -81,8 +80,9 @@ class PushesConfig(_Section):
     # This many tier changes (or more) for one rep at once go out as one summary.
     summary_from: int = Field(3, ge=2)
     # WeCom's duplicate check: a resend of the same content within this window is dropped
-    # by WeCom, so a crash between sending and recording never reaches anyone twice.
-    duplicate_check_seconds: int = Field(4 * 3600, ge=1, le=4 * 3600)
+    # by WeCom, so a crash between sending and recording never reaches anyone twice. A
+    # real repeat within it is dropped too, hence WeCom's own default rather than 4 h.
+    duplicate_check_seconds: int = Field(1800, ge=1, le=4 * 3600)
     # Tasks listed in the morning digest.
     digest_tasks: int = Field(8, ge=1, le=30)
 
