@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import csv
 import os
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import aiohttp
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
+
+from bot.emulator import (EMULATOR, SANDBOX_AGENT_ID, SANDBOX_CORP_ID, SANDBOX_SECRET, RedactingAccessLogger,
+                          create_emulator_app)
+from bot.metrics import Metrics
+from bot.wecom_client import WeComClient
+from notifications.dispatcher import Dispatcher
+from notifications.settings import PushesConfig
+from storage.db import make_async_engine
+from storage.models import OutboxMessage
 
 from storage.db import make_engine, upgrade_schema
 from storage.models import Base
@@ -65,3 +76,72 @@ def write_csv(path: Path, header: list[str], rows: list[list], encoding: str = "
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+# -- pushes: the dispatcher against the WeCom emulator on one shared clock --------------------
+
+# Monday 2026-11-23 10:00 in Shanghai: a working day, outside quiet hours.
+MORNING = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)
+
+
+class Clock:
+    """One time for the dispatcher (datetimes) and the emulator (seconds)."""
+
+    def __init__(self, start: datetime = MORNING):
+        self.moment = start
+
+    def utc(self) -> datetime:
+        return self.moment
+
+    def __call__(self) -> float:
+        return self.moment.timestamp()
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def emulator(aiohttp_server, clock):
+    app = create_emulator_app(known_users=["admin", "boss", "rep_a", "rep_b"] + [f"u{i}" for i in range(50)],
+                              clock=clock)
+    server = await aiohttp_server(app, access_log_class=RedactingAccessLogger)
+    return server
+
+
+@pytest.fixture
+async def async_db(database_url):
+    engine = make_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def make_dispatcher(emulator, async_db, clock):
+    sessions = []
+
+    async def make(**pushes) -> Dispatcher:
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        client = WeComClient(session, SANDBOX_CORP_ID, SANDBOX_SECRET, SANDBOX_AGENT_ID,
+                             str(emulator.make_url("/")), clock=clock)
+        return Dispatcher(async_db, client, pushes=PushesConfig(**pushes), language="zh", metrics=Metrics(),
+                          clock=clock.utc)
+
+    yield make
+    for session in sessions:
+        await session.close()
+
+
+def state_of(emulator):
+    return emulator.app[EMULATOR]
+
+
+def outbox_counts(engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        rows = connection.execute(select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)).all()
+    return {status: count for status, count in rows}

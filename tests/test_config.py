@@ -87,3 +87,26 @@ def test_wecom_credentials_come_all_together(tmp_path):
     assert problems == ["wecom: some WeCom credentials are set but not all: also set WECOM_AGENT_ID, WECOM_TOKEN "
                         "(or unset them all for the sandbox)"]
     assert not any("s3cret" in p for p in problems)
+
+
+def test_push_settings_are_checked_with_the_key_and_the_rule_named(tmp_path):
+    problems = _problems(tmp_path, """
+playbook:
+  tasks:
+    - name: vip_visit
+      when: tierr == "star"
+      action: {zh: 拜访, en: Visit}
+      due_working_days: 3
+pushes:
+  quiet_hours: {start: "25:00", end: "08:00"}
+scheduler:
+  digest: "0 9 * *"
+calendar:
+  holidays: [2027-01-01]
+  workdays: [2027-01-01]
+""")
+    assert """playbook: tasks[0] "vip_visit": unknown field 'tierr' (did you mean 'tier'?) at column 1""" in problems
+    assert any(p.startswith("pushes.quiet_hours.start: must be a time of day") for p in problems)
+    assert any(p.startswith("scheduler.digest: must be a cron expression") for p in problems)
+    assert any(p.startswith("calendar: 2027-01-01 is listed under both") for p in problems)
+    assert len(problems) == 4

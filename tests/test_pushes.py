@@ -5,48 +5,16 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 
-import aiohttp
 import pytest
 from sqlalchemy import func, select
 
 from bot.config import load_config
-from bot.emulator import (EMULATOR, SANDBOX_AGENT_ID, SANDBOX_CORP_ID, SANDBOX_SECRET, RedactingAccessLogger,
-                          create_emulator_app)
-from bot.metrics import Metrics
 from bot.rescore import full_rescore, incremental_rescore
-from bot.wecom_client import WeComClient
-from notifications.dispatcher import Dispatcher
 from notifications.outbox import outbox_row
-from notifications.settings import PushesConfig
-from storage.db import make_async_engine
 from storage.importer import run_import
 from storage.models import FollowUpTask, OutboxMessage
 from tests.company import AS_OF, write_company
-
-# Monday 2026-11-23 10:00 in Shanghai: a working day, outside quiet hours.
-MORNING = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)
-
-
-class Clock:
-    """One time for the dispatcher (datetimes) and the emulator (seconds)."""
-
-    def __init__(self, start: datetime = MORNING):
-        self.moment = start
-
-    def utc(self) -> datetime:
-        return self.moment
-
-    def __call__(self) -> float:
-        return self.moment.timestamp()
-
-    def advance(self, seconds: float) -> None:
-        self.moment += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
+from tests.conftest import Clock, outbox_counts, state_of
 
 @pytest.fixture
 def config(engine, database_url, tmp_path, clock):
@@ -55,47 +23,6 @@ def config(engine, database_url, tmp_path, clock):
     full_rescore(engine, config, AS_OF, now=clock.utc())
     return config
 
-
-@pytest.fixture
-async def emulator(aiohttp_server, clock):
-    app = create_emulator_app(known_users=["admin", "boss", "rep_a", "rep_b"] + [f"u{i}" for i in range(50)],
-                              clock=clock)
-    server = await aiohttp_server(app, access_log_class=RedactingAccessLogger)
-    return server
-
-
-@pytest.fixture
-async def async_db(database_url):
-    engine = make_async_engine(database_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def make_dispatcher(emulator, async_db, clock, config):
-    sessions = []
-
-    async def make(**pushes) -> Dispatcher:
-        session = aiohttp.ClientSession()
-        sessions.append(session)
-        client = WeComClient(session, SANDBOX_CORP_ID, SANDBOX_SECRET, SANDBOX_AGENT_ID,
-                             str(emulator.make_url("/")), clock=clock)
-        return Dispatcher(async_db, client, pushes=PushesConfig(**pushes), language="zh", metrics=Metrics(),
-                          clock=clock.utc)
-
-    yield make
-    for session in sessions:
-        await session.close()
-
-
-def state_of(emulator):
-    return emulator.app[EMULATOR]
-
-
-def outbox_counts(engine) -> dict[str, int]:
-    with engine.connect() as connection:
-        rows = connection.execute(select(OutboxMessage.status, func.count()).group_by(OutboxMessage.status)).all()
-    return {status: count for status, count in rows}
 
 
 async def test_new_order_into_star_gives_one_message_and_one_task(engine, config, make_dispatcher, emulator, clock):

@@ -1,0 +1,149 @@
+"""The playbook on its own: task rules (one open task per rule and customer, cooldown,
+assignment), churn alerts (once per rise, batched per manager per hour), and the
+revenue-rising feature behind "Question Mark up 20% three months running"."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import select, update
+
+from bot.config import load_config
+from notifications.playbook import PlaybookSettings, apply_playbook
+from scoring.features import rising_months
+from storage.importer import run_import
+from storage.models import ChurnAlertState, FollowUpTask, OutboxMessage
+from tests.company import write_company
+from tests.conftest import MORNING, state_of
+
+CUSTOMERS = ["STAR1", "COW1", "QM1", "DOG1"]
+
+
+@pytest.fixture
+def settings(engine, database_url, tmp_path):
+    run_import(engine, [write_company(tmp_path / "crm")])
+    return PlaybookSettings.from_config(load_config(None, environ={"TIERBOT_DATABASE_URL": database_url}))
+
+
+def frames(tiers: dict[str, str], churn: dict[str, float] | None = None, rising: dict[str, float] | None = None):
+    index = pd.Index(CUSTOMERS, name="customer_id")
+    features = pd.DataFrame({
+        "name": ["星辰半导体", "老牌纺织", "新锐新能源", "街角建材"],
+        "owner_userid": ["rep_a", "rep_a", "rep_b", "rep_b"],
+        "revenue_12m": [12e6, 6e6, 1e5, 2e4], "lifetime_revenue": [30e6, 18e6, 1e5, 5e4],
+        "act_30d": [10.0, 10.0, 1.0, 0.0], "act_baseline_30d": [10.0, 10.0, 1.0, 0.0],
+        "purchase_days": [36.0, 36.0, 5.0, 3.0], "days_since_first_order": [1000.0, 1000.0, 200.0, 900.0],
+        "revenue_rising_months": [0.0, 0.0, 0.0, 0.0],
+    }, index=index)
+    for customer, months in (rising or {}).items():
+        features.loc[customer, "revenue_rising_months"] = months
+    scored = pd.DataFrame({
+        "tier": [tiers.get(c, "dog") for c in CUSTOMERS],
+        "churn_score": [(churn or {}).get(c, 10.0) for c in CUSTOMERS],
+        "reasons": [[{"factor": "revenue", "value": 1e6, "percentile": 90.0}]] * 4,
+        "churn_reasons": [[{"factor": "overdue", "value": 2.5}]] * 4,
+    }, index=index)
+    return features, scored
+
+
+def run_playbook(engine, settings, features, scored, previous, now, run_id=None):
+    with engine.begin() as connection:
+        if run_id is None:
+            run_id = connection.exec_driver_sql(
+                "INSERT INTO score_runs (started_at, as_of, status, kind, config_hash) "
+                "VALUES ('2026-11-23 02:00:00', '2026-11-23', 'succeeded', 'incremental', 'x') RETURNING id").scalar()
+        return apply_playbook(connection, settings, history_run_id=run_id, features=features, scored=scored,
+                              previous_tier=pd.Series(previous), now=now)
+
+
+def tasks(engine) -> list[tuple]:
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(
+            select(FollowUpTask.rule, FollowUpTask.customer_id, FollowUpTask.owner_userid, FollowUpTask.status)
+            .order_by(FollowUpTask.id))]
+
+
+def test_rising_months_counts_consecutive_rises_over_20_percent():
+    frame = pd.DataFrame({"revenue_m1": [150, 150, 150, 0], "revenue_m2": [130, 120, 100, 0],
+                          "revenue_m3": [99, 110, 80, 0], "revenue_m4": [80, 50, 60, 0]})
+    # 150 > 1.2×130? no → 0 · 150 > 144 but 120 < 132 → 1 · 150 > 120, 100 > 96, 80 > 72 → 3 · nothing sold → 0
+    assert list(rising_months(frame)) == [0, 1, 3, 0]
+    frame = pd.DataFrame({"revenue_m1": [200.0], "revenue_m2": [150.0], "revenue_m3": [100.0], "revenue_m4": [0.0]})
+    assert list(rising_months(frame)) == [3]
+
+
+def test_task_rules_make_one_open_task_per_rule_and_customer(engine, settings):
+    features, scored = frames({"QM1": "question_mark"}, rising={"QM1": 3})
+    previous = {"QM1": "question_mark"}
+    run_playbook(engine, settings, features, scored, previous, MORNING)
+    # Rising Question Mark → the rep's manager (the sales director) gets the visit.
+    assert tasks(engine) == [("question_mark_rising", "QM1", "boss", "open")]
+    run_playbook(engine, settings, features, scored, previous, MORNING + timedelta(hours=1))
+    assert len(tasks(engine)) == 1
+    # Done, but within the rule's cooldown (90 days): no new task either.
+    with engine.begin() as connection:
+        connection.execute(update(FollowUpTask).values(status="done"))
+    run_playbook(engine, settings, features, scored, previous, MORNING + timedelta(days=30))
+    assert len(tasks(engine)) == 1
+    run_playbook(engine, settings, features, scored, previous, MORNING + timedelta(days=91))
+    assert [task[3] for task in tasks(engine)] == ["done", "open"]
+
+
+def test_a_customer_turning_star_gets_a_visit_task_on_its_card(engine, settings):
+    features, scored = frames({"QM1": "star"})
+    with engine.begin() as connection:
+        run_id = connection.exec_driver_sql(
+            "INSERT INTO score_runs (started_at, as_of, status, kind, config_hash) "
+            "VALUES ('2026-11-23 02:00:00', '2026-11-23', 'succeeded', 'incremental', 'x') RETURNING id").scalar()
+        connection.exec_driver_sql(
+            "INSERT INTO tier_history (customer_id, run_id, model, from_tier, to_tier, changed_at, reasons) "
+            f"VALUES ('QM1', {run_id}, 'value_matrix', 'question_mark', 'star', '2026-11-23 02:00:00', '[]')")
+    outcome = run_playbook(engine, settings, features, scored, {"QM1": "question_mark"}, MORNING, run_id)
+    assert tasks(engine) == [("new_star_visit", "QM1", "rep_b", "open")]
+    with engine.connect() as connection:
+        rows = connection.execute(select(OutboxMessage.kind, OutboxMessage.touser, OutboxMessage.payload)).all()
+    assert [(row.kind, row.touser) for row in rows] == [("tier_change", "rep_b")]
+    assert outcome.messages == 1 and outcome.tasks == 1
+    buttons = rows[0].payload["template_card"]["button_list"]
+    assert [button["text"] for button in buttons] == ["完成", "延后1天"]
+
+
+def test_churn_alerts_fire_once_per_rise_and_rearm_after_a_fall(engine, settings):
+    features, scored = frames({}, churn={"COW1": 85.0})
+    run_playbook(engine, settings, features, scored, {}, MORNING)
+    run_playbook(engine, settings, features, scored, {}, MORNING + timedelta(hours=2))
+    with engine.connect() as connection:
+        alerts = connection.execute(select(OutboxMessage.touser, OutboxMessage.batch_key, OutboxMessage.batch_every)
+                                    .where(OutboxMessage.kind == "churn_alert")).all()
+    assert [tuple(alert) for alert in alerts] == [("boss", "churn:boss", 3600)]
+    # Falls to 50 (below 70 − 10): re-armed; rises again: a second alert.
+    run_playbook(engine, settings, *frames({}, churn={"COW1": 50.0}), {}, MORNING + timedelta(days=1))
+    with engine.connect() as connection:
+        assert connection.execute(select(ChurnAlertState.customer_id)).all() == []
+    run_playbook(engine, settings, features, scored, {}, MORNING + timedelta(days=2))
+    with engine.connect() as connection:
+        assert len(connection.execute(select(OutboxMessage.id).where(OutboxMessage.kind == "churn_alert")).all()) == 2
+
+
+async def test_churn_alerts_reach_a_manager_at_most_once_an_hour(engine, settings, make_dispatcher, emulator, clock):
+    dispatcher = await make_dispatcher()
+    await dispatcher.drain()
+    state = state_of(emulator)
+    state.clear()
+    run_playbook(engine, settings, *frames({}, churn={"COW1": 90.0}), {}, clock.utc())
+    await dispatcher.drain()
+    assert len(state.messages_for("boss")) == 1
+    clock.advance(600)
+    run_playbook(engine, settings, *frames({}, churn={"COW1": 90.0, "STAR1": 80.0}), {}, clock.utc())
+    clock.advance(600)
+    run_playbook(engine, settings, *frames({}, churn={"COW1": 90.0, "STAR1": 80.0, "QM1": 75.0}), {}, clock.utc())
+    await dispatcher.drain()
+    assert len(state.messages_for("boss")) == 1  # held: the last alert went out 20 minutes ago
+    clock.advance(2500)
+    await dispatcher.drain()
+    assert len(state.messages_for("boss")) == 2
+    content = state.messages_for("boss")[1].payload["markdown"]["content"]
+    assert "2 位团队客户" in content and "星辰半导体" in content and "新锐新能源" in content
