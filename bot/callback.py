@@ -6,11 +6,12 @@ Order of work for a POST, each step refusing what it cannot trust:
 3. the signature sha1(sorted(token, timestamp, nonce, Encrypt)) → 403 if wrong, before
    anything is decrypted or parsed;
 4. decrypt (AES-256-CBC, corp id checked) and parse the inner XML → 400 if garbled;
-5. claim the dedupe key in the database (MsgId; events FromUserName + CreateTime): a
-   retry WeCom sends while — or after — we answered the first gets an empty 200;
-6. dispatch to the command router; an answer ready within REPLY_DEADLINE goes back as
-   the encrypted passive reply, anything slower gets an empty 200 now and its answer is
-   queued in the outbox for the send API.
+5. claim the dedupe key in the database (MsgId; events FromUserName + CreateTime, card
+   button presses also their ResponseCode): a retry WeCom sends while — or after — we
+   answered the first gets an empty 200;
+6. dispatch to the command router (card button presses to its actions); an answer ready
+   within REPLY_DEADLINE goes back as the encrypted passive reply, anything slower gets an
+   empty 200 now and its answer is queued in the outbox for the send API.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ from storage.models import CallbackSeen
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+# A press on a template card button (wechatpy does not parse it: read its raw fields).
+CARD_EVENT = "template_card_event"
+# callback_seen.dedupe_key is a String(160).
+DEDUPE_KEY_CHARS = 160
 # WeCom drops the connection after 5 s; leave room for the network and the encryption.
 REPLY_DEADLINE = 4.0
 
@@ -63,7 +68,15 @@ class InboundMessage:
     def dedupe_key(self) -> str:
         if self.msg_id:
             return f"msg:{self.msg_id}"
-        return f"event:{self.from_user}:{self.create_time}"
+        key = f"event:{self.from_user}:{self.create_time}"
+        if self.event == CARD_EVENT:
+            # Two presses within one second share FromUserName + CreateTime but not the
+            # ResponseCode WeCom issues per press; a retry resends the same code.
+            code = self.raw.get("ResponseCode", "")
+            key = f"{key}:{code}"
+            if len(key) > DEDUPE_KEY_CHARS:
+                key = f"event:{self.from_user}:{self.create_time}:sha1:{hashlib.sha1(code.encode()).hexdigest()}"
+        return key
 
 
 def signature_of(token: str, timestamp: str, nonce: str, encrypted: str) -> str:
@@ -223,23 +236,41 @@ class WeComCallback:
             # Opening the app is a good moment for the help text; other events come with later issues.
             if message.event == "enter_agent":
                 return await self._dispatch(message, "帮助")
+            if message.event == CARD_EVENT:
+                return await self._dispatch_action(message)
             return None
         if message.msg_type != "text":
             return await self._dispatch(message, "")
         return await self._dispatch(message, message.content)
 
-    async def _dispatch(self, message: InboundMessage, text: str) -> Reply:
+    async def _asker(self, message: InboundMessage) -> Asker | None:
         async def load_user():
             async with self.services.db.connect() as connection:
                 return await queries.get_user(connection, message.from_user)
 
         user = await self.services.cached(("user", message.from_user), load_user)
-        if user is None:
-            self.metrics.commands.labels(command="unknown_user").inc()
-            lang = "en" if text and text.isascii() else "zh"
-            return Reply(render(f"chat/unknown_user.{lang}.j2", userid=message.from_user), msgtype="text")
-        command, reply = await self.router.dispatch(text, Asker(user.userid, user.name, user.role), self.services)
+        return Asker(user.userid, user.name, user.role) if user is not None else None
+
+    def _unknown_user(self, message: InboundMessage, lang: str) -> Reply:
+        self.metrics.commands.labels(command="unknown_user").inc()
+        return Reply(render(f"chat/unknown_user.{lang}.j2", userid=message.from_user), msgtype="text")
+
+    async def _dispatch(self, message: InboundMessage, text: str) -> Reply:
+        asker = await self._asker(message)
+        if asker is None:
+            return self._unknown_user(message, "en" if text and text.isascii() else "zh")
+        command, reply = await self.router.dispatch(text, asker, self.services)
         self.metrics.commands.labels(command=command).inc()
+        return reply
+
+    async def _dispatch_action(self, message: InboundMessage) -> Reply | None:
+        """A card button: EventKey names the action, ResponseCode lets us update the card."""
+        asker = await self._asker(message)
+        if asker is None:
+            return self._unknown_user(message, getattr(self.services.config, "language", "zh"))
+        fields = {name: message.raw.get(name, "") for name in ("EventKey", "TaskId", "CardType", "ResponseCode")}
+        action, reply = await self.router.dispatch_action(fields["EventKey"], asker, self.services, fields)
+        self.metrics.commands.labels(command=f"button:{action}").inc()
         return reply
 
     def _refuse(self, status: int, why: str) -> web.Response:

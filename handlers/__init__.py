@@ -1,9 +1,11 @@
 """Chat commands: parsing (zh + en), permission-scoped queries, replies from templates.
 
-Importing this package registers every capability module on `router`.
+Importing this package registers every capability module on `router` (commands, card
+button actions and 「更多」 pagers).
 """
 
-from handlers import customers, help  # noqa: F401  (registration side effects)
+from handlers import customers, help, paging, tasks, team  # noqa: F401  (registration side effects)
 from handlers.router import router
 
 __all__ = ["router"]
+

@@ -1,4 +1,4 @@
-"""我的客户 / my customers, 我的明星客户 / my Star customers, 客户 X / customer X, 更多 / more."""
+"""我的客户 / my customers, 我的明星客户 / my Star customers (更多 / more pages them), 客户 X / customer X."""
 
 from __future__ import annotations
 
@@ -67,13 +67,9 @@ async def my_tier(ctx: CommandContext) -> Reply:
     return await _tier_page(ctx, tier, offset=0)
 
 
-@router.command("more", r"更多|下一页|继续", r"more|next|next page")
-async def more(ctx: CommandContext) -> Reply:
-    async with ctx.services.db.connect() as connection:
-        listing = await queries.load_listing(connection, ctx.asker.userid)
-    if listing is None or listing["command"] != "my_tier" or listing["next_offset"] is None:
-        return Reply(render(f"chat/no_more.{ctx.lang}.j2"), msgtype="text")
-    return await _tier_page(ctx, listing["arguments"]["tier"], offset=listing["next_offset"])
+@router.pager("my_tier")
+async def next_tier_page(ctx: CommandContext, arguments: dict, offset: int) -> Reply:
+    return await _tier_page(ctx, arguments["tier"], offset=offset)
 
 
 async def _tier_page(ctx: CommandContext, tier: str, offset: int) -> Reply:

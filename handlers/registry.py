@@ -5,6 +5,12 @@
     @router.command("my_customers", r"我的客户", r"(show )?my customers")
     async def my_customers(ctx: CommandContext) -> Reply: ...
 
+    @router.action(r"done:(?P<task>[0-9]+)")      # a template card button, by its key
+    async def done_button(ctx: ActionContext) -> Reply | None: ...
+
+    @router.pager("my_tier")                      # what 「更多」 continues
+    async def next_tier_page(ctx: CommandContext, arguments: dict, offset: int) -> Reply: ...
+
 A handler takes the parsed message and the asking user (in `ctx`) and returns a Reply;
 it knows nothing about HTTP, XML or crypto. Patterns are full matches against the
 normalised text (see `normalise`), so "  我的明星客户！" and "Show my STAR customers"
@@ -70,7 +76,32 @@ class CommandContext:
         return self.match.group(group).strip()
 
 
+@dataclass
+class ActionContext:
+    """A press on one of our template card buttons (WeCom's template_card_event)."""
+
+    key: str  # the button's EventKey
+    lang: str  # cards are written in the configured language, so their answers are too
+    asker: Asker
+    match: re.Match
+    services: Any
+    # The event's raw fields: TaskId (the card), ResponseCode (one use, to update the card), CardType.
+    fields: dict[str, str]
+    action: str = ""
+
+    @property
+    def response_code(self) -> str:
+        return self.fields.get("ResponseCode", "")
+
+    @property
+    def card_task_id(self) -> str:
+        return self.fields.get("TaskId", "")
+
+
 Handler = Callable[[CommandContext], Awaitable[Reply]]
+ActionHandler = Callable[[ActionContext], Awaitable["Reply | None"]]
+# Continues a listing for 「更多」: (context of the 「更多」 message, the listing's arguments, offset).
+Pager = Callable[[CommandContext, dict, int], Awaitable[Reply]]
 
 
 @dataclass
@@ -81,15 +112,44 @@ class _Route:
 
 
 @dataclass
+class _ActionRoute:
+    name: str
+    pattern: re.Pattern
+    handler: ActionHandler
+
+
+@dataclass
 class Router:
     routes: list[_Route] = field(default_factory=list)
     fallback: Handler | None = None
+    actions: list[_ActionRoute] = field(default_factory=list)
+    pagers: dict[str, Pager] = field(default_factory=dict)
 
     def command(self, name: str, *patterns: str) -> Callable[[Handler], Handler]:
         compiled = [re.compile(rf"(?:{p})", re.IGNORECASE) for p in patterns]
 
         def register(handler: Handler) -> Handler:
             self.routes.append(_Route(name, compiled, handler))
+            return handler
+
+        return register
+
+    def action(self, pattern: str, name: str | None = None) -> Callable[[ActionHandler], ActionHandler]:
+        """Register a card button handler; `pattern` must match the whole EventKey (case kept:
+        keys are ours, not typed by people)."""
+        compiled = re.compile(rf"(?:{pattern})")
+
+        def register(handler: ActionHandler) -> ActionHandler:
+            self.actions.append(_ActionRoute(name or handler.__name__, compiled, handler))
+            return handler
+
+        return register
+
+    def pager(self, command: str) -> Callable[[Pager], Pager]:
+        """Register what 「更多」 / "more" does after a listing saved under `command`."""
+
+        def register(handler: Pager) -> Pager:
+            self.pagers[command] = handler
             return handler
 
         return register
@@ -119,4 +179,24 @@ class Router:
             name, handler, match = found
         context = CommandContext(text=text, raw=raw, lang=lang, asker=asker, match=match, services=services,
                                  command=name)
+        return name, await handler(context)
+
+    def resolve_action(self, event_key: str) -> tuple[str, ActionHandler, re.Match] | None:
+        for route in self.actions:
+            match = route.pattern.fullmatch(event_key or "")
+            if match:
+                return route.name, route.handler, match
+        return None
+
+    async def dispatch_action(self, event_key: str, asker: Asker, services: Any,
+                              fields: dict[str, str]) -> tuple[str, Reply | None]:
+        """Run the handler of a card button; returns (action name, reply or None). A key no
+        handler knows (an old card, another app's button) is ignored: ("unknown_action", None)."""
+        found = self.resolve_action(event_key)
+        if found is None:
+            return "unknown_action", None
+        name, handler, match = found
+        lang = getattr(getattr(services, "config", None), "language", "zh")
+        context = ActionContext(key=event_key, lang=lang, asker=asker, match=match, services=services,
+                                fields=dict(fields), action=name)
         return name, await handler(context)

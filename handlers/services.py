@@ -25,10 +25,17 @@ CACHE_SECONDS = 30.0
 class Services:
     db: AsyncEngine
     config: "Config"
+    # Wakes the outbox dispatcher so a queued row goes out now instead of at its next pass
+    # (card updates after a button press); None where nothing dispatches (tests, CLI).
+    wake: Callable[[], None] | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def now(self) -> datetime:
         return datetime.now(self.config.tz)
+
+    def wake_dispatcher(self) -> None:
+        if self.wake is not None:
+            self.wake()
 
     async def cached(self, key: tuple, load: Callable[[], Awaitable[Any]], seconds: float = CACHE_SECONDS) -> Any:
         """`load()`'s value, reused for `seconds`: every message would otherwise look up

@@ -8,11 +8,12 @@ not exist.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import and_, func, literal, or_, select, text
+from sqlalchemy import and_, case, func, literal, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import Customer, Order, ScoreRun, ScoreSnapshot, User
@@ -168,3 +169,86 @@ async def load_listing(connection: AsyncConnection, userid: str) -> dict[str, An
     row = (await connection.execute(select(ChatSession.command, ChatSession.arguments, ChatSession.next_offset)
                                     .where(ChatSession.userid == userid))).first()
     return dict(row._mapping) if row else None
+
+
+# ---------------------------------------------------------------- managers: churn risk and team
+
+
+def _churn_score():
+    # The churn score inside the snapshot's JSON, extracted by the database (json_extract on
+    # SQLite, ->> on PostgreSQL): customers below the threshold never cross into Python.
+    return ScoreSnapshot.scores["churn"].as_float()
+
+
+async def churn_risks(connection: AsyncConnection, owners: list[str] | None, run_id: int, threshold: float,
+                      offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """A page of visible customers whose churn score in run `run_id` is at least
+    `threshold`, highest first, with their owner's name and the churn reasons; and the
+    total count. Driven from customers (owner index) like tier_totals."""
+    at_risk = (select(Customer.customer_id).select_from(Customer)
+               .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id,
+                                         ScoreSnapshot.customer_id == Customer.customer_id))
+               .where(_owned_by(owners), _churn_score() >= threshold))
+    total = (await connection.execute(select(func.count()).select_from(at_risk.subquery()))).scalar_one()
+    if not total:
+        return [], 0
+    rows = await connection.execute(
+        select(Customer.customer_id, Customer.name, Customer.owner_userid, User.name.label("owner_name"),
+               _churn_score().label("churn_score"), ScoreSnapshot.revenue_12m,
+               ScoreSnapshot.reasons["churn"].label("churn_reasons"))
+        .select_from(Customer)
+        .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id, ScoreSnapshot.customer_id == Customer.customer_id))
+        .outerjoin(User, User.userid == Customer.owner_userid)
+        .where(_owned_by(owners), _churn_score() >= threshold)
+        .order_by(_churn_score().desc(), ScoreSnapshot.revenue_12m.desc(), Customer.customer_id)
+        .offset(offset).limit(limit))
+    found = []
+    for row in rows:
+        item = dict(row._mapping)
+        reasons = item["churn_reasons"]
+        item["churn_reasons"] = (json.loads(reasons) if isinstance(reasons, str) else reasons) or []
+        item["churn_score"] = float(item["churn_score"])
+        item["revenue_12m"] = float(item["revenue_12m"] or 0.0)
+        found.append(item)
+    return found, total
+
+
+async def team_tiers(connection: AsyncConnection, owners: list[str] | None,
+                     run_id: int | None) -> dict[str, dict[str | None, dict[str, float]]]:
+    """owner → tier → {"customers", "revenue_12m"} over the visible customers (tier None:
+    not scored yet). One GROUP BY; revenue from the run's snapshot, as in tier_totals."""
+    if run_id is None:
+        revenue = literal(0.0)
+    else:
+        revenue = (select(ScoreSnapshot.revenue_12m)
+                   .where(ScoreSnapshot.run_id == run_id, ScoreSnapshot.customer_id == Customer.customer_id)
+                   .scalar_subquery())
+    rows = await connection.execute(
+        select(Customer.owner_userid, Customer.tier, func.count(), func.coalesce(func.sum(revenue), 0.0))
+        .where(_owned_by(owners), Customer.owner_userid.is_not(None))
+        .group_by(Customer.owner_userid, Customer.tier))
+    found: dict[str, dict[str | None, dict[str, float]]] = {}
+    for owner, tier, count, total in rows:
+        found.setdefault(owner, {})[tier] = {"customers": int(count), "revenue_12m": float(total or 0.0)}
+    return found
+
+
+async def team_tasks(connection: AsyncConnection, owners: list[str] | None, today: date) -> dict[str, dict[str, int]]:
+    """owner → {"open", "overdue"}: open follow-up tasks and those due before `today`."""
+    from storage.models import FollowUpTask
+
+    overdue = func.sum(case((FollowUpTask.due_date < today, 1), else_=0))
+    query = (select(FollowUpTask.owner_userid, func.count(), overdue)
+             .where(FollowUpTask.status == "open").group_by(FollowUpTask.owner_userid))
+    if owners is not EVERYONE:
+        query = query.where(FollowUpTask.owner_userid.in_(owners))
+    return {owner: {"open": int(count), "overdue": int(late or 0)} for owner, count, late in
+            await connection.execute(query)}
+
+
+async def people(connection: AsyncConnection, userids: list[str] | None) -> dict[str, UserRow]:
+    """userid → (userid, name, role) for `userids` (None: everyone)."""
+    query = select(User.userid, User.name, User.role)
+    if userids is not EVERYONE:
+        query = query.where(User.userid.in_(userids))
+    return {row[0]: UserRow(*row) for row in await connection.execute(query)}

@@ -1,0 +1,172 @@
+"""For managers and admins: 流失预警 / churn alerts, and 团队 / team (a summary per rep).
+
+Scope is the asker's reporting tree (storage.queries.visible_owners): a manager sees
+their team, an admin everyone. Reps and agents get a polite "for managers" answer —
+the same for every rep, so it tells nothing about anyone's customers.
+"""
+
+from __future__ import annotations
+
+from handlers.paging import fit_page, remember
+from handlers.registry import CommandContext, Reply
+from handlers.router import router
+from handlers.text import model_reasons_text, render, tier_names
+from scoring import TIERS
+from storage import queries
+
+CHURN_PAGE = 8
+TEAM_PAGE = 20
+# Churn reasons shown per customer: the two that add the most risk.
+CHURN_REASONS = 2
+LEADS = ("manager", "admin")
+SCOPE = {"zh": {"manager": "您团队", "admin": "全公司"}, "en": {"manager": "Your team's", "admin": "Company-wide"}}
+
+
+def _refused(ctx: CommandContext) -> Reply | None:
+    if ctx.asker.role in LEADS:
+        return None
+    return Reply(render(f"chat/team_only.{ctx.lang}.j2"), msgtype="text")
+
+
+async def _owners(ctx: CommandContext, connection) -> list[str] | None:
+    return await ctx.services.cached(("owners", ctx.asker.userid, ctx.asker.role),
+                                     lambda: queries.visible_owners(connection, ctx.asker))
+
+
+async def _latest_run(ctx: CommandContext, connection) -> int | None:
+    return await ctx.services.cached(("latest_run",), lambda: queries.latest_run_id(connection), seconds=5.0)
+
+
+# ------------------------------------------------------------------ 流失预警 / churn
+
+
+@router.command("churn", r"(?:团队)?(?:流失预警|流失风险|流失客户|流失名单|高风险客户|预警)(?:客户|名单)?",
+                r"(?:show |list )?(?:my |team )?"
+                r"(?:churn(?: alerts?| risks?| risk customers| list)?|at[- ]risk(?: customers)?)")
+async def churn(ctx: CommandContext) -> Reply:
+    return await _churn_page(ctx, 0)
+
+
+@router.pager("churn")
+async def next_churn_page(ctx: CommandContext, arguments: dict, offset: int) -> Reply:
+    return await _churn_page(ctx, offset)
+
+
+def _top_reasons(reasons: list[dict]) -> list[dict]:
+    """The reasons that add risk, most first; else the first note (e.g. "too little activity")."""
+    adding = sorted((r for r in reasons if isinstance(r, dict) and (r.get("points") or 0) > 0),
+                    key=lambda r: -(r.get("points") or 0))
+    return adding[:CHURN_REASONS] or [r for r in reasons if isinstance(r, dict)][:1]
+
+
+async def _churn_page(ctx: CommandContext, offset: int) -> Reply:
+    refused = _refused(ctx)
+    if refused:
+        return refused
+    threshold = ctx.services.config.playbook.churn_alerts.threshold
+    scope = SCOPE[ctx.lang][ctx.asker.role]
+    async with ctx.services.db.begin() as connection:
+        run_id = await _latest_run(ctx, connection)
+        if run_id is None:
+            return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
+        owners = await _owners(ctx, connection)
+        items, total = await queries.churn_risks(connection, owners, run_id, threshold, offset, CHURN_PAGE)
+        if not items:
+            await remember(ctx, connection, "churn", {}, offset, 0, 0)
+            if offset:
+                return Reply(render(f"chat/no_more.{ctx.lang}.j2"), msgtype="text")
+            return Reply(render(f"chat/churn_empty.{ctx.lang}.j2", scope=scope, threshold=threshold), msgtype="text")
+        as_of = await queries.run_as_of(connection, run_id)
+        for item in items:
+            item["owner_name"] = item["owner_name"] or item["owner_userid"] or "—"
+            item["why"] = model_reasons_text("churn", _top_reasons(item["churn_reasons"]), ctx.lang)
+        text, shown = fit_page(lambda n, more: render(
+            f"chat/churn_list.{ctx.lang}.j2", scope=scope, threshold=threshold, items=items[:n], first=offset + 1,
+            last=offset + n, total=total, more=more, as_of=as_of), len(items), offset, total)
+        await remember(ctx, connection, "churn", {}, offset, shown, total)
+    return Reply(text)
+
+
+# ------------------------------------------------------------------ 团队 / team
+
+
+@router.command("team", r"(?:我的)?团队(?:概况|汇总|总览|情况|数据)?",
+                r"(?:show )?(?:my )?team(?: summary| overview| report)?")
+async def team(ctx: CommandContext) -> Reply:
+    return await _team_page(ctx, 0)
+
+
+@router.pager("team")
+async def next_team_page(ctx: CommandContext, arguments: dict, offset: int) -> Reply:
+    return await _team_page(ctx, offset)
+
+
+def _empty_row(userid: str, name: str) -> dict:
+    return {"userid": userid, "name": name, "tiers": {tier: 0 for tier in TIERS}, "unscored": 0, "customers": 0,
+            "revenue_12m": 0.0, "open": 0, "overdue": 0}
+
+
+def team_rows(tiers: dict, task_counts: dict, people: dict, tree: list[str] | None) -> list[dict]:
+    """One row per rep of the tree, and per anyone else in it who owns customers or tasks;
+    most 12-month revenue first."""
+    members = set(tiers) | set(task_counts)
+    members |= {userid for userid, person in people.items()
+                if person.role == "rep" and (tree is None or userid in tree)}
+    rows = []
+    for userid in members:
+        person = people.get(userid)
+        row = _empty_row(userid, person.name if person else userid)
+        for tier, totals in tiers.get(userid, {}).items():
+            if tier in row["tiers"]:
+                row["tiers"][tier] += totals["customers"]
+            else:
+                row["unscored"] += totals["customers"]
+            row["customers"] += totals["customers"]
+            row["revenue_12m"] += totals["revenue_12m"]
+        row.update(task_counts.get(userid, {}))
+        rows.append(row)
+    return sorted(rows, key=lambda row: (-row["revenue_12m"], -row["customers"], row["name"], row["userid"]))
+
+
+def _short_names(lang: str) -> dict[str, str]:
+    # 明星 rather than 明星客户: four of them on every line of the summary.
+    return {tier: names["short_zh" if lang == "zh" else "en"] for tier, names in tier_names().items()}
+
+
+def _totals(rows: list[dict]) -> dict:
+    total = _empty_row("", "")
+    for row in rows:
+        for tier in TIERS:
+            total["tiers"][tier] += row["tiers"][tier]
+        for key in ("unscored", "customers", "revenue_12m", "open", "overdue"):
+            total[key] += row[key]
+    return total
+
+
+async def _team_page(ctx: CommandContext, offset: int) -> Reply:
+    refused = _refused(ctx)
+    if refused:
+        return refused
+    today = ctx.services.now().date()
+    scope = SCOPE[ctx.lang][ctx.asker.role]
+    async with ctx.services.db.begin() as connection:
+        run_id = await _latest_run(ctx, connection)
+        owners = await _owners(ctx, connection)
+        tiers = await queries.team_tiers(connection, owners, run_id)
+        task_counts = await queries.team_tasks(connection, owners, today)
+        people = await queries.people(connection, owners)
+        as_of = await queries.run_as_of(connection, run_id) if run_id is not None else None
+        rows = team_rows(tiers, task_counts, people, owners)
+        page = rows[offset:offset + TEAM_PAGE]
+        if not page:
+            await remember(ctx, connection, "team", {}, offset, 0, 0)
+            if offset:
+                return Reply(render(f"chat/no_more.{ctx.lang}.j2"), msgtype="text")
+        total = _totals(rows)
+        text, shown = fit_page(lambda n, more: render(
+            f"chat/team_summary.{ctx.lang}.j2", scope=scope, rows=page[:n], totals=total, people=len(rows),
+            first=offset + 1, last=offset + n, more=more, as_of=as_of, tiers=TIERS, names=_short_names(ctx.lang)),
+            max(len(page), 1), offset,
+            len(rows))
+        await remember(ctx, connection, "team", {}, offset, shown if page else 0, len(rows))
+    return Reply(text)

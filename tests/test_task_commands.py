@@ -1,0 +1,318 @@
+"""Follow-up tasks in chat and on card buttons, end to end: WeComPeer signs and encrypts
+as WeCom does, the real callback over HTTP decrypts, claims and dispatches, the handlers
+read and write the database. "Today" is fixed at the test company's as-of date."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from urllib.parse import urlencode
+
+import pytest
+from aiohttp import web
+from sqlalchemy import delete, select
+
+from bot.callback import WeComCallback
+from bot.config import load_config
+from bot.metrics import Metrics
+from bot.rescore import full_rescore
+from bot.sandbox import WeComPeer
+from handlers import router
+from handlers.services import Services
+from handlers.tasks import snooze_days
+from notifications.outbox import enqueue_once
+from storage.db import make_async_engine
+from storage.importer import run_import
+from storage.models import FollowUpTask, OutboxMessage
+from tests.company import AS_OF, write_company
+
+TOKEN = "123456"
+AES_KEY = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR"
+CORP = "wx49f0ab532d5d035a"
+AGENT = 1000002
+TODAY = AS_OF  # 2026-11-20, a Friday
+
+
+class FixedServices(Services):
+    """Services whose clock stops at 10:00 on TODAY in the company's time zone."""
+
+    def now(self) -> datetime:
+        return datetime(TODAY.year, TODAY.month, TODAY.day, 10, 0, tzinfo=self.config.tz)
+
+
+@pytest.fixture
+def company(engine, database_url, tmp_path):
+    """The test company, scored; tasks the playbook made are removed so each test states its own."""
+    run_import(engine, [write_company(tmp_path / "crm")])
+    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
+    full_rescore(engine, config, AS_OF)
+    with engine.begin() as connection:
+        connection.execute(delete(FollowUpTask))
+    return config
+
+
+@pytest.fixture
+def peer() -> WeComPeer:
+    return WeComPeer(TOKEN, AES_KEY, CORP, AGENT)
+
+
+@pytest.fixture
+async def bot(company, aiohttp_client):
+    """The real WeCom callback in an app of its own (no dispatcher: the outbox rows stay
+    where the tests can look at them); `bot.wakes` counts dispatcher wake-ups."""
+    wakes: list[int] = []
+    services = FixedServices(db=make_async_engine(company.database.url), config=company,
+                             wake=lambda: wakes.append(1))
+
+    async def late_reply(userid, reply, origin):
+        await enqueue_once(services.db, [userid], reply.msgtype, {"content": reply.text}, origin)
+
+    callback = WeComCallback(token=TOKEN, encoding_aes_key=AES_KEY, corp_id=CORP, router=router, services=services,
+                             metrics=Metrics(), late_reply=late_reply)
+    app = web.Application()
+    app.add_routes(callback.routes())
+    client = await aiohttp_client(app)
+    client.wakes = wakes
+    client.services = services
+    yield client
+    await services.db.dispose()
+
+
+async def post(bot, query: dict, body: str) -> tuple[int, str]:
+    response = await bot.post(f"/wecom/callback?{urlencode(query)}", data=body.encode())
+    return response.status, await response.text()
+
+
+async def say(bot, peer: WeComPeer, userid: str, text: str) -> str:
+    status, answer = await post(bot, *peer.text_message(userid, text))
+    assert status == 200
+    return peer.read_reply(answer)["Content"] if answer else ""
+
+
+async def click(bot, peer: WeComPeer, userid: str, key: str, code: str, create_time: int = 1_763_600_000,
+                card: str = "t1_0a1b2c") -> str:
+    status, answer = await post(bot, *peer.card_event(userid, event_key=key, task_id=card, response_code=code,
+                                                      create_time=create_time))
+    assert status == 200
+    return peer.read_reply(answer)["Content"] if answer else ""
+
+
+_rule_numbers = iter(range(1, 1_000_000))
+
+
+def add_task(engine, customer_id: str, owner: str, due: date, *, tier: str, title: str = "回访客户",
+             churn: float = 0.0, value: float = 0.0, status: str = "open", snoozed_until: date | None = None) -> int:
+    """A task as a playbook rule would write it; each its own rule (one open task per rule and customer)."""
+    with engine.begin() as connection:
+        result = connection.execute(FollowUpTask.__table__.insert().values(
+            customer_id=customer_id, rule=f"test_rule_{next(_rule_numbers)}", owner_userid=owner, title_zh=title,
+            title_en=f"{title} (en)", created_at=datetime.now(timezone.utc), due_date=due, status=status,
+            snoozed_until=snoozed_until, tier=tier, churn_score=churn, value_at_stake=value, reasons=[]))
+        return result.inserted_primary_key[0]
+
+
+def task_row(engine, task_id: int):
+    with engine.connect() as connection:
+        return connection.execute(select(FollowUpTask.__table__).where(FollowUpTask.id == task_id)).mappings().one()
+
+
+def card_updates(engine) -> list[dict]:
+    with engine.connect() as connection:
+        rows = connection.execute(select(OutboxMessage.__table__).where(OutboxMessage.channel == "card_update")
+                                  .order_by(OutboxMessage.id)).mappings().all()
+    return [dict(row) for row in rows]
+
+
+# ------------------------------------------------------------------ lists
+
+
+async def test_tasks_are_listed_by_priority_not_by_due_date(bot, peer, engine):
+    # The Dog customer's task is overdue, the Star customer's due in a week: the Star one leads.
+    dog = add_task(engine, "F001", "rep_a", TODAY - timedelta(days=1), tier="dog", title="寄送资料", value=42_000)
+    star = add_task(engine, "STAR1", "rep_a", TODAY + timedelta(days=7), tier="star", title="安排高层拜访",
+                    value=12_000_000)
+    hidden = add_task(engine, "COW1", "rep_a", TODAY, tier="cash_cow", snoozed_until=TODAY + timedelta(days=2))
+    others = add_task(engine, "DOG1", "rep_b", TODAY, tier="dog", title="李四的任务")
+
+    reply = await say(bot, peer, "rep_a", "今日任务")
+    lines = reply.splitlines()
+    star_line = next(line for line in lines if line.startswith(f"#{star} "))
+    dog_line = next(line for line in lines if line.startswith(f"#{dog} "))
+    assert lines.index(star_line) < lines.index(dog_line)
+    assert "星辰半导体股份有限公司 · 安排高层拜访 · 截止 2026-11-27 · 优先级" in star_line
+    assert "截止 2026-11-19 逾期 · 优先级" in dog_line and "逾期" not in star_line
+    assert f"#{hidden} " not in reply and f"#{others} " not in reply and "李四的任务" not in reply
+    assert "（1–2 / 2，按优先级）" in reply
+
+    english = await say(bot, peer, "rep_a", "my tasks")
+    assert "Your open tasks (1–2 of 2, by priority)" in english
+    assert english.index(f"#{star} ") < english.index(f"#{dog} ") and "overdue" in english
+
+
+async def test_overdue_lists_only_tasks_due_before_today(bot, peer, engine):
+    late = add_task(engine, "F001", "rep_a", TODAY - timedelta(days=3), tier="dog", title="寄送资料")
+    later = add_task(engine, "F003", "rep_a", TODAY - timedelta(days=1), tier="star", title="补交方案")
+    today = add_task(engine, "STAR1", "rep_a", TODAY, tier="star")
+    reply = await say(bot, peer, "rep_a", "逾期任务")
+    assert f"#{late} " in reply and f"#{later} " in reply and f"#{today} " not in reply
+    assert reply.index(f"#{later} ") < reply.index(f"#{late} ")  # the Star tier outranks three days late
+    assert "您的逾期任务（1–2 / 2" in reply
+    assert "您没有逾期任务" in await say(bot, peer, "rep_b", "逾期任务")
+
+
+async def test_a_long_task_list_pages_with_more_within_2048_bytes(bot, peer, engine):
+    ids = [add_task(engine, f"F{n:03d}", "rep_a" if n % 2 else "rep_b", TODAY + timedelta(days=n), tier="dog",
+                    title="电话回访，确认续约意向并记录客户对新版本的反馈" * 2) for n in range(24)]
+    mine = ids[1::2] + [add_task(engine, "STAR1", "rep_a", TODAY, tier="star", title="x" * 200),
+                        add_task(engine, "COW1", "rep_a", TODAY, tier="cash_cow")]
+    pages = [await say(bot, peer, "rep_a", "我的任务")]
+    while "更多" in pages[-1] and len(pages) < 10:
+        pages.append(await say(bot, peer, "rep_a", "更多"))
+    assert len(pages) >= 2 and all(len(page.encode()) <= 2048 for page in pages)
+    listed = [int(line.split()[0][1:]) for page in pages for line in page.splitlines() if line.startswith("#")]
+    assert sorted(listed) == sorted(mine) and len(listed) == len(set(listed))
+    assert "没有更多了" in await say(bot, peer, "rep_a", "更多")
+
+
+async def test_more_still_pages_a_tier_list(bot, peer):
+    first = await say(bot, peer, "boss", "我的瘦狗客户")
+    second = await say(bot, peer, "boss", "更多")
+    assert "（1–10 / 20）" in first and "（11–20 / 20）" in second
+
+
+# ------------------------------------------------------------------ done / snooze by message
+
+
+async def test_done_marks_the_task_done_and_names_it(bot, peer, engine):
+    task = add_task(engine, "STAR1", "rep_a", TODAY, tier="star", title="安排高层拜访")
+    reply = await say(bot, peer, "rep_a", f"完成 #{task}")
+    assert reply == f"已完成任务 #{task}（星辰半导体股份有限公司）：安排高层拜访"
+    row = task_row(engine, task)
+    assert row["status"] == "done" and row["done_at"] is not None
+    assert "之前已经完成" in await say(bot, peer, "rep_a", f"完成 {task}")
+    assert f"#{task} " not in await say(bot, peer, "rep_a", "今日任务")
+
+
+async def test_someone_elses_task_reads_like_no_task_and_stays_open(bot, peer, engine):
+    task = add_task(engine, "STAR1", "rep_a", TODAY, tier="star")
+    theirs = await say(bot, peer, "rep_b", f"完成 {task}")
+    unknown = await say(bot, peer, "rep_b", "完成 987654")
+    assert theirs == f"没有找到您的未完成任务 #{task}。发送「今日任务」查看您的任务编号。"
+    assert unknown == theirs.replace(f"#{task}", "#987654")
+    assert task_row(engine, task)["status"] == "open"
+    assert "You have no open task" in await say(bot, peer, "boss", f"done {task}")  # not even the manager
+    assert task_row(engine, task)["status"] == "open"
+
+
+async def test_snooze_hides_the_task_and_moves_its_due_date(bot, peer, engine):
+    task = add_task(engine, "STAR1", "rep_a", TODAY - timedelta(days=1), tier="star", title="安排高层拜访")
+    reply = await say(bot, peer, "rep_a", f"延后 {task} 3天")
+    assert f"已将任务 #{task}（星辰半导体股份有限公司）延后 3 天，2026-11-23 再提醒您" in reply
+    row = task_row(engine, task)
+    assert (row["snoozed_until"], row["due_date"], row["status"]) == (date(2026, 11, 23), date(2026, 11, 23), "open")
+    assert f"#{task} " not in await say(bot, peer, "rep_a", "今日任务")
+    assert f"#{task} " not in await say(bot, peer, "rep_a", "逾期任务")
+
+    english = await say(bot, peer, "rep_a", f"snooze {task} 1w")
+    assert "back on 2026-11-27" in english
+    assert task_row(engine, task)["snoozed_until"] == date(2026, 11, 27)
+
+
+async def test_snooze_with_a_bad_amount_explains_the_form_and_changes_nothing(bot, peer, engine):
+    task = add_task(engine, "STAR1", "rep_a", TODAY, tier="star")
+    reply = await say(bot, peer, "rep_a", f"延后 {task} 明年再说")
+    assert "「延后 12 3天」" in reply
+    assert "snooze 12 3d" in await say(bot, peer, "rep_a", f"snooze {task} 0d")
+    assert task_row(engine, task)["snoozed_until"] is None
+    assert "「完成 12」" in await say(bot, peer, "rep_a", "完成")
+
+
+@pytest.mark.parametrize("amount, days", [
+    ("", 1), ("3天", 3), ("3 天", 3), ("2日", 2), ("1周", 7), ("两周", 14), ("三天后", 3), ("5", 5), ("明天", 1),
+    ("3d", 3), ("5 days", 5), ("1 day", 1), ("2w", 14), ("1 week", 7), ("weeks", 7), ("tomorrow", 1),
+    ("0天", None), ("366天", None), ("明年", None), ("3 months", None), ("-2d", None),
+])
+def test_snooze_amounts(amount, days):
+    assert snooze_days(amount) == days
+
+
+# ------------------------------------------------------------------ card buttons
+
+
+async def test_done_button_completes_the_task_and_queues_the_card_update(bot, peer, engine):
+    task = add_task(engine, "STAR1", "rep_a", TODAY, tier="star", title="安排高层拜访")
+    reply = await click(bot, peer, "rep_a", f"done:{task}", "RC-done-1")
+    assert reply == f"已完成任务 #{task}（星辰半导体股份有限公司）：安排高层拜访"
+    assert task_row(engine, task)["status"] == "done"
+    [update] = card_updates(engine)
+    assert update["payload"] == {"response_code": "RC-done-1", "replace_name": "已完成"}
+    assert (update["touser"], update["origin"], update["kind"], update["status"]) == (
+        "rep_a", "card:RC-done-1", "card_update", "pending")
+    assert bot.wakes  # the dispatcher is told at once
+
+    # WeCom retries the same press (same CreateTime and ResponseCode): no second answer, no second row.
+    assert await click(bot, peer, "rep_a", f"done:{task}", "RC-done-1") == ""
+    assert len(card_updates(engine)) == 1
+
+
+async def test_two_presses_in_one_second_both_count(bot, peer, engine):
+    first = add_task(engine, "STAR1", "rep_a", TODAY, tier="star")
+    second = add_task(engine, "COW1", "rep_a", TODAY, tier="cash_cow")
+    await click(bot, peer, "rep_a", f"done:{first}", "RC-a", create_time=1_763_600_100, card="t1_aaa")
+    await click(bot, peer, "rep_a", f"snooze:{second}", "RC-b", create_time=1_763_600_100, card="t2_bbb")
+    assert task_row(engine, first)["status"] == "done"
+    assert task_row(engine, second)["snoozed_until"] == date(2026, 11, 21)
+    assert [u["payload"] for u in card_updates(engine)] == [
+        {"response_code": "RC-a", "replace_name": "已完成"},
+        {"response_code": "RC-b", "replace_name": "已延后至 11-21"}]
+
+
+async def test_button_on_a_task_not_the_clickers_changes_nothing_but_still_greys_the_button(bot, peer, engine):
+    task = add_task(engine, "STAR1", "rep_a", TODAY, tier="star")
+    reply = await click(bot, peer, "rep_b", f"done:{task}", "RC-x")
+    assert reply == f"没有找到您的未完成任务 #{task}。发送「今日任务」查看您的任务编号。"
+    assert task_row(engine, task)["status"] == "open"
+    [update] = card_updates(engine)
+    assert (update["touser"], update["payload"]["replace_name"]) == ("rep_b", "已失效")
+
+    done = add_task(engine, "COW1", "rep_a", TODAY, tier="cash_cow", status="done")
+    assert "之前已经完成" in await click(bot, peer, "rep_a", f"snooze:{done}", "RC-y", create_time=1_763_600_200)
+    assert card_updates(engine)[-1]["payload"]["replace_name"] == "已完成"
+
+
+async def test_ack_button_only_greys_the_button_and_unknown_keys_are_ignored(bot, peer, engine):
+    assert await click(bot, peer, "rep_a", "ack", "RC-ack") == ""
+    assert [u["payload"] for u in card_updates(engine)] == [{"response_code": "RC-ack", "replace_name": "已知晓"}]
+    assert await click(bot, peer, "rep_a", "launch-rocket", "RC-z", create_time=1_763_600_300) == ""
+    assert len(card_updates(engine)) == 1
+
+
+async def test_a_press_in_the_sandbox_greys_the_button_through_the_dispatcher(company, engine, aiohttp_client):
+    """The whole loop with the real service: a task card sent to the emulator, the member's
+    press as WeCom's signed event, the task done, and the dispatcher's update_template_card."""
+    from bot.app import RUNTIME, create_app, sandbox_identity
+    from bot.sandbox import Sandbox
+    from notifications import messages
+
+    identity = sandbox_identity()
+    sandbox = Sandbox(identity, ["rep_a"])
+    identity.api_base = await sandbox.start_emulator()
+    try:
+        service = await aiohttp_client(create_app(company, identity, sandbox=sandbox, dispatch=False))
+        runtime = service.app[RUNTIME]
+        task = add_task(engine, "STAR1", "rep_a", TODAY + timedelta(days=3), tier="star", title="安排高层拜访")
+        card_id = messages.card_task_id(task)
+        item = {"customer_id": "STAR1", "name": "星辰半导体股份有限公司", "tier": "star", "reasons": [],
+                "task": {"id": task, "title_zh": "安排高层拜访", "title_en": "Executive visit", "due_date": "2026-11-25"}}
+        await runtime.client.send_template_card(["rep_a"], messages.task_card(item, "zh", card_id))
+
+        answer = await (await service.post("/sandbox/api/click", json={
+            "userid": "rep_a", "task_id": card_id, "key": f"done:{task}"})).json()
+        assert answer["reply"] == f"已完成任务 #{task}（星辰半导体股份有限公司）：安排高层拜访"
+        assert task_row(engine, task)["status"] == "done"
+        assert runtime.dispatcher.wakeup.is_set()  # services.wake is the dispatcher's
+
+        await runtime.dispatcher.drain()
+        assert sandbox.emulator.card_state(card_id, "rep_a")["replaced_name"] == "已完成"
+        assert [row["status"] for row in card_updates(engine)] == ["sent"]
+    finally:
+        await sandbox.stop_emulator()

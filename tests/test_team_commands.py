@@ -1,0 +1,134 @@
+"""Manager commands end to end over the real callback: 流失预警 / churn (high-risk customers
+of the asker's reporting tree, from the latest full run) and 团队 / team (per rep)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import delete, func, select
+
+from bot.config import load_config
+from bot.rescore import full_rescore
+from storage.importer import run_import
+from storage.models import Customer, FollowUpTask, ScoreSnapshot
+from tests.company import AS_OF, CUSTOMERS_HEADER, ORDERS_HEADER, USERS_HEADER, company_rows
+from tests.conftest import write_csv
+from tests.test_task_commands import TODAY, add_task, bot, peer, say  # noqa: F401  (fixtures)
+
+# A second team: boss2 manages rep_c, who owns OTHER1 — outside boss's tree.
+EXTRA_USERS = [["boss2", "赵总", "manager", "", "华南", ""], ["rep_c", "王五", "rep", "boss2", "华南一组", ""]]
+EXTRA_CUSTOMERS = [["OTHER1", "南方机械制造有限公司", "rep_c", "机械", "华南", 900, "end_user", "false", "false",
+                    "false", 3, "", "finance", "2022-03-01"]]
+EXTRA_ORDERS = [["OTHER1-O000", "OTHER1", "2025-06-15", "300000.00", "200000.00", "mes", "new"]]
+
+OVERDUE = {"factor": "overdue", "value": 45, "points": 25.0,
+           "detail": {"days_since_last_order": 120, "cycle_days": 75}}
+DECLINE = {"factor": "activity_decline", "value": 0.8, "points": 28.0, "detail": {"last_30d": 2, "baseline_30d": 10}}
+COMPLAINTS = {"factor": "complaints_rising", "value": 3, "points": 15.0, "detail": {"last_90d": 4, "previous_90d": 1}}
+# customer → (churn score, churn reasons) written into the latest run's snapshot.
+RISKS = {"STAR1": (85.0, [OVERDUE, DECLINE]), "DOG1": (72.0, [COMPLAINTS]), "COW1": (69.9, [DECLINE]),
+         "OTHER1": (90.0, [OVERDUE])}
+
+
+@pytest.fixture
+def company(engine, database_url, tmp_path):
+    """Two teams, scored; churn scores set by hand (the hand-made company has no activity)."""
+    rows = company_rows()
+    folder = tmp_path / "crm"
+    write_csv(folder / "users.csv", USERS_HEADER, rows["users"] + EXTRA_USERS)
+    write_csv(folder / "customers.csv", CUSTOMERS_HEADER, rows["customers"] + EXTRA_CUSTOMERS)
+    write_csv(folder / "orders.csv", ORDERS_HEADER, rows["orders"] + EXTRA_ORDERS)
+    run_import(engine, [folder])
+    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
+    full_rescore(engine, config, AS_OF)
+    snapshots = ScoreSnapshot.__table__
+    with engine.begin() as connection:
+        connection.execute(delete(FollowUpTask))
+        run_id = connection.execute(select(func.max(snapshots.c.run_id))).scalar_one()
+        for customer_id, (score, reasons) in RISKS.items():
+            scores, why = connection.execute(select(snapshots.c.scores, snapshots.c.reasons).where(
+                snapshots.c.run_id == run_id, snapshots.c.customer_id == customer_id)).one()
+            connection.execute(snapshots.update().where(snapshots.c.run_id == run_id,
+                                                        snapshots.c.customer_id == customer_id)
+                               .values(scores={**scores, "churn": score}, reasons={**why, "churn": reasons}))
+    return config
+
+
+async def test_reps_are_told_politely_that_team_commands_are_for_managers(bot, peer):
+    for command in ("团队", "流失预警"):
+        reply = await say(bot, peer, "rep_a", command)
+        assert reply.startswith("「流失预警」和「团队」是给销售经理的功能")
+        assert "星辰" not in reply and "张三" not in reply
+    assert "are for sales managers" in await say(bot, peer, "rep_b", "team")
+
+
+async def test_churn_lists_only_the_managers_team_at_or_above_the_threshold(bot, peer):
+    reply = await say(bot, peer, "boss", "流失预警")
+    assert "您团队的流失预警（风险 ≥ 70，1–2 / 2）" in reply
+    assert "南方机械" not in reply  # boss2's team
+    assert "老牌纺织" not in reply  # 69.9 is below 70
+    star = reply.index("1. 星辰半导体股份有限公司 风险 85 · 负责人 张三 · 涉及金额 ¥")
+    dog = reply.index("2. 街角建材商行 风险 72 · 负责人 李四")
+    assert star < dog
+    # The reasons in words, the one adding most risk first.
+    assert "近30天活跃 2 次，自身基线 10 次/30天（下降 80%）；已 120 天未下单" in reply
+    assert "投诉增加：近90天 4 次，此前90天 1 次" in reply
+    assert len(reply.encode()) <= 2048
+
+    other = await say(bot, peer, "boss2", "churn alerts")
+    assert "Your team's churn alerts (risk ≥ 70, 1–1 of 1)" in other
+    assert "南方机械制造有限公司 risk 90 · owner 王五" in other and "星辰" not in other
+
+    everyone = await say(bot, peer, "admin", "流失预警")
+    assert "全公司的流失预警（风险 ≥ 70，1–3 / 3）" in everyone
+    assert everyone.index("南方机械") < everyone.index("星辰") < everyone.index("街角建材")
+
+
+async def test_churn_threshold_comes_from_config(bot, peer, company):
+    alerts = company.playbook.churn_alerts.model_copy(update={"threshold": 80.0})
+    bot.services.config = company.model_copy(update={
+        "playbook": company.playbook.model_copy(update={"churn_alerts": alerts})})
+    reply = await say(bot, peer, "boss", "流失预警")
+    assert "风险 ≥ 80，1–1 / 1" in reply and "星辰" in reply and "街角建材" not in reply
+
+
+async def test_team_summary_counts_tiers_revenue_and_tasks_per_rep(bot, peer, engine):
+    add_task(engine, "STAR1", "rep_a", TODAY - timedelta(days=2), tier="star")
+    add_task(engine, "COW1", "rep_a", TODAY + timedelta(days=2), tier="cash_cow")
+    add_task(engine, "DOG1", "rep_b", TODAY, tier="dog")
+    add_task(engine, "QM1", "rep_b", TODAY - timedelta(days=9), tier="question_mark", status="done")
+    add_task(engine, "OTHER1", "rep_c", TODAY - timedelta(days=1), tier="dog")
+    with engine.connect() as connection:
+        counts = {(owner, tier): n for owner, tier, n in connection.execute(
+            select(Customer.owner_userid, Customer.tier, func.count()).group_by(Customer.owner_userid, Customer.tier))}
+
+    def line(name: str, owner: str) -> str:
+        tiers = " · ".join(f"{label} {counts.get((owner, tier), 0)}" for label, tier in (
+            ("明星", "star"), ("金牛", "cash_cow"), ("问题", "question_mark"), ("瘦狗", "dog")))
+        return f"{name} {tiers} · 近12月 ¥"
+
+    reply = await say(bot, peer, "boss", "团队")
+    assert "您团队概况（2 人）" in reply
+    lines = reply.splitlines()
+    zhang = next(text for text in lines if text.startswith("张三 "))
+    li = next(text for text in lines if text.startswith("李四 "))
+    assert zhang.startswith(line("张三", "rep_a")) and zhang.endswith("待办 2（逾期 1）")
+    assert li.startswith(line("李四", "rep_b")) and li.endswith("待办 1")
+    assert lines.index(zhang) < lines.index(li)  # the Star and the Cash Cow: more revenue
+    total = sum(n for (owner, _tier), n in counts.items() if owner in ("rep_a", "rep_b"))
+    assert total == 28
+    star_total = counts[("rep_a", "star")] + counts.get(("rep_b", "star"), 0)
+    assert f"合计：明星 {star_total} · 金牛 " in reply and "待办任务 3（逾期 1）" in reply
+    assert "王五" not in reply and len(reply.encode()) <= 2048
+
+    english = await say(bot, peer, "admin", "team")
+    assert "Company-wide summary (3 people)" in english and "王五" in english
+    assert "open tasks 4 (2 overdue)" in english
+
+
+async def test_churn_reads_the_latest_full_run(bot, peer, engine, company):
+    # A later full run in which nobody is at risk replaces the earlier picture.
+    full_rescore(engine, company, AS_OF + timedelta(days=1))
+    reply = await say(bot, peer, "boss", "流失预警")
+    assert reply == "您团队目前没有流失风险 ≥ 70 的客户。"
