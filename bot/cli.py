@@ -286,3 +286,26 @@ def bench_scoring(sizes, database_url, work_dir, keep, lifetimes_timeout, lifeti
 
     run_scoring_bench(list(sizes) or DEFAULT_SIZES, database_url, Path(work_dir), keep=keep,
                       lifetimes_timeout=lifetimes_timeout, lifetimes_fraction=lifetimes_fraction)
+
+
+@bench_group.command("dispatch")
+@click.option("--messages", type=int, default=5000, show_default=True, help="Throughput: distinct messages queued.")
+@click.option("--members", type=int, default=2500, show_default=True,
+              help="Throughput: members they go to (and the broadcast's size).")
+@click.option("--one-member", type=int, default=200, show_default=True, help="Limits: messages to one member.")
+@click.option("--hourly", type=int, default=1200, show_default=True,
+              help="Limits: messages to one member for the hourly limit (0: skip).")
+@click.option("--app-cap", type=int, default=1500, show_default=True,
+              help="Limits: members with one message each, against the app's call cap (0: skip).")
+@click.option("--customers", type=int, default=2000, show_default=True, help="Latency: size of the demo company.")
+@click.option("--changes", type=int, default=20, show_default=True, help="Latency: customers moved one by one.")
+@click.option("--part", "parts", multiple=True, type=click.Choice(["throughput", "limits", "latency"]),
+              help="Run only these parts (repeatable; default all).")
+@click.option("--work-dir", type=click.Path(file_okay=False), default=str(Path("var") / "bench"), show_default=True)
+def bench_dispatch(messages: int, members: int, one_member: int, hourly: int, app_cap: int, customers: int,
+                   changes: int, parts: tuple[str, ...], work_dir: str) -> None:
+    """Outbox throughput vs bare sends, per-member limits, new order → tier-change card latency."""
+    from bench.dispatch import PARTS, run_dispatch_bench
+
+    run_dispatch_bench(messages=messages, members=members, one_member=one_member, hourly=hourly, app_cap=app_cap,
+                       customers=customers, changes=changes, parts=parts or PARTS, work_dir=Path(work_dir))

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -81,7 +81,7 @@ class _Unit:
 
 class Dispatcher:
     def __init__(self, engine: AsyncEngine, client, *, pushes: PushesConfig | None = None, language: str = "zh",
-                 webhook=None, metrics=None, clock: Callable[[], datetime] = utc_now, batch: int = 500):
+                 webhook=None, metrics=None, clock: Callable[[], datetime] = utc_now, batch: int = 1000):
         # `client`: bot.wecom_client.WeComClient; `webhook`: its WebhookClient, or None.
         self.engine = engine
         self.client = client
@@ -141,8 +141,10 @@ class Dispatcher:
         rows = await self._claim(now)
         if not rows:
             return 0
+        plan = _Plan(self.members.copy(), self.calls.copy(), self.robot.copy())
         for unit in await self._units(rows, now):
-            await self._deliver(unit)
+            await self._deliver(unit, plan)
+        await self._defer_planned(plan.deferred)
         return len(rows)
 
     async def drain(self, max_passes: int = 1000) -> int:
@@ -210,13 +212,16 @@ class Dispatcher:
                 units.append(_Unit([row], row.channel, row.payload, _members(row.touser)))
         for group in same.values():
             unit: _Unit | None = None
+            seen: set[str] = set()
             for row in group:
-                wanted = _members(row.touser)
-                if unit is None or len(set(unit.members) | set(wanted)) > MAX_RECIPIENTS:
-                    unit = _Unit([], "app", row.payload, [])
+                wanted = [member for member in _members(row.touser) if member not in seen]
+                if unit is None or len(seen) + len(wanted) > MAX_RECIPIENTS:
+                    unit, seen = _Unit([], "app", row.payload, []), set()
+                    wanted = list(dict.fromkeys(_members(row.touser)))
                     units.append(unit)
                 unit.rows.append(row)
-                unit.members = list(dict.fromkeys(unit.members + wanted))
+                unit.members.extend(wanted)
+                seen.update(wanted)
         return units
 
     async def _last_batch_times(self, keys: list[str]) -> dict[str, datetime]:
@@ -228,20 +233,17 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ sending
 
-    async def _deliver(self, unit: _Unit) -> None:
+    async def _deliver(self, unit: _Unit, plan: "_Plan") -> None:
         now = self.clock()
         stamp = now.timestamp()
-        if unit.channel == "webhook":
-            limits, keys = self.robot, [WEBHOOK_KEY]
-        elif unit.channel == "card_update":
-            limits, keys = self.calls, [APP_KEY]
-        else:
-            limits, keys = None, unit.members
-        wait = max(self.calls.wait_for([APP_KEY], stamp) if unit.channel != "webhook" else 0.0,
-                   (limits or self.members).wait_for(keys, stamp))
+        wait = max(windows.wait_for(keys, stamp) for windows, keys in _limits_of(plan, unit, unit.members))
         if wait > 0:
-            # The small margin keeps a float rounding from waking us a hair too early.
-            await self._defer(unit.rows, now + timedelta(seconds=wait + 0.01), counted=False)
+            # Book the slot this unit will take, so the next unit for the same member waits
+            # for the slot after it: a backlog is spread over time once, not claimed and
+            # put back every pass. The small margin keeps float rounding from waking early.
+            for windows, keys in _limits_of(plan, unit, unit.members):
+                windows.record(keys, stamp + wait)
+            plan.deferred.append((unit.rows, now + timedelta(seconds=wait + 0.01)))
             return
         try:
             result = await self._call(unit)
@@ -250,13 +252,20 @@ class Dispatcher:
             return
         invalid = set(result.invaliduser) if result is not None else set()
         accepted = [member for member in unit.members if member not in invalid]
-        if unit.channel == "app":
-            self.members.record(accepted, stamp)
-        if unit.channel == "webhook":
-            self.robot.record([WEBHOOK_KEY], stamp)
-        else:
-            self.calls.record([APP_KEY], stamp)
+        for holder in (self, plan):
+            for windows, keys in _limits_of(holder, unit, accepted):
+                windows.record(keys, stamp)
         await self._sent(unit, result, invalid, now)
+
+    async def _defer_planned(self, deferred: list[tuple[list[Any], datetime]]) -> None:
+        """Rows waiting for room under a limit, each until its booked slot, in one statement."""
+        if not deferred:
+            return
+        outbox = OutboxMessage.__table__
+        values = [{"row_id": row.id, "due": until} for rows, until in deferred for row in rows]
+        async with self.engine.begin() as connection:
+            await connection.execute(update(outbox).where(outbox.c.id == bindparam("row_id")).values(
+                status="pending", not_before=bindparam("due"), attempts=outbox.c.attempts - 1), values)
 
     async def _call(self, unit: _Unit):
         duplicate_check = {"enable_duplicate_check": True,
@@ -358,6 +367,26 @@ class Dispatcher:
         if earliest is None:
             return ceiling
         return max(0.0, min(ceiling, (_aware(earliest) - self.clock()).total_seconds()))
+
+
+@dataclass
+class _Plan:
+    """One pass's view of the limits: the real windows plus the slots booked for rows
+    that must wait."""
+
+    members: SlidingWindows
+    calls: SlidingWindows
+    robot: SlidingWindows
+    deferred: list[tuple[list[Any], datetime]] = field(default_factory=list)
+
+
+def _limits_of(holder, unit: _Unit, members: list[str]) -> list[tuple[SlidingWindows, list[str]]]:
+    """The windows a unit's call counts against (on a Dispatcher or a _Plan)."""
+    if unit.channel == "webhook":
+        return [(holder.robot, [WEBHOOK_KEY])]
+    if unit.channel == "card_update":
+        return [(holder.calls, [APP_KEY])]
+    return [(holder.calls, [APP_KEY]), (holder.members, members)]
 
 
 class PermanentDeliveryError(Exception):

@@ -10,6 +10,7 @@ dispatch lease — does not forget the last hour.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -49,10 +50,22 @@ class SlidingWindows:
 
     def record(self, keys: Iterable[str], at: float) -> None:
         for key in keys:
-            self._history(key, at).append(at)
+            # No trimming here: `at` may be a slot booked in the future, and trimming
+            # against it would forget sends that still count now. wait_for trims.
+            history = self._sent.setdefault(key, deque())
+            if history and at < history[-1]:
+                # A plan books future slots before a real send lands at an earlier time:
+                # keep the history in time order, as wait_for relies on.
+                history.insert(bisect.bisect_right(history, at), at)
+            else:
+                history.append(at)
 
     def sent_within(self, key: str, now: float, seconds: float) -> int:
         return sum(1 for at in self._history(key, now) if at > now - seconds)
 
     def forget(self) -> None:
         self._sent.clear()
+
+    def copy(self) -> "SlidingWindows":
+        """An independent copy, to plan future sends on without touching the real record."""
+        return SlidingWindows(self.windows, {key: deque(history) for key, history in self._sent.items()})

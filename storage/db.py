@@ -6,9 +6,11 @@ the service the async one; each picks its driver from the URL's backend.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -82,7 +84,25 @@ def _disable_pysqlite_autobegin(dbapi_connection, _record) -> None:
 
 
 def _sqlite_begin(connection) -> None:
-    connection.exec_driver_sql("BEGIN")
+    mode = connection.get_execution_options().get("sqlite_begin", "")
+    connection.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+def for_writing(connection):
+    """Mark a connection whose next transaction reads, then writes. On SQLite it starts
+    with BEGIN IMMEDIATE (the write lock up front): a deferred transaction that read
+    before another process committed fails at its first write with "database is locked"
+    (SQLITE_BUSY_SNAPSHOT) at once, instead of waiting its turn."""
+    return connection.execution_options(sqlite_begin="IMMEDIATE")
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """engine.begin() for transactions that read and then write (see for_writing)."""
+    with engine.connect() as connection:
+        for_writing(connection)
+        with connection.begin():
+            yield connection
 
 
 def alembic_config(url: str):

@@ -40,6 +40,7 @@ from storage.schema_files import (
     kind_of_file,
     normalise_header,
 )
+from storage.db import for_writing
 from storage.sql import bulk_insert, month_of, null_safe_differs, refresh_statistics
 from storage.validate import BatchValidator, Problem
 
@@ -538,7 +539,7 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
             # Index maintenance on tens of millions of rows wants a big page cache; bounded.
             connection.exec_driver_sql(f"PRAGMA cache_size=-{IMPORT_CACHE_KIB}")
             connection.commit()
-        transaction = connection.begin()
+        transaction = for_writing(connection).begin()
         try:
             metadata = MetaData()
             staging: dict[str, Table] = {}

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, sele
 
 from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, add_months, window_starts
 from storage.models import Customer, ScoreRun, ScoreSnapshot
+from storage.db import write_transaction
 from storage.sql import bulk_insert, frame_from_result, refresh_statistics
 
 _NOW = bindparam("now", type_=DateTime(timezone=True))
@@ -294,7 +295,7 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
               keep_runs: int, reference: str | None = None, after_changes: AfterChanges | None = None) -> RunOutcome:
     """A full run: snapshot rows, tier history and current tiers, then the run marked
     succeeded — all in one transaction, so a crash leaves the previous state untouched."""
-    with engine.begin() as connection:
+    with write_transaction(engine) as connection:
         _insert_snapshots(connection, run_id, scored, revenue_12m)
         changes, first = _record_tier_changes(connection, run_id, run_id, None)
         if after_changes is not None:
@@ -312,7 +313,7 @@ def write_incremental(engine: Engine, full_run_id: int, run_id: int, scored: pd.
     """An incremental rescore: replace these customers' rows in the full run's snapshot
     (it stays the current picture), record their tier changes under the incremental run."""
     ids = list(scored.index)
-    with engine.begin() as connection:
+    with write_transaction(engine) as connection:
         connection.execute(ScoreSnapshot.__table__.delete().where(ScoreSnapshot.run_id == full_run_id,
                                                                   ScoreSnapshot.customer_id.in_(ids)))
         _insert_snapshots(connection, full_run_id, scored, revenue_12m)

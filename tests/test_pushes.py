@@ -209,3 +209,27 @@ async def test_crash_after_wecom_accepted_is_caught_by_the_duplicate_check(engin
     with engine.connect() as connection:
         assert connection.execute(select(OutboxMessage.status).where(OutboxMessage.origin == "once")).scalar() == "sent"
     assert len(state.messages_for("rep_a")) == 1 and len(state.deduplicated) == 1
+
+
+def test_sliding_windows_keep_time_order_when_slots_are_booked_ahead():
+    from notifications.limits import SlidingWindows, Window
+
+    windows = SlidingWindows((Window(2, 60),))
+    windows.record(["a"], 100.0)
+    windows.record(["a"], 150.0)  # a booked slot
+    windows.record(["a"], 120.0)  # a real send that landed before it
+    # Two of three within any minute: the next room is when the send at 120 leaves the
+    # window (at 180), not when the one at 100 does — 150 is still booked.
+    assert windows.wait_for(["a"], 121.0) == 59.0
+    windows.record(["a"], 180.0)
+    assert windows.wait_for(["a"], 180.0) == 30.0
+
+
+def test_booking_a_future_slot_does_not_forget_sends_that_still_count():
+    from notifications.limits import SlidingWindows, Window
+
+    windows = SlidingWindows((Window(2, 60),))
+    windows.record(["a"], 100.0)
+    windows.record(["a"], 110.0)
+    windows.record(["a"], 500.0)  # booked far ahead
+    assert windows.wait_for(["a"], 120.0) > 0  # the sends at 100 and 110 still fill this minute
