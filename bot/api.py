@@ -69,8 +69,11 @@ class IngestApi:
         if len(items) > MAX_ITEMS:
             return _error(413, f"more than {MAX_ITEMS:,} items: send smaller batches")
         response = await asyncio.to_thread(self._ingest_blocking, kind, items)
-        # A rescore may have queued tier-change messages and tasks: send them now.
+        # A rescore may have queued tier-change messages and tasks: send them now; new
+        # tickets are routed now.
         self.runtime.wake_dispatcher()
+        if kind in ("tickets", "orders", "activities", "customers"):
+            self.runtime.wake_tickets()
         return response
 
     def _ingest_blocking(self, kind: str, items: list[dict]) -> web.Response:

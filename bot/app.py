@@ -79,9 +79,15 @@ class Runtime:
     scheduler: Any = None  # bot.scheduler.Scheduler
     tasks: list[asyncio.Task] = field(default_factory=list)
 
+    # Set when tickets arrive (API, chat): route them now rather than at the next sweep.
+    tickets_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
     def wake_dispatcher(self) -> None:
         """Something was queued: send it now rather than at the next pass."""
         self.dispatcher.wakeup.set()
+
+    def wake_tickets(self) -> None:
+        self.tickets_wakeup.set()
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -185,7 +191,6 @@ def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None, 
         yield
         if runtime.scheduler is not None:
             await runtime.scheduler.stop()
-            await runtime.scheduler.leases.release("dispatch")
         for task in runtime.tasks:
             task.cancel()
         for task in runtime.tasks:
@@ -207,6 +212,7 @@ def build_scheduler(runtime: Runtime):
     from bot.scheduler import Scheduler
     from notifications.digest import queue_digests, queue_overdue_notices
     from notifications.playbook import PlaybookSettings
+    from notifications.tickets import TicketSettings, process_tickets
 
     config = runtime.config
     engine = runtime.services.db
@@ -232,42 +238,30 @@ def build_scheduler(runtime: Runtime):
         if await queue_overdue_notices(engine, settings, datetime.now(timezone.utc)):
             runtime.wake_dispatcher()
 
-    async def dispatch_loop() -> None:
-        await dispatch_under_lease(runtime.dispatcher, scheduler.leases, config.scheduler.dispatch_every_seconds)
+    dispatcher = runtime.dispatcher
+
+    async def dispatch_pass() -> float:
+        # One dispatcher at a time keeps WeCom's per-member limits whole across processes.
+        handled = await dispatcher.run_once()
+        return 0.0 if handled else await dispatcher.next_due_in(config.scheduler.dispatch_every_seconds)
+
+    tickets = TicketSettings.from_config(config)
+
+    async def tickets_pass() -> float:
+        outcome = await asyncio.to_thread(process_tickets, runtime.sync_db, tickets, datetime.now(timezone.utc))
+        if outcome.routed or outcome.assigned or outcome.warned or outcome.breached or outcome.rerouted:
+            runtime.wake_dispatcher()
+        return config.tickets.watch_every_seconds
 
     scheduler.cron("full_rescore", config.scheduler.full_rescore, nightly_rescore)
     scheduler.cron("digest", config.scheduler.digest, digest)
     scheduler.every("watch", config.scheduler.watch_every_minutes * 60, watch)
-    scheduler.loop("dispatch", dispatch_loop)
+    scheduler.leased_loop("dispatch", dispatch_pass, dispatcher.wakeup, on_acquire=dispatcher.take_over)
+    scheduler.leased_loop("tickets", tickets_pass, runtime.tickets_wakeup)
     return scheduler
 
 
-async def dispatch_under_lease(dispatcher: Dispatcher, leases, idle_seconds: float) -> None:
-    """Send the outbox for as long as this process holds the dispatch lease: one
-    dispatcher at a time keeps WeCom's per-member limits whole across processes."""
-    from bot.scheduler import LEASE_SECONDS
 
-    holding = False
-    while True:
-        pause = idle_seconds
-        try:
-            if await leases.acquire("dispatch"):
-                if not holding:
-                    await dispatcher.take_over()
-                    holding = True
-                handled = await dispatcher.run_once()
-                pause = 0.0 if handled else await dispatcher.next_due_in(idle_seconds)
-            else:
-                holding = False
-                pause = LEASE_SECONDS / 3
-        except Exception:
-            logger.exception("outbox dispatch failed; trying again")
-        if pause > 0:
-            try:
-                await asyncio.wait_for(dispatcher.wakeup.wait(), timeout=pause)
-            except asyncio.TimeoutError:
-                pass
-        dispatcher.wakeup.clear()
 
 
 async def serve(config: Config, host: str, port: int, sandbox_users: list[str] | None = None) -> None:

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from notifications.settings import PlaybookConfig, PushesConfig, SchedulerConfig
+from notifications.settings import PlaybookConfig, PushesConfig, SchedulerConfig, TicketsConfig
 from notifications.workdays import CalendarConfig
 from scoring.pipeline import ScoringParams
 
@@ -126,6 +126,7 @@ class Config(_Section):
     calendar: CalendarConfig = CalendarConfig()
     pushes: PushesConfig = PushesConfig()
     playbook: PlaybookConfig = PlaybookConfig()
+    tickets: TicketsConfig = TicketsConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

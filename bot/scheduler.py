@@ -25,7 +25,7 @@ import secrets
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -165,8 +165,33 @@ class Scheduler:
         self.apscheduler.add_job(self.run_interval, "interval", seconds=seconds, args=[name, work], id=name,
                                  name=name, replace_existing=True)
 
-    def loop(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
-        """A long-running job (the dispatcher); `body` handles its own lease and pauses."""
+    def leased_loop(self, name: str, step: Callable[[], Awaitable[float]], wakeup: asyncio.Event, *,
+                    on_acquire: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """A job that runs again and again (the dispatcher, the ticket router) for as long
+        as this process holds its lease. `step` returns how long to pause; `wakeup.set()`
+        ends a pause early; `on_acquire` runs whenever the lease is newly taken."""
+
+        async def body() -> None:
+            holding = False
+            while True:
+                pause = LEASE_SECONDS / 3
+                try:
+                    if await self.leases.acquire(name):
+                        if not holding and on_acquire is not None:
+                            await on_acquire()
+                        holding = True
+                        pause = await step()
+                    else:
+                        holding = False
+                except Exception:
+                    logger.exception("%s failed; trying again", name)
+                if pause > 0:
+                    try:
+                        await asyncio.wait_for(wakeup.wait(), timeout=pause)
+                    except asyncio.TimeoutError:
+                        pass
+                wakeup.clear()
+
         self.loops[name] = body
 
     # ------------------------------------------------------------------ running
@@ -240,6 +265,9 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        for name in self.loops:
+            # Let a restarted or another process take over at once.
+            await self.leases.release(name)
 
     def next_runs(self) -> dict[str, datetime | None]:
         return {job.id: job.next_run_time for job in self.apscheduler.get_jobs()}

@@ -86,3 +86,12 @@ def summary_for(kind: str, items: list[dict[str, Any]], lang: str) -> tuple[str,
     if kind == "delivery_failure":
         return "markdown", {"content": delivery_failures(items, lang)}
     return "markdown", {"content": rep_summary(items, lang)}
+
+
+def ticket_card(item: dict[str, Any], lang: str, task_id: str) -> dict[str, Any]:
+    return _card(f"push/ticket_card.{lang}.yaml.j2", item=item, card_task_id=task_id)
+
+
+def ticket_notice(kind: str, item: dict[str, Any], lang: str, links: list | None = None) -> str:
+    """self_service · assigned · warning · breach · star_breach · reprioritised."""
+    return render(f"push/ticket_notice.{lang}.j2", kind=kind, item=item, links=links or [])

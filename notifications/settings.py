@@ -199,3 +199,85 @@ class PlaybookConfig(_Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+SEVERITIES = ("P1", "P2", "P3", "P4")
+
+
+class TicketRoute(_Section):
+    name: str = Field(min_length=1, max_length=64)
+    # A condition in the business-rule language over the ticket and its customer: tier,
+    # sabc, pyramid, lifecycle, churn_label, churn_score, revenue_12m, severity,
+    # product_line, industry, region, customer_type (notifications.tickets.ROUTE_FIELDS).
+    when: str
+    queue: str = Field(min_length=1, max_length=32)
+    # The priority tickets on this route get; none: the ticket's own severity (else P3).
+    priority: str | None = None
+    # Time to the first response (an agent accepting), counted in working hours.
+    first_response_hours: float = Field(gt=0, le=24 * 30)
+    # > 0: answer with knowledge-base links first; still open after this many working
+    # hours, the ticket goes to `queue` with the SLA above (the Dog path).
+    self_service_hours: float = Field(0, ge=0, le=24 * 30)
+
+    @field_validator("priority")
+    @classmethod
+    def _severity(cls, value: str | None) -> str | None:
+        if value is not None and value not in SEVERITIES:
+            raise ValueError(f"must be one of {', '.join(SEVERITIES)}")
+        return value
+
+
+DEFAULT_ROUTES = [
+    TicketRoute(name="strategic", when='tier == "star" or sabc == "S"', queue="expert", priority="P1",
+                first_response_hours=1),
+    TicketRoute(name="cash_cow", when='tier == "cash_cow"', queue="standard", first_response_hours=4),
+    TicketRoute(name="growth", when='tier == "question_mark"', queue="growth", first_response_hours=4),
+    TicketRoute(name="self_service_first", when='tier == "dog"', queue="standard", first_response_hours=24,
+                self_service_hours=4),
+    TicketRoute(name="unscored", when="true", queue="standard", first_response_hours=8),
+]
+
+
+class TicketQueue(_Section):
+    # Told when a ticket of this queue breaches its SLA. Empty: the manager of the queue's
+    # agents, else every admin.
+    lead: str = ""
+
+
+class KnowledgeLink(_Section):
+    title: str
+    url: str
+
+
+class TicketsConfig(_Section):
+    # First match wins; the last route should match everything ("true").
+    routes: list[TicketRoute] = DEFAULT_ROUTES
+    queues: dict[str, TicketQueue] = {"expert": TicketQueue(), "standard": TicketQueue(), "growth": TicketQueue()}
+    knowledge_base: list[KnowledgeLink] = [
+        KnowledgeLink(title="常见问题 FAQ", url="https://help.example.com/faq"),
+        KnowledgeLink(title="使用手册 Manuals", url="https://help.example.com/manuals"),
+    ]
+    # The assigned agent is warned this long before the first-response deadline.
+    warn_before_minutes: int = Field(30, ge=0)
+    # Agents' own working hours, where they differ from calendar.working_hours.
+    agent_hours: dict[str, tuple[str, str]] = {}
+    # Tickets are routed at once on intake; this sweep also runs the SLA clock.
+    watch_every_seconds: float = Field(60, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _routes_are_sound(self) -> "TicketsConfig":
+        from notifications.tickets import check_routes
+
+        problems = check_routes(self.routes)
+        unknown = sorted({route.queue for route in self.routes} - set(self.queues))
+        if unknown:
+            problems.append(f"routes use queue(s) {', '.join(unknown)} that are not under queues:")
+        for userid, hours in self.agent_hours.items():
+            try:
+                if parse_hh_mm(hours[0]) >= parse_hh_mm(hours[1]):
+                    problems.append(f"agent_hours.{userid}: the start must be before the end")
+            except ValueError as error:
+                problems.append(f"agent_hours.{userid}: {error}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

@@ -132,7 +132,13 @@ class Activity(Base):
     )
 
 
+TICKET_STATUSES = ("self_service", "open", "accepted", "resolved", "closed")
+
+
 class Ticket(Base):
+    """A service ticket. Intake (file, API, chat) fills the first columns; routing
+    (notifications.tickets) the rest: queue, priority, agent and the SLA clock."""
+
     __tablename__ = "tickets"
 
     ticket_id: Mapped[str] = mapped_column(ID, primary_key=True)
@@ -140,12 +146,46 @@ class Ticket(Base):
     opened_at: Mapped[datetime] = mapped_column(DateTime)
     subject: Mapped[str] = mapped_column(String(512))
     severity: Mapped[str | None] = mapped_column(String(4))
+    product_line: Mapped[str | None] = mapped_column(String(64))
+    # self_service: knowledge-base answer first (the Dog path) · open: waiting for an agent to
+    # accept · accepted · resolved · closed.
     status: Mapped[str] = mapped_column(String(16), default="open", server_default="open")
+    source: Mapped[str] = mapped_column(String(16), default="import", server_default="import")
+    opened_by: Mapped[str | None] = mapped_column(ID)
+    # The customer's tier the route was chosen for; a different current tier re-routes it.
+    tier: Mapped[str | None] = mapped_column(String(16))
+    route: Mapped[str | None] = mapped_column(String(64))
+    queue: Mapped[str | None] = mapped_column(String(32))
+    priority: Mapped[str | None] = mapped_column(String(4))
+    assignee_userid: Mapped[str | None] = mapped_column(ID, ForeignKey("users.userid"))
+    routed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    self_service_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    first_response_due: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    accepted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolution: Mapped[str | None] = mapped_column(Text)
+    warned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The first response was late: recorded once, escalated to the queue lead once.
+    breached_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         CheckConstraint(_one_of("severity", TICKET_SEVERITIES), name="severity"),
-        CheckConstraint(_one_of("status", ("open", "accepted", "resolved", "closed")), name="status"),
+        CheckConstraint(_one_of("status", TICKET_STATUSES), name="status"),
+        Index("ix_tickets_status_due", "status", "first_response_due"),
+        Index("ix_tickets_assignee_status", "assignee_userid", "status"),
     )
+
+
+class AgentState(Base):
+    """A service agent's availability and turn: marked away from chat, and when they last
+    got a ticket (round-robin among agents with equal load)."""
+
+    __tablename__ = "agent_state"
+
+    userid: Mapped[str] = mapped_column(ID, ForeignKey("users.userid"), primary_key=True)
+    away: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    away_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_assigned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class CustomerMonth(Base):

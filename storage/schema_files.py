@@ -187,6 +187,7 @@ TICKETS = FileKind(
         Column("subject", "text", True, ("标题", "问题", "问题描述", "主题"), max_length=512),
         Column("severity", "enum", False, ("级别", "严重程度", "优先级"), choices=TICKET_SEVERITIES,
                value_aliases={"p1": "P1", "p2": "P2", "p3": "P3", "p4": "P4"}),
+        Column("product_line", "text", False, ("产品线", "产品"), max_length=64),
     ),
     references=(Reference("customer_id", "customers", "customer"),),
     file_aliases=("工单",),

@@ -1,0 +1,151 @@
+"""Tickets routed by tier: the Star and Dog paths, agents on duty, even load, the SLA
+clock with one escalation per breach, and re-routing when the customer's tier changes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select, update
+
+from bot.config import load_config
+from bot.rescore import full_rescore
+from notifications.tickets import TicketSettings, pick_agent, process_tickets
+from storage.importer import run_import
+from storage.models import AgentState, Customer, OutboxMessage, Ticket
+from tests.company import AS_OF, write_company
+
+# Monday 2026-11-23 10:00 in Shanghai.
+MONDAY_10 = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)
+AGENTS = [
+    {"userid": "lead", "name": "客服主管", "role": "manager", "manager_userid": "", "team": "客服", "queues": ""},
+    {"userid": "ag1", "name": "专家甲", "role": "agent", "manager_userid": "lead", "team": "客服", "queues": "expert|standard"},
+    {"userid": "ag2", "name": "专家乙", "role": "agent", "manager_userid": "lead", "team": "客服", "queues": "expert|standard"},
+    {"userid": "ag3", "name": "夜班丙", "role": "agent", "manager_userid": "lead", "team": "客服", "queues": "standard"},
+]
+
+
+@pytest.fixture
+def config(engine, database_url, tmp_path):
+    run_import(engine, [write_company(tmp_path / "crm")])
+    run_import(engine, [], records={"users": AGENTS})
+    path = tmp_path / "config.yaml"
+    # ag3 works nights only: never on duty at 10:00.
+    path.write_text('tickets:\n  agent_hours: {ag3: ["20:00", "23:00"]}\n', encoding="utf-8")
+    config = load_config(path, environ={"TIERBOT_DATABASE_URL": database_url})
+    full_rescore(engine, config, AS_OF, now=MONDAY_10)
+    return config
+
+
+def open_tickets(engine, *tickets: tuple[str, str, str]) -> None:
+    """(ticket_id, customer_id, subject), opened at MONDAY_10 local time."""
+    opened = MONDAY_10.astimezone(timezone(timedelta(hours=8))).replace(tzinfo=None).isoformat(timespec="seconds")
+    run_import(engine, [], records={"tickets": [{"ticket_id": t, "customer_id": c, "subject": s, "opened_at": opened}
+                                                for t, c, s in tickets]})
+
+
+def ticket(engine, ticket_id: str):
+    with engine.connect() as connection:
+        return connection.execute(select(Ticket).where(Ticket.ticket_id == ticket_id)).one()
+
+
+def messages_to(engine, userid: str) -> list:
+    with engine.connect() as connection:
+        return connection.execute(select(OutboxMessage.kind, OutboxMessage.payload)
+                                  .where(OutboxMessage.touser == userid, OutboxMessage.kind.like("ticket%"))
+                                  .order_by(OutboxMessage.id)).all()
+
+
+def aware(moment):
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def test_star_ticket_goes_to_the_expert_queue_with_one_hour(engine, config):
+    settings = TicketSettings.from_config(config)
+    open_tickets(engine, ("T-STAR", "STAR1", "产线停机，系统无法登录"))
+    outcome = process_tickets(engine, settings, MONDAY_10)
+    assert (outcome.routed, outcome.assigned) == (1, 1)
+    star = ticket(engine, "T-STAR")
+    assert (star.queue, star.priority, star.status, star.tier) == ("expert", "P1", "open", "star")
+    assert star.assignee_userid in ("ag1", "ag2")
+    assert aware(star.first_response_due) == MONDAY_10 + timedelta(hours=1)
+    card = messages_to(engine, star.assignee_userid)[0]
+    assert card.kind == "ticket"
+    body = card.payload["template_card"]
+    assert [b["key"] for b in body["button_list"]] == ["accept:T-STAR", "resolve:T-STAR"]
+    assert {"keyname": "首响截止", "value": "11-23 11:00"} in body["horizontal_content_list"]
+
+
+def test_dog_ticket_gets_self_service_first_then_the_standard_queue(engine, config):
+    settings = TicketSettings.from_config(config)
+    open_tickets(engine, ("T-DOG", "DOG1", "发票怎么开"))
+    process_tickets(engine, settings, MONDAY_10)
+    dog = ticket(engine, "T-DOG")
+    assert (dog.status, dog.queue, dog.assignee_userid) == ("self_service", "standard", None)
+    kb = messages_to(engine, "rep_b")  # the owner rep forwards the knowledge-base links
+    assert [m.kind for m in kb] == ["ticket_self_service"]
+    assert "help.example.com/faq" in kb[0].payload["markdown"]["content"]
+    # Four working hours later it is still open: to the standard queue, 24 working hours.
+    later = MONDAY_10 + timedelta(hours=4)
+    outcome = process_tickets(engine, settings, later)
+    assert (outcome.handed_over, outcome.assigned) == (1, 1)
+    dog = ticket(engine, "T-DOG")
+    assert dog.status == "open" and dog.assignee_userid in ("ag1", "ag2")  # ag3 is off duty
+    assert aware(dog.first_response_due) > later + timedelta(days=2)  # 24 working hours ≈ 3 working days
+
+
+def test_load_spreads_evenly_and_an_agent_off_duty_gets_nothing(engine, config):
+    settings = TicketSettings.from_config(config)
+    open_tickets(engine, *[(f"T-{n}", "COW1", f"问题 {n}") for n in range(10)])
+    process_tickets(engine, settings, MONDAY_10)
+    with engine.connect() as connection:
+        load = Counter(connection.execute(select(Ticket.assignee_userid)).scalars())
+    assert load == Counter({"ag1": 5, "ag2": 5})
+    # ag2 marks themself away: the next tickets all go to ag1.
+    with engine.begin() as connection:
+        connection.execute(update(AgentState).where(AgentState.userid == "ag2").values(away=True))
+    open_tickets(engine, ("T-10", "COW1", "又一个"), ("T-11", "COW1", "再一个"))
+    process_tickets(engine, settings, MONDAY_10 + timedelta(minutes=1))
+    assert {ticket(engine, "T-10").assignee_userid, ticket(engine, "T-11").assignee_userid} == {"ag1"}
+
+
+def test_round_robin_among_equal_loads():
+    agents = {name: {"queues": {"q"}, "away": False, "load": 0, "last": None} for name in ("a", "b", "c")}
+    order = []
+    for n in range(6):
+        chosen = pick_agent(agents, "q", lambda userid: True)
+        order.append(chosen)
+        agents[chosen]["last"] = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=n)
+    assert order == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_a_breach_is_warned_then_escalated_exactly_once(engine, config):
+    settings = TicketSettings.from_config(config)
+    open_tickets(engine, ("T-LATE", "STAR1", "数据丢失"))
+    process_tickets(engine, settings, MONDAY_10)
+    agent = ticket(engine, "T-LATE").assignee_userid
+    assert process_tickets(engine, settings, MONDAY_10 + timedelta(minutes=35)).warned == 1
+    assert process_tickets(engine, settings, MONDAY_10 + timedelta(minutes=40)).warned == 0
+    first = process_tickets(engine, settings, MONDAY_10 + timedelta(minutes=61))
+    again = process_tickets(engine, settings, MONDAY_10 + timedelta(minutes=75))
+    assert (first.breached, again.breached) == (1, 0)
+    assert aware(ticket(engine, "T-LATE").breached_at) == MONDAY_10 + timedelta(minutes=61)
+    assert [m.kind for m in messages_to(engine, "lead")] == ["ticket_breach"]  # the agents' manager leads the queue
+    assert [m.kind for m in messages_to(engine, "rep_a")] == ["ticket_star_breach"]  # STAR1's owner
+    assert [m.kind for m in messages_to(engine, agent)] == ["ticket", "ticket_warning"]
+
+
+def test_a_tier_change_reprioritises_open_tickets(engine, config):
+    settings = TicketSettings.from_config(config)
+    open_tickets(engine, ("T-COW", "COW1", "报表慢"))
+    process_tickets(engine, settings, MONDAY_10)
+    before = ticket(engine, "T-COW")
+    assert (before.queue, before.priority) == ("standard", "P3")
+    with engine.begin() as connection:
+        connection.execute(update(Customer).where(Customer.customer_id == "COW1").values(tier="star"))
+    outcome = process_tickets(engine, settings, MONDAY_10 + timedelta(minutes=5))
+    after = ticket(engine, "T-COW")
+    assert outcome.rerouted == 1
+    assert (after.queue, after.priority, after.tier) == ("expert", "P1", "star")
+    assert aware(after.first_response_due) == MONDAY_10 + timedelta(hours=1)
