@@ -177,6 +177,7 @@ def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None, 
     runtime = Runtime(config, identity, services, metrics, client, dispatcher, callback, sandbox,
                       sync_db=make_engine(config.database.url))
     app[RUNTIME] = runtime
+    services.wake_tickets = runtime.wake_tickets
     app.add_routes(callback.routes())
     app.add_routes(IngestApi(runtime).routes())
     app.add_routes([web.get("/healthz", _healthz), web.get("/metrics", _metrics)])
