@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text
 from bot.emulator import (EMULATOR, SANDBOX_AGENT_ID, SANDBOX_CORP_ID, SANDBOX_SECRET, RedactingAccessLogger,
                           create_emulator_app)
 from bot.metrics import Metrics
-from bot.wecom_client import WeComClient
+from bot.wecom_client import WebhookClient, WeComClient
 from notifications.dispatcher import Dispatcher
 from notifications.settings import PushesConfig
 from storage.db import make_async_engine
@@ -124,13 +124,14 @@ async def async_db(database_url):
 async def make_dispatcher(emulator, async_db, clock):
     sessions = []
 
-    async def make(**pushes) -> Dispatcher:
+    async def make(webhook_key: str | None = None, **pushes) -> Dispatcher:
         session = aiohttp.ClientSession()
         sessions.append(session)
         client = WeComClient(session, SANDBOX_CORP_ID, SANDBOX_SECRET, SANDBOX_AGENT_ID,
                              str(emulator.make_url("/")), clock=clock)
+        webhook = WebhookClient(session, webhook_key, str(emulator.make_url("/"))) if webhook_key else None
         return Dispatcher(async_db, client, pushes=PushesConfig(**pushes), language="zh", metrics=Metrics(),
-                          clock=clock.utc)
+                          clock=clock.utc, webhook=webhook)
 
     yield make
     for session in sessions:

@@ -147,3 +147,21 @@ async def test_churn_alerts_reach_a_manager_at_most_once_an_hour(engine, setting
     assert len(state.messages_for("boss")) == 2
     content = state.messages_for("boss")[1].payload["markdown"]["content"]
     assert "2 位团队客户" in content and "星辰半导体" in content and "新锐新能源" in content
+
+
+async def test_churn_alerts_can_also_go_to_the_team_group_robot(engine, database_url, tmp_path, make_dispatcher,
+                                                                emulator, clock):
+    from bot.emulator import SANDBOX_WEBHOOK_KEY
+
+    run_import(engine, [write_company(tmp_path / "crm")])
+    path = tmp_path / "config.yaml"
+    path.write_text("playbook:\n  churn_alerts: {group_robot: true}\n", encoding="utf-8")
+    settings = PlaybookSettings.from_config(load_config(path, environ={
+        "TIERBOT_DATABASE_URL": database_url, "WECOM_WEBHOOK_KEY": SANDBOX_WEBHOOK_KEY}))
+    run_playbook(engine, settings, *frames({}, churn={"COW1": 88.0}), {}, clock.utc())
+    dispatcher = await make_dispatcher(webhook_key=SANDBOX_WEBHOOK_KEY)
+    await dispatcher.drain()
+    state = state_of(emulator)
+    robot = [m for m in state.webhook_messages if m.key == SANDBOX_WEBHOOK_KEY]
+    assert len(robot) == 1 and "老牌纺织" in robot[0].payload["markdown"]["content"]
+    assert len(state.messages_for("boss")) == 1  # and the manager, as always
