@@ -4,7 +4,7 @@ Importing this package registers every capability module on `router` (commands, 
 button actions and 「更多」 pagers).
 """
 
-from handlers import customers, help, paging, tasks, team  # noqa: F401  (registration side effects)
+from handlers import customers, help, paging, tasks, team, tickets  # noqa: F401  (registration side effects)
 from handlers.router import router
 
 __all__ = ["router"]

@@ -28,6 +28,8 @@ class Services:
     # Wakes the outbox dispatcher so a queued row goes out now instead of at its next pass
     # (card updates after a button press); None where nothing dispatches (tests, CLI).
     wake: Callable[[], None] | None = None
+    # Wakes the ticket router so a ticket opened in chat is routed now (bot.app sets it).
+    wake_tickets: Callable[[], None] | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def now(self) -> datetime:

@@ -199,11 +199,14 @@ def _notice(userid: str, kind: str, item: dict, settings: TicketSettings, origin
 # ------------------------------------------------------------------ 1–3: routes
 
 
-def _route_values(ticket: Any, route: TicketRoute, settings: TicketSettings, now: datetime) -> dict[str, Any]:
+def _route_values(ticket: Any, route: TicketRoute, settings: TicketSettings, now: datetime,
+                  self_service: bool) -> dict[str, Any]:
+    """`self_service`: the ticket may (still) take the knowledge-base path; one already in
+    a queue never goes back to it."""
     opened = _aware(ticket.opened_at, settings.tz)
     values: dict[str, Any] = {"route": route.name, "queue": route.queue, "tier": ticket.tier,
-                              "priority": route.priority or ticket.severity or "P3"}
-    if route.self_service_hours and ticket.status in ("open", "self_service") and ticket.accepted_at is None:
+                              "priority": route.priority or ticket.severity or "P3", "warned_at": None}
+    if route.self_service_hours and self_service:
         values.update(status="self_service", first_response_due=None,
                       self_service_until=settings.after_working_hours(max(opened, now), route.self_service_hours))
     else:
@@ -215,9 +218,9 @@ def _route_values(ticket: Any, route: TicketRoute, settings: TicketSettings, now
 
 def _route_new(connection: Connection, settings: TicketSettings, now: datetime, outcome: TicketOutcome,
                rows: list) -> None:
-    since = (now - ROUTE_WITHIN).astimezone(settings.tz).replace(tzinfo=None)
+    since = (now - ROUTE_WITHIN).astimezone(settings.tz).replace(tzinfo=None)  # opened_at is local time
     frame = _tickets(connection, "t.routed_at IS NULL AND t.status = 'open' AND t.opened_at >= :since",
-                     {"since": since})
+                     {"since": since}, [bindparam("since", type_=DateTime)])
     if frame.empty:
         return
     chosen = _decide(connection, settings, frame)
@@ -226,7 +229,7 @@ def _route_new(connection: Connection, settings: TicketSettings, now: datetime, 
         if name is None:
             continue
         route = settings.route(name)
-        values = _route_values(ticket, route, settings, now)
+        values = _route_values(ticket, route, settings, now, self_service=True)
         connection.execute(update(Ticket).where(Ticket.ticket_id == ticket.ticket_id)
                            .values(routed_at=now, **values))
         outcome.routed += 1
@@ -251,7 +254,7 @@ def _reroute_changed(connection: Connection, settings: TicketSettings, now: date
         if name is None:
             continue
         route = settings.route(name)
-        values = _route_values(ticket, route, settings, now)
+        values = _route_values(ticket, route, settings, now, self_service=ticket.status == "self_service")
         if ticket.status == "accepted":
             # Already in an agent's hands: the new priority counts, the queue and clock stay.
             values = {"tier": ticket.tier, "route": route.name, "priority": values["priority"]}

@@ -252,3 +252,170 @@ async def people(connection: AsyncConnection, userids: list[str] | None) -> dict
     if userids is not EVERYONE:
         query = query.where(User.userid.in_(userids))
     return {row[0]: UserRow(*row) for row in await connection.execute(query)}
+
+
+# ---------------------------------------------------------------- service tickets
+
+# Tickets still being worked on: waiting on self-service, waiting for an agent, accepted.
+TICKETS_OPEN = ("self_service", "open", "accepted")
+
+
+def _ticket_priority_order():
+    from storage.models import Ticket
+
+    priority = func.coalesce(Ticket.priority, Ticket.severity)
+    return case((priority == "P1", 1), (priority == "P2", 2), (priority == "P3", 3), else_=4)
+
+
+def _ticket_scope(owners: list[str] | None):
+    """A manager's tickets: their team's customers', and those handled by their team's
+    agents (a service lead's queue); an admin's: all."""
+    from storage.models import Ticket
+
+    if owners is EVERYONE:
+        return literal(True)
+    return or_(Customer.owner_userid.in_(owners), Ticket.assignee_userid.in_(owners))
+
+
+async def exact_customers(connection: AsyncConnection, owners: list[str] | None,
+                          candidates: list[str]) -> list[dict[str, Any]]:
+    """Visible customers whose id (any case) or exact name is one of `candidates`."""
+    if not candidates:
+        return []
+    rows = await connection.execute(
+        select(Customer.customer_id, Customer.name)
+        .where(_owned_by(owners), or_(func.lower(Customer.customer_id).in_([c.lower() for c in candidates]),
+                                      Customer.name.in_(candidates)))
+        .order_by(Customer.customer_id).limit(50))
+    return [dict(row._mapping) for row in rows]
+
+
+async def ticket_ids_taken(connection: AsyncConnection, ticket_ids: list[str]) -> set[str]:
+    from storage.models import Ticket
+
+    rows = await connection.execute(select(Ticket.ticket_id).where(Ticket.ticket_id.in_(ticket_ids)))
+    return {row[0] for row in rows}
+
+
+async def ticket_by_id(connection: AsyncConnection, typed: str) -> dict[str, Any] | None:
+    """The ticket `typed` names (as typed, else upper or lower case: chat lower-cases
+    nothing, but people do), with its customer's name, owner and current tier. Not
+    permission-scoped: the caller decides whether the asker may act on it."""
+    from storage.models import Ticket
+
+    spellings = list(dict.fromkeys((typed, typed.upper(), typed.lower())))
+    rows = (await connection.execute(
+        select(Ticket.__table__, Customer.name.label("customer_name"), Customer.owner_userid,
+               Customer.tier.label("customer_tier"), User.name.label("agent_name"))
+        .select_from(Ticket.__table__.join(Customer, Customer.customer_id == Ticket.customer_id)
+                     .outerjoin(User, User.userid == Ticket.assignee_userid))
+        .where(Ticket.ticket_id.in_(spellings)))).mappings().all()
+    if not rows:
+        return None
+    rows = sorted(rows, key=lambda row: spellings.index(row["ticket_id"]))
+    return dict(rows[0])
+
+
+async def agent_of(connection: AsyncConnection, userid: str) -> dict[str, Any] | None:
+    """An agent's name, queues and away flag; None when `userid` is no agent."""
+    from storage.models import AgentState
+
+    row = (await connection.execute(
+        select(User.userid, User.name, User.role, User.queues, AgentState.away)
+        .outerjoin(AgentState, AgentState.userid == User.userid)
+        .where(User.userid == userid))).first()
+    if row is None or row.role != "agent":
+        return None
+    return {"userid": row.userid, "name": row.name, "away": bool(row.away),
+            "queues": {queue for queue in (row.queues or "").split("|") if queue}}
+
+
+async def find_user(connection: AsyncConnection, userid: str) -> UserRow | None:
+    """A user by UserID; WeCom's UserIDs ignore case, so does this."""
+    exact = await get_user(connection, userid)
+    if exact is not None:
+        return exact
+    row = (await connection.execute(select(User.userid, User.name, User.role)
+                                    .where(func.lower(User.userid) == userid.lower()).limit(1))).first()
+    return UserRow(*row) if row else None
+
+
+async def ticket_list(connection: AsyncConnection, *, assignee: str | None = None, owners: list[str] | None = None,
+                      offset: int = 0, limit: int = 15) -> tuple[list[dict[str, Any]], int]:
+    """A page of tickets by priority, then first-response deadline, and the total count:
+    an agent's own open and accepted ones (`assignee`), else the open ones (self-service
+    included) of the customers `owners` see (see _ticket_scope)."""
+    from storage.models import Ticket
+
+    if assignee is not None:
+        where = and_(Ticket.assignee_userid == assignee, Ticket.status.in_(("open", "accepted")))
+    else:
+        where = and_(Ticket.status.in_(TICKETS_OPEN), _ticket_scope(owners))
+    joined = Ticket.__table__.join(Customer, Customer.customer_id == Ticket.customer_id)
+    total = (await connection.execute(select(func.count()).select_from(joined).where(where))).scalar_one()
+    if not total:
+        return [], 0
+    rows = await connection.execute(
+        select(Ticket.ticket_id, Ticket.customer_id, Customer.name, func.coalesce(Ticket.tier, Customer.tier)
+               .label("tier"), func.coalesce(Ticket.priority, Ticket.severity).label("priority"), Ticket.status,
+               Ticket.subject, Ticket.first_response_due, Ticket.self_service_until, Ticket.breached_at,
+               Ticket.accepted_at, Ticket.assignee_userid, User.name.label("agent_name"))
+        .select_from(joined.outerjoin(User, User.userid == Ticket.assignee_userid))
+        .where(where)
+        .order_by(_ticket_priority_order(), case((Ticket.first_response_due.is_(None), 1), else_=0),
+                  Ticket.first_response_due, Ticket.opened_at, Ticket.ticket_id)
+        .offset(offset).limit(limit))
+    return [dict(row._mapping) for row in rows], total
+
+
+async def open_ticket_count(connection: AsyncConnection, assignee: str) -> int:
+    """Tickets waiting for `assignee` to accept them."""
+    from storage.models import Ticket
+
+    return (await connection.execute(select(func.count()).select_from(Ticket).where(
+        Ticket.assignee_userid == assignee, Ticket.status == "open"))).scalar_one()
+
+
+async def ticket_report(connection: AsyncConnection, owners: list[str] | None, since_local, now_utc,
+                        utc_offsets: list[tuple[Any, int]]) -> dict[str | None, dict[str, float]]:
+    """Per tier (the one the ticket was routed for, else the customer's; None: unscored)
+    over the tickets opened since `since_local` (naive local time, as opened_at is stored):
+    {"tickets", "judged", "met", "accepted", "response_seconds", "open"}, in one GROUP BY.
+
+    judged: tickets whose first response can be judged — they have a deadline, and were
+    accepted or are past it (or a breach was recorded); met: of those, accepted on or
+    before the deadline without a recorded breach. response_seconds: the sum of
+    accepted_at − opened_at over accepted tickets, opened_at turned into UTC with
+    `utc_offsets` — [(local boundary, offset seconds), ...]: the offset in force before each
+    boundary, the last one's boundary None (see handlers.tickets.utc_offsets)."""
+    from sqlalchemy import DateTime as _DateTime
+
+    from storage.models import Ticket
+
+    due, accepted = Ticket.first_response_due, Ticket.accepted_at
+    judged = and_(due.is_not(None), or_(accepted.is_not(None), Ticket.breached_at.is_not(None), due <= now_utc))
+    met = and_(due.is_not(None), accepted.is_not(None), accepted <= due, Ticket.breached_at.is_(None))
+    if len(utc_offsets) == 1:
+        offset = literal(utc_offsets[0][1])
+    else:
+        offset = case(*[(Ticket.opened_at < literal(boundary, _DateTime()), seconds)
+                        for boundary, seconds in utc_offsets[:-1]], else_=utc_offsets[-1][1])
+    if connection.dialect.name == "postgresql":
+        naive = func.extract("epoch", accepted) - func.extract("epoch", Ticket.opened_at)
+    else:  # SQLite keeps both as text, the tz-aware one in UTC
+        naive = (func.julianday(accepted) - func.julianday(Ticket.opened_at)) * 86400.0
+    tier = func.coalesce(Ticket.tier, Customer.tier).label("tier")
+    rows = await connection.execute(
+        select(tier, func.count(),
+               func.sum(case((judged, 1), else_=0)),
+               func.sum(case((met, 1), else_=0)),
+               func.count(accepted),
+               func.sum(case((accepted.is_not(None), naive + offset), else_=None)),
+               func.sum(case((Ticket.status.in_(TICKETS_OPEN), 1), else_=0)))
+        .select_from(Ticket.__table__.join(Customer, Customer.customer_id == Ticket.customer_id))
+        .where(Ticket.opened_at >= since_local, _ticket_scope(owners))
+        .group_by(tier))
+    return {tier: {"tickets": int(count), "judged": int(judged or 0), "met": int(met or 0),
+                   "accepted": int(accepted or 0), "response_seconds": float(seconds or 0.0),
+                   "open": int(still_open or 0)}
+            for tier, count, judged, met, accepted, seconds, still_open in rows}
