@@ -149,3 +149,16 @@ def test_a_tier_change_reprioritises_open_tickets(engine, config):
     assert outcome.rerouted == 1
     assert (after.queue, after.priority, after.tier) == ("expert", "P1", "star")
     assert aware(after.first_response_due) == MONDAY_10 + timedelta(hours=1)
+
+
+def test_a_queued_ticket_never_goes_back_to_self_service(engine, config):
+    settings = TicketSettings.from_config(config)
+    open_tickets(engine, ("T-FALL", "COW1", "接口报错"))
+    process_tickets(engine, settings, MONDAY_10)
+    assert process_tickets(engine, settings, MONDAY_10 + timedelta(hours=3, minutes=40)).warned == 1
+    with engine.begin() as connection:
+        connection.execute(update(Customer).where(Customer.customer_id == "COW1").values(tier="dog"))
+    process_tickets(engine, settings, MONDAY_10 + timedelta(hours=3, minutes=45))
+    fallen = ticket(engine, "T-FALL")
+    assert (fallen.status, fallen.queue, fallen.tier) == ("open", "standard", "dog")
+    assert fallen.assignee_userid is not None and fallen.warned_at is None  # a new deadline, a new warning
