@@ -159,7 +159,7 @@ def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None, 
     webhook_key = config.wecom.webhook_key if webhook_key is None else webhook_key
     webhook = WebhookClient(None, webhook_key, identity.api_base) if webhook_key else None
     dispatcher = Dispatcher(services.db, client, pushes=config.pushes, language=config.language, webhook=webhook,
-                            metrics=metrics)
+                            metrics=metrics, timezone=config.tz)
     services.wake = dispatcher.wakeup.set
 
     async def late_reply(userid: str, reply: Reply, origin: str) -> None:

@@ -79,6 +79,7 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
     run_id = store.start_run(engine, as_of, config.scoring_hash())
     try:
         started = time.perf_counter()
+        read_at = datetime.now(timezone.utc)
         with store.consistent_read(engine) as connection:
             customers = store.load_customers(connection)
             aggregates = store.load_aggregates(connection, as_of)
@@ -99,7 +100,8 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
         score_done = time.perf_counter()
         outcome = store.write_run(engine, run_id, scored, features["revenue_12m"], summary,
                                   config.retention.score_runs, reference.to_json() if reference else None,
-                                  after_changes=_playbook(config, run_id, features, scored, customers, now))
+                                  after_changes=_playbook(config, run_id, features, scored, customers, now),
+                                  read_at=read_at)
         finished = time.perf_counter()
     except BaseException as exc:
         store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")

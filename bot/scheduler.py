@@ -34,6 +34,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from notifications.settings import cron_trigger
 from storage.models import JobState
 
 logger = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class Scheduler:
     # ------------------------------------------------------------------ registration
 
     def cron(self, name: str, expression: str, work: Callable[[], Awaitable[None]]) -> None:
-        trigger = CronTrigger.from_crontab(expression, timezone=self.timezone)
+        trigger = cron_trigger(expression, self.timezone)
         self.cron_jobs[name] = CronJob(name, expression, work, trigger)
         self.apscheduler.add_job(self.run_cron, trigger, args=[name], id=name, name=name, replace_existing=True)
 
@@ -180,11 +181,21 @@ class Scheduler:
                         if not holding and on_acquire is not None:
                             await on_acquire()
                         holding = True
-                        pause = await step()
+                        # A long step keeps its lease: no second process starts the same work.
+                        heartbeat = asyncio.create_task(self._renew(name), name=f"{name}-lease")
+                        try:
+                            pause = await step()
+                        finally:
+                            heartbeat.cancel()
+                            with contextlib.suppress(asyncio.CancelledError):
+                                await heartbeat
                     else:
                         holding = False
                 except Exception:
                     logger.exception("%s failed; trying again", name)
+                    holding = False  # take over afresh: rows this pass left are recovered
+                # Back before the lease runs out, or another process may take it meanwhile.
+                pause = min(pause, LEASE_SECONDS / 3)
                 if pause > 0:
                     try:
                         await asyncio.wait_for(wakeup.wait(), timeout=pause)

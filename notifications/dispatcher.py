@@ -26,6 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -34,8 +35,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifications import messages
 from notifications.limits import SlidingWindows, Window
-from notifications.outbox import message_payload, outbox_row
-from notifications.settings import PushesConfig
+from notifications.outbox import message_payload, outbox_row, quiet_until
+from notifications.settings import PushesConfig, parse_hh_mm
 from storage.models import OutboxBatch, OutboxMessage, User
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ MAX_RECIPIENTS = 1000
 # Kinds whose batches become a rep's summary message from PushesConfig.summary_from rows on;
 # other batched kinds (churn alerts, failure notices) are summarised from two rows on.
 REP_KINDS = ("tier_change", "task", "overdue")
+# Answers to a person's own command or click, and notices to agents on duty, never wait
+# for the morning; every other kind is a push and keeps quiet hours.
+NEVER_HELD = ("reply", "card_update", "ticket", "ticket_warning", "ticket_breach", "ticket_reprioritised")
 APP_KEY = "@app"
 WEBHOOK_KEY = "@webhook"
 
@@ -81,13 +85,16 @@ class _Unit:
 
 class Dispatcher:
     def __init__(self, engine: AsyncEngine, client, *, pushes: PushesConfig | None = None, language: str = "zh",
-                 webhook=None, metrics=None, clock: Callable[[], datetime] = utc_now, batch: int = 1000):
+                 webhook=None, metrics=None, clock: Callable[[], datetime] = utc_now, batch: int = 1000,
+                 timezone: ZoneInfo | None = None):
         # `client`: bot.wecom_client.WeComClient; `webhook`: its WebhookClient, or None.
         self.engine = engine
         self.client = client
         self.webhook = webhook
         self.pushes = pushes or PushesConfig()
         self.language = language
+        # Quiet hours apply to rows put back to wait (None: no quiet hours at all).
+        self.timezone = timezone
         self.metrics = metrics
         self.clock = clock
         self.batch = batch
@@ -142,10 +149,28 @@ class Dispatcher:
         if not rows:
             return 0
         plan = _Plan(self.members.copy(), self.calls.copy(), self.robot.copy())
-        for unit in await self._units(rows, now):
-            await self._deliver(unit, plan)
-        await self._defer_planned(plan.deferred)
+        try:
+            for unit in await self._units(rows, now):
+                await self._deliver(unit, plan)
+            await self._defer_planned(plan.deferred)
+        except BaseException:
+            # The database went away mid-pass, or we are being stopped: what this pass claimed
+            # and did not finish goes back to pending now, not at the next take-over. (One sent
+            # but not recorded is caught by WeCom's duplicate check when it goes again.)
+            await self._unclaim([row.id for row in rows])
+            raise
         return len(rows)
+
+    async def _unclaim(self, ids: list[int]) -> None:
+        outbox = OutboxMessage.__table__
+        try:
+            async with self.engine.begin() as connection:
+                for chunk in _chunks(ids, 500):
+                    await connection.execute(update(outbox).where(outbox.c.id.in_(chunk),
+                                                                  outbox.c.status == "sending")
+                                             .values(status="pending"))
+        except Exception:
+            logger.exception("could not put claimed outbox rows back; the next take-over will")
 
     async def drain(self, max_passes: int = 1000) -> int:
         """Passes until nothing is due now; returns rows handled."""
@@ -262,7 +287,8 @@ class Dispatcher:
         if not deferred:
             return
         outbox = OutboxMessage.__table__
-        values = [{"row_id": row.id, "due": until} for rows, until in deferred for row in rows]
+        values = [{"row_id": row.id, "due": self._not_in_quiet_hours([row], until)}
+                  for rows, until in deferred for row in rows]
         async with self.engine.begin() as connection:
             await connection.execute(update(outbox).where(outbox.c.id == bindparam("row_id")).values(
                 status="pending", not_before=bindparam("due"), attempts=outbox.c.attempts - 1), values)
@@ -328,10 +354,18 @@ class Dispatcher:
             self.metrics.outbox_failed.labels(errcode=str(errcode)).inc(len(unit.rows))
         logger.warning("outbox %s given up: %s", ",".join(str(row.id) for row in unit.rows), reason)
 
+    def _not_in_quiet_hours(self, rows: list[Any], until: datetime) -> datetime:
+        """A push put back to wait must not come out in the night either."""
+        if self.timezone is None or all(row.kind in NEVER_HELD for row in rows):
+            return until
+        quiet = self.pushes.quiet_hours
+        return quiet_until(until, parse_hh_mm(quiet.start), parse_hh_mm(quiet.end), self.timezone) or until
+
     async def _defer(self, rows: list[Any], until: datetime, *, counted: bool, last_error: str | None = None
                      ) -> None:
         """Back to pending until `until`; a wait for room under a limit is not an attempt."""
         outbox = OutboxMessage.__table__
+        until = self._not_in_quiet_hours(rows, until)
         values: dict[str, Any] = {"status": "pending", "not_before": until}
         if not counted:
             values["attempts"] = outbox.c.attempts - 1

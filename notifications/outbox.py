@@ -37,10 +37,19 @@ def outbox_row(touser: Iterable[str], msgtype: str, body: dict[str, Any], *, ori
             "batch_every": batch_every, "batch_item": batch_item}
 
 
-def queue_rows(connection: Connection, rows: list[dict[str, Any]]) -> None:
-    """Add rows inside the caller's (synchronous) transaction."""
-    if rows:
-        connection.execute(OutboxMessage.__table__.insert(), rows)
+def queue_rows(connection: Connection, rows: list[dict[str, Any]], skip_existing: bool = False) -> None:
+    """Add rows inside the caller's (synchronous) transaction. `skip_existing`: a row whose
+    origin is queued already is left out instead of failing the transaction."""
+    if not rows:
+        return
+    statement = OutboxMessage.__table__.insert()
+    if skip_existing:
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+        statement = insert(OutboxMessage.__table__).on_conflict_do_nothing(index_elements=["origin"])
+    connection.execute(statement, rows)
 
 
 async def enqueue(connection: AsyncConnection, touser: Iterable[str], msgtype: str, body: dict[str, Any],

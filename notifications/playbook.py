@@ -282,13 +282,12 @@ def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored
     rising = score[(score >= alerts.threshold) & ~score.index.isin(list(alerted))]
     if rising.empty:
         return 0
-    connection.execute(state.insert(), [{"customer_id": cid, "alerted_at": now, "churn_score": float(value)}
-                                        for cid, value in rising.items()])
     info = connection.execute(text("SELECT customer_id, name, owner_userid FROM customers WHERE customer_id IN :ids")
                               .bindparams(bindparam("ids", expanding=True)), {"ids": list(rising.index)}).all()
     revenue = scored["revenue_12m"] if "revenue_12m" in scored else None
     every = alerts.every_minutes * 60
     lang = settings.language
+    told = []
     for customer_id, name, owner in info:
         owner_name, manager = people.get(owner, (owner or "—", None))
         item = {"customer_id": customer_id, "name": name, "owner_name": owner_name,
@@ -296,6 +295,7 @@ def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored
                 "reasons": _top(scored.at[customer_id, "churn_reasons"]) if "churn_reasons" in scored else [],
                 "revenue_12m": float(revenue.get(customer_id, 0.0)) if revenue is not None else 0.0}
         body = {"content": messages.churn_alert([item], lang)}
+        before = len(rows)
         if manager:
             rows.append(outbox_row([manager], "markdown", body, origin=f"churn:{customer_id}:{run_id}",
                                    kind="churn_alert", not_before=hold, batch_key=f"churn:{manager}",
@@ -304,4 +304,10 @@ def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored
             rows.append(outbox_row([], "markdown", body, origin=f"churn-group:{customer_id}:{run_id}",
                                    kind="churn_alert", channel="webhook", not_before=hold,
                                    batch_key="churn:group", batch_every=every, batch_item=item, now=now))
-    return len(rising)
+        if len(rows) > before:
+            told.append({"customer_id": customer_id, "alerted_at": now, "churn_score": float(rising[customer_id])})
+    # Only customers someone was told about count as alerted: a rep without a manager today
+    # still gets their manager told once one is set.
+    if told:
+        connection.execute(state.insert(), told)
+    return len(told)

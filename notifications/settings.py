@@ -28,11 +28,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _check_cron(expression: str) -> str:
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def cron_trigger(expression: str, timezone: str | None = None):
+    """APScheduler's trigger for a standard crontab line. Standard cron counts weekdays
+    from 0 = Sunday; APScheduler's from_crontab from 0 = Monday, so digits in the weekday
+    field become names first ("1-5" → "mon-fri")."""
     from apscheduler.triggers.cron import CronTrigger
 
+    fields = expression.split()
+    if len(fields) == 5:
+        fields[4] = re.sub(r"\d+", lambda m: _WEEKDAYS[int(m.group())] if int(m.group()) <= 7 else m.group(),
+                           fields[4])
+    return CronTrigger.from_crontab(" ".join(fields), timezone=timezone)
+
+
+def _check_cron(expression: str) -> str:
     try:
-        CronTrigger.from_crontab(expression)
+        cron_trigger(expression)
     except ValueError as error:
         raise ValueError(f'must be a cron expression "minute hour day month weekday" (e.g. "0 2 * * *"): '
                          f"{error}") from None

@@ -26,8 +26,8 @@ import pandas as pd
 from sqlalchemy import Connection, DateTime, Engine, bindparam, select, text, update
 
 from notifications import messages
-from notifications.outbox import outbox_row, queue_rows
-from notifications.settings import TicketRoute, TicketsConfig
+from notifications.outbox import outbox_row, queue_rows, quiet_until
+from notifications.settings import TicketRoute, TicketsConfig, parse_hh_mm
 from notifications.workdays import CalendarConfig, WorkCalendar
 from scoring.rules import BusinessRule, RuleAction, RuleError, RulesParams, apply_rules, compile_rules
 from storage.db import write_transaction
@@ -72,11 +72,17 @@ class TicketSettings:
     calendar_config: CalendarConfig
     tz: ZoneInfo
     language: str
+    quiet_hours: tuple[str, str] = ("00:00", "00:00")
     _agent_calendars: dict[str, WorkCalendar] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config) -> "TicketSettings":
-        return cls(config.tickets, WorkCalendar(config.calendar), config.calendar, config.tz, config.language)
+        quiet = config.pushes.quiet_hours
+        return cls(config.tickets, WorkCalendar(config.calendar), config.calendar, config.tz, config.language,
+                   (quiet.start, quiet.end))
+
+    def hold_until(self, now: datetime) -> datetime | None:
+        return quiet_until(now, parse_hh_mm(self.quiet_hours[0]), parse_hh_mm(self.quiet_hours[1]), self.tz)
 
     def route(self, name: str) -> TicketRoute:
         return next(route for route in self.tickets.routes if route.name == name)
@@ -124,7 +130,8 @@ def process_tickets(engine: Engine, settings: TicketSettings, now: datetime) -> 
         _hand_over_self_service(connection, settings, now, outcome)
         _assign_waiting(connection, settings, now, outcome, rows)
         _watch_deadlines(connection, settings, now, outcome, rows)
-        queue_rows(connection, rows)
+        # A notice decided twice (a re-route back to the same agent) is not a reason to undo the pass.
+        queue_rows(connection, rows, skip_existing=True)
     return outcome
 
 
@@ -150,6 +157,8 @@ def _tickets(connection: Connection, where: str, parameters: dict, binds: list =
     frame = pd.DataFrame(result.mappings().all())
     if frame.empty:
         return frame
+    # pandas turns a missing text into NaN, which is truthy: None, as the database meant.
+    frame = frame.astype(object).where(frame.notna(), None)
     return frame.set_index("ticket_id", drop=False)
 
 
@@ -190,10 +199,15 @@ def _item(ticket: Any, settings: TicketSettings, **extra: Any) -> dict[str, Any]
             "due": settings.local(due) if due is not None and not pd.isna(due) else "—", **extra}
 
 
+# Notices to reps wait through quiet hours; agents and leads hear of tickets while on duty.
+REP_NOTICES = ("self_service", "assigned", "star_breach")
+
+
 def _notice(userid: str, kind: str, item: dict, settings: TicketSettings, origin: str, now: datetime,
             links: list | None = None) -> dict[str, Any]:
     body = {"content": messages.ticket_notice(kind, item, settings.language, links)}
-    return outbox_row([userid], "markdown", body, origin=origin, kind=f"ticket_{kind}", now=now)
+    hold = settings.hold_until(now) if kind in REP_NOTICES else None
+    return outbox_row([userid], "markdown", body, origin=origin, kind=f"ticket_{kind}", not_before=hold, now=now)
 
 
 # ------------------------------------------------------------------ 1–3: routes
@@ -258,8 +272,17 @@ def _reroute_changed(connection: Connection, settings: TicketSettings, now: date
         if ticket.status == "accepted":
             # Already in an agent's hands: the new priority counts, the queue and clock stay.
             values = {"tier": ticket.tier, "route": route.name, "priority": values["priority"]}
-        elif route.queue != ticket.queue:
-            values["assignee_userid"] = None  # the new queue's agents take it
+        else:
+            if values.get("first_response_due") is not None:
+                # Never backdated (the new clock starts now at the latest), never later than
+                # the deadline already promised.
+                fresh = settings.after_working_hours(now, route.first_response_hours)
+                old = _aware(ticket.first_response_due)
+                values["first_response_due"] = min(fresh, old) if old is not None and old > now else fresh
+                if values["first_response_due"] == old:
+                    values.pop("warned_at")  # the same deadline: its warning stands
+            if route.queue != ticket.queue:
+                values["assignee_userid"] = None  # the new queue's agents take it
         connection.execute(update(Ticket).where(Ticket.ticket_id == ticket.ticket_id).values(**values))
         outcome.rerouted += 1
         keeps_agent = ticket.assignee_userid and "assignee_userid" not in values
@@ -268,7 +291,7 @@ def _reroute_changed(connection: Connection, settings: TicketSettings, now: date
             item = _item(ticket, settings, priority=values["priority"],
                          due=settings.local(due) if due is not None and not pd.isna(due) else "—")
             rows.append(_notice(ticket.assignee_userid, "reprioritised", item, settings,
-                                f"ticket-prio:{ticket.ticket_id}:{ticket.tier}", now))
+                                f"ticket-prio:{ticket.ticket_id}:{ticket.tier}:{now.isoformat()}", now))
 
 
 def _hand_over_self_service(connection: Connection, settings: TicketSettings, now: datetime,
@@ -345,7 +368,7 @@ def _assign_waiting(connection: Connection, settings: TicketSettings, now: datet
                                now=now))
         if ticket.opened_by and ticket.opened_by != agent:
             rows.append(_notice(ticket.opened_by, "assigned", item, settings,
-                                f"ticket-assigned:{ticket.ticket_id}:{agent}", now))
+                                f"ticket-assigned:{ticket.ticket_id}:{agent}:{now.isoformat()}", now))
 
 
 def _mark_assigned(connection: Connection, agent: str, now: datetime) -> None:

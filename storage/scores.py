@@ -260,11 +260,17 @@ def _insert_snapshots(connection: Connection, snapshot_run_id: int, scored: pd.D
 
 
 def _record_tier_changes(connection: Connection, snapshot_run_id: int, history_run_id: int,
-                         customer_ids: list[str] | None) -> tuple[int, int]:
+                         customer_ids: list[str] | None, read_at: datetime | None = None) -> tuple[int, int]:
     """Tier history for every customer whose snapshot tier differs from its current tier,
-    then the current tiers. Returns (changes, first assignments)."""
+    then the current tiers. Returns (changes, first assignments). `read_at`: when a full
+    run read its data; a customer whose tier changed after that (an incremental rescore of
+    newer data) keeps it rather than being set back to what the older data said."""
     scope, binds, values = ("", [], {}) if customer_ids is None else (
         "AND s.customer_id IN :ids", [bindparam("ids", expanding=True)], {"ids": list(customer_ids)})
+    if read_at is not None:
+        scope += " AND (c.tier_since IS NULL OR c.tier_since < :read_at)"
+        binds = [*binds, bindparam("read_at", type_=DateTime(timezone=True))]
+        values = {**values, "read_at": read_at}
     parameters = {"snapshot_run": snapshot_run_id, "history_run": history_run_id, "now": _now(), **values}
     connection.execute(text(f"""
         INSERT INTO tier_history (customer_id, run_id, model, from_tier, to_tier, changed_at, reasons)
@@ -292,12 +298,13 @@ AfterChanges = Callable[[Connection], None]
 
 
 def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series, summary: dict,
-              keep_runs: int, reference: str | None = None, after_changes: AfterChanges | None = None) -> RunOutcome:
+              keep_runs: int, reference: str | None = None, after_changes: AfterChanges | None = None,
+              read_at: datetime | None = None) -> RunOutcome:
     """A full run: snapshot rows, tier history and current tiers, then the run marked
     succeeded — all in one transaction, so a crash leaves the previous state untouched."""
     with write_transaction(engine) as connection:
         _insert_snapshots(connection, run_id, scored, revenue_12m)
-        changes, first = _record_tier_changes(connection, run_id, run_id, None)
+        changes, first = _record_tier_changes(connection, run_id, run_id, None, read_at)
         if after_changes is not None:
             after_changes(connection)
         connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(

@@ -165,3 +165,19 @@ async def test_churn_alerts_can_also_go_to_the_team_group_robot(engine, database
     robot = [m for m in state.webhook_messages if m.key == SANDBOX_WEBHOOK_KEY]
     assert len(robot) == 1 and "老牌纺织" in robot[0].payload["markdown"]["content"]
     assert len(state.messages_for("boss")) == 1  # and the manager, as always
+
+
+def test_a_churn_alert_nobody_received_is_not_used_up(engine, settings):
+    from storage.models import User
+
+    with engine.begin() as connection:
+        connection.execute(update(User).where(User.userid == "rep_b").values(manager_userid=None))
+    run_playbook(engine, settings, *frames({}, churn={"DOG1": 90.0}), {}, MORNING)
+    with engine.connect() as connection:
+        assert connection.execute(select(ChurnAlertState.customer_id)).all() == []
+    with engine.begin() as connection:
+        connection.execute(update(User).where(User.userid == "rep_b").values(manager_userid="boss"))
+    run_playbook(engine, settings, *frames({}, churn={"DOG1": 90.0}), {}, MORNING + timedelta(hours=2))
+    with engine.connect() as connection:
+        alerts = connection.execute(select(OutboxMessage.touser).where(OutboxMessage.kind == "churn_alert")).all()
+    assert [tuple(a) for a in alerts] == [("boss",)]

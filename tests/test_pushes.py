@@ -12,7 +12,7 @@ from bot.config import load_config
 from bot.rescore import full_rescore, incremental_rescore
 from notifications.outbox import outbox_row
 from storage.importer import run_import
-from storage.models import FollowUpTask, OutboxMessage
+from storage.models import Customer, FollowUpTask, OutboxMessage, TierChange
 from tests.company import AS_OF, write_company
 from tests.conftest import Clock, outbox_counts, state_of
 
@@ -197,7 +197,11 @@ async def test_crash_after_wecom_accepted_is_caught_by_the_duplicate_check(engin
     async def die(*args, **kwargs):  # the process dies before it can record the send
         raise SystemExit("kill -9")
 
+    async def no_cleanup(*args, **kwargs):  # kill -9 runs no clean-up either
+        return None
+
     first._sent = die
+    first._unclaim = no_cleanup
     with pytest.raises(SystemExit):
         await first.run_once()
     assert outbox_counts(engine).get("sending") == 1 and len(state.messages_for("rep_a")) == 1
@@ -233,3 +237,68 @@ def test_booking_a_future_slot_does_not_forget_sends_that_still_count():
     windows.record(["a"], 110.0)
     windows.record(["a"], 500.0)  # booked far ahead
     assert windows.wait_for(["a"], 120.0) > 0  # the sends at 100 and 110 still fill this minute
+
+
+async def test_an_error_mid_pass_puts_the_claimed_rows_back(engine, config, make_dispatcher, emulator, clock):
+    dispatcher = await make_dispatcher()
+    await dispatcher.drain()
+    with engine.begin() as connection:
+        connection.execute(OutboxMessage.__table__.insert(), [
+            outbox_row([user], "text", {"content": f"给 {user}"}, origin=f"mid:{user}", now=clock.utc())
+            for user in ("rep_a", "rep_b", "boss")])
+    original = dispatcher._sent
+
+    async def database_gone(*args, **kwargs):
+        raise ConnectionError("the database went away")
+
+    dispatcher._sent = database_gone
+    with pytest.raises(ConnectionError):
+        await dispatcher.run_once()
+    assert outbox_counts(engine) == {"pending": 3} | {k: v for k, v in outbox_counts(engine).items() if k == "sent"}
+    dispatcher._sent = original
+    clock.advance(1)
+    await dispatcher.drain()
+    assert outbox_counts(engine).get("pending", 0) == 0 and outbox_counts(engine).get("sending", 0) == 0
+
+
+async def test_a_push_put_back_to_wait_does_not_come_out_in_the_night(engine, config, async_db, emulator, clock,
+                                                                      make_dispatcher):
+    from zoneinfo import ZoneInfo
+
+    dispatcher = await make_dispatcher()
+    dispatcher.timezone = ZoneInfo("Asia/Shanghai")
+    await dispatcher.drain()
+    state = state_of(emulator)
+    clock.moment = datetime(2026, 11, 23, 12, 59, 59, 500000, tzinfo=timezone.utc)  # 20:59:59.5 in Shanghai
+    state.inject("message/send", 45009, times=1)
+    with engine.begin() as connection:
+        connection.execute(OutboxMessage.__table__.insert(), [
+            outbox_row(["rep_a"], "markdown", {"content": "分层变化"}, origin="evening", kind="tier_change",
+                       now=clock.utc())])
+    await dispatcher.drain()
+    with engine.connect() as connection:
+        held = connection.execute(select(OutboxMessage.not_before).where(OutboxMessage.origin == "evening")).scalar()
+    held = held if held.tzinfo else held.replace(tzinfo=timezone.utc)
+    assert held == datetime(2026, 11, 24, 0, 0, tzinfo=timezone.utc)  # 08:00, not 21:00 + a few seconds
+
+
+def test_a_nightly_run_does_not_undo_a_newer_incremental_change(engine, config, clock, monkeypatch):
+    import storage.scores as store
+
+    original = store.write_run
+    orders = [{"order_id": f"LATE-{i}", "customer_id": "QM1", "order_date": (AS_OF - timedelta(days=20 * i)).isoformat(),
+               "amount": 3_000_000, "cost": 800_000, "product_line": "mes", "kind": "upsell"} for i in range(1, 8)]
+
+    def api_order_arrives_meanwhile(*args, **kwargs):
+        # After the full run read its data and before it writes: an order through the API.
+        result = run_import(engine, [], records={"orders": orders})
+        assert incremental_rescore(engine, config, result.touched, AS_OF, now=clock.utc()).tier_changes == 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(store, "write_run", api_order_arrives_meanwhile)
+    full_rescore(engine, config, AS_OF, now=clock.utc())
+    with engine.connect() as connection:
+        history = connection.execute(select(TierChange.from_tier, TierChange.to_tier)
+                                     .where(TierChange.customer_id == "QM1", TierChange.from_tier.is_not(None))).all()
+        tier = connection.execute(select(Customer.tier).where(Customer.customer_id == "QM1")).scalar()
+    assert [tuple(change) for change in history] == [("question_mark", "star")] and tier == "star"

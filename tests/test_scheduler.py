@@ -160,3 +160,13 @@ def test_last_fire_is_the_slot_just_past():
     trigger = CronTrigger.from_crontab("0 9 * * *", timezone="Asia/Shanghai")
     fired = last_fire(trigger, datetime(2026, 11, 23, 2, 30, tzinfo=timezone.utc))
     assert slot_of(fired) == "2026-11-23T01:00Z"
+
+
+def test_cron_weekdays_count_from_sunday_as_in_standard_cron():
+    from notifications.settings import cron_trigger
+
+    trigger = cron_trigger("0 9 * * 1-5", "Asia/Shanghai")
+    saturday = datetime(2026, 11, 21, 2, 0, tzinfo=timezone.utc)  # Saturday 10:00 in Shanghai
+    nxt = trigger.get_next_fire_time(None, saturday)
+    assert nxt.strftime("%a %H:%M") == "Mon 09:00"
+    assert cron_trigger("0 9 * * 0", "Asia/Shanghai").get_next_fire_time(None, saturday).strftime("%a") == "Sun"

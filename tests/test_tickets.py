@@ -148,7 +148,8 @@ def test_a_tier_change_reprioritises_open_tickets(engine, config):
     after = ticket(engine, "T-COW")
     assert outcome.rerouted == 1
     assert (after.queue, after.priority, after.tier) == ("expert", "P1", "star")
-    assert aware(after.first_response_due) == MONDAY_10 + timedelta(hours=1)
+    # The Star hour runs from the upgrade, not from the opening (never backdated into a breach).
+    assert aware(after.first_response_due) == MONDAY_10 + timedelta(minutes=5, hours=1)
 
 
 def test_a_queued_ticket_never_goes_back_to_self_service(engine, config):
@@ -161,4 +162,18 @@ def test_a_queued_ticket_never_goes_back_to_self_service(engine, config):
     process_tickets(engine, settings, MONDAY_10 + timedelta(hours=3, minutes=45))
     fallen = ticket(engine, "T-FALL")
     assert (fallen.status, fallen.queue, fallen.tier) == ("open", "standard", "dog")
-    assert fallen.assignee_userid is not None and fallen.warned_at is None  # a new deadline, a new warning
+    # The deadline already promised stands (24 h from now would be later), and so does its warning.
+    assert aware(fallen.first_response_due) == MONDAY_10 + timedelta(hours=4)
+    assert fallen.assignee_userid is not None
+    assert [m.kind for m in messages_to(engine, fallen.assignee_userid)].count("ticket_warning") == 1
+
+
+def test_chat_and_api_tickets_waiting_together_are_both_routed(engine, config):
+    settings = TicketSettings.from_config(config)
+    open_tickets(engine, ("T-API", "COW1", "接口报错"), ("T-CHAT", "COW1", "报表打不开"))
+    with engine.begin() as connection:
+        connection.execute(update(Ticket).where(Ticket.ticket_id == "T-CHAT").values(source="chat", opened_by="rep_a"))
+    outcome = process_tickets(engine, settings, MONDAY_10)
+    assert (outcome.routed, outcome.assigned) == (2, 2)
+    assert (ticket(engine, "T-API").priority, ticket(engine, "T-CHAT").priority) == ("P3", "P3")
+    assert [m.kind for m in messages_to(engine, "rep_a")] == ["ticket_assigned"]  # the opener hears who has it
