@@ -83,7 +83,6 @@ async def queue_overdue_notices(engine: AsyncEngine, settings: PlaybookSettings,
     if not settings.calendar.is_workday(today):
         return 0
     tasks = FollowUpTask.__table__
-    hold = settings.hold_until(now)
     async with engine.begin() as connection:
         overdue = (await connection.execute(
             select(tasks.c.id, tasks.c.owner_userid, tasks.c.title_zh, tasks.c.title_en, tasks.c.due_date,
@@ -100,7 +99,8 @@ async def queue_overdue_notices(engine: AsyncEngine, settings: PlaybookSettings,
                              "due_date": str(task.due_date)}}
             rows.append(outbox_row([task.owner_userid], "markdown",
                                    {"content": messages.overdue_notice(item, settings.language)},
-                                   origin=f"overdue:{task.id}:{task.due_date}", kind="overdue", not_before=hold,
+                                   origin=f"overdue:{task.id}:{task.due_date}", kind="overdue",
+                                   not_before=settings.hold_until(now, task.owner_userid),
                                    batch_key=f"rep:{task.owner_userid}", batch_item=item, now=now))
         await connection.execute(update(tasks).where(tasks.c.id.in_([task.id for task in overdue]))
                                  .values(overdue_notified=True))

@@ -359,7 +359,8 @@ class Dispatcher:
         if self.timezone is None or all(row.kind in NEVER_HELD for row in rows):
             return until
         quiet = self.pushes.quiet_hours
-        return quiet_until(until, parse_hh_mm(quiet.start), parse_hh_mm(quiet.end), self.timezone) or until
+        return quiet_until(until, parse_hh_mm(quiet.start), parse_hh_mm(quiet.end), self.timezone,
+                           rows[0].touser) or until
 
     async def _defer(self, rows: list[Any], until: datetime, *, counted: bool, last_error: str | None = None
                      ) -> None:

@@ -7,6 +7,7 @@ transaction (`queue_rows`); chat replies that missed the deadline use `enqueue_o
 
 from __future__ import annotations
 
+import zlib
 from datetime import datetime, time, timedelta, timezone
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
@@ -70,9 +71,15 @@ async def enqueue_once(engine: AsyncEngine, touser: Iterable[str], msgtype: str,
     return True
 
 
-def quiet_until(now: datetime, start: time, end: time, tz: ZoneInfo) -> datetime | None:
+# Held pushes come out over this many seconds after quiet hours end, each person at their
+# own moment (DESIGN §5: WeCom is busiest on the hour; and not every rep's phone at 08:00:00).
+RELEASE_SPREAD_SECONDS = 600
+
+
+def quiet_until(now: datetime, start: time, end: time, tz: ZoneInfo, who: str | None = None) -> datetime | None:
     """When quiet hours [start, end) (local time, may span midnight) are on at `now`, the
-    moment they end (UTC); else None. start == end means no quiet hours."""
+    moment they end (UTC) — plus a few minutes fixed per `who`; else None. start == end
+    means no quiet hours."""
     if start == end:
         return None
     local = now.astimezone(tz)
@@ -82,4 +89,7 @@ def quiet_until(now: datetime, start: time, end: time, tz: ZoneInfo) -> datetime
     if not inside:
         return None
     release_day = local.date() + timedelta(days=1) if spans_midnight and clock >= start else local.date()
-    return datetime.combine(release_day, end, tzinfo=tz).astimezone(timezone.utc)
+    release = datetime.combine(release_day, end, tzinfo=tz).astimezone(timezone.utc)
+    if who:
+        release += timedelta(seconds=zlib.crc32(who.encode()) % RELEASE_SPREAD_SECONDS)
+    return release

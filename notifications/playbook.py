@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -82,6 +82,10 @@ def matching_customers(rules: list[TaskRule], view: pd.DataFrame) -> dict[str, l
     return {rule.name: list(view.index[outcome.matched[rule.name].to_numpy()]) for rule in enabled}
 
 
+# (now, recipient) → when quiet hours let a push to them out, or None when they do not hold it.
+Hold = Callable[[datetime, "str | None"], "datetime | None"]
+
+
 @dataclass(frozen=True)
 class PlaybookSettings:
     playbook: PlaybookConfig
@@ -96,9 +100,10 @@ class PlaybookSettings:
         return cls(config.playbook, config.pushes, config.language, config.tz, WorkCalendar(config.calendar),
                    bool(config.wecom.webhook_key))
 
-    def hold_until(self, now: datetime) -> datetime | None:
+    def hold_until(self, now: datetime, who: str | None = None) -> datetime | None:
+        """When a push to `who` may go out, if quiet hours hold it now."""
         quiet = self.pushes.quiet_hours
-        return quiet_until(now, parse_hh_mm(quiet.start), parse_hh_mm(quiet.end), self.tz)
+        return quiet_until(now, parse_hh_mm(quiet.start), parse_hh_mm(quiet.end), self.tz, who)
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ def apply_playbook(connection: Connection, settings: PlaybookSettings, *, histor
     """Tier-change cards, tasks and churn alerts for one run, in the caller's transaction.
     `history_run_id` is the run whose tier_history rows are the changes to announce."""
     today = now.astimezone(settings.tz).date()
-    hold = settings.hold_until(now)
+    hold = settings.hold_until  # per recipient: (now, userid) → release time or None
     # What the messages mention, beside the models' output.
     scored = scored.assign(**{column: features[column].reindex(scored.index)
                               for column in ("name", "owner_userid", "revenue_12m") if column in features})
@@ -212,7 +217,7 @@ def _task_item(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tier_change_rows(connection: Connection, settings: PlaybookSettings, run_id: int, scored: pd.DataFrame,
-                      made: list[dict[str, Any]], now: datetime, hold: datetime | None,
+                      made: list[dict[str, Any]], now: datetime, hold: Hold,
                       rows: list[dict[str, Any]]) -> set[int]:
     """A card per tier change of this run to the owner rep; returns the tasks it carries."""
     changes = connection.execute(text("""
@@ -240,18 +245,20 @@ def _tier_change_rows(connection: Connection, settings: PlaybookSettings, run_id
         action = getattr(settings.playbook.tier_actions[change.to_tier], lang)
         card = messages.tier_change_card(item, action, lang, card_id)
         rows.append(outbox_row([change.owner_userid], "template_card", card, origin=f"tier:{change.id}",
-                               kind="tier_change", not_before=hold, batch_key=f"rep:{change.owner_userid}",
+                               kind="tier_change", not_before=hold(now, change.owner_userid),
+                               batch_key=f"rep:{change.owner_userid}",
                                batch_item=item, now=now))
     return announced
 
 
 def _task_row(settings: PlaybookSettings, task: dict[str, Any], scored: pd.DataFrame, now: datetime,
-              hold: datetime | None) -> dict[str, Any]:
+              hold: Hold) -> dict[str, Any]:
     item = {"type": "task", "customer_id": task["customer_id"], "name": _customer_name(scored, task),
             "tier": task["tier"], "reasons": task["reasons"], "task": _task_item(task)}
     card = messages.task_card(item, settings.language, task["card_task_id"])
     return outbox_row([task["owner_userid"]], "template_card", card, origin=f"task:{task['id']}", kind="task",
-                      not_before=hold, batch_key=f"rep:{task['owner_userid']}", batch_item=item, now=now)
+                      not_before=hold(now, task["owner_userid"]), batch_key=f"rep:{task['owner_userid']}",
+                      batch_item=item, now=now)
 
 
 def _customer_name(scored: pd.DataFrame, task: dict[str, Any]) -> str:
@@ -262,7 +269,7 @@ def _customer_name(scored: pd.DataFrame, task: dict[str, Any]) -> str:
 
 def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored: pd.DataFrame,
                       people: dict[str, tuple[str, str | None]], run_id: int, now: datetime,
-                      hold: datetime | None, rows: list[dict[str, Any]]) -> int:
+                      hold: Hold, rows: list[dict[str, Any]]) -> int:
     """Alert the owner's manager once when a customer's churn risk reaches the threshold;
     re-arm when it falls back by the margin."""
     alerts = settings.playbook.churn_alerts
@@ -298,11 +305,11 @@ def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored
         before = len(rows)
         if manager:
             rows.append(outbox_row([manager], "markdown", body, origin=f"churn:{customer_id}:{run_id}",
-                                   kind="churn_alert", not_before=hold, batch_key=f"churn:{manager}",
+                                   kind="churn_alert", not_before=hold(now, manager), batch_key=f"churn:{manager}",
                                    batch_every=every, batch_item=item, now=now))
         if alerts.group_robot and settings.group_robot:
             rows.append(outbox_row([], "markdown", body, origin=f"churn-group:{customer_id}:{run_id}",
-                                   kind="churn_alert", channel="webhook", not_before=hold,
+                                   kind="churn_alert", channel="webhook", not_before=hold(now, "group robot"),
                                    batch_key="churn:group", batch_every=every, batch_item=item, now=now))
         if len(rows) > before:
             told.append({"customer_id": customer_id, "alerted_at": now, "churn_score": float(rising[customer_id])})

@@ -81,8 +81,8 @@ class TicketSettings:
         return cls(config.tickets, WorkCalendar(config.calendar), config.calendar, config.tz, config.language,
                    (quiet.start, quiet.end))
 
-    def hold_until(self, now: datetime) -> datetime | None:
-        return quiet_until(now, parse_hh_mm(self.quiet_hours[0]), parse_hh_mm(self.quiet_hours[1]), self.tz)
+    def hold_until(self, now: datetime, who: str | None = None) -> datetime | None:
+        return quiet_until(now, parse_hh_mm(self.quiet_hours[0]), parse_hh_mm(self.quiet_hours[1]), self.tz, who)
 
     def route(self, name: str) -> TicketRoute:
         return next(route for route in self.tickets.routes if route.name == name)
@@ -206,7 +206,7 @@ REP_NOTICES = ("self_service", "assigned", "star_breach")
 def _notice(userid: str, kind: str, item: dict, settings: TicketSettings, origin: str, now: datetime,
             links: list | None = None) -> dict[str, Any]:
     body = {"content": messages.ticket_notice(kind, item, settings.language, links)}
-    hold = settings.hold_until(now) if kind in REP_NOTICES else None
+    hold = settings.hold_until(now, userid) if kind in REP_NOTICES else None
     return outbox_row([userid], "markdown", body, origin=origin, kind=f"ticket_{kind}", not_before=hold, now=now)
 
 
