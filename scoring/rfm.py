@@ -102,6 +102,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from scoring.deferred import Deferred
 from scoring.features import day_numbers
 
 REQUIRED_COLUMNS = ("first_order_date", "last_order_date", "purchase_days", "lifetime_revenue", "first_day_revenue")
@@ -451,7 +452,7 @@ def _empty(index: pd.Index, source: str, reference: RfmReference | None) -> pd.D
 
 
 def score_rfm(features: pd.DataFrame, as_of: date, params: RfmParams,
-              reference: RfmReference | None = None) -> pd.DataFrame:
+              reference: RfmReference | None = None, deferred: dict | None = None) -> pd.DataFrame:
     """RFM per customer, indexed like `features` (columns: see the module docstring).
     `reference`: score against a stored population (incremental scoring); None → the
     buyers in `features` (a full run). The reference used is in attrs["rfm_reference"]."""
@@ -486,8 +487,12 @@ def score_rfm(features: pd.DataFrame, as_of: date, params: RfmParams,
                            "rfm_r": scores["r"], "rfm_f": scores["f"], "rfm_m": scores["m"],
                            **{f"rfm_{name}": measures[name].to_numpy() for name in MEASURES},
                            "rfm_days_since_last": raw["recency_days"]}, index=features.index)
-    result["rfm_reasons"] = pd.Series(_reasons(rules, rule_index, buyer, raw, scores, percentiles),
-                                      index=features.index, dtype=object)
+    if deferred is None:
+        result["rfm_reasons"] = pd.Series(_reasons(rules, rule_index, buyer, raw, scores, percentiles),
+                                          index=features.index, dtype=object)
+    else:  # built a chunk at a time by the writer (scoring.deferred)
+        deferred["rfm_reasons"] = Deferred(lambda take: _reasons(
+            rules, take(rule_index), take(buyer), take(raw), take(scores), take(percentiles)), n)
     result.attrs["rfm_reference"] = reference
     result.attrs["rfm_reference_source"] = source
     return result

@@ -16,6 +16,7 @@ import orjson
 import pandas as pd
 from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, select, text, update
 
+from scoring.deferred import materialise, paused_gc
 from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, add_months, window_starts
 from storage.models import Customer, ScoreRun, ScoreSnapshot
 from storage.db import write_transaction
@@ -249,14 +250,19 @@ def _snapshot_frame(snapshot_run_id: int, scored: pd.DataFrame, revenue_12m: pd.
 
 # Snapshot rows are turned into JSON and written this many at a time: the documents of a
 # million customers at once would cost gigabytes.
-SNAPSHOT_CHUNK = 50_000
+SNAPSHOT_CHUNK = 10_000
 
 
 def _insert_snapshots(connection: Connection, snapshot_run_id: int, scored: pd.DataFrame,
-                      revenue_12m: pd.Series) -> None:
+                      revenue_12m: pd.Series, deferred: dict | None = None) -> None:
+    """`deferred`: reasons columns not built yet (scoring.deferred), built here per chunk."""
     for start in range(0, len(scored), SNAPSHOT_CHUNK):
-        part = scored.iloc[start:start + SNAPSHOT_CHUNK]
-        bulk_insert(connection, ScoreSnapshot.__tablename__, _snapshot_frame(snapshot_run_id, part, revenue_12m))
+        with paused_gc():
+            part = materialise(scored, deferred, slice(start, start + SNAPSHOT_CHUNK))
+            frame = _snapshot_frame(snapshot_run_id, part, revenue_12m)
+            del part
+        bulk_insert(connection, ScoreSnapshot.__tablename__, frame)
+        del frame
 
 
 def _record_tier_changes(connection: Connection, snapshot_run_id: int, history_run_id: int,
@@ -299,11 +305,12 @@ AfterChanges = Callable[[Connection], None]
 
 def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series, summary: dict,
               keep_runs: int, reference: str | None = None, after_changes: AfterChanges | None = None,
-              read_at: datetime | None = None) -> RunOutcome:
+              read_at: datetime | None = None, deferred: dict | None = None) -> RunOutcome:
     """A full run: snapshot rows, tier history and current tiers, then the run marked
-    succeeded — all in one transaction, so a crash leaves the previous state untouched."""
+    succeeded — all in one transaction, so a crash leaves the previous state untouched.
+    `deferred`: reasons columns `scored` lacks, built a chunk at a time (scoring.deferred)."""
     with write_transaction(engine) as connection:
-        _insert_snapshots(connection, run_id, scored, revenue_12m)
+        _insert_snapshots(connection, run_id, scored, revenue_12m, deferred)
         changes, first = _record_tier_changes(connection, run_id, run_id, None, read_at)
         if after_changes is not None:
             after_changes(connection)
