@@ -235,16 +235,20 @@ class RunOutcome:
 
 
 def _snapshot_frame(snapshot_run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series) -> pd.DataFrame:
+    def text(values) -> pd.Series:
+        # Kept as Python objects: pandas would turn them into Arrow strings, and back again for the insert.
+        return pd.Series(values, dtype=object)
+
     return pd.DataFrame({
         "run_id": snapshot_run_id,
-        "customer_id": scored.index.to_numpy(),
-        "tier": scored["tier"].to_numpy(),
+        "customer_id": text(scored.index.to_numpy(dtype=object)),
+        "tier": text(scored["tier"].to_numpy(dtype=object)),
         "current_value": scored["current_value"].to_numpy(),
         "potential_value": scored["potential_value"].to_numpy(),
         "revenue_12m": revenue_12m.reindex(scored.index).fillna(0.0).round(2).to_numpy(),
-        "pending_tier": scored["pending_tier"].to_numpy() if "pending_tier" in scored else None,
+        "pending_tier": text(scored["pending_tier"].to_numpy(dtype=object)) if "pending_tier" in scored else None,
         "pending_runs": scored["pending_runs"].to_numpy() if "pending_runs" in scored else 0,
-        **snapshot_documents(scored),
+        **{name: text(documents) for name, documents in snapshot_documents(scored).items()},
     })
 
 

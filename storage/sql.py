@@ -40,14 +40,25 @@ def bulk_insert(connection: Connection, table: str, frame: pd.DataFrame) -> None
             with cursor.copy(f"COPY {table} ({quoted}) FROM STDIN WITH (FORMAT csv)") as copy:
                 copy.write(buffer.getvalue())
         return
-    values = frame.astype(object).where(frame.notna(), None)
+    # Column by column to Python objects, missing values as None: a whole-frame
+    # astype(object) + where() costs two copies of every cell.
+    values = [_python_values(frame[column]) for column in columns]
     placeholders = ", ".join("?" for _ in columns)
     cursor = raw.cursor()
     try:
-        cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})",
-                           values.itertuples(index=False, name=None))
+        cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", zip(*values))
     finally:
         cursor.close()
+
+
+def _python_values(column: pd.Series) -> np.ndarray:
+    """A column as an object array, missing values (NaN, NaT, NA) as None."""
+    values = column.to_numpy(dtype=object)
+    missing = column.isna().to_numpy()
+    if missing.any():
+        values = values.copy()
+        values[missing] = None
+    return values
 
 
 def refresh_statistics(connection: Connection, tables: list[str]) -> None:
