@@ -245,7 +245,7 @@ def _snapshot_frame(snapshot_run_id: int, scored: pd.DataFrame, revenue_12m: pd.
         "tier": text(scored["tier"].to_numpy(dtype=object)),
         "current_value": scored["current_value"].to_numpy(),
         "potential_value": scored["potential_value"].to_numpy(),
-        "revenue_12m": revenue_12m.reindex(scored.index).fillna(0.0).round(2).to_numpy(),
+        "revenue_12m": revenue_12m.to_numpy(),  # aligned with `scored`, rounded
         "pending_tier": text(scored["pending_tier"].to_numpy(dtype=object)) if "pending_tier" in scored else None,
         "pending_runs": scored["pending_runs"].to_numpy() if "pending_runs" in scored else 0,
         **{name: text(documents) for name, documents in snapshot_documents(scored).items()},
@@ -260,10 +260,13 @@ SNAPSHOT_CHUNK = 10_000
 def _insert_snapshots(connection: Connection, snapshot_run_id: int, scored: pd.DataFrame,
                       revenue_12m: pd.Series, deferred: dict | None = None) -> None:
     """`deferred`: reasons columns not built yet (scoring.deferred), built here per chunk."""
+    # Aligned with `scored` once, then cut by position: reindexing per chunk would hash the
+    # whole index every time.
+    revenue_12m = revenue_12m.reindex(scored.index).fillna(0.0).round(2)
     for start in range(0, len(scored), SNAPSHOT_CHUNK):
         with paused_gc():
             part = materialise(scored, deferred, slice(start, start + SNAPSHOT_CHUNK))
-            frame = _snapshot_frame(snapshot_run_id, part, revenue_12m)
+            frame = _snapshot_frame(snapshot_run_id, part, revenue_12m.iloc[start:start + SNAPSHOT_CHUNK])
             del part
         bulk_insert(connection, ScoreSnapshot.__tablename__, frame)
         del frame

@@ -74,10 +74,26 @@ def refresh_statistics(connection: Connection, tables: list[str]) -> None:
         connection.exec_driver_sql(f"ANALYZE {table}")
 
 
+def _plain_rows(result) -> list:
+    """Every row as a tuple. Straight from the driver's cursor when SQLAlchemy would not
+    convert any value (no result processors, e.g. text() queries): building a million
+    Row objects costs seconds. Otherwise through SQLAlchemy."""
+    metadata = getattr(result, "_metadata", None)
+    cursor = getattr(result, "cursor", None)
+    if (cursor is not None and metadata is not None and getattr(metadata, "_tuplefilter", None) is None
+            and not getattr(result, "_row_logging_fn", None)
+            and getattr(metadata, "_effective_processors", True) is None):
+        try:
+            return cursor.fetchall()
+        finally:
+            result.close()
+    return result.all()
+
+
 def frame_from_result(result, columns: list[str], numeric: tuple[str, ...] = ()) -> pd.DataFrame:
     """A query result as a DataFrame, column by column: handing pandas a million Row
     objects costs seconds of per-cell inspection. `numeric` columns become float64."""
-    rows = result.all()
+    rows = _plain_rows(result)
     data = list(zip(*rows)) if rows else [()] * len(columns)
     frame = {}
     for name, values in zip(columns, data):
