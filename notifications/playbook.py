@@ -112,6 +112,10 @@ def _top(reasons: Any, count: int = 3) -> list:
     return list(reasons or [])[:count] if isinstance(reasons, (list, tuple)) else []
 
 
+# Past this many scored customers the churn alert state is read whole.
+WHOLE_ALERT_STATE_FROM = 10_000
+
+
 class _TopReasons:
     """Customer → the top reasons of a column of `scored`, whether the column is in the
     frame or deferred (scoring.deferred: a full run builds reasons only where needed)."""
@@ -309,9 +313,13 @@ def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored
     score = scored["churn_score"]
     ids = list(scored.index)
     alerted: set[str] = set()
-    for start in range(0, len(ids), 10_000):
-        part = ids[start:start + 10_000]
-        alerted.update(connection.execute(select(state.c.customer_id).where(state.c.customer_id.in_(part))).scalars())
+    if len(ids) > WHOLE_ALERT_STATE_FROM:
+        # A full run: the alert state (a row per alerted customer) read whole, rather than
+        # every customer id bound into IN lists 10,000 at a time.
+        index = scored.index
+        alerted.update(cid for cid in connection.execute(select(state.c.customer_id)).scalars() if cid in index)
+    else:
+        alerted.update(connection.execute(select(state.c.customer_id).where(state.c.customer_id.in_(ids))).scalars())
     rearmed = [cid for cid in alerted if not pd.isna(score.get(cid)) and score[cid] < alerts.threshold
                - alerts.rearm_margin]
     for start in range(0, len(rearmed), 10_000):
