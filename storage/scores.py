@@ -7,6 +7,7 @@ snapshot rows, tier changes and each customer's current tier, in one transaction
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -259,17 +260,33 @@ SNAPSHOT_CHUNK = 10_000
 
 def _insert_snapshots(connection: Connection, snapshot_run_id: int, scored: pd.DataFrame,
                       revenue_12m: pd.Series, deferred: dict | None = None) -> None:
-    """`deferred`: reasons columns not built yet (scoring.deferred), built here per chunk."""
+    """`deferred`: reasons columns not built yet (scoring.deferred), built here per chunk.
+
+    With several chunks, the next chunk's rows are built in a helper thread while the
+    database inserts the current one (SQLite and the PostgreSQL COPY let go of the GIL
+    while they work). Building only reads `scored`, `deferred` and the revenue."""
     # Aligned with `scored` once, then cut by position: reindexing per chunk would hash the
     # whole index every time.
     revenue_12m = revenue_12m.reindex(scored.index).fillna(0.0).round(2)
-    for start in range(0, len(scored), SNAPSHOT_CHUNK):
-        with paused_gc():
-            part = materialise(scored, deferred, slice(start, start + SNAPSHOT_CHUNK))
-            frame = _snapshot_frame(snapshot_run_id, part, revenue_12m.iloc[start:start + SNAPSHOT_CHUNK])
-            del part
-        bulk_insert(connection, ScoreSnapshot.__tablename__, frame)
-        del frame
+
+    def build(start: int) -> pd.DataFrame:
+        part = materialise(scored, deferred, slice(start, start + SNAPSHOT_CHUNK))
+        return _snapshot_frame(snapshot_run_id, part, revenue_12m.iloc[start:start + SNAPSHOT_CHUNK])
+
+    starts = list(range(0, len(scored), SNAPSHOT_CHUNK))
+    with paused_gc():
+        if len(starts) <= 1:
+            for start in starts:
+                bulk_insert(connection, ScoreSnapshot.__tablename__, build(start))
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-rows") as pool:
+            pending = pool.submit(build, starts[0])
+            for following in [*starts[1:], None]:
+                frame = pending.result()
+                if following is not None:
+                    pending = pool.submit(build, following)
+                bulk_insert(connection, ScoreSnapshot.__tablename__, frame)
+                del frame
 
 
 def _record_tier_changes(connection: Connection, snapshot_run_id: int, history_run_id: int,

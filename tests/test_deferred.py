@@ -54,3 +54,34 @@ def test_deferred_reasons_equal_eager_reasons(features_and_counts, rules):
     positions = np.random.default_rng(3).permutation(len(eager))[:50]
     for column, values in deferred.items():
         assert values.rows(positions) == [eager[column].iat[p] for p in positions]
+
+
+@pytest.mark.parametrize("chunk", [7, 100_000])
+def test_a_run_written_in_chunks_stores_the_same_rows(engine, features_and_counts, monkeypatch, chunk):
+    """Several chunks: the next chunk is built in a helper thread while one is inserted."""
+    import orjson
+    from sqlalchemy import select
+
+    from storage.models import ScoreSnapshot
+
+    monkeypatch.setattr(store, "SNAPSHOT_CHUNK", chunk)
+    features, counts = features_and_counts
+    params = ScoringParams()
+    eager = score_customers(features, params, AS_OF, intent_counts=counts)
+    eager.attrs.clear()
+    deferred: dict = {}
+    lazy = score_customers(features, params, AS_OF, intent_counts=counts, deferred=deferred)
+    lazy.attrs.clear()
+    run_id = store.start_run(engine, AS_OF, "test")
+    store.write_run(engine, run_id, lazy, features["revenue_12m"], {"customers": len(lazy)}, 3, deferred=deferred)
+    expected = store.snapshot_documents(eager)
+    with engine.connect() as connection:
+        table = ScoreSnapshot.__table__
+        rows = connection.execute(select(table).where(table.c.run_id == run_id)).all()
+    stored = {row.customer_id: row for row in rows}
+    assert len(stored) == len(eager)
+    for position, customer_id in enumerate(eager.index):
+        row = stored[customer_id]
+        assert row.tier == eager["tier"].iat[position]
+        for document in ("labels", "scores", "reasons"):
+            assert getattr(row, document) == orjson.loads(expected[document][position])
