@@ -55,7 +55,7 @@ def summarise_tiers(features: pd.DataFrame, scored: pd.DataFrame) -> dict:
 
 
 def _playbook(config: Config, history_run_id: int, features: pd.DataFrame, scored: pd.DataFrame,
-              customers: pd.DataFrame, now: datetime | None):
+              customers: pd.DataFrame, now: datetime | None, deferred: dict | None = None):
     """The run's tier-change messages, tasks and churn alerts, written in its transaction."""
     from notifications.playbook import PlaybookSettings, apply_playbook
 
@@ -64,7 +64,7 @@ def _playbook(config: Config, history_run_id: int, features: pd.DataFrame, score
 
     def write(connection) -> None:
         apply_playbook(connection, settings, history_run_id=history_run_id, features=features, scored=scored,
-                       previous_tier=previous_tier, now=now or datetime.now(timezone.utc))
+                       previous_tier=previous_tier, now=now or datetime.now(timezone.utc), deferred=deferred)
 
     return write
 
@@ -91,7 +91,10 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
         read_done = time.perf_counter()
         features = build_features(customers, aggregates, as_of, activity)
         previous = customers.set_index("customer_id")[["tier", "pending_tier", "pending_runs"]]
-        scored = score_customers(features, config.scoring, as_of, previous=previous, intent_counts=intent_counts)
+        # Reasons stay compact arrays until the writer builds them a chunk at a time.
+        deferred: dict = {}
+        scored = score_customers(features, config.scoring, as_of, previous=previous, intent_counts=intent_counts,
+                                 deferred=deferred)
         # Off the frame before anything else touches it: pandas copies attrs on every operation.
         reference = scored.attrs.pop("reference", None)
         scored.attrs.clear()
@@ -100,8 +103,9 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
         score_done = time.perf_counter()
         outcome = store.write_run(engine, run_id, scored, features["revenue_12m"], summary,
                                   config.retention.score_runs, reference.to_json() if reference else None,
-                                  after_changes=_playbook(config, run_id, features, scored, customers, now),
-                                  read_at=read_at)
+                                  after_changes=_playbook(config, run_id, features, scored, customers, now,
+                                                          deferred),
+                                  read_at=read_at, deferred=deferred)
         finished = time.perf_counter()
     except BaseException as exc:
         store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")

@@ -117,20 +117,57 @@ def _top(reasons: Any, count: int = 3) -> list:
     return list(reasons or [])[:count] if isinstance(reasons, (list, tuple)) else []
 
 
+# Past this many scored customers the churn alert state is read whole.
+WHOLE_ALERT_STATE_FROM = 10_000
+
+
+class _TopReasons:
+    """Customer → the top reasons of a column of `scored`, whether the column is in the
+    frame or deferred (scoring.deferred: a full run builds reasons only where needed)."""
+
+    CHUNK = 50_000
+
+    def __init__(self, scored: pd.DataFrame, deferred: dict | None) -> None:
+        self.scored = scored
+        self.deferred = deferred or {}
+
+    def has(self, column: str) -> bool:
+        return column in self.scored or column in self.deferred
+
+    def of(self, column: str, customer_ids) -> dict[str, list]:
+        """{customer_id: _top(reasons)} for those of `customer_ids` that were scored."""
+        index = self.scored.index
+        ids = [cid for cid in dict.fromkeys(customer_ids) if cid in index]
+        if column in self.scored:
+            return {cid: _top(self.scored.at[cid, column]) for cid in ids}
+        if column not in self.deferred or not ids:
+            return {}
+        positions = index.get_indexer(ids)
+        tops: dict[str, list] = {}
+        for start in range(0, len(ids), self.CHUNK):
+            part = positions[start:start + self.CHUNK]
+            tops.update(zip(ids[start:start + self.CHUNK], map(_top, self.deferred[column].rows(part))))
+        return tops
+
+
 def apply_playbook(connection: Connection, settings: PlaybookSettings, *, history_run_id: int,
                    features: pd.DataFrame, scored: pd.DataFrame, previous_tier: pd.Series,
-                   now: datetime) -> PlaybookOutcome:
+                   now: datetime, deferred: dict | None = None) -> PlaybookOutcome:
     """Tier-change cards, tasks and churn alerts for one run, in the caller's transaction.
-    `history_run_id` is the run whose tier_history rows are the changes to announce."""
+    `history_run_id` is the run whose tier_history rows are the changes to announce.
+    `deferred`: reasons columns `scored` lacks (scoring.deferred), built for the customers
+    mentioned."""
     today = now.astimezone(settings.tz).date()
     hold = settings.hold_until  # per recipient: (now, userid) → release time or None
     # What the messages mention, beside the models' output.
     scored = scored.assign(**{column: features[column].reindex(scored.index)
                               for column in ("name", "owner_userid", "revenue_12m") if column in features})
+    reasons = _TopReasons(scored, deferred)
     people = _people(connection)
-    made = _make_tasks(connection, settings, history_run_id, features, scored, previous_tier, now, today, people)
+    made = _make_tasks(connection, settings, history_run_id, features, scored, previous_tier, now, today, people,
+                       reasons)
     rows: list[dict[str, Any]] = []
-    announced = _tier_change_rows(connection, settings, history_run_id, scored, made, now, hold, rows)
+    announced = _tier_change_rows(connection, settings, history_run_id, scored, made, now, hold, rows, reasons)
     for task in made:
         if task["id"] not in announced:
             task["card_task_id"] = messages.card_task_id(task["id"])
@@ -140,7 +177,7 @@ def apply_playbook(connection: Connection, settings: PlaybookSettings, *, histor
         tasks = FollowUpTask.__table__
         connection.execute(tasks.update().where(tasks.c.id == bindparam("task")).values(card_task_id=bindparam("card")),
                            carded)
-    alerts = _churn_alert_rows(connection, settings, scored, people, history_run_id, now, hold, rows)
+    alerts = _churn_alert_rows(connection, settings, scored, people, history_run_id, now, hold, rows, reasons)
     queue_rows(connection, rows)
     return PlaybookOutcome(len(rows), len(made), alerts)
 
@@ -153,7 +190,7 @@ def _people(connection: Connection) -> dict[str, tuple[str, str | None]]:
 
 def _make_tasks(connection: Connection, settings: PlaybookSettings, run_id: int, features: pd.DataFrame,
                 scored: pd.DataFrame, previous_tier: pd.Series, now: datetime, today: date,
-                people: dict[str, tuple[str, str | None]]) -> list[dict[str, Any]]:
+                people: dict[str, tuple[str, str | None]], reasons: _TopReasons) -> list[dict[str, Any]]:
     rules = [rule for rule in settings.playbook.tasks if rule.enabled]
     if not rules or scored.empty:
         return []
@@ -200,11 +237,14 @@ def _make_tasks(connection: Connection, settings: PlaybookSettings, run_id: int,
                 "tier": scored.at[customer_id, "tier"],
                 "churn_score": float(score) if score is not None and not pd.isna(score) else 0.0,
                 "value_at_stake": float(revenue.get(customer_id, 0.0) or 0.0),
-                "reasons": _top(scored.at[customer_id, "reasons"]),
+                "reasons": [],
             })
             open_pairs.add(key)
     if not new_rows:
         return []
+    tops = reasons.of("reasons", [row["customer_id"] for row in new_rows])
+    for row in new_rows:
+        row["reasons"] = tops.get(row["customer_id"], [])
     connection.execute(tasks.insert(), new_rows)
     # The playbook runs once per run, so the run's tasks are the ones just made.
     made = connection.execute(select(tasks).where(tasks.c.run_id == run_id).order_by(tasks.c.id)).mappings().all()
@@ -218,7 +258,7 @@ def _task_item(task: dict[str, Any]) -> dict[str, Any]:
 
 def _tier_change_rows(connection: Connection, settings: PlaybookSettings, run_id: int, scored: pd.DataFrame,
                       made: list[dict[str, Any]], now: datetime, hold: Hold,
-                      rows: list[dict[str, Any]]) -> set[int]:
+                      rows: list[dict[str, Any]], reasons: _TopReasons) -> set[int]:
     """A card per tier change of this run to the owner rep; returns the tasks it carries."""
     changes = connection.execute(text("""
         SELECT h.id, h.customer_id, h.from_tier, h.to_tier, c.name, c.owner_userid
@@ -231,11 +271,12 @@ def _tier_change_rows(connection: Connection, settings: PlaybookSettings, run_id
     lang = settings.language
     announced = set()
     revenue = scored["revenue_12m"] if "revenue_12m" in scored else None
+    tops = reasons.of("reasons", [change.customer_id for change in changes])
     for change in changes:
         task = first_task.get((change.customer_id, change.owner_userid))
         item = {"type": "tier_change", "customer_id": change.customer_id, "name": change.name,
                 "from_tier": change.from_tier, "to_tier": change.to_tier,
-                "reasons": _top(scored.at[change.customer_id, "reasons"]) if change.customer_id in scored.index else [],
+                "reasons": tops.get(change.customer_id, []),
                 "revenue_12m": float(revenue.get(change.customer_id, 0.0)) if revenue is not None else 0.0,
                 "task": _task_item(task) if task else None}
         card_id = messages.card_task_id(task["id"] if task else None)
@@ -269,7 +310,7 @@ def _customer_name(scored: pd.DataFrame, task: dict[str, Any]) -> str:
 
 def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored: pd.DataFrame,
                       people: dict[str, tuple[str, str | None]], run_id: int, now: datetime,
-                      hold: Hold, rows: list[dict[str, Any]]) -> int:
+                      hold: Hold, rows: list[dict[str, Any]], reasons: _TopReasons) -> int:
     """Alert the owner's manager once when a customer's churn risk reaches the threshold;
     re-arm when it falls back by the margin."""
     alerts = settings.playbook.churn_alerts
@@ -279,9 +320,13 @@ def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored
     score = scored["churn_score"]
     ids = list(scored.index)
     alerted: set[str] = set()
-    for start in range(0, len(ids), 10_000):
-        part = ids[start:start + 10_000]
-        alerted.update(connection.execute(select(state.c.customer_id).where(state.c.customer_id.in_(part))).scalars())
+    if len(ids) > WHOLE_ALERT_STATE_FROM:
+        # A full run: the alert state (a row per alerted customer) read whole, rather than
+        # every customer id bound into IN lists 10,000 at a time.
+        index = scored.index
+        alerted.update(cid for cid in connection.execute(select(state.c.customer_id)).scalars() if cid in index)
+    else:
+        alerted.update(connection.execute(select(state.c.customer_id).where(state.c.customer_id.in_(ids))).scalars())
     rearmed = [cid for cid in alerted if not pd.isna(score.get(cid)) and score[cid] < alerts.threshold
                - alerts.rearm_margin]
     for start in range(0, len(rearmed), 10_000):
@@ -294,12 +339,13 @@ def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored
     revenue = scored["revenue_12m"] if "revenue_12m" in scored else None
     every = alerts.every_minutes * 60
     lang = settings.language
+    tops = reasons.of("churn_reasons", [customer_id for customer_id, _, _ in info])
     told = []
     for customer_id, name, owner in info:
         owner_name, manager = people.get(owner, (owner or "—", None))
         item = {"customer_id": customer_id, "name": name, "owner_name": owner_name,
                 "churn_score": float(rising[customer_id]),
-                "reasons": _top(scored.at[customer_id, "churn_reasons"]) if "churn_reasons" in scored else [],
+                "reasons": tops.get(customer_id, []),
                 "revenue_12m": float(revenue.get(customer_id, 0.0)) if revenue is not None else 0.0}
         body = {"content": messages.churn_alert([item], lang)}
         before = len(rows)

@@ -91,6 +91,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.special import digamma, expit, gammaln
 
+from scoring.deferred import Deferred
 from scoring.features import day_numbers
 from scoring.params import Weights
 
@@ -308,7 +309,7 @@ def _empty_result(index: pd.Index, source: str, bgnbd: BgNbdParams | None) -> pd
 
 
 def score_churn(features: pd.DataFrame, as_of: date, params: ChurnParams,
-                bgnbd: BgNbdParams | None = None) -> pd.DataFrame:
+                bgnbd: BgNbdParams | None = None, deferred: dict | None = None) -> pd.DataFrame:
     """Churn risk per customer, indexed like `features`: churn_score (0–100, 0.1),
     churn_label, churn_p_alive (NaN where not used), churn_days_overdue (NaN without an
     own cycle), churn_reasons. BG/NBD parameters used: `result.attrs["bgnbd"]`.
@@ -383,12 +384,15 @@ def score_churn(features: pd.DataFrame, as_of: date, params: ChurnParams,
     result = pd.DataFrame({"churn_score": score, "churn_label": label, "churn_p_alive": alive,
                            "churn_days_overdue": np.round(days_overdue, 1)}, index=features.index)
     thin_note = (w[0] > 0) & ~judged & ~no_history
-    with _no_cyclic_gc():
-        result["churn_reasons"] = _reasons(
-            points, no_history, thin_note, params,
-            decline=decline, act_30d=act_30d, baseline=baseline, days_overdue=days_overdue, cycle=cycle,
-            since_last=since_last, cycles_since=cycles_since, complaints=complaints,
-            complaints_prev=complaints_prev, alive=alive, frequency=frequency, recency=recency, age=age)
+    values = dict(decline=decline, act_30d=act_30d, baseline=baseline, days_overdue=days_overdue, cycle=cycle,
+                  since_last=since_last, cycles_since=cycles_since, complaints=complaints,
+                  complaints_prev=complaints_prev, alive=alive, frequency=frequency, recency=recency, age=age)
+    if deferred is None:
+        with _no_cyclic_gc():
+            result["churn_reasons"] = _reasons(points, no_history, thin_note, params, **values)
+    else:  # built a chunk at a time by the writer (scoring.deferred)
+        deferred["churn_reasons"] = Deferred(lambda take: _reasons(
+            take(points), take(no_history), take(thin_note), params, **take(values)), n)
     result.attrs["bgnbd"] = model if (model is not None and weights.not_alive > 0) else None
     result.attrs["bgnbd_source"] = source if weights.not_alive > 0 else "disabled"
     return result

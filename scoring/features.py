@@ -134,10 +134,10 @@ def rising_months(frame: pd.DataFrame, rise: float = 0.2) -> np.ndarray:
 
 def modules_owned_count(modules: pd.Series, catalogue: tuple[str, ...]) -> pd.Series:
     """How many catalogue modules each customer owns ('|'-separated lists)."""
-    items = modules.str.split("|").explode()
-    owned = items[items.isin(catalogue)]
-    counts = owned.groupby(level=0).nunique()
-    return counts.reindex(modules.index, fill_value=0).astype(int)
+    wanted = set(catalogue)
+    # A set intersection per customer: split/explode/groupby costs seconds at a million.
+    counts = [len(wanted.intersection(value.split("|"))) if isinstance(value, str) else 0 for value in modules.tolist()]
+    return pd.Series(counts, index=modules.index, dtype=int)
 
 
 def day_numbers(column: pd.Series) -> np.ndarray:

@@ -114,7 +114,8 @@ def score_intent(counts: pd.DataFrame, index: pd.Index, params: IntentParams) ->
             if rule.tag and rule.tag not in tags[row]:
                 tags[row].append(rule.tag)
     labels = np.array(INTENT_LEVELS, dtype=object)[level]
-    for row in range(len(index)):
-        fired[row].sort(key=lambda reason: -INTENT_LEVELS.index(reason["intent"]))
+    for reasons in fired:
+        if len(reasons) > 1:  # (most customers fire no rule)
+            reasons.sort(key=lambda reason: -INTENT_LEVELS.index(reason["intent"]))
     return pd.DataFrame({"intent_label": labels, "intent_score": [INTENT_SCORES[label] for label in labels],
                          "intent_tags": tags, "intent_reasons": fired}, index=index)

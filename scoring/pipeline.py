@@ -84,20 +84,25 @@ def with_weighted_revenue(features: pd.DataFrame, years: RevenueYears) -> pd.Dat
 
 def score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date | None = None,
                     previous: pd.DataFrame | None = None, intent_counts: pd.DataFrame | None = None,
-                    reference: PopulationReference | None = None) -> pd.DataFrame:
+                    reference: PopulationReference | None = None, deferred: dict | None = None) -> pd.DataFrame:
     """One row per customer, indexed like `features`: `tier` (the value matrix after
     hysteresis), `tier_raw`, current/potential value, component scores `c_*`, `reasons`
     (value matrix), and `<model>_label`, `<model>_score`, `<model>_reasons` per model.
 
     Without `reference` the customers are scored against each other (a full run) and the
     population's yardsticks come back in `result.attrs["reference"]`; with one, they are
-    scored against that population (an incremental rescore)."""
+    scored against that population (an incremental rescore).
+
+    With `deferred` (an empty dict), the reasons columns of the value matrix, RFM, S/A/B/C,
+    pyramid, churn and lifecycle are left out of the result and put there instead, as
+    scoring.deferred.Deferred columns to be built a chunk of customers at a time: a full
+    run's writer does so, and never holds every customer's reasons at once."""
     features = with_weighted_revenue(features, params.revenue_years)
     built = reference is None
     if built:
         reference = PopulationReference(population=len(features))
         add_reference(reference, features)
-    result = score_value_matrix(features, params.value_matrix, None if built else reference)
+    result = score_value_matrix(features, params.value_matrix, None if built else reference, deferred)
     result["tier_raw"] = result["tier"]
     if previous is not None and not previous.empty:
         stable = stabilise(result, previous, params.value_matrix)
@@ -111,26 +116,26 @@ def score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date |
     given = None if built else reference
     if params.rfm.enabled:
         rfm_reference = RfmReference.from_json(reference.rfm) if given is not None and reference.rfm else None
-        rfm = score_rfm(features, as_of, params.rfm, rfm_reference)
+        rfm = score_rfm(features, as_of, params.rfm, rfm_reference, deferred)
         if built and rfm.attrs.get("rfm_reference") is not None:
             reference.rfm = rfm.attrs["rfm_reference"].to_json()
         rfm.attrs.clear()
         result = result.join(rfm)
     if params.sabc.enabled:
         result = result.join(score_sabc(features, params.sabc, result["c_strategic"], result["c_industry_outlook"],
-                                        given))
+                                        given, deferred))
     if params.pyramid.enabled:
-        result = result.join(score_pyramid(features, params.pyramid, given))
+        result = result.join(score_pyramid(features, params.pyramid, given, deferred))
     if params.churn.enabled:
         bgnbd = BgNbdParams(**reference.bgnbd) if given is not None and reference.bgnbd else None
-        churn = score_churn(features, as_of, params.churn, bgnbd)
+        churn = score_churn(features, as_of, params.churn, bgnbd, deferred)
         if built and churn.attrs.get("bgnbd") is not None:
             reference.bgnbd = dataclasses.asdict(churn.attrs["bgnbd"])
         churn.attrs.clear()
         result = result.join(churn)
     if params.lifecycle.enabled:
         churn_label = result["churn_label"] if "churn_label" in result else None
-        result = result.join(score_lifecycle(features, as_of, params.lifecycle, churn_label))
+        result = result.join(score_lifecycle(features, as_of, params.lifecycle, churn_label, deferred))
     if params.intent.enabled:
         counts = intent_counts.set_index("customer_id") if intent_counts is not None and len(intent_counts) else \
             pd.DataFrame(index=features.index)

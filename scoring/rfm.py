@@ -102,6 +102,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from scoring.deferred import Deferred
 from scoring.features import day_numbers
 
 REQUIRED_COLUMNS = ("first_order_date", "last_order_date", "purchase_days", "lifetime_revenue", "first_day_revenue")
@@ -451,7 +452,7 @@ def _empty(index: pd.Index, source: str, reference: RfmReference | None) -> pd.D
 
 
 def score_rfm(features: pd.DataFrame, as_of: date, params: RfmParams,
-              reference: RfmReference | None = None) -> pd.DataFrame:
+              reference: RfmReference | None = None, deferred: dict | None = None) -> pd.DataFrame:
     """RFM per customer, indexed like `features` (columns: see the module docstring).
     `reference`: score against a stored population (incremental scoring); None → the
     buyers in `features` (a full run). The reference used is in attrs["rfm_reference"]."""
@@ -486,8 +487,12 @@ def score_rfm(features: pd.DataFrame, as_of: date, params: RfmParams,
                            "rfm_r": scores["r"], "rfm_f": scores["f"], "rfm_m": scores["m"],
                            **{f"rfm_{name}": measures[name].to_numpy() for name in MEASURES},
                            "rfm_days_since_last": raw["recency_days"]}, index=features.index)
-    result["rfm_reasons"] = pd.Series(_reasons(rules, rule_index, buyer, raw, scores, percentiles),
-                                      index=features.index, dtype=object)
+    if deferred is None:
+        result["rfm_reasons"] = pd.Series(_reasons(rules, rule_index, buyer, raw, scores, percentiles),
+                                          index=features.index, dtype=object)
+    else:  # built a chunk at a time by the writer (scoring.deferred)
+        deferred["rfm_reasons"] = Deferred(lambda take: _reasons(
+            rules, take(rule_index), take(buyer), take(raw), take(scores), take(percentiles)), n)
     result.attrs["rfm_reference"] = reference
     result.attrs["rfm_reference_source"] = source
     return result
@@ -504,19 +509,29 @@ def _reason_axes(rule: SegmentRule) -> list[str]:
 
 
 def _reasons(rules, rule_index, buyer, raw, scores, percentiles) -> list[list[dict]]:
+    """Per row, the factors its rule shows. Built column by column, one pass per rule and
+    factor, not row by row: a full run explains a million customers."""
     axes_of_rule = [_reason_axes(rule) for rule in rules]
     values = {"r": raw["recency_days"], "f": raw["repeat_purchases"], "m": raw["avg_repeat_value"]}
-    as_python = {"r": lambda v: int(v), "f": lambda v: int(v), "m": lambda v: round(float(v), MONEY_DECIMALS)}
-    columns = {axis: (values[axis].tolist(), scores[axis].tolist(), percentiles[axis].tolist()) for axis in "rfm"}
-    reasons: list[list[dict]] = []
-    for row, rule in enumerate(rule_index.tolist()):
-        if not buyer[row]:
-            reasons.append([{"factor": NO_PURCHASE, "value": None, "score": 0, "percentile": None}])
-            continue
-        entries = []
+    n = len(rule_index)
+    reasons: list = [None] * n
+    for row in np.flatnonzero(~buyer).tolist():
+        reasons[row] = [{"factor": NO_PURCHASE, "value": None, "score": 0, "percentile": None}]
+    buyer_rows = np.flatnonzero(buyer)
+    for rule in np.unique(rule_index[buyer_rows]).tolist():
+        rows = buyer_rows[rule_index[buyer_rows] == rule]
+        columns = []
         for axis in axes_of_rule[rule]:
-            value, score, percentile = (column[row] for column in columns[axis])
-            entries.append({"factor": _REASON_FACTOR[axis], "value": as_python[axis](value), "score": int(score),
-                            "percentile": None if np.isnan(percentile) else float(percentile)})
-        reasons.append(entries)
+            raw_values = values[axis][rows].tolist()
+            if axis == "m":
+                shown = [round(float(v), MONEY_DECIMALS) for v in raw_values]
+            else:
+                shown = [int(v) for v in raw_values]
+            factor = _REASON_FACTOR[axis]
+            columns.append([{"factor": factor, "value": value, "score": score,
+                             "percentile": None if percentile != percentile else percentile}
+                            for value, score, percentile in zip(shown, scores[axis][rows].tolist(),
+                                                                percentiles[axis][rows].astype(float).tolist())])
+        for row, items in zip(rows.tolist(), zip(*columns)):
+            reasons[row] = list(items)
     return reasons

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from scoring.deferred import Deferred
 from scoring.params import Weights
 from scoring.value_matrix import population_percentile
 
@@ -80,7 +81,9 @@ class LifecycleParams(_Params):
     growing_growth: float = Field(0.2, ge=0)
 
 
-def score_pyramid(features: pd.DataFrame, params: PyramidParams, reference=None) -> pd.DataFrame:
+def score_pyramid(features: pd.DataFrame, params: PyramidParams, reference=None,
+                  deferred: dict | None = None) -> pd.DataFrame:
+    """`deferred`: a dict to receive the reasons column (scoring.deferred) instead of the frame."""
     value = features["weighted_revenue"].fillna(0.0)
     if reference is None:
         # numpy's lexsort: last key first — value descending, then customer id ascending.
@@ -97,14 +100,27 @@ def score_pyramid(features: pd.DataFrame, params: PyramidParams, reference=None)
     percentile = population_percentile(features.assign(weighted_revenue=value), "weighted_revenue",
                                        reference).round(2)
     top_share = np.round(position * 100, 2)
-    reasons = [[{"factor": "weighted_revenue", "value": round(float(v), 2), "percentile": float(p),
-                 "top_share": float(t)}] for v, p, t in zip(value.to_numpy(), percentile.to_numpy(), top_share)]
-    return pd.DataFrame({"pyramid_label": labels, "pyramid_score": percentile, "pyramid_reasons": reasons},
-                        index=features.index)
+    result = pd.DataFrame({"pyramid_label": labels, "pyramid_score": percentile}, index=features.index)
+    return _with_reasons(result, "pyramid_reasons", _pyramid_reasons, deferred,
+                         value.to_numpy(), percentile.to_numpy(), top_share)
+
+
+def _with_reasons(result: pd.DataFrame, column: str, build, deferred: dict | None, *inputs) -> pd.DataFrame:
+    """The reasons column from row-aligned `inputs`: into the frame, or deferred."""
+    if deferred is None:
+        result[column] = build(*inputs)
+    else:
+        deferred[column] = Deferred(lambda take: build(*(take(value) for value in inputs)), len(result))
+    return result
+
+
+def _pyramid_reasons(value, percentile, top_share) -> list:
+    return [[{"factor": "weighted_revenue", "value": round(float(v), 2), "percentile": float(p),
+              "top_share": float(t)}] for v, p, t in zip(value, percentile, top_share)]
 
 
 def score_sabc(features: pd.DataFrame, params: SabcParams, strategic: pd.Series, outlook: pd.Series,
-               reference=None) -> pd.DataFrame:
+               reference=None, deferred: dict | None = None) -> pd.DataFrame:
     """`strategic` and `outlook` are the value matrix's 0–100 component scores."""
     weights = params.influence_weights.model_dump()
     size = population_percentile(features, "employees", reference).fillna(0.0)
@@ -115,18 +131,22 @@ def score_sabc(features: pd.DataFrame, params: SabcParams, strategic: pd.Series,
     high_influence = (influence >= params.influence_boundary).to_numpy()
     high_volume = (volume >= params.volume_boundary).to_numpy()
     labels = np.select([high_influence & high_volume, high_influence, high_volume], ["S", "A", "B"], "C")
-    reasons = [[{"factor": "influence", "score": round(float(i), 1), "direction": "high" if hi else "low"},
-                {"factor": "volume", "score": round(float(v), 1), "direction": "high" if hv else "low",
-                 "value": round(float(r), 2)}]
-               for i, v, hi, hv, r in zip(influence.to_numpy(), volume.to_numpy(), high_influence, high_volume,
-                                          features["weighted_revenue"].to_numpy())]
-    return pd.DataFrame({"sabc_label": labels, "sabc_score": ((influence + volume) / 2).round(2),
-                         "sabc_influence": influence.round(2), "sabc_volume": volume.round(2),
-                         "sabc_reasons": reasons}, index=features.index)
+    result = pd.DataFrame({"sabc_label": labels, "sabc_score": ((influence + volume) / 2).round(2),
+                           "sabc_influence": influence.round(2), "sabc_volume": volume.round(2)},
+                          index=features.index)
+    return _with_reasons(result, "sabc_reasons", _sabc_reasons, deferred, influence.to_numpy(), volume.to_numpy(),
+                         high_influence, high_volume, features["weighted_revenue"].to_numpy())
+
+
+def _sabc_reasons(influence, volume, high_influence, high_volume, revenue) -> list:
+    return [[{"factor": "influence", "score": round(float(i), 1), "direction": "high" if hi else "low"},
+             {"factor": "volume", "score": round(float(v), 1), "direction": "high" if hv else "low",
+              "value": round(float(r), 2)}]
+            for i, v, hi, hv, r in zip(influence, volume, high_influence, high_volume, revenue)]
 
 
 def score_lifecycle(features: pd.DataFrame, as_of: date, params: LifecycleParams,
-                    churn_label: pd.Series | None = None) -> pd.DataFrame:
+                    churn_label: pd.Series | None = None, deferred: dict | None = None) -> pd.DataFrame:
     as_of_stamp = pd.Timestamp(as_of)
     first, last = features["first_order_date"], features["last_order_date"]
     days_since_first = (as_of_stamp - first).dt.days
@@ -139,9 +159,16 @@ def score_lifecycle(features: pd.DataFrame, as_of: date, params: LifecycleParams
     labels = np.select([no_orders, churn_high | dormant, new, growing],
                        ["potential", "churn_risk", "new", "growing"], "mature")
     score = pd.Series(labels).map({label: i for i, label in enumerate(LIFECYCLE_LABELS)}).to_numpy()
+    result = pd.DataFrame({"lifecycle_label": labels, "lifecycle_score": score}, index=features.index)
+    return _with_reasons(result, "lifecycle_reasons", _lifecycle_reasons, deferred, labels,
+                         days_since_first.to_numpy(), days_since_last.to_numpy(), features["growth"].to_numpy(),
+                         churn_high)
+
+
+def _lifecycle_reasons(labels, days_since_first, days_since_last, growths, churn_high) -> list:
     reasons = []
     for label, since_first, since_last, growth, is_churn in zip(labels, days_since_first, days_since_last,
-                                                                features["growth"], churn_high):
+                                                                growths, churn_high):
         if label == "potential":
             reasons.append([{"factor": "no_orders"}])
         elif label == "churn_risk":
@@ -151,5 +178,4 @@ def score_lifecycle(features: pd.DataFrame, as_of: date, params: LifecycleParams
             reasons.append([{"factor": "days_since_first_order", "value": int(since_first)}])
         else:
             reasons.append([{"factor": "growth", "value": None if pd.isna(growth) else round(float(growth), 4)}])
-    return pd.DataFrame({"lifecycle_label": labels, "lifecycle_score": score, "lifecycle_reasons": reasons},
-                        index=features.index)
+    return reasons

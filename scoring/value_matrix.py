@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from scoring.deferred import Deferred
 from scoring.features import modules_owned_count
 from scoring.params import ValueMatrixParams
 
@@ -148,9 +149,12 @@ _RAW_VALUE = {
 }
 
 
-def score_value_matrix(features: pd.DataFrame, params: ValueMatrixParams, reference=None) -> pd.DataFrame:
+def score_value_matrix(features: pd.DataFrame, params: ValueMatrixParams, reference=None,
+                       deferred: dict | None = None) -> pd.DataFrame:
     """One row per customer: tier, current_value, potential_value, the component
-    scores (`c_<name>`), and `reasons` (a list of dicts, most important first)."""
+    scores (`c_<name>`), and `reasons` (a list of dicts, most important first).
+    With `deferred` (a dict), `reasons` goes there as a scoring.deferred.Deferred
+    instead of into the frame."""
     scores, percentiles = _component_scores(features, params, reference)
     current_weights = params.current_weights.model_dump()
     potential_weights = params.potential_weights.model_dump()
@@ -164,8 +168,20 @@ def score_value_matrix(features: pd.DataFrame, params: ValueMatrixParams, refere
                           index=features.index)
     for name in scores.columns:
         result[f"c_{name}"] = scores[name].round(2)
-    result["reasons"] = _reasons(features, scores, percentiles, current_weights, potential_weights, high_x, high_y)
+    if deferred is None:
+        result["reasons"] = _reasons(features, scores, percentiles, current_weights, potential_weights, high_x,
+                                     high_y)
+    else:
+        inputs = features[_REASON_INPUTS]
+        deferred["reasons"] = Deferred(lambda take: _reasons(
+            take(inputs), take(scores), take(percentiles), current_weights, potential_weights, take(high_x),
+            take(high_y)), len(features))
     return result
+
+
+# The feature columns the reasons show.
+_REASON_INPUTS = sorted({"revenue_12m", "is_benchmark", "is_listed", "is_partner",
+                         *(column for column in _RAW_VALUE.values() if column)})
 
 
 def _plain_list(values) -> list:

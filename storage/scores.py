@@ -7,6 +7,7 @@ snapshot rows, tier changes and each customer's current tier, in one transaction
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -16,6 +17,7 @@ import orjson
 import pandas as pd
 from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, select, text, update
 
+from scoring.deferred import materialise, paused_gc
 from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, add_months, window_starts
 from storage.models import Customer, ScoreRun, ScoreSnapshot
 from storage.db import write_transaction
@@ -234,29 +236,57 @@ class RunOutcome:
 
 
 def _snapshot_frame(snapshot_run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series) -> pd.DataFrame:
+    def text(values) -> pd.Series:
+        # Kept as Python objects: pandas would turn them into Arrow strings, and back again for the insert.
+        return pd.Series(values, dtype=object)
+
     return pd.DataFrame({
         "run_id": snapshot_run_id,
-        "customer_id": scored.index.to_numpy(),
-        "tier": scored["tier"].to_numpy(),
+        "customer_id": text(scored.index.to_numpy(dtype=object)),
+        "tier": text(scored["tier"].to_numpy(dtype=object)),
         "current_value": scored["current_value"].to_numpy(),
         "potential_value": scored["potential_value"].to_numpy(),
-        "revenue_12m": revenue_12m.reindex(scored.index).fillna(0.0).round(2).to_numpy(),
-        "pending_tier": scored["pending_tier"].to_numpy() if "pending_tier" in scored else None,
+        "revenue_12m": revenue_12m.to_numpy(),  # aligned with `scored`, rounded
+        "pending_tier": text(scored["pending_tier"].to_numpy(dtype=object)) if "pending_tier" in scored else None,
         "pending_runs": scored["pending_runs"].to_numpy() if "pending_runs" in scored else 0,
-        **snapshot_documents(scored),
+        **{name: text(documents) for name, documents in snapshot_documents(scored).items()},
     })
 
 
 # Snapshot rows are turned into JSON and written this many at a time: the documents of a
 # million customers at once would cost gigabytes.
-SNAPSHOT_CHUNK = 50_000
+SNAPSHOT_CHUNK = 10_000
 
 
 def _insert_snapshots(connection: Connection, snapshot_run_id: int, scored: pd.DataFrame,
-                      revenue_12m: pd.Series) -> None:
-    for start in range(0, len(scored), SNAPSHOT_CHUNK):
-        part = scored.iloc[start:start + SNAPSHOT_CHUNK]
-        bulk_insert(connection, ScoreSnapshot.__tablename__, _snapshot_frame(snapshot_run_id, part, revenue_12m))
+                      revenue_12m: pd.Series, deferred: dict | None = None) -> None:
+    """`deferred`: reasons columns not built yet (scoring.deferred), built here per chunk.
+
+    With several chunks, the next chunk's rows are built in a helper thread while the
+    database inserts the current one (SQLite and the PostgreSQL COPY let go of the GIL
+    while they work). Building only reads `scored`, `deferred` and the revenue."""
+    # Aligned with `scored` once, then cut by position: reindexing per chunk would hash the
+    # whole index every time.
+    revenue_12m = revenue_12m.reindex(scored.index).fillna(0.0).round(2)
+
+    def build(start: int) -> pd.DataFrame:
+        part = materialise(scored, deferred, slice(start, start + SNAPSHOT_CHUNK))
+        return _snapshot_frame(snapshot_run_id, part, revenue_12m.iloc[start:start + SNAPSHOT_CHUNK])
+
+    starts = list(range(0, len(scored), SNAPSHOT_CHUNK))
+    with paused_gc():
+        if len(starts) <= 1:
+            for start in starts:
+                bulk_insert(connection, ScoreSnapshot.__tablename__, build(start))
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-rows") as pool:
+            pending = pool.submit(build, starts[0])
+            for following in [*starts[1:], None]:
+                frame = pending.result()
+                if following is not None:
+                    pending = pool.submit(build, following)
+                bulk_insert(connection, ScoreSnapshot.__tablename__, frame)
+                del frame
 
 
 def _record_tier_changes(connection: Connection, snapshot_run_id: int, history_run_id: int,
@@ -299,11 +329,12 @@ AfterChanges = Callable[[Connection], None]
 
 def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series, summary: dict,
               keep_runs: int, reference: str | None = None, after_changes: AfterChanges | None = None,
-              read_at: datetime | None = None) -> RunOutcome:
+              read_at: datetime | None = None, deferred: dict | None = None) -> RunOutcome:
     """A full run: snapshot rows, tier history and current tiers, then the run marked
-    succeeded — all in one transaction, so a crash leaves the previous state untouched."""
+    succeeded — all in one transaction, so a crash leaves the previous state untouched.
+    `deferred`: reasons columns `scored` lacks, built a chunk at a time (scoring.deferred)."""
     with write_transaction(engine) as connection:
-        _insert_snapshots(connection, run_id, scored, revenue_12m)
+        _insert_snapshots(connection, run_id, scored, revenue_12m, deferred)
         changes, first = _record_tier_changes(connection, run_id, run_id, None, read_at)
         if after_changes is not None:
             after_changes(connection)

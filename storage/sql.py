@@ -40,14 +40,25 @@ def bulk_insert(connection: Connection, table: str, frame: pd.DataFrame) -> None
             with cursor.copy(f"COPY {table} ({quoted}) FROM STDIN WITH (FORMAT csv)") as copy:
                 copy.write(buffer.getvalue())
         return
-    values = frame.astype(object).where(frame.notna(), None)
+    # Column by column to Python objects, missing values as None: a whole-frame
+    # astype(object) + where() costs two copies of every cell.
+    values = [_python_values(frame[column]) for column in columns]
     placeholders = ", ".join("?" for _ in columns)
     cursor = raw.cursor()
     try:
-        cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})",
-                           values.itertuples(index=False, name=None))
+        cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", zip(*values))
     finally:
         cursor.close()
+
+
+def _python_values(column: pd.Series) -> np.ndarray:
+    """A column as an object array, missing values (NaN, NaT, NA) as None."""
+    values = column.to_numpy(dtype=object)
+    missing = column.isna().to_numpy()
+    if missing.any():
+        values = values.copy()
+        values[missing] = None
+    return values
 
 
 def refresh_statistics(connection: Connection, tables: list[str]) -> None:
@@ -63,10 +74,26 @@ def refresh_statistics(connection: Connection, tables: list[str]) -> None:
         connection.exec_driver_sql(f"ANALYZE {table}")
 
 
+def _plain_rows(result) -> list:
+    """Every row as a tuple. Straight from the driver's cursor when SQLAlchemy would not
+    convert any value (no result processors, e.g. text() queries): building a million
+    Row objects costs seconds. Otherwise through SQLAlchemy."""
+    metadata = getattr(result, "_metadata", None)
+    cursor = getattr(result, "cursor", None)
+    if (cursor is not None and metadata is not None and getattr(metadata, "_tuplefilter", None) is None
+            and not getattr(result, "_row_logging_fn", None)
+            and getattr(metadata, "_effective_processors", True) is None):
+        try:
+            return cursor.fetchall()
+        finally:
+            result.close()
+    return result.all()
+
+
 def frame_from_result(result, columns: list[str], numeric: tuple[str, ...] = ()) -> pd.DataFrame:
     """A query result as a DataFrame, column by column: handing pandas a million Row
     objects costs seconds of per-cell inspection. `numeric` columns become float64."""
-    rows = result.all()
+    rows = _plain_rows(result)
     data = list(zip(*rows)) if rows else [()] * len(columns)
     frame = {}
     for name, values in zip(columns, data):

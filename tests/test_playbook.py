@@ -111,7 +111,9 @@ def test_a_customer_turning_star_gets_a_visit_task_on_its_card(engine, settings)
     assert [button["text"] for button in buttons] == ["完成", "延后1天"]
 
 
-def test_churn_alerts_fire_once_per_rise_and_rearm_after_a_fall(engine, settings):
+@pytest.mark.parametrize("whole_state_from", [10_000, 0], ids=["ids-in-lists", "state-read-whole"])
+def test_churn_alerts_fire_once_per_rise_and_rearm_after_a_fall(engine, settings, monkeypatch, whole_state_from):
+    monkeypatch.setattr("notifications.playbook.WHOLE_ALERT_STATE_FROM", whole_state_from)
     features, scored = frames({}, churn={"COW1": 85.0})
     run_playbook(engine, settings, features, scored, {}, MORNING)
     run_playbook(engine, settings, features, scored, {}, MORNING + timedelta(hours=2))

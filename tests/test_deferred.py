@@ -1,0 +1,87 @@
+"""Reasons built a chunk at a time (scoring.deferred, what a full run does) equal the
+reasons built for every customer at once, document for document."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pytest
+
+from scoring.deferred import materialise
+from scoring.features import build_features
+from scoring.generator import generate_company
+from scoring.pipeline import ScoringParams, score_customers
+from storage import scores as store
+from storage.importer import run_import
+
+AS_OF = date(2026, 11, 20)
+RULE = {"name": "big", "when": "ltv > 100000", "then": {"set_label": {"value_matrix": "star"}, "add_tags": ["大"]}}
+
+
+@pytest.fixture
+def features_and_counts(engine, tmp_path):
+    folder = tmp_path / "co"
+    generate_company(folder, customers=400, seed=11, as_of=AS_OF, orders_per_customer=12, activities_per_customer=30)
+    run_import(engine, [folder])
+    rules = ScoringParams().intent.rules
+    with store.consistent_read(engine) as connection:
+        customers = store.load_customers(connection)
+        aggregates = store.load_aggregates(connection, AS_OF)
+        activity = store.load_activity(connection, AS_OF)
+        counts = store.load_intent_counts(connection, AS_OF, rules)
+    return build_features(customers, aggregates, AS_OF, activity), counts
+
+
+@pytest.mark.parametrize("rules", [[], [RULE]])
+def test_deferred_reasons_equal_eager_reasons(features_and_counts, rules):
+    features, counts = features_and_counts
+    params = ScoringParams.model_validate({"rules": {"rules": rules}})
+    eager = score_customers(features, params, AS_OF, intent_counts=counts)
+    deferred: dict = {}
+    lazy = score_customers(features, params, AS_OF, intent_counts=counts, deferred=deferred)
+    eager.attrs.clear()
+    lazy.attrs.clear()
+    assert sorted(deferred) == sorted(["reasons", "rfm_reasons", "sabc_reasons", "pyramid_reasons",
+                                       "churn_reasons", "lifecycle_reasons"])
+    assert not set(deferred) & set(lazy.columns)
+    assert list(lazy.index) == list(eager.index)
+    whole = store.snapshot_documents(eager)
+    for start in range(0, len(eager), 37):
+        part = store.snapshot_documents(materialise(lazy, deferred, slice(start, start + 37)))
+        for document in whole:
+            assert part[document] == whole[document][start:start + 37]
+    positions = np.random.default_rng(3).permutation(len(eager))[:50]
+    for column, values in deferred.items():
+        assert values.rows(positions) == [eager[column].iat[p] for p in positions]
+
+
+@pytest.mark.parametrize("chunk", [7, 100_000])
+def test_a_run_written_in_chunks_stores_the_same_rows(engine, features_and_counts, monkeypatch, chunk):
+    """Several chunks: the next chunk is built in a helper thread while one is inserted."""
+    import orjson
+    from sqlalchemy import select
+
+    from storage.models import ScoreSnapshot
+
+    monkeypatch.setattr(store, "SNAPSHOT_CHUNK", chunk)
+    features, counts = features_and_counts
+    params = ScoringParams()
+    eager = score_customers(features, params, AS_OF, intent_counts=counts)
+    eager.attrs.clear()
+    deferred: dict = {}
+    lazy = score_customers(features, params, AS_OF, intent_counts=counts, deferred=deferred)
+    lazy.attrs.clear()
+    run_id = store.start_run(engine, AS_OF, "test")
+    store.write_run(engine, run_id, lazy, features["revenue_12m"], {"customers": len(lazy)}, 3, deferred=deferred)
+    expected = store.snapshot_documents(eager)
+    with engine.connect() as connection:
+        table = ScoreSnapshot.__table__
+        rows = connection.execute(select(table).where(table.c.run_id == run_id)).all()
+    stored = {row.customer_id: row for row in rows}
+    assert len(stored) == len(eager)
+    for position, customer_id in enumerate(eager.index):
+        row = stored[customer_id]
+        assert row.tier == eager["tier"].iat[position]
+        for document in ("labels", "scores", "reasons"):
+            assert getattr(row, document) == orjson.loads(expected[document][position])
