@@ -376,22 +376,6 @@ def print_throughput(cases: list[ThroughputCase]) -> None:
 
 # ---------------------------------------------------------------------------- 2. limits
 
-class FakeClock:
-    """One time for the dispatcher (datetimes) and the emulator and client (seconds)."""
-
-    def __init__(self, start: datetime = FAKE_START):
-        self.moment = start
-
-    def utc(self) -> datetime:
-        return self.moment
-
-    def __call__(self) -> float:
-        return self.moment.timestamp()
-
-    def advance(self, seconds: float) -> None:
-        self.moment += timedelta(seconds=seconds)
-
-
 @dataclass
 class LimitCase:
     name: str
@@ -416,15 +400,15 @@ async def limit_case(name: str, members: list[str], per_member: int, work_dir: P
     while a fake clock moves at most `step` seconds at a time, until every row is sent."""
     from aiohttp import web
 
-    from bot.emulator import (EMULATOR, SANDBOX_AGENT_ID, SANDBOX_CORP_ID, SANDBOX_SECRET,
-                              MEMBER_LIMIT_PER_HOUR, MEMBER_LIMIT_PER_MINUTE, create_emulator_app)
+    from bot.emulator import (EMULATOR, MEMBER_LIMIT_PER_HOUR, MEMBER_LIMIT_PER_MINUTE, SANDBOX_AGENT_ID,
+                              SANDBOX_CORP_ID, SANDBOX_SECRET, SharedClock, create_emulator_app)
     from bot.wecom_client import WeComClient
     from notifications.dispatcher import Dispatcher
     from notifications.outbox import outbox_row
     from notifications.settings import PushesConfig
     from storage.db import make_async_engine
 
-    clock = FakeClock()
+    clock = SharedClock(FAKE_START)
     work_dir.mkdir(parents=True, exist_ok=True)
     database = work_dir / "dispatch-limits.db"
     url = _fresh_sqlite(database)

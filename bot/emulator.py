@@ -38,6 +38,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -197,6 +198,24 @@ def _normalise_path(path: str | None) -> str | None:
 
 def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8"))
+
+
+class SharedClock:
+    """A settable time for tests and benchmarks, read both ways: as epoch seconds (the
+    emulator, the WeCom client) and as an aware UTC datetime (the dispatcher). One clock
+    for all of them keeps token expiry, rate windows and not_before in step."""
+
+    def __init__(self, start: datetime):
+        self.moment = start
+
+    def utc(self) -> datetime:
+        return self.moment
+
+    def __call__(self) -> float:
+        return self.moment.timestamp()
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
 
 
 class EmulatorState:

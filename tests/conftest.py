@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from bot.emulator import (EMULATOR, SANDBOX_AGENT_ID, SANDBOX_CORP_ID, SANDBOX_SECRET, RedactingAccessLogger,
-                          create_emulator_app)
+                          SharedClock, create_emulator_app)
 from bot.metrics import Metrics
 from bot.wecom_client import WebhookClient, WeComClient
 from notifications.dispatcher import Dispatcher
@@ -84,25 +84,9 @@ def write_csv(path: Path, header: list[str], rows: list[list], encoding: str = "
 MORNING = datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)
 
 
-class Clock:
-    """One time for the dispatcher (datetimes) and the emulator (seconds)."""
-
-    def __init__(self, start: datetime = MORNING):
-        self.moment = start
-
-    def utc(self) -> datetime:
-        return self.moment
-
-    def __call__(self) -> float:
-        return self.moment.timestamp()
-
-    def advance(self, seconds: float) -> None:
-        self.moment += timedelta(seconds=seconds)
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> SharedClock:
+    return SharedClock(MORNING)
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from notifications.outbox import outbox_row
 from storage.importer import run_import
 from storage.models import Customer, FollowUpTask, OutboxMessage, TierChange
 from tests.company import AS_OF, write_company
-from tests.conftest import Clock, outbox_counts, state_of
+from bot.emulator import SharedClock
+from tests.conftest import outbox_counts, state_of
 
 @pytest.fixture
 def config(engine, database_url, tmp_path, clock):
@@ -172,7 +173,7 @@ async def test_permanent_failure_is_recorded_and_reported_to_admins(engine, conf
 
 
 async def test_quiet_hours_hold_pushes_until_morning(engine, config, make_dispatcher, emulator):
-    late = Clock(datetime(2026, 11, 23, 14, 30, tzinfo=timezone.utc))  # 22:30 in Shanghai
+    late = SharedClock(datetime(2026, 11, 23, 14, 30, tzinfo=timezone.utc))  # 22:30 in Shanghai
     with engine.begin() as connection:
         connection.exec_driver_sql("UPDATE customers SET tier = 'dog' WHERE customer_id = 'STAR1'")
     full_rescore(engine, config, AS_OF, now=late.utc())

@@ -3,6 +3,8 @@ WeComPeer signs and encrypts, and the sandbox's /sandbox/api/click route into th
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pytest
 from sqlalchemy import select
 from wechatpy.enterprise import WeChatCrypto
@@ -10,7 +12,7 @@ from wechatpy.enterprise import WeChatCrypto
 from bot.app import RUNTIME, create_app, sandbox_identity
 from bot.callback import inbound_from_xml, parse_flat_xml
 from bot.config import load_config
-from bot.emulator import EMULATOR, RESPONSE_CODE_VALID_SECONDS, SANDBOX_AGENT_ID, create_emulator_app
+from bot.emulator import EMULATOR, RESPONSE_CODE_VALID_SECONDS, SANDBOX_AGENT_ID, SharedClock, create_emulator_app
 from bot.sandbox import Sandbox, WeComPeer
 from storage.models import CallbackSeen
 
@@ -30,17 +32,9 @@ def follow_up_card(task_id: str) -> dict:
     }
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> SharedClock:
+    return SharedClock(datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc))
 
 
 async def _fetch_token(wecom) -> None:
@@ -106,7 +100,7 @@ async def test_send_and_click_codes_are_each_good_for_one_update(wecom):
 async def test_click_code_expires_after_72_hours(wecom, clock):
     await _send(wecom, ["alice"], follow_up_card("fu-3"))
     code = wecom.state.click("alice", "fu-3", "done")["ResponseCode"]
-    clock.now += RESPONSE_CODE_VALID_SECONDS + 1
+    clock.advance(RESPONSE_CODE_VALID_SECONDS + 1)
     await _fetch_token(wecom)  # the old access_token expired long ago
     assert (await _update(wecom, code, ["alice"], button={"replace_name": "已完成"}))["errcode"] == 40058
 
