@@ -13,8 +13,9 @@ from sqlalchemy import Engine
 
 from bot.config import Config
 from scoring import TIERS, score_customers
-from scoring.features import build_features
+from scoring.features import build_features, window_starts
 from storage import scores as store
+from storage import windows as window_totals
 
 # A run still "running" after this long belongs to a process that died.
 STALE_RUN_AFTER = timedelta(hours=6)
@@ -80,10 +81,15 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
     try:
         started = time.perf_counter()
         read_at = datetime.now(timezone.utc)
+        # The whole-month totals are kept by the import; only the first run of a month builds them.
+        month = window_starts(as_of)["m0"]
+        window_totals.ensure_month(engine, month)
         with store.consistent_read(engine) as connection:
             customers = store.load_customers(connection)
-            aggregates = store.load_aggregates(connection, as_of)
-            activity = store.load_activity(connection, as_of)
+            windows = window_totals.read_month(connection, month)
+            aggregates = store.load_aggregates(connection, as_of, windows=windows)
+            activity = store.load_activity(connection, as_of, windows=windows)
+            del windows
             intent_counts = store.load_intent_counts(connection, as_of, config.scoring.intent.rules
                                                      if config.scoring.intent.enabled else [])
         if customers.empty:
@@ -133,8 +139,9 @@ def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str],
     try:
         with store.consistent_read(engine) as connection:
             customers = store.load_customers(connection, customer_ids)
-            aggregates = store.load_aggregates(connection, as_of, customer_ids)
-            activity = store.load_activity(connection, as_of, customer_ids)
+            windows = window_totals.read_month(connection, window_starts(as_of)["m0"], customer_ids)
+            aggregates = store.load_aggregates(connection, as_of, customer_ids, windows=windows)
+            activity = store.load_activity(connection, as_of, customer_ids, windows=windows)
             intent_counts = store.load_intent_counts(connection, as_of, config.scoring.intent.rules
                                                      if config.scoring.intent.enabled else [], customer_ids)
         if customers.empty:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Iterator
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,7 @@ from storage.schema_files import (
     kind_of_file,
     normalise_header,
 )
+from storage import windows as window_totals
 from storage.db import for_writing
 from storage.sql import bulk_insert, month_of, null_safe_differs, refresh_statistics
 from storage.validate import BatchValidator, Problem
@@ -508,7 +510,9 @@ def rebuild_rollups(connection: Connection, only_touched: bool = True) -> int:
         FROM activities WHERE true {scope_and}
         GROUP BY customer_id, {activity_month}, kind"""))
     if not only_touched:
+        window_totals.forget_all(connection)
         return int(connection.execute(text("SELECT COUNT(DISTINCT customer_id) FROM customer_months")).scalar())
+    window_totals.refresh_touched(connection)
     return int(connection.execute(text("SELECT COUNT(*) FROM touched_customers")).scalar())
 
 
@@ -589,11 +593,17 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                         index.create(connection)
                 if not log:
                     rebuilt = rebuild_rollups(connection)
+                    if rebuilt > touched_limit:
+                        # A bulk load: the full rescore it calls for reads this month's
+                        # totals, so they are built now, with the data they come from.
+                        this_month = datetime.now(ZoneInfo(timezone_name)).date().replace(day=1)
+                        if not window_totals.is_kept(connection, this_month):
+                            window_totals.build_month(connection, this_month)
                     if rebuilt <= touched_limit:
                         touched = sorted(connection.execute(text("SELECT customer_id FROM touched_customers"))
                                          .scalars())
                     refresh_statistics(connection, [*(KINDS_BY_NAME[name].table.name for name in staging),
-                                                    "customer_months", "activity_months"])
+                                                    "customer_months", "activity_months", "customer_windows"])
 
             if log:
                 transaction.rollback()

@@ -13,46 +13,20 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Callable, Iterator
 
+import re
+
 import orjson
 import pandas as pd
 from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, select, text, update
 
 from scoring.deferred import materialise, paused_gc
 from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, add_months, window_starts
-from storage.models import Customer, ScoreRun, ScoreSnapshot
+from storage.models import ACTIVITY_KINDS, Customer, ScoreRun, ScoreSnapshot
+from storage import windows as window_totals
 from storage.db import write_transaction
 from storage.sql import bulk_insert, frame_from_result, refresh_statistics
 
 _NOW = bindparam("now", type_=DateTime(timezone=True))
-
-# Whole months before the as-of month, from the roll-up (clustered by customer, month).
-_PREVIOUS_MONTHS_SQL = """
-SELECT customer_id,
-       SUM(CASE WHEN month >= :m12 THEN revenue ELSE 0 END) AS revenue_12m,
-       SUM(CASE WHEN month >= :m12 THEN cost ELSE 0 END) AS cost_12m,
-       SUM(CASE WHEN month >= :m12 THEN repeat_revenue ELSE 0 END) AS repeat_revenue_12m,
-       SUM(CASE WHEN month >= :m12 THEN orders ELSE 0 END) AS orders_12m,
-       SUM(CASE WHEN month >= :m24 AND month < :m12 THEN revenue ELSE 0 END) AS revenue_12_24m,
-       SUM(CASE WHEN month >= :m36 AND month < :m24 THEN revenue ELSE 0 END) AS revenue_24_36m,
-       SUM(CASE WHEN month = :m1 THEN revenue ELSE 0 END) AS revenue_m1,
-       SUM(CASE WHEN month = :m2 THEN revenue ELSE 0 END) AS revenue_m2,
-       SUM(CASE WHEN month = :m3 THEN revenue ELSE 0 END) AS revenue_m3,
-       SUM(CASE WHEN month = :m4 THEN revenue ELSE 0 END) AS revenue_m4,
-       SUM(revenue) AS lifetime_revenue,
-       SUM(orders) AS lifetime_orders,
-       SUM(purchase_days) AS purchase_days,
-       MIN(first_order_date) AS first_order_date,
-       MAX(last_order_date) AS last_order_date
-FROM customer_months WHERE month < :m0 {scope}
-GROUP BY customer_id
-"""
-
-# The revenue of each customer's first purchase day: kept on its first month's row.
-_FIRST_DAY_SQL = """
-SELECT m.customer_id, m.first_day_revenue FROM customer_months m
-WHERE m.month < :m0 AND (m.customer_id, m.month) IN (
-    SELECT customer_id, MIN(month) FROM customer_months WHERE month < :m0 {scope} GROUP BY customer_id)
-"""
 
 # The as-of month so far, from the raw orders (its roll-up row may hold later days).
 _CURRENT_DAYS_SQL = """
@@ -62,40 +36,21 @@ FROM orders WHERE order_date >= :m0 AND order_date <= :as_of {scope}
 GROUP BY customer_id, order_date
 """
 
-# Activity windows. "Active" kinds exclude complaints, which are counted on their own.
-_ACTIVITY_SQL = """
-WITH recent AS (
-    SELECT customer_id,
-           SUM(CASE WHEN kind <> 'complaint' AND ts >= :since_30d THEN 1 ELSE 0 END) AS act_30d,
-           MAX(ts) AS last_recent_ts
-    FROM activities WHERE ts >= :since_30d AND ts < :until {scope}
-    GROUP BY customer_id
-),
-complaints AS (
-    SELECT customer_id,
-           SUM(CASE WHEN ts >= :since_90d THEN 1 ELSE 0 END) AS complaints_90d,
-           SUM(CASE WHEN ts < :since_90d THEN 1 ELSE 0 END) AS complaints_prev_90d
-    FROM activities WHERE kind = 'complaint' AND ts >= :since_180d AND ts < :until {scope}
-    GROUP BY customer_id
-),
-baseline AS (
-    SELECT customer_id, SUM(CASE WHEN kind <> 'complaint' THEN events ELSE 0 END) AS baseline_events,
-           MAX(last_ts) AS last_ts
-    FROM activity_months WHERE month >= :m6 AND month < :m0 {scope}
-    GROUP BY customer_id
-),
-customers_seen AS (
-    SELECT customer_id FROM recent UNION SELECT customer_id FROM complaints UNION SELECT customer_id FROM baseline
-)
-SELECT s.customer_id, COALESCE(r.act_30d, 0), COALESCE(b.baseline_events, 0),
-       COALESCE(c.complaints_90d, 0), COALESCE(c.complaints_prev_90d, 0), COALESCE(r.last_recent_ts, b.last_ts)
-FROM customers_seen s
-LEFT JOIN recent r ON r.customer_id = s.customer_id
-LEFT JOIN complaints c ON c.customer_id = s.customer_id
-LEFT JOIN baseline b ON b.customer_id = s.customer_id
+# Activity windows, as two plain GROUP BYs joined in pandas: joined in SQL, SQLite may
+# pick a nested scan of one materialised CTE per row of the other (minutes at 100k).
+# "Active" kinds exclude complaints, which are counted on their own.
+# Every kind named so that the (kind, ts, ...) covering index serves the window.
+_RECENT_ACTIVITY_SQL = f"""
+SELECT customer_id, SUM(CASE WHEN kind <> 'complaint' THEN 1 ELSE 0 END), MAX(ts)
+FROM activities WHERE kind IN ({", ".join(f"'{kind}'" for kind in ACTIVITY_KINDS)})
+  AND ts >= :since_30d AND ts < :until {{scope}}
+GROUP BY customer_id
 """
-
-BASELINE_MONTHS = 6
+_COMPLAINTS_SQL = """
+SELECT customer_id, SUM(CASE WHEN ts >= :since_90d THEN 1 ELSE 0 END), SUM(CASE WHEN ts < :since_90d THEN 1 ELSE 0 END)
+FROM activities WHERE kind = 'complaint' AND ts >= :since_180d AND ts < :until {scope}
+GROUP BY customer_id
+"""
 
 
 def _scoped(sql: str, customer_ids: list[str] | None) -> tuple[str, list, dict]:
@@ -106,29 +61,21 @@ def _scoped(sql: str, customer_ids: list[str] | None) -> tuple[str, list, dict]:
             {"ids": list(customer_ids)})
 
 
-def load_aggregates(connection: Connection, as_of: date, customer_ids: list[str] | None = None) -> pd.DataFrame:
+def load_aggregates(connection: Connection, as_of: date, customer_ids: list[str] | None = None,
+                    windows: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per customer: revenue windows, lifetime totals, purchase days, first-day revenue,
-    first and last order dates, all up to and including `as_of`."""
-    months = window_starts(as_of)
-    dates = [bindparam(name, type_=Date) for name in (*months, "as_of")]
-    values = {**months, "as_of": as_of}
-
-    def run(sql: str, names: list[str], numeric: tuple[str, ...]) -> pd.DataFrame:
-        scoped, binds, scope_values = _scoped(sql, customer_ids)
-        used = [b for b in dates if f":{b.key}" in scoped]
-        rows = connection.execute(text(scoped).bindparams(*used, *binds), {**values, **scope_values})
-        return frame_from_result(rows, names, numeric=numeric)
-
-    sums = ("revenue_12m", "cost_12m", "repeat_revenue_12m", "orders_12m", "revenue_12_24m", "revenue_24_36m",
-            "revenue_m1", "revenue_m2", "revenue_m3", "revenue_m4", "lifetime_revenue", "lifetime_orders",
-            "purchase_days")
-    previous = run(_PREVIOUS_MONTHS_SQL, ["customer_id", *sums, "first_order_date", "last_order_date"], sums)
-    first_day = run(_FIRST_DAY_SQL, ["customer_id", "first_day_revenue"], ("first_day_revenue",))
-    days = run(_CURRENT_DAYS_SQL, ["customer_id", "order_date", "revenue", "cost", "repeat_revenue", "orders"],
-               ("revenue", "cost", "repeat_revenue", "orders"))
-
-    frame = previous.set_index("customer_id")
-    frame["first_day_revenue"] = first_day.set_index("customer_id")["first_day_revenue"]
+    first and last order dates, all up to and including `as_of`. `windows`: the as-of
+    month's storage.windows frame, when the caller has read it already."""
+    month = window_starts(as_of)["m0"]
+    if windows is None:
+        windows = window_totals.read_month(connection, month, customer_ids)
+    frame = windows.set_index("customer_id")[[*window_totals.ORDER_SUMS, "first_order_date", "last_order_date"]]
+    frame = frame[frame["first_order_date"].notna()]
+    scoped, binds, scope_values = _scoped(_CURRENT_DAYS_SQL, customer_ids)
+    rows = connection.execute(text(scoped).bindparams(bindparam("m0", type_=Date), bindparam("as_of", type_=Date),
+                                                      *binds), {"m0": month, "as_of": as_of, **scope_values})
+    days = frame_from_result(rows, ["customer_id", "order_date", "revenue", "cost", "repeat_revenue", "orders"],
+                             numeric=("revenue", "cost", "repeat_revenue", "orders"))
     for column in ("first_order_date", "last_order_date"):
         frame[column] = pd.to_datetime(frame[column])
     if len(days):
@@ -157,22 +104,37 @@ def load_aggregates(connection: Connection, as_of: date, customer_ids: list[str]
                                                            "last_order_date"]]
 
 
-def load_activity(connection: Connection, as_of: date, customer_ids: list[str] | None = None) -> pd.DataFrame:
+def load_activity(connection: Connection, as_of: date, customer_ids: list[str] | None = None,
+                  windows: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per customer: activities in the 30 days to as_of, the six whole months before the
-    as-of month (the baseline), complaints in the last 90 days and the 90 before."""
+    as-of month (the baseline, from storage.windows), complaints in the last 90 days and
+    the 90 before."""
     until = datetime.combine(as_of + timedelta(days=1), datetime.min.time())
-    months = window_starts(as_of)
+    month = window_starts(as_of)["m0"]
+    if windows is None:
+        windows = window_totals.read_month(connection, month, customer_ids)
     parameters = {"until": until, "since_30d": until - timedelta(days=30), "since_90d": until - timedelta(days=90),
-                  "since_180d": until - timedelta(days=180), "m0": months["m0"],
-                  "m6": add_months(months["m0"], -BASELINE_MONTHS)}
-    sql, scope_binds, scope_values = _scoped(_ACTIVITY_SQL, customer_ids)
-    statement = text(sql).bindparams(
-        *(bindparam(name, type_=DateTime) for name in ("until", "since_30d", "since_90d", "since_180d")),
-        *(bindparam(name, type_=Date) for name in ("m0", "m6")), *scope_binds)
-    rows = connection.execute(statement, {**parameters, **scope_values})
-    frame = frame_from_result(rows, ["customer_id", *ACTIVITY_COLUMNS], numeric=ACTIVITY_COLUMNS[:-1])
-    frame["last_activity_ts"] = pd.to_datetime(frame["last_activity_ts"], errors="coerce")
-    return frame
+                  "since_180d": until - timedelta(days=180)}
+
+    def grouped(sql: str, names: list[str], numeric: tuple[str, ...]) -> pd.DataFrame:
+        scoped, scope_binds, scope_values = _scoped(sql, customer_ids)
+        used = [name for name in parameters if re.search(rf":{name}\b", scoped)]
+        statement = text(scoped).bindparams(*(bindparam(name, type_=DateTime) for name in used), *scope_binds)
+        rows = connection.execute(statement, {**{name: parameters[name] for name in used}, **scope_values})
+        return frame_from_result(rows, ["customer_id", *names], numeric=numeric).set_index("customer_id")
+
+    recent = grouped(_RECENT_ACTIVITY_SQL, ["act_30d", "last_recent_ts"], ("act_30d",))
+    complaints = grouped(_COMPLAINTS_SQL, ["complaints_90d", "complaints_prev_90d"],
+                         ("complaints_90d", "complaints_prev_90d"))
+    baseline = windows.loc[(windows["baseline_events"] > 0) | windows["baseline_last_ts"].notna(),
+                           ["customer_id", "baseline_events", "baseline_last_ts"]]
+    frame = recent.join(complaints, how="outer").join(
+        baseline.set_index("customer_id").rename(columns={"baseline_events": "baseline_events_6m"}), how="outer")
+    for column in ("act_30d", "baseline_events_6m", "complaints_90d", "complaints_prev_90d"):
+        frame[column] = frame[column].fillna(0.0)
+    frame["last_activity_ts"] = pd.to_datetime(frame["last_recent_ts"].fillna(frame["baseline_last_ts"]),
+                                               errors="coerce")
+    return frame.rename_axis("customer_id").reset_index()[["customer_id", *ACTIVITY_COLUMNS]]
 
 
 def load_customers(connection: Connection, customer_ids: list[str] | None = None) -> pd.DataFrame:
