@@ -156,7 +156,8 @@ def score_command(ctx: click.Context, as_of: date | None) -> None:
         raise BadInput([str(exc)]) from None
     click.echo(render("cli/score_summary.j2", lang=config.language, run_id=outcome.run_id,
                       summary=outcome.summary, changes=outcome.tier_changes, first=outcome.first_assignments))
-    logger.info("read %.2fs, score %.2fs, write %.2fs", timings.read, timings.score, timings.write)
+    logger.info("rescore %.2fs in all: read %.2fs, score %.2fs, write %.2fs", timings.total, timings.read,
+                timings.score, timings.write)
 
 
 @main.group("export")

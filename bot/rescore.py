@@ -30,6 +30,7 @@ class Timings:
     read: float
     score: float
     write: float
+    total: float  # the whole job, from recording the run as started to its commit
 
 
 def summarise_tiers(features: pd.DataFrame, scored: pd.DataFrame) -> dict:
@@ -76,6 +77,7 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
     notifications.playbook). Raises NothingToScore."""
     import time
 
+    entered = time.perf_counter()
     store.abandon_stale_runs(engine, STALE_RUN_AFTER)
     run_id = store.start_run(engine, as_of, config.scoring_hash())
     try:
@@ -116,7 +118,7 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
     except BaseException as exc:
         store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")
         raise
-    return outcome, Timings(read_done - started, score_done - read_done, finished - score_done)
+    return outcome, Timings(read_done - started, score_done - read_done, finished - score_done, finished - entered)
 
 
 # Past this many touched customers an import asks for a full rescore instead.
