@@ -1,7 +1,7 @@
 """Push messages rendered from templates/push: tier-change and task cards, the per-rep
 summary, churn alerts, delivery-failure notices.
 
-Cards are YAML templates (every value passed through `tojson`, so no text can break
+Cards are JSON templates (every value passed through `tojson`, so no text can break
 the structure) turned into the template_card JSON WeCom takes. Lists are cut to fit
 WeCom's 2048-byte limit for app markdown rather than refused.
 """
@@ -12,7 +12,7 @@ import secrets
 from collections import Counter
 from typing import Any
 
-import yaml
+import orjson
 
 from handlers.text import fit_bytes, render
 
@@ -24,21 +24,18 @@ def card_task_id(task_id: int | None = None) -> str:
     return f"t{task_id or 0}_{secrets.token_hex(6)}"
 
 
-# libyaml's safe loader: a first run can card thousands of tasks, and the pure-Python
-# loader spends 4 ms on each.
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def _card(template: str, **context: Any) -> dict[str, Any]:
-    return yaml.load(render(template, **context), Loader=_SAFE_LOADER)
+    # JSON templates: a first run can card thousands of tasks, and a YAML parser spends
+    # ten times as long on each as the JSON one.
+    return orjson.loads(render(template, **context))
 
 
 def tier_change_card(item: dict[str, Any], action: str, lang: str, task_id: str) -> dict[str, Any]:
-    return _card(f"push/tier_change_card.{lang}.yaml.j2", item=item, action=action, card_task_id=task_id)
+    return _card(f"push/tier_change_card.{lang}.json.j2", item=item, action=action, card_task_id=task_id)
 
 
 def task_card(item: dict[str, Any], lang: str, task_id: str) -> dict[str, Any]:
-    return _card(f"push/task_card.{lang}.yaml.j2", item=item, card_task_id=task_id)
+    return _card(f"push/task_card.{lang}.json.j2", item=item, card_task_id=task_id)
 
 
 def _fitted(template: str, listed: list, **context: Any) -> str:
@@ -94,7 +91,7 @@ def summary_for(kind: str, items: list[dict[str, Any]], lang: str) -> tuple[str,
 
 
 def ticket_card(item: dict[str, Any], lang: str, task_id: str) -> dict[str, Any]:
-    return _card(f"push/ticket_card.{lang}.yaml.j2", item=item, card_task_id=task_id)
+    return _card(f"push/ticket_card.{lang}.json.j2", item=item, card_task_id=task_id)
 
 
 def ticket_notice(kind: str, item: dict[str, Any], lang: str, links: list | None = None) -> str:

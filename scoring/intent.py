@@ -100,15 +100,17 @@ def score_intent(counts: pd.DataFrame, index: pd.Index, params: IntentParams) ->
     tags: list[list[str]] = [[] for _ in range(len(index))]
     for r, rule in enumerate(params.rules):
         hits = np.ones(len(index), dtype=bool)
+        columns = []
         for c, condition in enumerate(rule.all):
             column = count_column(r, c)
             values = counts[column].to_numpy() if column in counts else np.zeros(len(index))
+            columns.append(values.astype(np.int64).tolist())
             hits &= values >= condition.at_least
         rank = INTENT_LEVELS.index(rule.intent)
-        for row in np.flatnonzero(hits):
+        names = [cond.kind + (f" {cond.detail_contains}" if cond.detail_contains else "") for cond in rule.all]
+        for row in np.flatnonzero(hits).tolist():
             level[row] = max(level[row], rank)
-            detail = {cond.kind + (f" {cond.detail_contains}" if cond.detail_contains else ""):
-                      int(counts[count_column(r, c)].iat[row]) for c, cond in enumerate(rule.all)}
+            detail = {name: values[row] for name, values in zip(names, columns)}
             fired[row].append({"factor": "intent_rule", "value": rule.name, "intent": rule.intent,
                                "within_days": rule.within_days, "detail": detail})
             if rule.tag and rule.tag not in tags[row]:
