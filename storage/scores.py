@@ -20,7 +20,7 @@ import pandas as pd
 from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, select, text, update
 
 from scoring.deferred import materialise, paused_gc
-from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, add_months, window_starts
+from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, window_starts
 from storage.models import ACTIVITY_KINDS, Customer, ScoreRun, ScoreSnapshot
 from storage import windows as window_totals
 from storage.db import write_transaction
