@@ -139,6 +139,19 @@ class CronJob:
     trigger: CronTrigger | None = None
 
 
+async def cancel_and_wait(task: asyncio.Task) -> None:
+    """Cancel a helper task and wait until it has stopped. A cancellation of the task
+    doing the waiting (the service stopping) still goes through: swallowing it with the
+    helper's would keep a loop running for ever, and shutdown waiting on it."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+
+
 class Scheduler:
     """Registers the jobs, runs each under its lease, and catches up missed slots."""
 
@@ -186,9 +199,7 @@ class Scheduler:
                         try:
                             pause = await step()
                         finally:
-                            heartbeat.cancel()
-                            with contextlib.suppress(asyncio.CancelledError):
-                                await heartbeat
+                            await cancel_and_wait(heartbeat)
                     else:
                         holding = False
                 except Exception:
@@ -239,9 +250,7 @@ class Scheduler:
             error = f"{exc.__class__.__name__}: {exc}"[:2000]
             logger.exception("scheduled job %s failed", name)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await cancel_and_wait(heartbeat)
             await self.leases.release(name, slot=slot, started=started, error=error)
         return error is None
 

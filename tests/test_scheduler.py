@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 
 from bot.config import load_config
 from bot.rescore import full_rescore
-from bot.scheduler import Leases, Scheduler, last_fire, slot_of
+from bot.scheduler import Leases, Scheduler, cancel_and_wait, last_fire, slot_of
 from notifications.digest import queue_digests, queue_overdue_notices
 from notifications.playbook import PlaybookSettings
 from storage.db import make_async_engine
@@ -170,3 +170,40 @@ def test_cron_weekdays_count_from_sunday_as_in_standard_cron():
     nxt = trigger.get_next_fire_time(None, saturday)
     assert nxt.strftime("%a %H:%M") == "Mon 09:00"
     assert cron_trigger("0 9 * * 0", "Asia/Shanghai").get_next_fire_time(None, saturday).strftime("%a") == "Sun"
+
+
+async def test_stopping_while_a_loop_waits_for_its_heartbeat_still_stops_it():
+    """The service's shutdown cancels each loop. When that lands while the loop is waiting
+    for its lease heartbeat to stop, the loop must stop too, not carry on (a shutdown
+    that hung for ever)."""
+    waiting = asyncio.Event()
+
+    async def heartbeat():
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # a renewal in flight takes a moment to finish
+            raise
+
+    async def loop_body():
+        helper = asyncio.create_task(heartbeat())
+        await asyncio.sleep(0)
+        waiting.set()
+        await cancel_and_wait(helper)
+        await asyncio.sleep(3600)  # the next pass, had the stop been swallowed
+
+    loop = asyncio.create_task(loop_body())
+    await waiting.wait()
+    loop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(loop, timeout=2)
+
+
+async def test_a_helper_cancelled_on_its_own_is_waited_for_quietly():
+    async def heartbeat():
+        await asyncio.sleep(3600)
+
+    helper = asyncio.create_task(heartbeat())
+    await asyncio.sleep(0)
+    await cancel_and_wait(helper)
+    assert helper.cancelled()
