@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Callable, Iterator
 
-import re
-
 import orjson
 import pandas as pd
 from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, select, text, update
@@ -24,7 +22,7 @@ from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUM
 from storage.models import ACTIVITY_KINDS, Customer, ScoreRun, ScoreSnapshot
 from storage import windows as window_totals
 from storage.db import write_transaction
-from storage.sql import bulk_insert, frame_from_result, refresh_statistics
+from storage.sql import bulk_insert, execute_named, frame_from_result, refresh_statistics
 
 _NOW = bindparam("now", type_=DateTime(timezone=True))
 
@@ -71,9 +69,8 @@ def load_aggregates(connection: Connection, as_of: date, customer_ids: list[str]
         windows = window_totals.read_month(connection, month, customer_ids)
     frame = windows.set_index("customer_id")[[*window_totals.ORDER_SUMS, "first_order_date", "last_order_date"]]
     frame = frame[frame["first_order_date"].notna()]
-    scoped, binds, scope_values = _scoped(_CURRENT_DAYS_SQL, customer_ids)
-    rows = connection.execute(text(scoped).bindparams(bindparam("m0", type_=Date), bindparam("as_of", type_=Date),
-                                                      *binds), {"m0": month, "as_of": as_of, **scope_values})
+    rows = execute_named(connection, _scoped(_CURRENT_DAYS_SQL, customer_ids)[0], {"m0": month, "as_of": as_of},
+                         Date, customer_ids)
     days = frame_from_result(rows, ["customer_id", "order_date", "revenue", "cost", "repeat_revenue", "orders"],
                              numeric=("revenue", "cost", "repeat_revenue", "orders"))
     for column in ("first_order_date", "last_order_date"):
@@ -117,10 +114,7 @@ def load_activity(connection: Connection, as_of: date, customer_ids: list[str] |
                   "since_180d": until - timedelta(days=180)}
 
     def grouped(sql: str, names: list[str], numeric: tuple[str, ...]) -> pd.DataFrame:
-        scoped, scope_binds, scope_values = _scoped(sql, customer_ids)
-        used = [name for name in parameters if re.search(rf":{name}\b", scoped)]
-        statement = text(scoped).bindparams(*(bindparam(name, type_=DateTime) for name in used), *scope_binds)
-        rows = connection.execute(statement, {**{name: parameters[name] for name in used}, **scope_values})
+        rows = execute_named(connection, _scoped(sql, customer_ids)[0], parameters, DateTime, customer_ids)
         return frame_from_result(rows, ["customer_id", *names], numeric=numeric).set_index("customer_id")
 
     recent = grouped(_RECENT_ACTIVITY_SQL, ["act_30d", "last_recent_ts"], ("act_30d",))

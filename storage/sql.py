@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection
+from sqlalchemy import Connection, bindparam, text
+from sqlalchemy.types import TypeEngine
 
 
 def month_of(dialect: str, column: str) -> str:
@@ -22,6 +24,18 @@ def null_safe_differs(dialect: str, left: str, right: str, columns: list[str]) -
         return "false"
     operator = "IS DISTINCT FROM" if dialect == "postgresql" else "IS NOT"
     return " OR ".join(f"{left}.{c} {operator} {right}.{c}" for c in columns)
+
+
+def execute_named(connection: Connection, sql: str, values: dict, type_: TypeEngine | None = None,
+                  customer_ids: list[str] | None = None):
+    """Run `sql` with those of `values` it names (`:name`) bound, typed `type_`; values it
+    does not name are left out. `customer_ids` binds an expanding `:ids`."""
+    used = {name: value for name, value in values.items() if re.search(rf":{name}\b", sql)}
+    binds = [bindparam(name, type_=type_) for name in used]
+    if customer_ids is not None:
+        used["ids"] = list(customer_ids)
+        binds.append(bindparam("ids", expanding=True))
+    return connection.execute(text(sql).bindparams(*binds), used)
 
 
 def bulk_insert(connection: Connection, table: str, frame: pd.DataFrame) -> None:

@@ -17,7 +17,6 @@ The days of the as-of month itself come from the raw orders and activities, as b
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime, timezone
 
 import pandas as pd
@@ -25,7 +24,7 @@ from sqlalchemy import Connection, Date, Engine, bindparam, text
 
 from scoring.features import add_months, window_starts
 from storage.db import write_transaction
-from storage.sql import frame_from_result
+from storage.sql import execute_named, frame_from_result
 
 BASELINE_MONTHS = 6
 # Months kept: the newest two, so a run just after midnight on the 1st and a late import
@@ -87,18 +86,9 @@ def _sql(sql: str, scope: str | None) -> str:
         "{scope}", restriction)
 
 
-def _execute(connection: Connection, sql: str, month: date, customer_ids: list[str] | None = None,
-             extra: dict | None = None):
-    """Run `sql` with the window boundaries of `month` (and :ids / extra values) bound."""
-    values = {name: value for name, value in _months(month).items() if re.search(rf":{name}\b", sql)}
-    binds = [bindparam(name, type_=Date) for name in values]
-    if extra:
-        values.update(extra)
-        binds += [bindparam(name, type_=Date) for name, value in extra.items() if isinstance(value, date)]
-    if customer_ids is not None:
-        values["ids"] = list(customer_ids)
-        binds.append(bindparam("ids", expanding=True))
-    return connection.execute(text(sql).bindparams(*binds), values)
+def _execute(connection: Connection, sql: str, month: date, customer_ids: list[str] | None = None):
+    """Run `sql` with the window boundaries of `month` (as :month too) and :ids bound."""
+    return execute_named(connection, sql, {**_months(month), "month": month}, Date, customer_ids)
 
 
 def compute(connection: Connection, month: date, customer_ids: list[str] | None = None) -> pd.DataFrame:
@@ -129,7 +119,7 @@ def read_month(connection: Connection, month: date, customer_ids: list[str] | No
         return compute(connection, month, customer_ids)
     scope = "AND customer_id IN :ids" if customer_ids is not None else ""
     rows = _execute(connection, f"SELECT customer_id, {', '.join(WINDOW_COLUMNS)} FROM customer_windows "
-                                f"WHERE month = :month {scope}", month, customer_ids, extra={"month": month})
+                                f"WHERE month = :month {scope}", month, customer_ids)
     return frame_from_result(rows, ["customer_id", *WINDOW_COLUMNS], numeric=NUMERIC)
 
 
@@ -139,12 +129,12 @@ _INSERT_COLUMNS = ", ".join(["month", "customer_id", *ORDER_SUMS, "first_order_d
 def _insert(connection: Connection, month: date, scope: str | None) -> None:
     """Rows of the customers in scope (all when None) for `month`, computed in the database."""
     _execute(connection, f"INSERT INTO customer_windows ({_INSERT_COLUMNS}) "
-                         f"SELECT :month, o.* FROM ({_sql(_ORDERS_SQL, scope)}) o", month, extra={"month": month})
+                         f"SELECT :month, o.* FROM ({_sql(_ORDERS_SQL, scope)}) o", month)
     # "WHERE true" keeps SQLite from reading ON CONFLICT as part of the SELECT.
     _execute(connection, "INSERT INTO customer_windows (month, customer_id, baseline_events, baseline_last_ts) "
                          f"SELECT :month, b.* FROM ({_sql(_BASELINE_SQL, scope)}) b WHERE true "
                          "ON CONFLICT (month, customer_id) DO UPDATE SET baseline_events = excluded.baseline_events,"
-                         " baseline_last_ts = excluded.baseline_last_ts", month, extra={"month": month})
+                         " baseline_last_ts = excluded.baseline_last_ts", month)
 
 
 def build_month(connection: Connection, month: date) -> None:
