@@ -63,6 +63,24 @@ def database_url(request, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def config(database_url):
+    """The default configuration on the test database. Files that need another define their own."""
+    from bot.config import load_config
+
+    return load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
+
+
+@pytest.fixture
+def company(engine, tmp_path):
+    """The test company (tests/company.py) imported; the engine."""
+    from storage.importer import run_import
+    from tests.company import write_company
+
+    run_import(engine, [write_company(tmp_path / "crm")])
+    return engine
+
+
+@pytest.fixture
 def engine(database_url: str):
     engine = make_engine(database_url)
     yield engine

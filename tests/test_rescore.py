@@ -15,19 +15,8 @@ from storage import scores as store
 from bot.export import NoScoreRun, export_scores
 from storage.importer import run_import
 from storage.models import Customer, ScoreRun, ScoreSnapshot, TierChange
-from tests.company import AS_OF, ORDERS_HEADER, write_company
+from tests.company import AS_OF, ORDERS_HEADER
 from tests.conftest import write_csv
-
-
-@pytest.fixture
-def config(database_url):
-    return load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
-
-
-@pytest.fixture
-def company(engine, tmp_path):
-    run_import(engine, [write_company(tmp_path / "crm")])
-    return engine
 
 
 def _tiers(engine) -> dict[str, str]:

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from bot.config import load_config
 from bot.rescore import full_rescore
 from storage import windows
 from storage.importer import run_import
@@ -19,17 +18,6 @@ from tests.conftest import write_csv
 
 MONTH = AS_OF.replace(day=1)
 ACTIVITIES_HEADER = ["activity_id", "customer_id", "ts", "kind", "detail"]
-
-
-@pytest.fixture
-def config(database_url):
-    return load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
-
-
-@pytest.fixture
-def company(engine, tmp_path):
-    run_import(engine, [write_company(tmp_path / "crm")])
-    return engine
 
 
 def _kept_and_fresh(engine, month: date) -> tuple[pd.DataFrame, pd.DataFrame]:
