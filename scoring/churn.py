@@ -91,7 +91,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.special import digamma, expit, gammaln
 
-from scoring.deferred import Deferred
+from scoring.deferred import Deferred, reasons_builder
 from scoring.features import day_numbers
 from scoring.params import Weights
 
@@ -391,8 +391,9 @@ def score_churn(features: pd.DataFrame, as_of: date, params: ChurnParams,
         with _no_cyclic_gc():
             result["churn_reasons"] = _reasons(points, no_history, thin_note, params, **values)
     else:  # built a chunk at a time by the writer (scoring.deferred)
-        deferred["churn_reasons"] = Deferred(lambda take: _reasons(
-            take(points), take(no_history), take(thin_note), params, **take(values)), n)
+        deferred["churn_reasons"] = Deferred(
+            "churn", {"points": points, "no_history": no_history, "thin_note": thin_note, "values": values}, n,
+            params.model_dump(mode="json"))
     result.attrs["bgnbd"] = model if (model is not None and weights.not_alive > 0) else None
     result.attrs["bgnbd_source"] = source if weights.not_alive > 0 else "disabled"
     return result
@@ -451,6 +452,12 @@ def _component_entries(component: int, rows: np.ndarray, points: np.ndarray, v: 
             for value, p, x, recency, age in zip(np.round(v["alive"][rows], 3).tolist(), pts,
                                                  _ints(v["frequency"][rows]), _ints(v["recency"][rows]),
                                                  _ints(v["age"][rows]))]
+
+
+@reasons_builder("churn")
+def _deferred_reasons(inputs: dict, settings: dict) -> list[list[dict]]:
+    return _reasons(inputs["points"], inputs["no_history"], inputs["thin_note"], ChurnParams.model_validate(settings),
+                    **inputs["values"])
 
 
 def _reasons(points: np.ndarray, no_history: np.ndarray, thin_note: np.ndarray, params: ChurnParams,

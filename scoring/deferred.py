@@ -1,9 +1,15 @@
 """Per-customer reasons built on demand, a slice of customers at a time.
 
 A full run explains every customer of every model: as lists of dicts that is about 5 KB
-per customer, gigabytes at a million. The models can instead hand back a `Deferred`
-column — the compact arrays behind the reasons and the function that turns them into
-dicts — and the writer builds and serialises them one chunk of rows at a time.
+per customer, gigabytes at a million. The models instead hand back a `Deferred` column:
+the compact row-aligned arrays behind the reasons, the name of the registered function
+that turns them into dicts, and that function's JSON-ready settings.
+
+Because a Deferred is plain data, a run stores it as it is: `encode_chunk` packs a chunk
+of customers' inputs into one compressed Arrow payload (score_reason_chunks), and
+`decode_chunk` gives back Deferreds that build exactly the reasons the run would have.
+Reasons are then made into words only where someone looks at them (the customer
+command, exports, cards), not for every customer on every night.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import orjson
 import pandas as pd
+import pyarrow as pa
 
 # Positions into the scored frame: a slice (a chunk) or an integer array (a few customers).
 Positions = slice | np.ndarray
@@ -31,22 +39,39 @@ def take(value: Any, positions: Positions) -> Any:
     raise TypeError(f"cannot take rows of {type(value).__name__}")
 
 
+# name → function(inputs, settings) → one reasons list per row of `inputs`.
+_BUILDERS: dict[str, Callable[[Any, Any], list]] = {}
+
+
+def reasons_builder(name: str):
+    """Register a reasons builder under the name stored with a run's reasons chunks:
+    renaming one makes the chunks that name it unreadable."""
+    def register(function: Callable[[Any, Any], list]) -> Callable[[Any, Any], list]:
+        _BUILDERS[name] = function
+        return function
+    return register
+
+
 class Deferred:
-    """A column of per-row values (reasons lists) not built yet. `build(rows)` gets a
-    function that cuts any row-aligned input down to the wanted rows and returns the
-    list of values for exactly those rows, in their order; every row's value must depend
-    on its own row only, so building by chunks gives what building at once would."""
+    """A column of per-row values (reasons lists) not built yet: `inputs` (row-aligned
+    frames, series, arrays, or dicts of them) go through the builder registered as
+    `builder`, with `settings` (JSON-ready). Every row's value must depend on its own row
+    only, so building by chunks gives what building at once would."""
 
-    __slots__ = ("_build", "length")
+    __slots__ = ("builder", "inputs", "settings", "length")
 
-    def __init__(self, build: Callable[[Callable[[Any], Any]], list], length: int) -> None:
-        self._build = build
+    def __init__(self, builder: str, inputs: Any, length: int, settings: Any = None) -> None:
+        if builder not in _BUILDERS:
+            raise KeyError(f"no reasons builder named {builder!r}")
+        self.builder = builder
+        self.inputs = inputs
+        self.settings = settings
         self.length = length
 
     def rows(self, positions: Positions) -> list:
         if isinstance(positions, np.ndarray) and not len(positions):
             return []
-        return self._build(lambda value: take(value, positions))
+        return _BUILDERS[self.builder](take(self.inputs, positions), self.settings)
 
     def all(self) -> list:
         return self.rows(slice(None))
@@ -78,3 +103,97 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+# ---------------------------------------------------------------- stored chunks
+
+_SPEC_KEY = b"tierbot.reasons"
+
+
+def encode_chunk(columns: dict[str, Deferred], positions: Positions, customer_ids: list[str]) -> bytes:
+    """The inputs of `columns` at `positions` as one zstd-compressed Arrow IPC stream.
+    `customer_ids`: the customers at those positions, in order."""
+    arrays: dict[str, pa.Array] = {"customer_id": pa.array(list(customer_ids), pa.string())}
+    spec = {column: {"builder": values.builder, "settings": values.settings,
+                     "inputs": _flatten(take(values.inputs, positions), column, arrays)}
+            for column, values in columns.items()}
+    table = pa.table(arrays).replace_schema_metadata({_SPEC_KEY: orjson.dumps(spec)})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def decode_chunk(payload: bytes) -> tuple[list[str], dict[str, Deferred]]:
+    """The customers of an encode_chunk payload, in order, and their Deferred columns."""
+    import scoring.pipeline  # noqa: F401  (registers every model's builder)
+
+    table = pa.ipc.open_stream(payload).read_all()
+    spec = orjson.loads(table.schema.metadata[_SPEC_KEY])
+    customer_ids = table.column("customer_id").to_pylist()
+    index = pd.Index(customer_ids, dtype=object, name="customer_id")
+    columns = {column: Deferred(entry["builder"], _unflatten(entry["inputs"], table, index), len(customer_ids),
+                                entry["settings"])
+               for column, entry in spec.items()}
+    return customer_ids, columns
+
+
+def _flatten(value: Any, path: str, arrays: dict[str, pa.Array]) -> dict:
+    """Put the arrays of a row-aligned value into `arrays`; return how to rebuild it."""
+    if isinstance(value, pd.DataFrame):
+        return {"frame": [[name, _store(value[name], f"{path}/{i}", arrays)]
+                          for i, name in enumerate(value.columns)]}
+    if isinstance(value, pd.Series):
+        return {"series": _store(value, path, arrays), "name": value.name}
+    if isinstance(value, np.ndarray) and value.ndim == 2:
+        return {"matrix": [_store(value[:, i], f"{path}/{i}", arrays) for i in range(value.shape[1])]}
+    if isinstance(value, np.ndarray):
+        return {"array": _store(value, path, arrays)}
+    if isinstance(value, dict):
+        return {"dict": [[key, _flatten(item, f"{path}/{key}", arrays)] for key, item in value.items()]}
+    raise TypeError(f"cannot store reasons inputs of type {type(value).__name__} ({path})")
+
+
+def _store(values: pd.Series | np.ndarray, key: str, arrays: dict[str, pa.Array]) -> dict:
+    dtype = str(values.dtype)
+    array = values.to_numpy() if isinstance(values, pd.Series) else values
+    if array.dtype == object:
+        # Text, None and NaN mostly; anything Arrow cannot type (mixed kinds) goes as JSON.
+        try:
+            arrays[key] = pa.array(array, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arrays[key] = pa.array([orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+                                    for item in array.tolist()], pa.string())
+            return {"key": key, "dtype": dtype, "json": True}
+    else:
+        arrays[key] = pa.array(array)
+    return {"key": key, "dtype": dtype}
+
+
+def _load(stored: dict, table: pa.Table) -> np.ndarray:
+    column = table.column(stored["key"])
+    if stored.get("json"):
+        return np.array([orjson.loads(item) for item in column.to_pylist()] + [None], dtype=object)[:-1]
+    values = column.to_numpy(zero_copy_only=False)
+    if values.dtype == object or stored["dtype"] in ("object", "str", "string"):
+        # Text stays Python objects (None where missing); numpy's str would spell None out.
+        return values.astype(object, copy=False)
+    return values.astype(stored["dtype"], copy=False) if str(values.dtype) != stored["dtype"] else values
+
+
+def _unflatten(spec: dict, table: pa.Table, index: pd.Index) -> Any:
+    if "frame" in spec:
+        return pd.DataFrame({name: _series(stored, table, index) for name, stored in spec["frame"]}, index=index)
+    if "series" in spec:
+        return _series(spec["series"], table, index).rename(spec["name"])
+    if "matrix" in spec:
+        return np.column_stack([_load(stored, table) for stored in spec["matrix"]]) if spec["matrix"] else \
+            np.empty((len(index), 0))
+    if "array" in spec:
+        return _load(spec["array"], table)
+    return {key: _unflatten(item, table, index) for key, item in spec["dict"]}
+
+
+def _series(stored: dict, table: pa.Table, index: pd.Index) -> pd.Series:
+    # Built in the stored dtype, not cast to it: a cast would turn a missing text into "None".
+    return pd.Series(_load(stored, table), index=index, dtype=stored["dtype"], copy=False)

@@ -102,7 +102,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scoring.deferred import Deferred
+from scoring.deferred import Deferred, reasons_builder
 from scoring.features import day_numbers
 
 REQUIRED_COLUMNS = ("first_order_date", "last_order_date", "purchase_days", "lifetime_revenue", "first_day_revenue")
@@ -491,8 +491,9 @@ def score_rfm(features: pd.DataFrame, as_of: date, params: RfmParams,
         result["rfm_reasons"] = pd.Series(_reasons(rules, rule_index, buyer, raw, scores, percentiles),
                                           index=features.index, dtype=object)
     else:  # built a chunk at a time by the writer (scoring.deferred)
-        deferred["rfm_reasons"] = Deferred(lambda take: _reasons(
-            rules, take(rule_index), take(buyer), take(raw), take(scores), take(percentiles)), n)
+        deferred["rfm_reasons"] = Deferred(
+            "rfm", {"rule_index": rule_index, "buyer": buyer, "raw": raw, "scores": scores,
+                    "percentiles": percentiles}, n, [rule.model_dump(mode="json") for rule in rules])
     result.attrs["rfm_reference"] = reference
     result.attrs["rfm_reference_source"] = source
     return result
@@ -506,6 +507,13 @@ def _reason_axes(rule: SegmentRule) -> list[str]:
         if filler not in axes:
             axes.append(filler)
     return sorted(axes, key="rfm".index)
+
+
+@reasons_builder("rfm")
+def _deferred_reasons(inputs: dict, settings: list) -> list[list[dict]]:
+    rules = [SegmentRule.model_validate(rule) for rule in settings]
+    return _reasons(rules, inputs["rule_index"], inputs["buyer"], inputs["raw"], inputs["scores"],
+                    inputs["percentiles"])
 
 
 def _reasons(rules, rule_index, buyer, raw, scores, percentiles) -> list[list[dict]]:

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scoring.deferred import Deferred
+from scoring.deferred import Deferred, reasons_builder
 from scoring.params import Weights
 from scoring.value_matrix import population_percentile
 
@@ -110,8 +110,13 @@ def _with_reasons(result: pd.DataFrame, column: str, build, deferred: dict | Non
     if deferred is None:
         result[column] = build(*inputs)
     else:
-        deferred[column] = Deferred(lambda take: build(*(take(value) for value in inputs)), len(result))
+        deferred[column] = Deferred(column, {str(i): value for i, value in enumerate(inputs)}, len(result))
     return result
+
+
+def _positional(build):
+    """A builder over positional inputs, registered under its reasons column."""
+    return lambda inputs, _settings: build(*(inputs[str(i)] for i in range(len(inputs))))
 
 
 def _pyramid_reasons(value, percentile, top_share) -> list:
@@ -179,3 +184,8 @@ def _lifecycle_reasons(labels, days_since_first, days_since_last, growths, churn
         else:
             reasons.append([{"factor": "growth", "value": None if pd.isna(growth) else round(float(growth), 4)}])
     return reasons
+
+
+for _column, _build in (("pyramid_reasons", _pyramid_reasons), ("sabc_reasons", _sabc_reasons),
+                        ("lifecycle_reasons", _lifecycle_reasons)):
+    reasons_builder(_column)(_positional(_build))

@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from scoring.deferred import Deferred
+from scoring.deferred import Deferred, reasons_builder
 from scoring.features import modules_owned_count
 from scoring.params import ValueMatrixParams
 
@@ -172,11 +172,17 @@ def score_value_matrix(features: pd.DataFrame, params: ValueMatrixParams, refere
         result["reasons"] = _reasons(features, scores, percentiles, current_weights, potential_weights, high_x,
                                      high_y)
     else:
-        inputs = features[_REASON_INPUTS]
-        deferred["reasons"] = Deferred(lambda take: _reasons(
-            take(inputs), take(scores), take(percentiles), current_weights, potential_weights, take(high_x),
-            take(high_y)), len(features))
+        deferred["reasons"] = Deferred(
+            "value_matrix", {"features": features[_REASON_INPUTS], "scores": scores, "percentiles": percentiles,
+                             "high_x": high_x, "high_y": high_y},
+            len(features), {"current_weights": current_weights, "potential_weights": potential_weights})
     return result
+
+
+@reasons_builder("value_matrix")
+def _deferred_reasons(inputs: dict, settings: dict) -> list[list[dict]]:
+    return _reasons(inputs["features"], inputs["scores"], inputs["percentiles"], settings["current_weights"],
+                    settings["potential_weights"], inputs["high_x"], inputs["high_y"])
 
 
 # The feature columns the reasons show.

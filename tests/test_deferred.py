@@ -85,3 +85,34 @@ def test_a_run_written_in_chunks_stores_the_same_rows(engine, features_and_count
         assert row.tier == eager["tier"].iat[position]
         for document in ("labels", "scores", "reasons"):
             assert getattr(row, document) == orjson.loads(expected[document][position])
+
+
+def test_stored_chunks_build_the_reasons_the_run_would_have(features_and_counts):
+    """A run stores the inputs of its reasons (encode_chunk), not the reasons: read back,
+    they must explain every customer exactly as the run did."""
+    from scoring.deferred import decode_chunk, encode_chunk
+
+    features, counts = features_and_counts
+    params = ScoringParams()
+    eager = score_customers(features, params, AS_OF, intent_counts=counts)
+    eager.attrs.clear()
+    deferred: dict = {}
+    score_customers(features, params, AS_OF, intent_counts=counts, deferred=deferred)
+    positions = np.random.default_rng(5).permutation(len(eager))[:120]
+    ids = list(eager.index[positions])
+    stored_ids, columns = decode_chunk(encode_chunk(deferred, positions, ids))
+    assert stored_ids == ids
+    assert sorted(columns) == sorted(deferred)
+    for column, values in columns.items():
+        assert values.all() == [eager.at[customer_id, column] for customer_id in ids], column
+    # A few rows of a stored chunk, as the customer command asks for them.
+    some = np.array([3, 0, 77])
+    for column, values in columns.items():
+        assert values.rows(some) == [eager.at[ids[p], column] for p in some], column
+
+
+def test_a_builder_must_be_registered():
+    from scoring.deferred import Deferred
+
+    with pytest.raises(KeyError, match="no reasons builder named 'nope'"):
+        Deferred("nope", {}, 0)
