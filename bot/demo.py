@@ -27,6 +27,7 @@ def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | No
     from bot.export import export_scores
     from storage.importer import run_import, summarise
     from storage.models import Customer, ScoreSnapshot
+    from storage.scores import StoredReasons
 
     config = _config(ctx)
     engine = _engine(ctx)
@@ -55,14 +56,15 @@ def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | No
         for tier in ("star", "cash_cow", "question_mark", "dog"):
             rows = connection.execute(
                 select(Customer.customer_id, Customer.name, ScoreSnapshot.current_value,
-                       ScoreSnapshot.potential_value, ScoreSnapshot.reasons)
+                       ScoreSnapshot.potential_value, ScoreSnapshot.reasons, ScoreSnapshot.reasons_chunk)
                 .join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
                 .where(ScoreSnapshot.run_id == outcome.run_id, ScoreSnapshot.tier == tier)
                 .order_by(ScoreSnapshot.current_value.desc(), ScoreSnapshot.customer_id)
                 .limit(EXAMPLES_PER_TIER)).all()
             click.echo(f"{tier_name(tier, 'zh')} {tier_name(tier, 'en')}")
-            for customer_id, name, current, potential, reasons in rows:
-                reasons = json.loads(reasons) if isinstance(reasons, str) else reasons
+            every_reasons = StoredReasons().read(connection, outcome.run_id,
+                                                 [(row.customer_id, row.reasons, row.reasons_chunk) for row in rows])
+            for (customer_id, name, current, potential, _, _), reasons in zip(rows, every_reasons):
                 click.echo(f"  {customer_id} {name}  X={current:.0f} Y={potential:.0f}")
                 click.echo(f"    {reasons_text(reasons['value_matrix'], lang, catalogue)}")
     out = data_root / "scores.csv"

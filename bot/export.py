@@ -10,7 +10,7 @@ from sqlalchemy import Engine, select
 
 from handlers.text import model_reasons_text, reasons_text, tier_name
 from storage.models import Customer, ScoreSnapshot
-from storage.scores import latest_run
+from storage.scores import StoredReasons, latest_run
 
 SCORE_COLUMNS = ("customer_id", "name", "owner_userid", "tier", "tier_name", "current_value", "potential_value",
                  "reasons")
@@ -33,33 +33,38 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
             raise NoScoreRun("no score run yet: run `python -m bot score` first")
         query = (select(ScoreSnapshot.customer_id, Customer.name, Customer.owner_userid, ScoreSnapshot.tier,
                         ScoreSnapshot.current_value, ScoreSnapshot.potential_value, ScoreSnapshot.reasons,
-                        ScoreSnapshot.scores, ScoreSnapshot.labels)
+                        ScoreSnapshot.scores, ScoreSnapshot.labels, ScoreSnapshot.reasons_chunk)
                  .join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
                  .where(ScoreSnapshot.run_id == run.id)
                  .order_by(ScoreSnapshot.customer_id))
-        rows = connection.execution_options(stream_results=True, yield_per=10_000).execute(query)
+        result = connection.execution_options(stream_results=True, yield_per=10_000).execute(query)
+        # Reasons are put into words a page at a time; the run's chunks follow customer order.
+        stored_reasons = StoredReasons()
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
             component_names: list[str] | None = None
-            for customer_id, name, owner, tier, current, potential, reasons, scores, labels in rows:
-                scores, reasons, labels = (json.loads(v) if isinstance(v, str) else v for v in (scores, reasons, labels))
-                if component_names is None:
-                    component_names = [c for c in scores if c not in MODEL_COLUMNS]
-                    models = [m for m in MODEL_COLUMNS if m in labels]
-                    writer.writerow([*SCORE_COLUMNS,
-                                     *(f"{m}_{part}" for m in models for part in ("label", "score", "reasons")),
-                                     "tags", "as_of", "run_id", *(f"score_{c}" for c in component_names)])
-                model_cells = []
-                for model in models:
-                    model_cells += [labels.get(model) or "", _cell(scores.get(model)),
-                                    model_reasons_text(model, reasons.get(model) or [], lang)]
-                writer.writerow([customer_id, name, owner or "", tier, tier_name(tier, lang), f"{current:.2f}",
-                                 f"{potential:.2f}", reasons_text(reasons.get("value_matrix") or [], lang,
-                                                                  catalogue_size),
-                                 *model_cells, "|".join(labels.get("tags") or []), run.as_of, run.id,
-                                 *(_cell(scores.get(c)) for c in component_names)])
-                written += 1
+            for page in result.partitions():
+                every_reasons = stored_reasons.read(connection, run.id, [(row[0], row[6], row[9]) for row in page])
+                for row, reasons in zip(page, every_reasons):
+                    customer_id, name, owner, tier, current, potential, _, scores, labels, _ = row
+                    scores, labels = (json.loads(v) if isinstance(v, str) else v for v in (scores, labels))
+                    if component_names is None:
+                        component_names = [c for c in scores if c not in MODEL_COLUMNS]
+                        models = [m for m in MODEL_COLUMNS if m in labels]
+                        writer.writerow([*SCORE_COLUMNS,
+                                         *(f"{m}_{part}" for m in models for part in ("label", "score", "reasons")),
+                                         "tags", "as_of", "run_id", *(f"score_{c}" for c in component_names)])
+                    model_cells = []
+                    for model in models:
+                        model_cells += [labels.get(model) or "", _cell(scores.get(model)),
+                                        model_reasons_text(model, reasons.get(model) or [], lang)]
+                    writer.writerow([customer_id, name, owner or "", tier, tier_name(tier, lang), f"{current:.2f}",
+                                     f"{potential:.2f}", reasons_text(reasons.get("value_matrix") or [], lang,
+                                                                      catalogue_size),
+                                     *model_cells, "|".join(labels.get("tags") or []), run.as_of, run.id,
+                                     *(_cell(scores.get(c)) for c in component_names)])
+                    written += 1
             if component_names is None:
                 writer.writerow([*SCORE_COLUMNS, "as_of", "run_id"])
     partial.replace(out)

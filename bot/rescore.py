@@ -151,11 +151,14 @@ def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str],
             return None
         features = build_features(customers, aggregates, as_of, activity)
         previous = customers.set_index("customer_id")[["tier", "pending_tier", "pending_runs"]]
+        deferred: dict = {}
         scored = score_customers(features, config.scoring, as_of, previous=previous, intent_counts=intent_counts,
-                                 reference=reference)
+                                 reference=reference, deferred=deferred)
         scored.attrs.clear()
         return store.write_incremental(engine, full.id, run_id, scored, features["revenue_12m"],
-                                       after_changes=_playbook(config, run_id, features, scored, customers, now))
+                                       after_changes=_playbook(config, run_id, features, scored, customers, now,
+                                                               deferred),
+                                       deferred=deferred)
     except BaseException as exc:
         store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")
         raise

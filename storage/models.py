@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -316,8 +317,25 @@ class ScoreSnapshot(Base):
     labels: Mapped[dict] = mapped_column(JSON)
     # {"revenue": 92.9, ..., "rfm": 545, "churn": 12.5}: component and model scores.
     scores: Mapped[dict] = mapped_column(JSON)
-    # {"value_matrix": [{"factor": ..., "value": ..., "percentile": ...}, ...], "rfm": [...], ...}
+    # Reasons kept as written: {"intent": [...], "rules": [...]} (and, in runs before reason
+    # chunks, every model's: {"value_matrix": [{"factor": ..., "value": ...}, ...], ...}).
     reasons: Mapped[dict] = mapped_column(JSON)
+    # The score_reason_chunks row holding the inputs of this customer's other reasons
+    # (storage.scores.StoredReasons builds them when read); NULL in runs before chunks.
+    reasons_chunk: Mapped[int | None] = mapped_column(Integer)
+
+
+class ScoreReasonChunk(Base):
+    """The inputs behind a chunk of customers' reasons, as scoring.deferred.encode_chunk
+    packed them: about 150 bytes a customer instead of 1 KB of JSON, and no reasons are
+    put into words until someone reads them."""
+
+    __tablename__ = "score_reason_chunks"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("score_runs.id", ondelete="CASCADE"), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    customers: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class TierChange(Base):

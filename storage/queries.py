@@ -8,7 +8,6 @@ not exist.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -16,7 +15,8 @@ from typing import Any
 from sqlalchemy import and_, case, func, literal, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.models import Customer, Order, ScoreRun, ScoreSnapshot, User
+from storage.models import Customer, Order, ScoreReasonChunk, ScoreRun, ScoreSnapshot, User
+from storage.scores import SnapshotReasons, StoredReasons
 
 EVERYONE = None  # visible owners of an admin: no filter
 
@@ -137,11 +137,15 @@ async def customer_detail(connection: AsyncConnection, owners: list[str] | None,
     if run_id is not None:
         snapshot = (await connection.execute(
             select(ScoreSnapshot.tier, ScoreSnapshot.current_value, ScoreSnapshot.potential_value,
-                   ScoreSnapshot.revenue_12m, ScoreSnapshot.reasons, ScoreSnapshot.labels, ScoreSnapshot.scores,
-                   ScoreRun.as_of)
+                   ScoreSnapshot.revenue_12m, ScoreSnapshot.reasons, ScoreSnapshot.reasons_chunk,
+                   ScoreSnapshot.labels, ScoreSnapshot.scores, ScoreRun.as_of)
             .join(ScoreRun, ScoreRun.id == ScoreSnapshot.run_id)
             .where(ScoreSnapshot.run_id == run_id, ScoreSnapshot.customer_id == customer_id))).first()
-        detail["snapshot"] = dict(snapshot._mapping) if snapshot else None
+        if snapshot:
+            detail["snapshot"] = dict(snapshot._mapping)
+            chunk = detail["snapshot"].pop("reasons_chunk")
+            detail["snapshot"]["reasons"] = (await snapshot_reasons(
+                connection, run_id, [(customer_id, snapshot.reasons, chunk)]))[0]
     last = (await connection.execute(
         select(Order.order_date, Order.amount).where(Order.customer_id == customer_id)
         .order_by(Order.order_date.desc(), Order.order_id.desc()).limit(1))).first()
@@ -195,22 +199,37 @@ async def churn_risks(connection: AsyncConnection, owners: list[str] | None, run
     rows = await connection.execute(
         select(Customer.customer_id, Customer.name, Customer.owner_userid, User.name.label("owner_name"),
                _churn_score().label("churn_score"), ScoreSnapshot.revenue_12m,
-               ScoreSnapshot.reasons["churn"].label("churn_reasons"))
+               ScoreSnapshot.reasons.label("stored_reasons"), ScoreSnapshot.reasons_chunk)
         .select_from(Customer)
         .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id, ScoreSnapshot.customer_id == Customer.customer_id))
         .outerjoin(User, User.userid == Customer.owner_userid)
         .where(_owned_by(owners), _churn_score() >= threshold)
         .order_by(_churn_score().desc(), ScoreSnapshot.revenue_12m.desc(), Customer.customer_id)
         .offset(offset).limit(limit))
+    rows = rows.all()
+    every_reasons = await snapshot_reasons(connection, run_id, [(row.customer_id, row.stored_reasons,
+                                                                  row.reasons_chunk) for row in rows])
     found = []
-    for row in rows:
+    for row, reasons in zip(rows, every_reasons):
         item = dict(row._mapping)
-        reasons = item["churn_reasons"]
-        item["churn_reasons"] = (json.loads(reasons) if isinstance(reasons, str) else reasons) or []
+        del item["stored_reasons"], item["reasons_chunk"]
+        item["churn_reasons"] = reasons.get("churn") or []
         item["churn_score"] = float(item["churn_score"])
         item["revenue_12m"] = float(item["revenue_12m"] or 0.0)
         found.append(item)
     return found, total
+
+
+async def snapshot_reasons(connection: AsyncConnection, run_id: int, rows: list[SnapshotReasons]) -> list[dict]:
+    """Every model's reasons for a few snapshot rows of run `run_id` (storage.scores.StoredReasons)."""
+    reader = StoredReasons(keep=len(rows))
+    needed = reader.missing(rows)
+    if needed:
+        chunks = ScoreReasonChunk.__table__
+        for chunk, payload in await connection.execute(select(chunks.c.chunk, chunks.c.payload).where(
+                chunks.c.run_id == run_id, chunks.c.chunk.in_(needed))):
+            reader.add(chunk, payload)
+    return reader.of(rows)
 
 
 async def team_tiers(connection: AsyncConnection, owners: list[str] | None,

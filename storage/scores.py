@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Callable, Iterator
 
+import numpy as np
 import orjson
 import pandas as pd
 from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, select, text, update
 
-from scoring.deferred import materialise, paused_gc
+from scoring.deferred import decode_chunk, encode_chunk, paused_gc
 from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, window_starts
-from storage.models import ACTIVITY_KINDS, Customer, ScoreRun, ScoreSnapshot
+from storage.models import ACTIVITY_KINDS, Customer, ScoreReasonChunk, ScoreRun, ScoreSnapshot, TierChange
 from storage import windows as window_totals
 from storage.db import write_transaction
 from storage.sql import bulk_insert, execute_named, frame_from_result, refresh_statistics
@@ -196,7 +197,8 @@ class RunOutcome:
     summary: dict
 
 
-def _snapshot_frame(snapshot_run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series) -> pd.DataFrame:
+def _snapshot_frame(snapshot_run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series,
+                    reasons_chunk: int | None) -> pd.DataFrame:
     def text(values) -> pd.Series:
         # Kept as Python objects: pandas would turn them into Arrow strings, and back again for the insert.
         return pd.Series(values, dtype=object)
@@ -211,51 +213,82 @@ def _snapshot_frame(snapshot_run_id: int, scored: pd.DataFrame, revenue_12m: pd.
         "pending_tier": text(scored["pending_tier"].to_numpy(dtype=object)) if "pending_tier" in scored else None,
         "pending_runs": scored["pending_runs"].to_numpy() if "pending_runs" in scored else 0,
         **{name: text(documents) for name, documents in snapshot_documents(scored).items()},
+        "reasons_chunk": reasons_chunk,
     })
 
 
-# Snapshot rows are turned into JSON and written this many at a time: the documents of a
-# million customers at once would cost gigabytes.
+# Snapshot rows, and the reasons inputs of one chunk, are built and written this many
+# customers at a time.
 SNAPSHOT_CHUNK = 10_000
 
 
 def _insert_snapshots(connection: Connection, snapshot_run_id: int, scored: pd.DataFrame,
                       revenue_12m: pd.Series, deferred: dict | None = None) -> None:
-    """`deferred`: reasons columns not built yet (scoring.deferred), built here per chunk.
+    """Snapshot rows for every customer of `scored`, and the inputs of the `deferred`
+    reasons columns (scoring.deferred) as score_reason_chunks rows, in customer-id order
+    (an export reads them in that order, a chunk at a time). Reasons in `scored` itself
+    are stored in the rows' JSON.
 
-    With several chunks, the next chunk's rows are built in a helper thread while the
-    database inserts the current one (SQLite and the PostgreSQL COPY let go of the GIL
-    while they work). Building only reads `scored`, `deferred` and the revenue."""
+    With several chunks, the next chunk is built in a helper thread while the database
+    inserts the current one (SQLite, the PostgreSQL COPY and Arrow's compression let go of
+    the GIL while they work). Building only reads `scored`, `deferred` and the revenue."""
     # Aligned with `scored` once, then cut by position: reindexing per chunk would hash the
     # whole index every time.
     revenue_12m = revenue_12m.reindex(scored.index).fillna(0.0).round(2)
+    order = np.argsort(scored.index.to_numpy(dtype=str), kind="stable")
+    deferred = deferred or {}
+    first_chunk = _next_chunk(connection, snapshot_run_id) if deferred else None
 
-    def build(start: int) -> pd.DataFrame:
-        part = materialise(scored, deferred, slice(start, start + SNAPSHOT_CHUNK))
-        return _snapshot_frame(snapshot_run_id, part, revenue_12m.iloc[start:start + SNAPSHOT_CHUNK])
+    def build(start: int) -> tuple[pd.DataFrame, dict | None]:
+        positions = order[start:start + SNAPSHOT_CHUNK]
+        part = scored.iloc[positions]
+        chunk = None if first_chunk is None else first_chunk + start // SNAPSHOT_CHUNK
+        rows = _snapshot_frame(snapshot_run_id, part, revenue_12m.iloc[positions], chunk)
+        if chunk is None:
+            return rows, None
+        payload = encode_chunk(deferred, positions, list(part.index))
+        return rows, {"run_id": snapshot_run_id, "chunk": chunk, "customers": len(positions), "payload": payload}
+
+    def write(rows: pd.DataFrame, chunk: dict | None) -> None:
+        if chunk is not None:
+            connection.execute(ScoreReasonChunk.__table__.insert(), chunk)
+        bulk_insert(connection, ScoreSnapshot.__tablename__, rows)
 
     starts = list(range(0, len(scored), SNAPSHOT_CHUNK))
     with paused_gc():
         if len(starts) <= 1:
             for start in starts:
-                bulk_insert(connection, ScoreSnapshot.__tablename__, build(start))
+                write(*build(start))
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-rows") as pool:
             pending = pool.submit(build, starts[0])
             for following in [*starts[1:], None]:
-                frame = pending.result()
+                built = pending.result()
                 if following is not None:
                     pending = pool.submit(build, following)
-                bulk_insert(connection, ScoreSnapshot.__tablename__, frame)
-                del frame
+                write(*built)
+                del built
+
+
+def _next_chunk(connection: Connection, run_id: int) -> int:
+    chunks = ScoreReasonChunk.__table__
+    last = connection.execute(select(func.max(chunks.c.chunk)).where(chunks.c.run_id == run_id)).scalar()
+    return 0 if last is None else last + 1
+
+
+# customer ids → {customer id: the value matrix reasons}, for the tier changes of a run.
+Explain = Callable[[list[str]], dict[str, list]]
 
 
 def _record_tier_changes(connection: Connection, snapshot_run_id: int, history_run_id: int,
-                         customer_ids: list[str] | None, read_at: datetime | None = None) -> tuple[int, int]:
+                         customer_ids: list[str] | None, read_at: datetime | None = None,
+                         explain: Explain | None = None) -> tuple[int, int]:
     """Tier history for every customer whose snapshot tier differs from its current tier,
     then the current tiers. Returns (changes, first assignments). `read_at`: when a full
     run read its data; a customer whose tier changed after that (an incremental rescore of
-    newer data) keeps it rather than being set back to what the older data said."""
+    newer data) keeps it rather than being set back to what the older data said.
+    `explain`: the value matrix reasons a change is recorded with (a first assignment is
+    not a change: its reasons are the run's own)."""
     scope, binds, values = ("", [], {}) if customer_ids is None else (
         "AND s.customer_id IN :ids", [bindparam("ids", expanding=True)], {"ids": list(customer_ids)})
     if read_at is not None:
@@ -265,10 +298,20 @@ def _record_tier_changes(connection: Connection, snapshot_run_id: int, history_r
     parameters = {"snapshot_run": snapshot_run_id, "history_run": history_run_id, "now": _now(), **values}
     connection.execute(text(f"""
         INSERT INTO tier_history (customer_id, run_id, model, from_tier, to_tier, changed_at, reasons)
-        SELECT s.customer_id, :history_run, 'value_matrix', c.tier, s.tier, :now, s.reasons
+        SELECT s.customer_id, :history_run, 'value_matrix', c.tier, s.tier, :now, '[]'
         FROM score_snapshots s JOIN customers c ON c.customer_id = s.customer_id
         WHERE s.run_id = :snapshot_run {scope} AND (c.tier IS NULL OR c.tier <> s.tier)""").bindparams(
         _NOW, *binds), parameters)
+    history = TierChange.__table__
+    if explain is not None:
+        changed = connection.execute(select(history.c.id, history.c.customer_id).where(
+            history.c.run_id == history_run_id, history.c.from_tier.is_not(None))).all()
+        reasons = explain([customer_id for _, customer_id in changed])
+        updates = [{"change": change_id, "why": reasons[customer_id]} for change_id, customer_id in changed
+                   if reasons.get(customer_id)]
+        if updates:
+            connection.execute(history.update().where(history.c.id == bindparam("change"))
+                               .values(reasons=bindparam("why")), updates)
     connection.execute(text("""
         UPDATE customers SET
             tier = (SELECT s.tier FROM score_snapshots s
@@ -281,6 +324,19 @@ def _record_tier_changes(connection: Connection, snapshot_run_id: int, history_r
                SUM(CASE WHEN from_tier IS NULL THEN 1 ELSE 0 END)
         FROM tier_history WHERE run_id = :run_id"""), {"run_id": history_run_id}).one()
     return int(changes or 0), int(first or 0)
+
+
+def _value_matrix_reasons(scored: pd.DataFrame, deferred: dict | None) -> Explain:
+    def explain(customer_ids: list[str]) -> dict[str, list]:
+        if not customer_ids:
+            return {}
+        if "reasons" in scored:
+            return {customer_id: scored.at[customer_id, "reasons"] for customer_id in customer_ids}
+        if deferred and "reasons" in deferred:
+            positions = scored.index.get_indexer(customer_ids)
+            return dict(zip(customer_ids, deferred["reasons"].rows(positions)))
+        return {}
+    return explain
 
 
 # Called inside the run's transaction once its tier changes are recorded: the playbook
@@ -296,7 +352,8 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
     `deferred`: reasons columns `scored` lacks, built a chunk at a time (scoring.deferred)."""
     with write_transaction(engine) as connection:
         _insert_snapshots(connection, run_id, scored, revenue_12m, deferred)
-        changes, first = _record_tier_changes(connection, run_id, run_id, None, read_at)
+        changes, first = _record_tier_changes(connection, run_id, run_id, None, read_at,
+                                              _value_matrix_reasons(scored, deferred))
         if after_changes is not None:
             after_changes(connection)
         connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(
@@ -308,15 +365,18 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
 
 
 def write_incremental(engine: Engine, full_run_id: int, run_id: int, scored: pd.DataFrame,
-                      revenue_12m: pd.Series, after_changes: AfterChanges | None = None) -> RunOutcome:
+                      revenue_12m: pd.Series, after_changes: AfterChanges | None = None,
+                      deferred: dict | None = None) -> RunOutcome:
     """An incremental rescore: replace these customers' rows in the full run's snapshot
-    (it stays the current picture), record their tier changes under the incremental run."""
+    (it stays the current picture; their reasons inputs go into a new chunk of that run),
+    record their tier changes under the incremental run."""
     ids = list(scored.index)
     with write_transaction(engine) as connection:
         connection.execute(ScoreSnapshot.__table__.delete().where(ScoreSnapshot.run_id == full_run_id,
                                                                   ScoreSnapshot.customer_id.in_(ids)))
-        _insert_snapshots(connection, full_run_id, scored, revenue_12m)
-        changes, first = _record_tier_changes(connection, full_run_id, run_id, ids)
+        _insert_snapshots(connection, full_run_id, scored, revenue_12m, deferred)
+        changes, first = _record_tier_changes(connection, full_run_id, run_id, ids,
+                                              explain=_value_matrix_reasons(scored, deferred))
         if after_changes is not None:
             after_changes(connection)
         summary = {"customers": len(ids), "full_run": full_run_id}
@@ -334,7 +394,8 @@ def _prune_snapshots(connection: Connection, keep_runs: int) -> None:
 
 
 def snapshot_documents(scored: pd.DataFrame) -> dict[str, list[str]]:
-    """The JSON columns of the snapshot rows: labels, scores and reasons per model."""
+    """The JSON columns of the snapshot rows: labels, scores, and the reasons of the models
+    whose reasons are in `scored` (deferred ones are stored as chunks)."""
     from scoring import MODELS
 
     models = [m for m in MODELS[1:] if f"{m}_label" in scored]
@@ -353,7 +414,8 @@ def snapshot_documents(scored: pd.DataFrame) -> dict[str, list[str]]:
         scored[extra_scores]], axis=1)
     reasons_frame = scored[[f"{m}_reasons" for m in models if f"{m}_reasons" in scored]].rename(
         columns=lambda c: c[:-len("_reasons")])
-    reasons_frame.insert(0, "value_matrix", scored["reasons"])
+    if "reasons" in scored:
+        reasons_frame.insert(0, "value_matrix", scored["reasons"])
     if "rules_reasons" in scored:
         reasons_frame["rules"] = scored["rules_reasons"]
     return {"labels": _json_rows(labels_frame), "scores": _json_rows(scores_frame),
@@ -366,6 +428,68 @@ def _json_rows(frame: pd.DataFrame) -> list[str]:
     values = [frame[c].tolist() if frame[c].dtype != object else list(frame[c]) for c in columns]
     dumps, option = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
     return [dumps(dict(zip(columns, row)), option=option).decode() for row in zip(*values)]
+
+
+# The models whose reasons a snapshot holds, in the order they are shown; and the
+# column of a scored frame each one's reasons are in.
+REASON_MODELS = ("value_matrix", "rfm", "sabc", "pyramid", "lifecycle", "churn", "intent", "rules")
+_MODEL_OF_COLUMN = {"reasons": "value_matrix", **{f"{model}_reasons": model for model in REASON_MODELS[1:]}}
+
+# (customer id, the reasons JSON as stored, reasons_chunk) of a snapshot row.
+SnapshotReasons = tuple[str, "dict | str | None", "int | None"]
+
+
+class StoredReasons:
+    """Every model's reasons for snapshot rows: the JSON part as stored, the rest built
+    from the run's reason chunks. Decoded chunks are kept (the newest `keep`), so reading
+    a run in customer order decodes each chunk once. One reader per run."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._chunks: dict[int, tuple[dict[str, int], dict]] = {}
+
+    def missing(self, rows: list[SnapshotReasons]) -> list[int]:
+        """The chunks these rows need that are not decoded yet."""
+        return sorted({chunk for _, _, chunk in rows if chunk is not None and chunk not in self._chunks})
+
+    def add(self, chunk: int, payload: bytes) -> None:
+        customer_ids, columns = decode_chunk(payload)
+        self._chunks[chunk] = ({customer_id: i for i, customer_id in enumerate(customer_ids)}, columns)
+
+    def of(self, rows: list[SnapshotReasons]) -> list[dict]:
+        """{model: reasons} per row, in REASON_MODELS order; a chunk not added gives none.
+        A model in the row's JSON as well as in its chunk is taken from the JSON."""
+        merged: list[dict] = [{} for _ in rows]
+        by_chunk: dict[int, list[int]] = {}
+        for i, (_, _, chunk) in enumerate(rows):
+            if chunk is not None and chunk in self._chunks:
+                by_chunk.setdefault(chunk, []).append(i)
+        for chunk, members in by_chunk.items():
+            positions_of, columns = self._chunks[chunk]
+            known = [i for i in members if rows[i][0] in positions_of]
+            positions = np.array([positions_of[rows[i][0]] for i in known], dtype=np.int64)
+            for column, values in columns.items():
+                model = _MODEL_OF_COLUMN.get(column, column)
+                for i, reasons in zip(known, values.rows(positions)):
+                    merged[i][model] = reasons
+        # What the row's JSON holds is as written, and wins.
+        for reasons, (_, stored, _) in zip(merged, rows):
+            reasons.update(orjson.loads(stored) if isinstance(stored, (str, bytes)) else (stored or {}))
+        # Past this call, only the newest chunks are kept.
+        while len(self._chunks) > self.keep:
+            self._chunks.pop(next(iter(self._chunks)))
+        return [{model: reasons[model] for model in (*REASON_MODELS, *reasons) if model in reasons}
+                for reasons in merged]
+
+    def read(self, connection: Connection, run_id: int, rows: list[SnapshotReasons]) -> list[dict]:
+        """`of`, fetching the chunks it needs from the run on a (sync) connection."""
+        needed = self.missing(rows)
+        if needed:
+            chunks = ScoreReasonChunk.__table__
+            for chunk, payload in connection.execute(select(chunks.c.chunk, chunks.c.payload).where(
+                    chunks.c.run_id == run_id, chunks.c.chunk.in_(needed))):
+                self.add(chunk, payload)
+        return self.of(rows)
 
 
 def latest_run(connection: Connection):

@@ -14,6 +14,7 @@ from bot.config import load_config
 from bot.rescore import full_rescore
 from storage.importer import run_import
 from storage.models import Order, ScoreRun, ScoreSnapshot, TierChange
+from storage.scores import StoredReasons
 from tests.company import write_company
 
 TOKEN = "test-api-token"
@@ -53,15 +54,24 @@ async def test_new_order_moves_customer_into_star_within_the_request(api, engine
     assert response.status == 200, body
     assert (body["new"], body["rescored"]["customers"], body["rescored"]["tier_changes"]) == (7, 1, 1)
     with engine.connect() as connection:
-        change = connection.execute(select(TierChange.from_tier, TierChange.to_tier)
+        change = connection.execute(select(TierChange.from_tier, TierChange.to_tier, TierChange.reasons)
                                     .where(TierChange.customer_id == "QM1")
                                     .order_by(TierChange.id.desc()).limit(1)).one()
+        stored = connection.execute(select(ScoreSnapshot.reasons, ScoreSnapshot.reasons_chunk)
+                                    .where(ScoreSnapshot.run_id == 1, ScoreSnapshot.customer_id == "QM1")).one()
+        reasons = StoredReasons().read(connection, 1, [("QM1", stored.reasons, stored.reasons_chunk)])[0]
         kinds = connection.execute(select(ScoreRun.kind).order_by(ScoreRun.id)).scalars().all()
         snapshot = connection.execute(select(ScoreSnapshot.tier, ScoreSnapshot.revenue_12m)
                                       .where(ScoreSnapshot.run_id == 1, ScoreSnapshot.customer_id == "QM1")).one()
         rows = connection.execute(select(func.count()).select_from(ScoreSnapshot)
                                   .where(ScoreSnapshot.run_id == 1)).scalar_one()
-    assert tuple(change) == ("question_mark", "star")
+    assert (change.from_tier, change.to_tier) == ("question_mark", "star")
+    # The change is kept with what explains the new tier: revenue now pulls it up.
+    assert change.reasons == reasons["value_matrix"]
+    assert {"axis": "current", "factor": "revenue", "direction": "high"}.items() <= change.reasons[0].items()
+    # The rescored customer's reasons were stored as a new chunk of the full run.
+    assert stored.reasons_chunk == 1 and list(reasons)[:6] == ["value_matrix", "rfm", "sabc", "pyramid",
+                                                                "lifecycle", "churn"]
     assert kinds == ["full", "incremental"]
     assert snapshot.tier == "star" and snapshot.revenue_12m > 20_000_000
     assert rows == 28  # the full run's picture is updated in place, nobody lost

@@ -58,11 +58,12 @@ def test_deferred_reasons_equal_eager_reasons(features_and_counts, rules):
 
 @pytest.mark.parametrize("chunk", [7, 100_000])
 def test_a_run_written_in_chunks_stores_the_same_rows(engine, features_and_counts, monkeypatch, chunk):
-    """Several chunks: the next chunk is built in a helper thread while one is inserted."""
+    """Several chunks: the next chunk is built in a helper thread while one is inserted.
+    Read back, every customer's labels, scores and reasons are the eager run's."""
     import orjson
     from sqlalchemy import select
 
-    from storage.models import ScoreSnapshot
+    from storage.models import ScoreReasonChunk, ScoreSnapshot
 
     monkeypatch.setattr(store, "SNAPSHOT_CHUNK", chunk)
     features, counts = features_and_counts
@@ -78,13 +79,21 @@ def test_a_run_written_in_chunks_stores_the_same_rows(engine, features_and_count
     with engine.connect() as connection:
         table = ScoreSnapshot.__table__
         rows = connection.execute(select(table).where(table.c.run_id == run_id)).all()
-    stored = {row.customer_id: row for row in rows}
+        chunks = connection.execute(select(ScoreReasonChunk.customers).where(
+            ScoreReasonChunk.run_id == run_id).order_by(ScoreReasonChunk.chunk)).scalars().all()
+        stored = {row.customer_id: row for row in rows}
+        every_reasons = store.StoredReasons().read(
+            connection, run_id, [(row.customer_id, row.reasons, row.reasons_chunk) for row in rows])
+    assert chunks == [min(chunk, len(eager) - start) for start in range(0, len(eager), chunk)]
+    reasons_of = {row.customer_id: reasons for row, reasons in zip(rows, every_reasons)}
     assert len(stored) == len(eager)
     for position, customer_id in enumerate(eager.index):
         row = stored[customer_id]
         assert row.tier == eager["tier"].iat[position]
-        for document in ("labels", "scores", "reasons"):
+        for document in ("labels", "scores"):
             assert getattr(row, document) == orjson.loads(expected[document][position])
+        assert reasons_of[customer_id] == orjson.loads(expected["reasons"][position])
+        assert list(reasons_of[customer_id]) == list(orjson.loads(expected["reasons"][position]))
 
 
 def test_stored_chunks_build_the_reasons_the_run_would_have(features_and_counts):

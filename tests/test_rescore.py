@@ -43,6 +43,9 @@ def test_run_writes_snapshot_tiers_and_first_assignments(company, config):
     assert snapshots == 28 == outcome.customers
     assert tuple(run) == ("succeeded", 28, config.scoring_hash())
     assert outcome.first_assignments == 28 and outcome.tier_changes == 0
+    with company.connect() as connection:
+        first_reasons = connection.execute(select(TierChange.reasons)).scalars().all()
+    assert first_reasons == [[]] * 28  # a first assignment is explained by the run itself
     assert sum(t["customers"] for t in outcome.summary["tiers"].values()) == 28
     assert outcome.summary["tiers"]["star"]["revenue_share"] > 0.5
 
