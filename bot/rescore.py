@@ -113,7 +113,7 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
                                   config.retention.score_runs, reference.to_json() if reference else None,
                                   after_changes=_playbook(config, run_id, features, scored, customers, now,
                                                           deferred),
-                                  read_at=read_at, deferred=deferred)
+                                  read_at=read_at, deferred=deferred, previous=previous)
         finished = time.perf_counter()
     except BaseException as exc:
         store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")
@@ -158,7 +158,7 @@ def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str],
         return store.write_incremental(engine, full.id, run_id, scored, features["revenue_12m"],
                                        after_changes=_playbook(config, run_id, features, scored, customers, now,
                                                                deferred),
-                                       deferred=deferred)
+                                       deferred=deferred, previous=previous)
     except BaseException as exc:
         store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")
         raise

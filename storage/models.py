@@ -88,6 +88,10 @@ class Customer(Base):
     # The current value-matrix tier, kept here so "my Star customers" is one indexed query.
     tier: Mapped[str | None] = mapped_column(String(16))
     tier_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Hysteresis: the tier this customer is heading for and for how many runs so far, as the
+    # last run left it (its snapshot keeps the same per run); read by every run.
+    pending_tier: Mapped[str | None] = mapped_column(String(16))
+    pending_runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         CheckConstraint(_one_of("customer_type", CUSTOMER_TYPES), name="customer_type"),

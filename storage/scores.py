@@ -133,22 +133,18 @@ def load_activity(connection: Connection, as_of: date, customer_ids: list[str] |
 
 
 def load_customers(connection: Connection, customer_ids: list[str] | None = None) -> pd.DataFrame:
-    """Attributes, plus each customer's current tier and the hysteresis state of the last run.
+    """Attributes, plus each customer's current tier and hysteresis state.
 
     Plain SQL: the ORM's per-value type conversion costs a second per 100k customers, and
     build_features reads booleans and dates in either form (0/1 or bool, text or date)."""
-    scope = "WHERE c.customer_id IN :ids" if customer_ids is not None else ""
-    statement = text(f"""
-        SELECT {", ".join(f"c.{name}" for name in CUSTOMER_COLUMNS)}, c.tier, s.pending_tier, s.pending_runs
-        FROM customers c LEFT JOIN score_snapshots s ON s.customer_id = c.customer_id AND s.run_id = (
-            SELECT MAX(id) FROM score_runs WHERE status = 'succeeded' AND kind = 'full')
-        {scope}""")
+    scope = "WHERE customer_id IN :ids" if customer_ids is not None else ""
+    columns = [*CUSTOMER_COLUMNS, "tier", "pending_tier", "pending_runs"]
+    statement = text(f"SELECT {', '.join(columns)} FROM customers {scope}")
     values = {}
     if customer_ids is not None:
         statement = statement.bindparams(bindparam("ids", expanding=True))
         values["ids"] = list(customer_ids)
-    return frame_from_result(connection.execute(statement, values),
-                             [*CUSTOMER_COLUMNS, "tier", "pending_tier", "pending_runs"],
+    return frame_from_result(connection.execute(statement, values), columns,
                              numeric=("employees", "digital_maturity", "pending_runs"))
 
 
@@ -276,6 +272,37 @@ def _next_chunk(connection: Connection, run_id: int) -> int:
     return 0 if last is None else last + 1
 
 
+def _record_pending(connection: Connection, scored: pd.DataFrame, previous: pd.DataFrame | None,
+                    read_at: datetime | None) -> None:
+    """Each customer's hysteresis state onto its row, where this run changed it (mostly
+    customers near a boundary). Call before the tier changes: a customer whose tier an
+    incremental rescore changed after `read_at` keeps that rescore's state too."""
+    if "pending_tier" not in scored:
+        return
+    before = (previous if previous is not None else pd.DataFrame(columns=["pending_tier", "pending_runs"])
+              ).reindex(scored.index)
+    tier_now = scored["pending_tier"].to_numpy(dtype=object)
+    runs_now = scored["pending_runs"].fillna(0).to_numpy(dtype=np.int64)
+    tier_before = before["pending_tier"].to_numpy(dtype=object)
+    runs_before = before["pending_runs"].fillna(0).to_numpy(dtype=np.int64)
+    changed = (pd.isna(tier_now) != pd.isna(tier_before)) | (runs_now != runs_before) | (
+        ~pd.isna(tier_now) & (tier_now != tier_before))
+    rows = [{"customer": customer_id, "heading": None if pd.isna(tier) else tier, "runs": int(runs)}
+            for customer_id, tier, runs in zip(scored.index[changed], tier_now[changed], runs_now[changed])]
+    if not rows:
+        return
+    guard = ""
+    if read_at is not None:
+        guard = " AND (tier_since IS NULL OR tier_since < :read_at)"
+        for row in rows:
+            row["read_at"] = read_at
+    statement = text(f"UPDATE customers SET pending_tier = :heading, pending_runs = :runs "
+                     f"WHERE customer_id = :customer{guard}")
+    if read_at is not None:
+        statement = statement.bindparams(bindparam("read_at", type_=DateTime(timezone=True)))
+    connection.execute(statement, rows)
+
+
 # customer ids → {customer id: the value matrix reasons}, for the tier changes of a run.
 Explain = Callable[[list[str]], dict[str, list]]
 
@@ -346,12 +373,15 @@ AfterChanges = Callable[[Connection], None]
 
 def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series, summary: dict,
               keep_runs: int, reference: str | None = None, after_changes: AfterChanges | None = None,
-              read_at: datetime | None = None, deferred: dict | None = None) -> RunOutcome:
+              read_at: datetime | None = None, deferred: dict | None = None,
+              previous: pd.DataFrame | None = None) -> RunOutcome:
     """A full run: snapshot rows, tier history and current tiers, then the run marked
     succeeded — all in one transaction, so a crash leaves the previous state untouched.
-    `deferred`: reasons columns `scored` lacks, built a chunk at a time (scoring.deferred)."""
+    `deferred`: reasons columns `scored` lacks, built a chunk at a time (scoring.deferred).
+    `previous`: the hysteresis state the run started from (pending_tier, pending_runs)."""
     with write_transaction(engine) as connection:
         _insert_snapshots(connection, run_id, scored, revenue_12m, deferred)
+        _record_pending(connection, scored, previous, read_at)
         changes, first = _record_tier_changes(connection, run_id, run_id, None, read_at,
                                               _value_matrix_reasons(scored, deferred))
         if after_changes is not None:
@@ -366,7 +396,7 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
 
 def write_incremental(engine: Engine, full_run_id: int, run_id: int, scored: pd.DataFrame,
                       revenue_12m: pd.Series, after_changes: AfterChanges | None = None,
-                      deferred: dict | None = None) -> RunOutcome:
+                      deferred: dict | None = None, previous: pd.DataFrame | None = None) -> RunOutcome:
     """An incremental rescore: replace these customers' rows in the full run's snapshot
     (it stays the current picture; their reasons inputs go into a new chunk of that run),
     record their tier changes under the incremental run."""
@@ -375,6 +405,7 @@ def write_incremental(engine: Engine, full_run_id: int, run_id: int, scored: pd.
         connection.execute(ScoreSnapshot.__table__.delete().where(ScoreSnapshot.run_id == full_run_id,
                                                                   ScoreSnapshot.customer_id.in_(ids)))
         _insert_snapshots(connection, full_run_id, scored, revenue_12m, deferred)
+        _record_pending(connection, scored, previous, None)
         changes, first = _record_tier_changes(connection, full_run_id, run_id, ids,
                                               explain=_value_matrix_reasons(scored, deferred))
         if after_changes is not None:

@@ -106,10 +106,17 @@ def test_hysteresis_state_survives_between_runs_in_the_database(engine, database
         with engine.connect() as connection:
             return connection.execute(select(Customer.tier).where(Customer.customer_id == "F023")).scalar_one()
 
+    def heading() -> tuple:
+        with engine.connect() as connection:
+            return tuple(connection.execute(select(Customer.pending_tier, Customer.pending_runs)
+                                            .where(Customer.customer_id == "F023")).one())
+
     full_rescore(engine, nudged, AS_OF)
     assert tier_now() == "cash_cow"  # one point past the boundary: held
+    assert heading() == ("dog", 1)
     full_rescore(engine, nudged, AS_OF)
     assert tier_now() == "dog"  # the second run in a row confirms it
+    assert heading() == (None, 0)
 
 
 def test_export_has_every_models_label_score_and_reasons(engine, database_url, tmp_path):

@@ -24,3 +24,36 @@ def test_upgrading_again_keeps_existing_data(engine, database_url, tmp_path):
     upgrade_schema(database_url)
     with engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(Order)).scalar_one() == 914
+
+
+def test_upgrading_to_reason_chunks_moves_the_hysteresis_state_onto_customers(tmp_path):
+    """0006: the state a customer heading for another tier is in comes from the latest
+    full run's snapshot, so no customer starts counting its runs again."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from storage.db import alembic_config, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0005")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO customers (customer_id, name, updated_at) VALUES "
+                                "('HEADING', 'a', '2026-11-01'), ('STILL', 'b', '2026-11-01')"))
+        for run_id, status in ((1, "succeeded"), (2, "succeeded"), (3, "failed")):
+            connection.execute(text("INSERT INTO score_runs (id, started_at, as_of, status, kind, config_hash) "
+                                    "VALUES (:id, '2026-11-01', '2026-11-01', :status, 'full', 'x')"),
+                               {"id": run_id, "status": status})
+        for run_id, customer_id, heading, runs in ((1, "HEADING", "dog", 1), (2, "HEADING", "star", 2),
+                                                   (3, "HEADING", "dog", 9), (2, "STILL", None, 0)):
+            connection.execute(text(
+                "INSERT INTO score_snapshots (run_id, customer_id, tier, current_value, potential_value, "
+                "pending_tier, pending_runs, labels, scores, reasons) "
+                "VALUES (:run, :customer, 'cash_cow', 71, 40, :heading, :runs, '{}', '{}', '{}')"),
+                {"run": run_id, "customer": customer_id, "heading": heading, "runs": runs})
+    upgrade_schema(url)
+    with engine.connect() as connection:
+        state = dict((row[0], tuple(row[1:])) for row in connection.execute(
+            text("SELECT customer_id, pending_tier, pending_runs FROM customers")))
+    engine.dispose()
+    assert state == {"HEADING": ("star", 2), "STILL": (None, 0)}
