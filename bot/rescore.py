@@ -86,7 +86,7 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
         # The whole-month totals are kept by the import; only the first run of a month builds them.
         month = window_starts(as_of)["m0"]
         window_totals.ensure_month(engine, month)
-        with store.consistent_read(engine) as connection:
+        with store.consistent_read(engine, columnar=True) as connection:
             customers = store.load_customers(connection)
             windows = window_totals.read_month(connection, month)
             aggregates = store.load_aggregates(connection, as_of, windows=windows)

@@ -7,6 +7,7 @@ snapshot rows, tier changes and each customer's current tier, in one transaction
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUM
 from storage.models import ACTIVITY_KINDS, Customer, ScoreReasonChunk, ScoreRun, ScoreSnapshot, TierChange
 from storage import windows as window_totals
 from storage.db import write_transaction
-from storage.sql import bulk_insert, execute_named, frame_from_result, refresh_statistics
+from storage.columnar import ColumnarReadError, ColumnarReader
+from storage.sql import COLUMNAR_OPTION, bulk_insert, query_frame, refresh_statistics
 
 _NOW = bindparam("now", type_=DateTime(timezone=True))
 
@@ -70,10 +72,9 @@ def load_aggregates(connection: Connection, as_of: date, customer_ids: list[str]
         windows = window_totals.read_month(connection, month, customer_ids)
     frame = windows.set_index("customer_id")[[*window_totals.ORDER_SUMS, "first_order_date", "last_order_date"]]
     frame = frame[frame["first_order_date"].notna()]
-    rows = execute_named(connection, _scoped(_CURRENT_DAYS_SQL, customer_ids)[0], {"m0": month, "as_of": as_of},
-                         Date, customer_ids)
-    days = frame_from_result(rows, ["customer_id", "order_date", "revenue", "cost", "repeat_revenue", "orders"],
-                             numeric=("revenue", "cost", "repeat_revenue", "orders"))
+    days = query_frame(connection, _scoped(_CURRENT_DAYS_SQL, customer_ids)[0], {"m0": month, "as_of": as_of},
+                       ["customer_id", "order_date", "revenue", "cost", "repeat_revenue", "orders"],
+                       numeric=("revenue", "cost", "repeat_revenue", "orders"), type_=Date, customer_ids=customer_ids)
     for column in ("first_order_date", "last_order_date"):
         frame[column] = pd.to_datetime(frame[column])
     if len(days):
@@ -115,8 +116,8 @@ def load_activity(connection: Connection, as_of: date, customer_ids: list[str] |
                   "since_180d": until - timedelta(days=180)}
 
     def grouped(sql: str, names: list[str], numeric: tuple[str, ...]) -> pd.DataFrame:
-        rows = execute_named(connection, _scoped(sql, customer_ids)[0], parameters, DateTime, customer_ids)
-        return frame_from_result(rows, ["customer_id", *names], numeric=numeric).set_index("customer_id")
+        return query_frame(connection, _scoped(sql, customer_ids)[0], parameters, ["customer_id", *names],
+                           numeric=numeric, type_=DateTime, customer_ids=customer_ids).set_index("customer_id")
 
     recent = grouped(_RECENT_ACTIVITY_SQL, ["act_30d", "last_recent_ts"], ("act_30d",))
     complaints = grouped(_COMPLAINTS_SQL, ["complaints_90d", "complaints_prev_90d"],
@@ -139,23 +140,40 @@ def load_customers(connection: Connection, customer_ids: list[str] | None = None
     build_features reads booleans and dates in either form (0/1 or bool, text or date)."""
     scope = "WHERE customer_id IN :ids" if customer_ids is not None else ""
     columns = [*CUSTOMER_COLUMNS, "tier", "pending_tier", "pending_runs"]
-    statement = text(f"SELECT {', '.join(columns)} FROM customers {scope}")
-    values = {}
-    if customer_ids is not None:
-        statement = statement.bindparams(bindparam("ids", expanding=True))
-        values["ids"] = list(customer_ids)
-    return frame_from_result(connection.execute(statement, values), columns,
-                             numeric=("employees", "digital_maturity", "pending_runs"))
+    return query_frame(connection, f"SELECT {', '.join(columns)} FROM customers {scope}", {}, columns,
+                       numeric=("employees", "digital_maturity", "pending_runs"), customer_ids=customer_ids)
+
+
+# From this many customers a full run on SQLite reads through storage.columnar (below
+# it, starting the helper process costs more than it saves).
+COLUMNAR_FROM = 20_000
 
 
 @contextmanager
-def consistent_read(engine: Engine) -> Iterator[Connection]:
-    """A read-only transaction in which every query sees the same committed state."""
+def consistent_read(engine: Engine, columnar: bool = False) -> Iterator[Connection]:
+    """A read-only transaction in which every query sees the same committed state.
+    `columnar`: on a SQLite file of COLUMNAR_FROM customers or more, the bulk reads
+    (storage.sql.query_frame) go through a ColumnarReader, all in its one transaction."""
     with engine.connect() as connection:
         if connection.dialect.name == "postgresql":
             connection = connection.execution_options(isolation_level="REPEATABLE READ")
         with connection.begin():
-            yield connection
+            path = engine.url.database
+            if not (columnar and connection.dialect.name == "sqlite" and path and path != ":memory:"
+                    and not path.startswith("file:")
+                    and connection.execute(text("SELECT COUNT(*) FROM customers")).scalar_one() >= COLUMNAR_FROM):
+                yield connection
+                return
+            try:
+                reader = ColumnarReader(path)
+            except ColumnarReadError as error:
+                logging.getLogger("tierbot").warning("reading row by row instead: %s", error)
+                yield connection
+                return
+            try:
+                yield connection.execution_options(**{COLUMNAR_OPTION: reader})
+            finally:
+                reader.close()
 
 
 # ---------------------------------------------------------------- runs
@@ -562,10 +580,10 @@ def load_intent_counts(connection: Connection, as_of: date, rules: list,
     for i, kind in enumerate(kinds):
         parameters[f"any_kind_{i}"] = kind
     kind_list = ", ".join(f":any_kind_{i}" for i in range(len(kinds)))
-    sql, scope_binds, scope_values = _scoped(f"""
+    sql = _scoped(f"""
         SELECT customer_id, {', '.join(sums)}
         FROM activities WHERE ts >= :since AND ts < :until AND kind IN ({kind_list}) {{scope}}
-        GROUP BY customer_id""", customer_ids)
-    rows = connection.execute(text(sql).bindparams(*binds, *scope_binds), {**parameters, **scope_values})
+        GROUP BY customer_id""", customer_ids)[0]
     count_columns = [f"intent_{r}_{c}" for r, rule in enumerate(rules) for c in range(len(rule.all))]
-    return frame_from_result(rows, ["customer_id", *count_columns], numeric=tuple(count_columns))
+    return query_frame(connection, sql, parameters, ["customer_id", *count_columns], numeric=tuple(count_columns),
+                       customer_ids=customer_ids)

@@ -113,3 +113,75 @@ def frame_from_result(result, columns: list[str], numeric: tuple[str, ...] = ())
     for name, values in zip(columns, data):
         frame[name] = np.array(values, dtype=float) if name in numeric else np.array(values, dtype=object)
     return pd.DataFrame(frame, columns=columns)
+
+
+# ---------------------------------------------------------------- columnar reads
+
+# The execution option a consistent read sets to its storage.columnar.ColumnarReader.
+COLUMNAR_OPTION = "tierbot_columnar_reader"
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)\b")
+
+
+def positional_sql(sql: str, values: dict, customer_ids: list[str] | None = None) -> tuple[str, list]:
+    """`sql` with the `:name` binds it names from `values` as `?` (SQLite's style) and their
+    values in order, dates and times as SQLAlchemy stores them; `:ids` expands to the ids."""
+    positional: list = []
+
+    def place(match: re.Match) -> str:
+        name = match.group(1)
+        if name == "ids" and customer_ids is not None:
+            positional.extend(customer_ids)
+            return ", ".join("?" for _ in customer_ids) or "NULL"
+        if name not in values:
+            return match.group(0)
+        positional.append(_sqlite_value(values[name]))
+        return "?"
+
+    return _NAMED.sub(place, sql), positional
+
+
+def _sqlite_value(value):
+    """A bound value as SQLAlchemy stores it in SQLite: dates and times as ISO text."""
+    from datetime import date, datetime
+
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def query_frame(connection: Connection, sql: str, values: dict, columns: list[str], numeric: tuple[str, ...] = (),
+                type_: TypeEngine | None = None, customer_ids: list[str] | None = None) -> pd.DataFrame:
+    """execute_named, as a frame_from_result frame. Inside a consistent read with a
+    ColumnarReader the rows come column by column as Arrow arrays, to the same frame."""
+    reader = connection.get_execution_options().get(COLUMNAR_OPTION)
+    if reader is None:
+        return frame_from_result(execute_named(connection, sql, values, type_, customer_ids), columns, numeric)
+    table = reader.execute(*positional_sql(sql, values, customer_ids))
+    frame = {}
+    for name, column in zip(columns, table.columns):
+        frame[name] = _numeric_array(column) if name in numeric else _object_array(column)
+    return pd.DataFrame(frame, columns=columns)
+
+
+def _numeric_array(column) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_null(column.type):
+        return np.full(len(column), np.nan)
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        column = pc.cast(column, pa.float64())  # decimals (PostgreSQL NUMERIC)
+    return column.to_numpy(zero_copy_only=False).astype(float, copy=False)
+
+
+def _object_array(column) -> np.ndarray:
+    """Python objects as the sqlite3 module gives them: None where missing."""
+    import pyarrow as pa
+
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_null(column.type):
+        return column.to_numpy(zero_copy_only=False).astype(object, copy=False)
+    if column.null_count:
+        return np.array(column.to_pylist() + [None], dtype=object)[:-1]
+    return column.to_numpy(zero_copy_only=False).astype(object)

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Date, Engine, bindparam, text
 
 from scoring.features import add_months, window_starts
 from storage.db import write_transaction
-from storage.sql import execute_named, frame_from_result
+from storage.sql import execute_named, query_frame
 
 BASELINE_MONTHS = 6
 # Months kept: the newest two, so a run just after midnight on the 1st and a late import
@@ -97,9 +97,9 @@ def compute(connection: Connection, month: date, customer_ids: list[str] | None 
     scope = ":ids" if customer_ids is not None else None
     frames = []
     for sql, names in ((_ORDERS_SQL, _ORDER_NAMES), (_BASELINE_SQL, _BASELINE_NAMES)):
-        rows = _execute(connection, _sql(sql, scope), month, customer_ids)
-        frames.append(frame_from_result(rows, names, numeric=tuple(n for n in names if n in NUMERIC))
-                      .set_index("customer_id"))
+        frames.append(query_frame(connection, _sql(sql, scope), {**_months(month), "month": month}, names,
+                                  numeric=tuple(n for n in names if n in NUMERIC), type_=Date,
+                                  customer_ids=customer_ids).set_index("customer_id"))
     orders, baseline = frames
     frame = orders.join(baseline, how="outer")
     for column in NUMERIC:
@@ -108,8 +108,8 @@ def compute(connection: Connection, month: date, customer_ids: list[str] | None 
 
 
 def is_kept(connection: Connection, month: date) -> bool:
-    return connection.execute(text("SELECT 1 FROM window_months WHERE month = :month").bindparams(
-        bindparam("month", type_=Date)), {"month": month}).first() is not None
+    return len(query_frame(connection, "SELECT month FROM window_months WHERE month = :month", {"month": month},
+                           ["month"], type_=Date)) > 0
 
 
 def read_month(connection: Connection, month: date, customer_ids: list[str] | None = None) -> pd.DataFrame:
@@ -118,9 +118,9 @@ def read_month(connection: Connection, month: date, customer_ids: list[str] | No
     if not is_kept(connection, month):
         return compute(connection, month, customer_ids)
     scope = "AND customer_id IN :ids" if customer_ids is not None else ""
-    rows = _execute(connection, f"SELECT customer_id, {', '.join(WINDOW_COLUMNS)} FROM customer_windows "
-                                f"WHERE month = :month {scope}", month, customer_ids)
-    return frame_from_result(rows, ["customer_id", *WINDOW_COLUMNS], numeric=NUMERIC)
+    return query_frame(connection, f"SELECT customer_id, {', '.join(WINDOW_COLUMNS)} FROM customer_windows "
+                                   f"WHERE month = :month {scope}", {"month": month}, ["customer_id", *WINDOW_COLUMNS],
+                       numeric=NUMERIC, type_=Date, customer_ids=customer_ids)
 
 
 _INSERT_COLUMNS = ", ".join(["month", "customer_id", *ORDER_SUMS, "first_order_date", "last_order_date"])

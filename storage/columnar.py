@@ -1,0 +1,121 @@
+"""Bulk reads from SQLite as Arrow columns, for the full run.
+
+Through the sqlite3 module a million customers' rows become some twenty million Python
+objects before pandas sees them: seconds per table. The ADBC SQLite driver hands back
+Arrow arrays instead, in a fraction of that. It links its own copy of SQLite, though,
+and two copies of SQLite in one process must not open the same file: closing one
+copy's file handle drops the POSIX locks the other holds (sqlite.org, "How To Corrupt
+Your Database Files", 2.2.1). So the driver runs in a helper process of its own, which
+holds one read transaction for all the run's reads (the run sees one snapshot) and
+sends each result back as an Arrow IPC stream over a pipe.
+
+Protocol (stdin/stdout of `python -m storage.columnar PATH`): the helper writes b"R"
+when its connection is open. Each request is a 4-byte big-endian length and a JSON
+[sql, [values]]; a zero length ends the session. Each reply is one status byte, b"T"
+(an Arrow IPC stream follows) or b"E" (a UTF-8 error message follows), then an 8-byte
+length and the payload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+
+_PROJECT = Path(__file__).resolve().parents[1]
+
+
+class ColumnarReadError(RuntimeError):
+    """The helper could not start, or a query failed in it."""
+
+
+class ColumnarReader:
+    """The parent's side: `execute(sql, values)` → pyarrow.Table (`?` binds, values in order)."""
+
+    def __init__(self, path: str) -> None:
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(_PROJECT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        self._process = subprocess.Popen([sys.executable, "-m", "storage.columnar", path], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, env=environment)
+        if self._process.stdout.read(1) != b"R":
+            self.close()
+            raise ColumnarReadError(f"the columnar reader could not open {path} "
+                                    f"(exit code {self._process.returncode})")
+
+    def execute(self, sql: str, values: list) -> pa.Table:
+        request = json.dumps([sql, values], ensure_ascii=False).encode()
+        try:
+            self._process.stdin.write(struct.pack(">I", len(request)) + request)
+            self._process.stdin.flush()
+            status = self._process.stdout.read(1)
+            (length,) = struct.unpack(">Q", _read_exactly(self._process.stdout, 8))
+            payload = _read_exactly(self._process.stdout, length)
+        except (BrokenPipeError, struct.error, EOFError) as error:
+            raise ColumnarReadError(f"the columnar reader stopped (exit code {self._process.poll()})") from error
+        if status != b"T":
+            raise ColumnarReadError(payload.decode("utf-8", "replace"))
+        return pa.ipc.open_stream(payload).read_all()
+
+    def close(self) -> None:
+        try:
+            if self._process.poll() is None:
+                self._process.stdin.write(struct.pack(">I", 0))
+                self._process.stdin.flush()
+        except BrokenPipeError:
+            pass
+        finally:
+            for stream in (self._process.stdin, self._process.stdout):
+                stream.close()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+def _read_exactly(stream, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise EOFError(f"expected {size} bytes, got {len(data)}")
+    return data
+
+
+def serve(path: str) -> None:
+    """The helper's side: one connection, one read transaction, until told to stop."""
+    import adbc_driver_sqlite.dbapi as adbc_sqlite
+
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    connection = adbc_sqlite.connect(path)  # not autocommit: the first read starts the snapshot
+    try:
+        replies.write(b"R")
+        replies.flush()
+        while True:
+            header = requests.read(4)
+            if len(header) < 4 or header == b"\0\0\0\0":
+                break
+            sql, values = json.loads(_read_exactly(requests, struct.unpack(">I", header)[0]))
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, values or None)
+                    table = cursor.fetch_arrow_table()
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_stream(sink, table.schema) as writer:
+                    writer.write_table(table)
+                status, payload = b"T", sink.getvalue()
+            except Exception as error:  # reported to the parent, which raises it
+                status, payload = b"E", f"{error.__class__.__name__}: {error}".encode()
+            replies.write(status + struct.pack(">Q", len(payload)))
+            replies.write(payload)
+            replies.flush()
+    finally:
+        connection.rollback()
+        connection.close()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])

@@ -1,0 +1,95 @@
+"""A full run on SQLite reads its bulk rows through a helper process as Arrow columns
+(storage.columnar): the frames must be exactly those read row by row, from one snapshot,
+and a helper that cannot start must not stop the run."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import text
+
+from bot.rescore import full_rescore
+from scoring.features import window_starts
+from scoring.generator import generate_company
+from scoring.pipeline import ScoringParams
+from storage import columnar
+from storage import scores as store
+from storage import windows
+from storage.db import make_engine, upgrade_schema
+from storage.importer import run_import
+from storage.sql import COLUMNAR_OPTION
+
+AS_OF = date(2026, 11, 20)
+
+
+@pytest.fixture
+def sqlite_company(tmp_path: Path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'tierbot.db'}"
+    upgrade_schema(url)
+    engine = make_engine(url)
+    folder = tmp_path / "co"
+    generate_company(folder, customers=300, seed=5, as_of=AS_OF, orders_per_customer=15, activities_per_customer=30)
+    run_import(engine, [folder])
+    monkeypatch.setattr(store, "COLUMNAR_FROM", 1)
+    yield engine
+    engine.dispose()
+
+
+def _everything(connection, month_kept: bool) -> dict[str, pd.DataFrame]:
+    month = window_starts(AS_OF)["m0"]
+    rules = ScoringParams().intent.rules
+    frames = {"customers": store.load_customers(connection),
+              "month": windows.read_month(connection, month),
+              "aggregates": store.load_aggregates(connection, AS_OF),
+              "activity": store.load_activity(connection, AS_OF),
+              "intent": store.load_intent_counts(connection, AS_OF, rules)}
+    assert windows.is_kept(connection, month) is month_kept
+    return frames
+
+
+@pytest.mark.parametrize("month_kept", [False, True])
+def test_columnar_reads_give_the_frames_row_by_row_reads_give(sqlite_company, month_kept):
+    if month_kept:
+        windows.ensure_month(sqlite_company, window_starts(AS_OF)["m0"])
+    with store.consistent_read(sqlite_company) as connection:
+        assert connection.get_execution_options().get(COLUMNAR_OPTION) is None
+        by_rows = _everything(connection, month_kept)
+    with store.consistent_read(sqlite_company, columnar=True) as connection:
+        assert connection.get_execution_options().get(COLUMNAR_OPTION) is not None
+        by_columns = _everything(connection, month_kept)
+    for name, frame in by_rows.items():
+        assert len(frame) > 0, name
+        pd.testing.assert_frame_equal(by_columns[name], frame, obj=name)
+
+
+def test_a_columnar_read_sees_one_snapshot(sqlite_company):
+    with store.consistent_read(sqlite_company, columnar=True) as connection:
+        before = len(store.load_customers(connection))
+        with sqlite_company.begin() as writer:
+            writer.execute(text("INSERT INTO customers (customer_id, name, updated_at) "
+                                "VALUES ('LATE', 'arrived mid-run', '2026-11-20')"))
+        assert len(store.load_customers(connection)) == before
+    with store.consistent_read(sqlite_company, columnar=True) as connection:
+        assert len(store.load_customers(connection)) == before + 1
+
+
+def test_a_failing_query_names_the_database_error(sqlite_company):
+    reader = columnar.ColumnarReader(sqlite_company.url.database)
+    try:
+        with pytest.raises(columnar.ColumnarReadError, match="no such table: nowhere"):
+            reader.execute("SELECT * FROM nowhere", [])
+        assert reader.execute("SELECT COUNT(*) AS n FROM customers", []).column("n").to_pylist() == [300]
+    finally:
+        reader.close()
+
+
+def test_a_helper_that_cannot_start_leaves_the_run_reading_row_by_row(sqlite_company, config, monkeypatch, caplog):
+    monkeypatch.setattr(columnar.sys, "executable", "/bin/false")
+    with store.consistent_read(sqlite_company, columnar=True) as connection:
+        assert connection.get_execution_options().get(COLUMNAR_OPTION) is None
+    assert "reading row by row instead: the columnar reader could not open" in caplog.text
+    outcome, _ = full_rescore(sqlite_company, config, AS_OF)
+    assert outcome.customers == 300
