@@ -341,34 +341,36 @@ def _record_tier_changes(connection: Connection, snapshot_run_id: int, history_r
         binds = [*binds, bindparam("read_at", type_=DateTime(timezone=True))]
         values = {**values, "read_at": read_at}
     parameters = {"snapshot_run": snapshot_run_id, "history_run": history_run_id, "now": _now(), **values}
-    connection.execute(text(f"""
-        INSERT INTO tier_history (customer_id, run_id, model, from_tier, to_tier, changed_at, reasons)
-        SELECT s.customer_id, :history_run, 'value_matrix', c.tier, s.tier, :now, '[]'
-        FROM score_snapshots s JOIN customers c ON c.customer_id = s.customer_id
-        WHERE s.run_id = :snapshot_run {scope} AND (c.tier IS NULL OR c.tier <> s.tier)""").bindparams(
-        _NOW, *binds), parameters)
     history = TierChange.__table__
-    if explain is not None:
+    # This run's rows are those past the newest id now: found by the primary key, not by
+    # scanning a history that grows every night.
+    before = connection.execute(select(func.coalesce(func.max(history.c.id), 0))).scalar_one()
+    counts = []
+    for differs in ("c.tier IS NULL", "c.tier <> s.tier"):  # first assignments, then changes
+        counts.append(connection.execute(text(f"""
+            INSERT INTO tier_history (customer_id, run_id, model, from_tier, to_tier, changed_at, reasons)
+            SELECT s.customer_id, :history_run, 'value_matrix', c.tier, s.tier, :now, '[]'
+            FROM score_snapshots s JOIN customers c ON c.customer_id = s.customer_id
+            WHERE s.run_id = :snapshot_run {scope} AND {differs}""").bindparams(_NOW, *binds), parameters).rowcount)
+    first, changes = counts
+    this_run = (history.c.id > before) & (history.c.run_id == history_run_id)
+    if explain is not None and changes:
         changed = connection.execute(select(history.c.id, history.c.customer_id).where(
-            history.c.run_id == history_run_id, history.c.from_tier.is_not(None))).all()
+            this_run, history.c.from_tier.is_not(None))).all()
         reasons = explain([customer_id for _, customer_id in changed])
         updates = [{"change": change_id, "why": reasons[customer_id]} for change_id, customer_id in changed
                    if reasons.get(customer_id)]
         if updates:
             connection.execute(history.update().where(history.c.id == bindparam("change"))
                                .values(reasons=bindparam("why")), updates)
-    connection.execute(text("""
-        UPDATE customers SET
-            tier = (SELECT s.tier FROM score_snapshots s
-                    WHERE s.run_id = :snapshot_run AND s.customer_id = customers.customer_id),
-            tier_since = :now
-        WHERE customer_id IN (SELECT customer_id FROM tier_history WHERE run_id = :history_run)""").bindparams(_NOW),
-        {"snapshot_run": snapshot_run_id, "history_run": history_run_id, "now": parameters["now"]})
-    changes, first = connection.execute(text("""
-        SELECT SUM(CASE WHEN from_tier IS NOT NULL THEN 1 ELSE 0 END),
-               SUM(CASE WHEN from_tier IS NULL THEN 1 ELSE 0 END)
-        FROM tier_history WHERE run_id = :run_id"""), {"run_id": history_run_id}).one()
-    return int(changes or 0), int(first or 0)
+    if first or changes:
+        connection.execute(text("""
+            UPDATE customers SET tier = h.to_tier, tier_since = :now
+            FROM tier_history h
+            WHERE h.id > :before AND h.run_id = :history_run AND h.customer_id = customers.customer_id""")
+                           .bindparams(_NOW), {"before": before, "history_run": history_run_id,
+                                               "now": parameters["now"]})
+    return int(changes), int(first)
 
 
 def _value_matrix_reasons(scored: pd.DataFrame, deferred: dict | None) -> Explain:
