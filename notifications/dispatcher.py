@@ -225,29 +225,37 @@ class Dispatcher:
                 units.append(_Unit(members, members[0].channel, message_payload(msgtype, body),
                                    _members(members[0].touser), key, every))
             else:
-                units.extend(_Unit([row], row.channel, row.payload, _members(row.touser), key, every)
+                units.extend(_Unit([row], row.channel, self._payload(row), _members(row.touser), key, every)
                              for row in members)
 
         # Identical messages to different members: one call, up to WeCom's 1000 recipients.
         same: dict[tuple[str, str], list[Any]] = defaultdict(list)
         for row in singles:
+            payload = self._payload(row)
             if row.channel == "app":
-                same[(row.msgtype, json.dumps(row.payload, sort_keys=True, ensure_ascii=False))].append(row)
+                same[(row.msgtype, json.dumps(payload, sort_keys=True, ensure_ascii=False))].append((row, payload))
             else:
-                units.append(_Unit([row], row.channel, row.payload, _members(row.touser)))
+                units.append(_Unit([row], row.channel, payload, _members(row.touser)))
         for group in same.values():
             unit: _Unit | None = None
             seen: set[str] = set()
-            for row in group:
+            for row, payload in group:
                 wanted = [member for member in _members(row.touser) if member not in seen]
                 if unit is None or len(seen) + len(wanted) > MAX_RECIPIENTS:
-                    unit, seen = _Unit([], "app", row.payload, []), set()
+                    unit, seen = _Unit([], "app", payload, []), set()
                     wanted = list(dict.fromkeys(_members(row.touser)))
                     units.append(unit)
                 unit.rows.append(row)
                 unit.members.extend(wanted)
                 seen.update(wanted)
         return units
+
+    def _payload(self, row: Any) -> dict[str, Any]:
+        """The row's message: as queued, or made now from its item (outbox.RENDER_WHEN_SENT)."""
+        if row.payload:
+            return row.payload
+        msgtype, body = messages.message_for(row.kind, row.batch_item or {}, self.language)
+        return message_payload(msgtype, body)
 
     async def _last_batch_times(self, keys: list[str]) -> dict[str, datetime]:
         batches = OutboxBatch.__table__

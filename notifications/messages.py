@@ -90,6 +90,19 @@ def summary_for(kind: str, items: list[dict[str, Any]], lang: str) -> tuple[str,
     return "markdown", {"content": rep_summary(items, lang)}
 
 
+def message_for(kind: str, item: dict[str, Any], lang: str) -> tuple[str, dict[str, Any]]:
+    """(msgtype, body) of a row queued with its item only (notifications.outbox), made when
+    it is sent on its own: a run's many rows for one person usually go out as one summary,
+    and their own cards would be rendered for nothing."""
+    if kind == "task":
+        return "template_card", task_card(item, lang, item["card_task_id"])
+    if kind == "tier_change":
+        return "template_card", tier_change_card(item, item["action"], lang, item["card_task_id"])
+    if kind == "churn_alert":
+        return "markdown", {"content": churn_alert([item], lang)}
+    raise ValueError(f"a {kind} row needs its message written when it is queued")
+
+
 def ticket_card(item: dict[str, Any], lang: str, task_id: str) -> dict[str, Any]:
     return _card(f"push/ticket_card.{lang}.json.j2", item=item, card_task_id=task_id)
 

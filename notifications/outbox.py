@@ -24,16 +24,25 @@ def message_payload(msgtype: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"msgtype": msgtype, msgtype: body}
 
 
-def outbox_row(touser: Iterable[str], msgtype: str, body: dict[str, Any], *, origin: str | None = None,
+# The payload of a row whose message is made from its batch_item when it is sent on its
+# own (notifications.messages.message_for).
+RENDER_WHEN_SENT: dict[str, Any] = {}
+
+
+def outbox_row(touser: Iterable[str], msgtype: str, body: dict[str, Any] | None, *, origin: str | None = None,
                kind: str = "reply", channel: str = "app", not_before: datetime | None = None,
                batch_key: str | None = None, batch_every: int = 0, batch_item: dict | None = None,
                now: datetime | None = None) -> dict[str, Any]:
     """The values of one outbox row. `origin` names why it exists and is unique: a second
-    row with the same origin is refused by the database."""
+    row with the same origin is refused by the database. `body` None: the message is
+    made from `batch_item` when sent, if it is not summarised with others first."""
     if isinstance(touser, str):  # one UserID, not its letters
         touser = [touser]
+    if body is None and not batch_item:
+        raise ValueError("a row without a body needs the item its message is made from")
+    payload = RENDER_WHEN_SENT if body is None else message_payload(msgtype, body)
     return {"created_at": now or datetime.now(timezone.utc), "touser": "|".join(touser), "msgtype": msgtype,
-            "payload": message_payload(msgtype, body), "status": "pending", "attempts": 0, "origin": origin,
+            "payload": payload, "status": "pending", "attempts": 0, "origin": origin,
             "kind": kind, "channel": channel, "not_before": not_before, "batch_key": batch_key,
             "batch_every": batch_every, "batch_item": batch_item}
 

@@ -283,9 +283,9 @@ def _tier_change_rows(connection: Connection, settings: PlaybookSettings, run_id
         if task:
             task["card_task_id"] = card_id
             announced.add(task["id"])
-        action = getattr(settings.playbook.tier_actions[change.to_tier], lang)
-        card = messages.tier_change_card(item, action, lang, card_id)
-        rows.append(outbox_row([change.owner_userid], "template_card", card, origin=f"tier:{change.id}",
+        item["card_task_id"] = card_id
+        item["action"] = getattr(settings.playbook.tier_actions[change.to_tier], lang)
+        rows.append(outbox_row([change.owner_userid], "template_card", None, origin=f"tier:{change.id}",
                                kind="tier_change", not_before=hold(now, change.owner_userid),
                                batch_key=f"rep:{change.owner_userid}",
                                batch_item=item, now=now))
@@ -295,9 +295,9 @@ def _tier_change_rows(connection: Connection, settings: PlaybookSettings, run_id
 def _task_row(settings: PlaybookSettings, task: dict[str, Any], scored: pd.DataFrame, now: datetime,
               hold: Hold) -> dict[str, Any]:
     item = {"type": "task", "customer_id": task["customer_id"], "name": _customer_name(scored, task),
-            "tier": task["tier"], "reasons": task["reasons"], "task": _task_item(task)}
-    card = messages.task_card(item, settings.language, task["card_task_id"])
-    return outbox_row([task["owner_userid"]], "template_card", card, origin=f"task:{task['id']}", kind="task",
+            "tier": task["tier"], "reasons": task["reasons"], "task": _task_item(task),
+            "card_task_id": task["card_task_id"]}
+    return outbox_row([task["owner_userid"]], "template_card", None, origin=f"task:{task['id']}", kind="task",
                       not_before=hold(now, task["owner_userid"]), batch_key=f"rep:{task['owner_userid']}",
                       batch_item=item, now=now)
 
@@ -338,7 +338,6 @@ def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored
                               .bindparams(bindparam("ids", expanding=True)), {"ids": list(rising.index)}).all()
     revenue = scored["revenue_12m"] if "revenue_12m" in scored else None
     every = alerts.every_minutes * 60
-    lang = settings.language
     tops = reasons.of("churn_reasons", [customer_id for customer_id, _, _ in info])
     told = []
     for customer_id, name, owner in info:
@@ -347,14 +346,13 @@ def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored
                 "churn_score": float(rising[customer_id]),
                 "reasons": tops.get(customer_id, []),
                 "revenue_12m": float(revenue.get(customer_id, 0.0)) if revenue is not None else 0.0}
-        body = {"content": messages.churn_alert([item], lang)}
         before = len(rows)
         if manager:
-            rows.append(outbox_row([manager], "markdown", body, origin=f"churn:{customer_id}:{run_id}",
+            rows.append(outbox_row([manager], "markdown", None, origin=f"churn:{customer_id}:{run_id}",
                                    kind="churn_alert", not_before=hold(now, manager), batch_key=f"churn:{manager}",
                                    batch_every=every, batch_item=item, now=now))
         if alerts.group_robot and settings.group_robot:
-            rows.append(outbox_row([], "markdown", body, origin=f"churn-group:{customer_id}:{run_id}",
+            rows.append(outbox_row([], "markdown", None, origin=f"churn-group:{customer_id}:{run_id}",
                                    kind="churn_alert", channel="webhook", not_before=hold(now, "group robot"),
                                    batch_key="churn:group", batch_every=every, batch_item=item, now=now))
         if len(rows) > before:

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select, update
 
 from bot.config import load_config
+from notifications.messages import message_for
 from notifications.playbook import PlaybookSettings, apply_playbook
 from scoring.features import rising_months
 from storage.importer import run_import
@@ -104,11 +105,16 @@ def test_a_customer_turning_star_gets_a_visit_task_on_its_card(engine, settings)
     outcome = run_playbook(engine, settings, features, scored, {"QM1": "question_mark"}, MORNING, run_id)
     assert tasks(engine) == [("new_star_visit", "QM1", "rep_b", "open")]
     with engine.connect() as connection:
-        rows = connection.execute(select(OutboxMessage.kind, OutboxMessage.touser, OutboxMessage.payload)).all()
+        rows = connection.execute(select(OutboxMessage.kind, OutboxMessage.touser, OutboxMessage.payload,
+                                         OutboxMessage.batch_item)).all()
+        card_id = connection.execute(select(FollowUpTask.card_task_id)).scalar_one()
     assert [(row.kind, row.touser) for row in rows] == [("tier_change", "rep_b")]
     assert outcome.messages == 1 and outcome.tasks == 1
-    buttons = rows[0].payload["template_card"]["button_list"]
-    assert [button["text"] for button in buttons] == ["完成", "延后1天"]
+    # The card is made when it is sent (unless it goes out in a summary), from the row's item.
+    assert rows[0].payload == {}
+    msgtype, card = message_for(rows[0].kind, rows[0].batch_item, "zh")
+    assert msgtype == "template_card" and card["task_id"] == card_id
+    assert [button["text"] for button in card["button_list"]] == ["完成", "延后1天"]
 
 
 @pytest.mark.parametrize("whole_state_from", [10_000, 0], ids=["ids-in-lists", "state-read-whole"])
@@ -183,3 +189,12 @@ def test_a_churn_alert_nobody_received_is_not_used_up(engine, settings):
     with engine.connect() as connection:
         alerts = connection.execute(select(OutboxMessage.touser).where(OutboxMessage.kind == "churn_alert")).all()
     assert [tuple(a) for a in alerts] == [("boss",)]
+
+
+def test_a_row_queued_without_its_message_must_carry_what_makes_it():
+    from notifications.outbox import outbox_row
+
+    with pytest.raises(ValueError, match="needs the item its message is made from"):
+        outbox_row(["rep_a"], "markdown", None, kind="churn_alert")
+    with pytest.raises(ValueError, match="a reply row needs its message written when it is queued"):
+        message_for("reply", {"customer_id": "C1"}, "zh")
