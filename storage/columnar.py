@@ -7,22 +7,26 @@ and two copies of SQLite in one process must not open the same file: closing one
 copy's file handle drops the POSIX locks the other holds (sqlite.org, "How To Corrupt
 Your Database Files", 2.2.1). So the driver runs in a helper process of its own, which
 holds one read transaction for all the run's reads (the run sees one snapshot) and
-sends each result back as an Arrow IPC stream over a pipe.
+hands each result over as an Arrow IPC file in a private folder (in /dev/shm where
+there is one), which the parent maps into memory rather than copying through a pipe.
 
-Protocol (stdin/stdout of `python -m storage.columnar PATH`): the helper writes b"R"
-when its connection is open. Each request is a 4-byte big-endian length and a JSON
-[sql, [values]]; a zero length ends the session. Each reply is one status byte, b"T"
-(an Arrow IPC stream follows) or b"E" (a UTF-8 error message follows), then an 8-byte
-length and the payload.
+Protocol (stdin/stdout of `python -m storage.columnar DATABASE FOLDER`): the helper
+writes b"R" when its connection is open. Each request is a 4-byte big-endian length and
+a JSON [sql, [values]]; a zero length ends the session. Each reply is one status byte,
+b"T" (the UTF-8 path of the result file follows) or b"E" (a UTF-8 error message
+follows), then an 8-byte length and the payload.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -40,8 +44,10 @@ class ColumnarReader:
     def __init__(self, path: str) -> None:
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(_PROJECT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        self._process = subprocess.Popen([sys.executable, "-m", "storage.columnar", path], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, env=environment)
+        shared = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        self._folder = tempfile.mkdtemp(prefix="tierbot-columnar-", dir=shared)
+        self._process = subprocess.Popen([sys.executable, "-m", "storage.columnar", path, self._folder],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
         if self._process.stdout.read(1) != b"R":
             self.close()
             raise ColumnarReadError(f"the columnar reader could not open {path} "
@@ -59,7 +65,13 @@ class ColumnarReader:
             raise ColumnarReadError(f"the columnar reader stopped (exit code {self._process.poll()})") from error
         if status != b"T":
             raise ColumnarReadError(payload.decode("utf-8", "replace"))
-        return pa.ipc.open_stream(payload).read_all()
+        result = payload.decode()
+        try:
+            # Mapped, not read: the table's buffers are the file's pages, which stay
+            # readable after the name is gone.
+            return pa.ipc.open_stream(pa.memory_map(result)).read_all()
+        finally:
+            os.unlink(result)
 
     def close(self) -> None:
         try:
@@ -76,6 +88,7 @@ class ColumnarReader:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+            shutil.rmtree(self._folder, ignore_errors=True)
 
 
 def _read_exactly(stream, size: int) -> bytes:
@@ -85,12 +98,13 @@ def _read_exactly(stream, size: int) -> bytes:
     return data
 
 
-def serve(path: str) -> None:
+def serve(path: str, folder: str) -> None:
     """The helper's side: one connection, one read transaction, until told to stop."""
     import adbc_driver_sqlite.dbapi as adbc_sqlite
 
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     connection = adbc_sqlite.connect(path)  # not autocommit: the first read starts the snapshot
+    numbers = itertools.count()
     try:
         replies.write(b"R")
         replies.flush()
@@ -103,10 +117,10 @@ def serve(path: str) -> None:
                 with connection.cursor() as cursor:
                     cursor.execute(sql, values or None)
                     table = cursor.fetch_arrow_table()
-                sink = pa.BufferOutputStream()
-                with pa.ipc.new_stream(sink, table.schema) as writer:
+                result = os.path.join(folder, f"{next(numbers)}.arrow")
+                with pa.OSFile(result, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
                     writer.write_table(table)
-                status, payload = b"T", sink.getvalue()
+                status, payload = b"T", result.encode()
             except Exception as error:  # reported to the parent, which raises it
                 status, payload = b"E", f"{error.__class__.__name__}: {error}".encode()
             replies.write(status + struct.pack(">Q", len(payload)))
@@ -118,4 +132,4 @@ def serve(path: str) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], sys.argv[2])

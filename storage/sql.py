@@ -162,7 +162,7 @@ def query_frame(connection: Connection, sql: str, values: dict, columns: list[st
     frame = {}
     for name, column in zip(columns, table.columns):
         frame[name] = _numeric_array(column) if name in numeric else _object_array(column)
-    return pd.DataFrame(frame, columns=columns)
+    return pd.DataFrame(frame, columns=columns, index=pd.RangeIndex(table.num_rows))
 
 
 def _numeric_array(column) -> np.ndarray:
@@ -176,11 +176,15 @@ def _numeric_array(column) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False).astype(float, copy=False)
 
 
-def _object_array(column) -> np.ndarray:
-    """Python objects as the sqlite3 module gives them: None where missing."""
+def _object_array(column) -> np.ndarray | pd.Series:
+    """What the sqlite3 module's Python objects become in a frame: text as pandas' Arrow
+    backed str (handed over as it is, not made into a million Python strings for pandas
+    to turn back into Arrow), anything else as objects with None where missing."""
     import pyarrow as pa
 
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_null(column.type):
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column.to_pandas()
+    if pa.types.is_null(column.type):
         return column.to_numpy(zero_copy_only=False).astype(object, copy=False)
     if column.null_count:
         return np.array(column.to_pylist() + [None], dtype=object)[:-1]

@@ -84,6 +84,8 @@ def test_a_failing_query_names_the_database_error(sqlite_company):
         assert reader.execute("SELECT COUNT(*) AS n FROM customers", []).column("n").to_pylist() == [300]
     finally:
         reader.close()
+    # The results were handed over as files in a private folder: nothing is left behind.
+    assert not Path(reader._folder).exists()
 
 
 def test_a_helper_that_cannot_start_leaves_the_run_reading_row_by_row(sqlite_company, config, monkeypatch, caplog):
