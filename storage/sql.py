@@ -104,6 +104,11 @@ def _plain_rows(result) -> list:
     return result.all()
 
 
+# Key columns kept as Python strings: pandas joins and looks up by them again and again,
+# and an Arrow-backed str key is turned into Python objects for every one of those.
+KEY_COLUMNS = ("customer_id",)
+
+
 def frame_from_result(result, columns: list[str], numeric: tuple[str, ...] = ()) -> pd.DataFrame:
     """A query result as a DataFrame, column by column: handing pandas a million Row
     objects costs seconds of per-cell inspection. `numeric` columns become float64."""
@@ -112,7 +117,14 @@ def frame_from_result(result, columns: list[str], numeric: tuple[str, ...] = ())
     frame = {}
     for name, values in zip(columns, data):
         frame[name] = np.array(values, dtype=float) if name in numeric else np.array(values, dtype=object)
-    return pd.DataFrame(frame, columns=columns)
+    return _keys_as_objects(pd.DataFrame(frame, columns=columns))
+
+
+def _keys_as_objects(frame: pd.DataFrame) -> pd.DataFrame:
+    for name in KEY_COLUMNS:
+        if name in frame and frame[name].dtype != object:
+            frame[name] = frame[name].astype(object)
+    return frame
 
 
 # ---------------------------------------------------------------- columnar reads
@@ -162,7 +174,7 @@ def query_frame(connection: Connection, sql: str, values: dict, columns: list[st
     frame = {}
     for name, column in zip(columns, table.columns):
         frame[name] = _numeric_array(column) if name in numeric else _object_array(column)
-    return pd.DataFrame(frame, columns=columns, index=pd.RangeIndex(table.num_rows))
+    return _keys_as_objects(pd.DataFrame(frame, columns=columns, index=pd.RangeIndex(table.num_rows)))
 
 
 def _numeric_array(column) -> np.ndarray:

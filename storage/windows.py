@@ -104,7 +104,8 @@ def compute(connection: Connection, month: date, customer_ids: list[str] | None 
     frame = orders.join(baseline, how="outer")
     for column in NUMERIC:
         frame[column] = frame[column].fillna(0.0)
-    return frame.rename_axis("customer_id").reset_index()[["customer_id", *WINDOW_COLUMNS]]
+    frame = frame.rename_axis("customer_id").reset_index()[["customer_id", *WINDOW_COLUMNS]]
+    return frame.astype({"customer_id": object})  # as read from the kept rows (storage.sql.KEY_COLUMNS)
 
 
 def is_kept(connection: Connection, month: date) -> bool:
