@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from scoring.deferred import paused_gc
 from scoring.churn import BgNbdParams, ChurnParams, score_churn
 from scoring.intent import INTENT_LEVELS, IntentParams, score_intent
 from scoring.params import RevenueYears, ValueMatrixParams
@@ -96,7 +97,18 @@ def score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date |
     With `deferred` (an empty dict), the reasons columns of the value matrix, RFM, S/A/B/C,
     pyramid, churn and lifecycle are left out of the result and put there instead, as
     scoring.deferred.Deferred columns to be built a chunk of customers at a time: a full
-    run's writer does so, and never holds every customer's reasons at once."""
+    run's writer does so, and never holds every customer's reasons at once.
+
+    The cyclic garbage collector is paused meanwhile (scoring.deferred.paused_gc): the
+    models make millions of small lists and dicts without cycles, and every burst of them
+    set off collections that rescan all live containers."""
+    with paused_gc():
+        return _score_customers(features, params, as_of, previous, intent_counts, reference, deferred)
+
+
+def _score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date | None,
+                     previous: pd.DataFrame | None, intent_counts: pd.DataFrame | None,
+                     reference: PopulationReference | None, deferred: dict | None) -> pd.DataFrame:
     features = with_weighted_revenue(features, params.revenue_years)
     built = reference is None
     if built:

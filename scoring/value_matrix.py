@@ -49,6 +49,18 @@ POTENTIAL_COMPONENTS = ("industry_outlook", "expansion_plan", "cross_sell_room",
 REASONS_PER_AXIS = 2
 
 
+def sorted_lookup(ordered: np.ndarray, queries: np.ndarray, side: str = "left") -> np.ndarray:
+    """np.searchsorted(ordered, queries, side), with the queries looked up in sorted order:
+    a million lookups at random places in a million values miss the cache each time, and
+    cost three times what sorting them first does."""
+    if len(queries) < 10_000:
+        return np.searchsorted(ordered, queries, side=side)
+    order = np.argsort(queries, kind="stable")
+    found = np.empty(len(queries), dtype=np.int64)
+    found[order] = np.searchsorted(ordered, queries[order], side=side)
+    return found
+
+
 def percentile_below(values: pd.Series, among: pd.Series | None = None) -> pd.Series:
     """Share (0–100) of the population with a strictly lower value. Deterministic for
     ties (equal values score alike) and independent of row order. Missing → NaN.
@@ -58,7 +70,7 @@ def percentile_below(values: pd.Series, among: pd.Series | None = None) -> pd.Se
     if population.empty:
         return pd.Series(np.nan, index=values.index)
     ordered = np.sort(population.to_numpy(dtype=float))
-    below = np.searchsorted(ordered, values.to_numpy(dtype=float), side="left")
+    below = sorted_lookup(ordered, values.to_numpy(dtype=float))
     result = pd.Series(below / len(ordered) * 100.0, index=values.index)
     result[values.isna()] = np.nan
     if among is not None:
