@@ -87,7 +87,7 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
         month = window_starts(as_of)["m0"]
         window_totals.ensure_month(engine, month)
         with store.consistent_read(engine, columnar=True) as connection:
-            customers = store.load_customers(connection)
+            customers = store.load_customers(connection, in_id_order=True)
             windows = window_totals.read_month(connection, month)
             aggregates = store.load_aggregates(connection, as_of, windows=windows)
             activity = store.load_activity(connection, as_of, windows=windows)

@@ -156,6 +156,10 @@ def _flatten(value: Any, path: str, arrays: dict[str, pa.Array]) -> dict:
 
 def _store(values: pd.Series | np.ndarray, key: str, arrays: dict[str, pa.Array]) -> dict:
     dtype = str(values.dtype)
+    if isinstance(values, pd.Series) and isinstance(values.dtype, pd.StringDtype):
+        # Arrow-backed text goes over as it is, not through a million Python strings.
+        arrays[key] = pa.array(values)
+        return {"key": key, "dtype": dtype}
     array = values.to_numpy() if isinstance(values, pd.Series) else values
     if array.dtype == object:
         # Text, None and NaN mostly; anything Arrow cannot type (mixed kinds) goes as JSON.

@@ -133,15 +133,21 @@ def load_activity(connection: Connection, as_of: date, customer_ids: list[str] |
     return frame.rename_axis("customer_id").reset_index()[["customer_id", *ACTIVITY_COLUMNS]]
 
 
-def load_customers(connection: Connection, customer_ids: list[str] | None = None) -> pd.DataFrame:
-    """Attributes, plus each customer's current tier and hysteresis state.
+def load_customers(connection: Connection, customer_ids: list[str] | None = None,
+                   in_id_order: bool = False) -> pd.DataFrame:
+    """Attributes, plus each customer's current tier and hysteresis state. `in_id_order`:
+    sorted by customer id (a full run: its snapshot chunks are then slices of the run).
 
     Plain SQL: the ORM's per-value type conversion costs a second per 100k customers, and
     build_features reads booleans and dates in either form (0/1 or bool, text or date)."""
     scope = "WHERE customer_id IN :ids" if customer_ids is not None else ""
     columns = [*CUSTOMER_COLUMNS, "tier", "pending_tier", "pending_runs"]
-    return query_frame(connection, f"SELECT {', '.join(columns)} FROM customers {scope}", {}, columns,
-                       numeric=("employees", "digital_maturity", "pending_runs"), customer_ids=customer_ids)
+    frame = query_frame(connection, f"SELECT {', '.join(columns)} FROM customers {scope}", {}, columns,
+                        numeric=("employees", "digital_maturity", "pending_runs"), customer_ids=customer_ids)
+    if in_id_order and not frame["customer_id"].is_monotonic_increasing:
+        # Sorted here, not by the database: ORDER BY would read the table through its key index.
+        frame = frame.sort_values("customer_id", kind="stable", ignore_index=True)
+    return frame
 
 
 # From this many customers a full run on SQLite reads through storage.columnar (below
@@ -249,19 +255,22 @@ def _insert_snapshots(connection: Connection, snapshot_run_id: int, scored: pd.D
     # Aligned with `scored` once, then cut by position: reindexing per chunk would hash the
     # whole index every time.
     revenue_12m = revenue_12m.reindex(scored.index).fillna(0.0).round(2)
-    order = np.argsort(scored.index.to_numpy(dtype=str), kind="stable")
+    # A full run scores customers in id order already (bot.rescore): its chunks are plain
+    # slices, which cost nothing to cut.
+    order = None if scored.index.is_monotonic_increasing else np.argsort(scored.index.to_numpy(dtype=str),
+                                                                          kind="stable")
     deferred = deferred or {}
     first_chunk = _next_chunk(connection, snapshot_run_id) if deferred else None
 
     def build(start: int) -> tuple[pd.DataFrame, dict | None]:
-        positions = order[start:start + SNAPSHOT_CHUNK]
+        positions = slice(start, start + SNAPSHOT_CHUNK) if order is None else order[start:start + SNAPSHOT_CHUNK]
         part = scored.iloc[positions]
         chunk = None if first_chunk is None else first_chunk + start // SNAPSHOT_CHUNK
         rows = _snapshot_frame(snapshot_run_id, part, revenue_12m.iloc[positions], chunk)
         if chunk is None:
             return rows, None
         payload = encode_chunk(deferred, positions, list(part.index))
-        return rows, {"run_id": snapshot_run_id, "chunk": chunk, "customers": len(positions), "payload": payload}
+        return rows, {"run_id": snapshot_run_id, "chunk": chunk, "customers": len(part), "payload": payload}
 
     def write(rows: pd.DataFrame, chunk: dict | None) -> None:
         if chunk is not None:
