@@ -451,6 +451,7 @@ def _prune_snapshots(connection: Connection, keep_runs: int) -> None:
     oldest_kept = connection.execute(select(func.min(kept.subquery().c.id))).scalar()
     if oldest_kept is not None:
         connection.execute(ScoreSnapshot.__table__.delete().where(ScoreSnapshot.run_id < oldest_kept))
+        connection.execute(ScoreReasonChunk.__table__.delete().where(ScoreReasonChunk.run_id < oldest_kept))
 
 
 def snapshot_documents(scored: pd.DataFrame) -> dict[str, list[str]]:

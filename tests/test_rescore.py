@@ -14,7 +14,7 @@ from bot.rescore import NothingToScore, full_rescore
 from storage import scores as store
 from bot.export import NoScoreRun, export_scores
 from storage.importer import run_import
-from storage.models import Customer, ScoreRun, ScoreSnapshot, TierChange
+from storage.models import Customer, ScoreReasonChunk, ScoreRun, ScoreSnapshot, TierChange
 from tests.company import AS_OF, ORDERS_HEADER
 from tests.conftest import write_csv
 
@@ -109,7 +109,10 @@ def test_old_snapshots_are_pruned_beyond_retention(company, database_url):
         full_rescore(company, config, AS_OF)
     with company.connect() as connection:
         kept = connection.execute(select(ScoreSnapshot.run_id).distinct().order_by(ScoreSnapshot.run_id)).scalars().all()
+        chunks = connection.execute(select(ScoreReasonChunk.run_id).distinct()
+                                    .order_by(ScoreReasonChunk.run_id)).scalars().all()
     assert kept == [2, 3]
+    assert chunks == [2, 3]  # the reasons of a pruned run go with it
 
 
 def test_empty_database_has_nothing_to_score(engine, config):
