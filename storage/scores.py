@@ -2,7 +2,9 @@
 
 Reads: customer attributes and per-customer order aggregates computed in SQL from the
 monthly roll-up (plus the raw orders of the as-of month only). Writes: a score run, its
-snapshot rows, tier changes and each customer's current tier, in one transaction.
+snapshot rows, the inputs of its reasons (score_reason_chunks), tier changes and each
+customer's current tier and hysteresis state, in one transaction. Reads reasons back
+(StoredReasons).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, sele
 
 from scoring.deferred import decode_chunk, encode_chunk, paused_gc
 from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, window_starts
-from storage.models import ACTIVITY_KINDS, Customer, ScoreReasonChunk, ScoreRun, ScoreSnapshot, TierChange
+from storage.models import ACTIVITY_KINDS, ScoreReasonChunk, ScoreRun, ScoreSnapshot, TierChange
 from storage import windows as window_totals
 from storage.db import write_transaction
 from storage.columnar import ColumnarReadError, ColumnarReader
