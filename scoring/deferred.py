@@ -81,16 +81,6 @@ class Deferred:
         return self
 
 
-def materialise(frame: pd.DataFrame, deferred: dict[str, Deferred] | None, positions: Positions = slice(None)
-                ) -> pd.DataFrame:
-    """`frame.iloc[positions]` with the deferred columns built for those rows."""
-    part = frame.iloc[positions]
-    if not deferred:
-        return part
-    return part.assign(**{column: pd.Series(column_values.rows(positions), index=part.index, dtype=object)
-                          for column, column_values in deferred.items()})
-
-
 @contextmanager
 def paused_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector while many small reason dicts are made: they

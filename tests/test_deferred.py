@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import date
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from scoring.deferred import materialise
 from scoring.features import build_features
 from scoring.generator import generate_company
 from scoring.pipeline import ScoringParams, score_customers
@@ -16,6 +16,13 @@ from storage import scores as store
 from storage.importer import run_import
 
 AS_OF = date(2026, 11, 20)
+
+
+def materialise(frame, deferred, positions):
+    """`frame.iloc[positions]` with the deferred columns built for those rows."""
+    part = frame.iloc[positions]
+    return part.assign(**{column: pd.Series(values.rows(positions), index=part.index, dtype=object)
+                          for column, values in deferred.items()})
 RULE = {"name": "big", "when": "ltv > 100000", "then": {"set_label": {"value_matrix": "star"}, "add_tags": ["大"]}}
 
 
