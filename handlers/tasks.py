@@ -22,7 +22,7 @@ from handlers.text import render
 from notifications import tasks
 from notifications.outbox import outbox_row
 from notifications.workdays import WorkCalendar
-from storage.models import OutboxMessage
+from storage.models import FollowUpTask, OutboxMessage, TierChange
 
 PAGE_SIZE = 15
 # 「延后 N」 without an amount: a day; more than a year is surely a typo.
@@ -98,7 +98,10 @@ async def _task_page(ctx: CommandContext, kind: str, offset: int) -> Reply:
 async def task_done(ctx: CommandContext) -> Reply:
     task_id = int(ctx.match.group("task"))
     async with ctx.services.db.begin() as connection:
-        text, _state = await _complete(connection, ctx.asker.userid, task_id, ctx.lang)
+        text, state = await _complete(connection, ctx.asker.userid, task_id, ctx.lang)
+        greyed = await _grey_sent_cards(connection, ctx, task_id, state)
+    if greyed:
+        ctx.services.wake_dispatcher()
     return Reply(text, msgtype="text")
 
 
@@ -109,8 +112,12 @@ async def task_snooze(ctx: CommandContext) -> Reply:
     if days is None:
         return Reply(render(f"chat/task_usage.{ctx.lang}.j2", which="snooze"), msgtype="text")
     task_id = int(ctx.match.group("task"))
+    today = today_of(ctx.services)
     async with ctx.services.db.begin() as connection:
-        text, _state = await _snooze(connection, ctx.asker.userid, task_id, today_of(ctx.services), days, ctx.lang)
+        text, state = await _snooze(connection, ctx.asker.userid, task_id, today, days, ctx.lang)
+        greyed = await _grey_sent_cards(connection, ctx, task_id, state, until=today + timedelta(days=days))
+    if greyed:
+        ctx.services.wake_dispatcher()
     return Reply(text, msgtype="text")
 
 
@@ -207,17 +214,53 @@ async def queue_card_update(connection, ctx: ActionContext, state: str, until: d
     click's ResponseCode), through the outbox in the caller's transaction: the task change
     and the card update commit together or not at all. Also when nothing changed (someone
     else's or a closed task): the card should stop inviting clicks either way."""
-    code = ctx.response_code
-    if not code:
-        return
+    if ctx.response_code:
+        await _queue_grey(connection, ctx.asker.userid, ctx.response_code, state, ctx.lang, until)
+
+
+async def _queue_grey(connection, userid: str, code: str, state: str, lang: str, until: date | None) -> bool:
+    """Queue the update_template_card that turns a card's buttons into a grey `state` label;
+    False when one with that response_code is queued already."""
     origin = card_origin(code)
     # WeCom's retries are deduplicated before they reach a handler; this keeps a stray
     # second delivery from failing the whole transaction on the unique origin.
     if (await connection.execute(select(OutboxMessage.id).where(OutboxMessage.origin == origin))).first():
-        return
-    replace_name = render(f"chat/card_button.{ctx.lang}.j2", state=state, until=until)
-    values = outbox_row([ctx.asker.userid], "update", {}, origin=origin, kind="card_update",
-                        channel="card_update")
+        return False
+    replace_name = render(f"chat/card_button.{lang}.j2", state=state, until=until)
+    values = outbox_row([userid], "update", {}, origin=origin, kind="card_update", channel="card_update")
     # The dispatcher reads the update's fields at the top of the payload (not under "update").
     values["payload"] = {"response_code": code, "replace_name": replace_name}
     await connection.execute(OutboxMessage.__table__.insert().values(**values))
+    return True
+
+
+# WeCom takes the response_code a card was sent with for 72 hours; an older one would
+# fail as 40058 and be reported to the admins as a delivery failure.
+SENT_CODE_VALID = timedelta(hours=71)
+
+
+async def _grey_sent_cards(connection, ctx: CommandContext, task_id: int, state: str,
+                           until: date | None = None) -> bool:
+    """A task done or snoozed by typing: grey the buttons of the card it was sent on as
+    well, with the response_code WeCom answered that send with. The card is the task's
+    own or the tier-change card that carried it; one that went out inside a summary has
+    none. True when an update was queued."""
+    if state not in ("done", "snoozed"):
+        return False
+    task = (await connection.execute(select(FollowUpTask.run_id, FollowUpTask.customer_id)
+                                     .where(FollowUpTask.id == task_id))).first()
+    if task is None:
+        return False
+    origins = [f"task:{task_id}"]
+    if task.run_id is not None:
+        changes = await connection.execute(select(TierChange.id).where(TierChange.run_id == task.run_id,
+                                                                       TierChange.customer_id == task.customer_id))
+        origins += [f"tier:{change_id}" for change_id in changes.scalars()]
+    outbox = OutboxMessage.__table__
+    codes = (await connection.execute(select(outbox.c.response_code).where(
+        outbox.c.origin.in_(origins), outbox.c.status == "sent", outbox.c.response_code.is_not(None),
+        outbox.c.sent_at >= ctx.services.now() - SENT_CODE_VALID))).scalars().all()
+    queued = False
+    for code in codes:
+        queued |= await _queue_grey(connection, ctx.asker.userid, code, state, ctx.lang, until)
+    return queued

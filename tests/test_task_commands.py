@@ -316,3 +316,94 @@ async def test_a_press_in_the_sandbox_greys_the_button_through_the_dispatcher(co
         assert [row["status"] for row in card_updates(engine)] == ["sent"]
     finally:
         await sandbox.stop_emulator()
+
+
+# ------------------------------------------------------------------ typed commands grey the sent card
+
+NOW = datetime(TODAY.year, TODAY.month, TODAY.day, 2, 0, tzinfo=timezone.utc)  # 10:00 in Shanghai
+
+
+def sent_card(engine, origin: str, code: str, owner: str = "rep_a", sent_at: datetime = NOW) -> None:
+    """A button card the dispatcher sent, with the response_code WeCom answered."""
+    with engine.begin() as connection:
+        connection.execute(OutboxMessage.__table__.insert().values(
+            created_at=sent_at, touser=owner, msgtype="template_card", payload={}, status="sent", origin=origin,
+            kind="task", channel="app", sent_at=sent_at, response_code=code, batch_item={"type": "task"}))
+
+
+async def test_typing_done_greys_the_card_the_task_was_sent_on(bot, peer, engine):
+    task = add_task(engine, "STAR1", "rep_a", TODAY, tier="star", title="安排高层拜访")
+    sent_card(engine, f"task:{task}", "RC-sent-1")
+    assert await say(bot, peer, "rep_a", f"完成 {task}") == f"已完成任务 #{task}（星辰半导体股份有限公司）：安排高层拜访"
+    [update] = card_updates(engine)
+    assert update["payload"] == {"response_code": "RC-sent-1", "replace_name": "已完成"}
+    assert (update["touser"], update["status"]) == ("rep_a", "pending")
+    assert bot.wakes
+    # Typed again: the task is done already and the card's update is queued once.
+    await say(bot, peer, "rep_a", f"完成 {task}")
+    assert len(card_updates(engine)) == 1
+
+
+async def test_typing_snooze_greys_the_tier_change_card_that_carried_the_task(bot, peer, engine):
+    with engine.begin() as connection:
+        run_id = connection.exec_driver_sql(
+            "INSERT INTO score_runs (started_at, as_of, status, kind, config_hash) "
+            "VALUES ('2026-11-20 01:00:00', '2026-11-20', 'succeeded', 'incremental', 'x') RETURNING id").scalar()
+        change = connection.exec_driver_sql(
+            "INSERT INTO tier_history (customer_id, run_id, model, from_tier, to_tier, changed_at, reasons) "
+            f"VALUES ('QM1', {run_id}, 'value_matrix', 'question_mark', 'star', '2026-11-20 01:00:00', '[]') "
+            "RETURNING id").scalar()
+    task = add_task(engine, "QM1", "rep_b", TODAY, tier="star")
+    with engine.begin() as connection:
+        connection.execute(FollowUpTask.__table__.update().where(FollowUpTask.id == task).values(run_id=run_id))
+    sent_card(engine, f"tier:{change}", "RC-tier-1", owner="rep_b")
+    await say(bot, peer, "rep_b", f"延后 {task} 3天")
+    [update] = card_updates(engine)
+    assert update["payload"] == {"response_code": "RC-tier-1", "replace_name": "已延后至 11-23"}
+
+
+async def test_no_card_update_without_a_usable_response_code(bot, peer, engine):
+    summarised = add_task(engine, "STAR1", "rep_a", TODAY, tier="star")  # its card went out in a summary
+    stale = add_task(engine, "COW1", "rep_a", TODAY, tier="cash_cow")
+    sent_card(engine, f"task:{stale}", "RC-old", sent_at=NOW - timedelta(hours=80))  # WeCom honours 72 hours
+    someone_elses = add_task(engine, "F001", "rep_b", TODAY, tier="dog")
+    sent_card(engine, f"task:{someone_elses}", "RC-b", owner="rep_b")
+    for task in (summarised, stale, someone_elses):
+        await say(bot, peer, "rep_a", f"完成 {task}")
+    assert card_updates(engine) == []
+    assert task_row(engine, someone_elses)["status"] == "open"
+
+
+async def test_typing_done_in_the_sandbox_greys_the_card_through_the_dispatcher(company, engine, aiohttp_client):
+    """The card queued as a run queues it (made when sent), sent by the dispatcher, the task
+    done by typing, and the card greyed with the response_code the send was answered with."""
+    from bot.app import RUNTIME, create_app, sandbox_identity
+    from bot.sandbox import Sandbox
+    from notifications import messages
+    from notifications.outbox import outbox_row, queue_rows
+
+    identity = sandbox_identity()
+    sandbox = Sandbox(identity, ["rep_a"])
+    identity.api_base = await sandbox.start_emulator()
+    try:
+        service = await aiohttp_client(create_app(company, identity, sandbox=sandbox, dispatch=False))
+        runtime = service.app[RUNTIME]
+        task = add_task(engine, "STAR1", "rep_a", TODAY + timedelta(days=3), tier="star", title="安排高层拜访")
+        card_id = messages.card_task_id(task)
+        item = {"type": "task", "customer_id": "STAR1", "name": "星辰半导体股份有限公司", "tier": "star",
+                "reasons": [], "card_task_id": card_id,
+                "task": {"id": task, "title_zh": "安排高层拜访", "title_en": "Executive visit", "due_date": "2026-11-25"}}
+        with engine.begin() as connection:
+            queue_rows(connection, [outbox_row(["rep_a"], "template_card", None, origin=f"task:{task}", kind="task",
+                                               batch_key="rep:rep_a", batch_item=item)])
+        await runtime.dispatcher.drain()
+        assert sandbox.emulator.card_state(card_id, "rep_a")["replaced_name"] is None
+
+        answer = await (await service.post("/sandbox/api/say", json={"userid": "rep_a",
+                                                                     "text": f"完成 {task}"})).json()
+        assert answer["reply"] == f"已完成任务 #{task}（星辰半导体股份有限公司）：安排高层拜访"
+        await runtime.dispatcher.drain()
+        assert sandbox.emulator.card_state(card_id, "rep_a")["replaced_name"] == "已完成"
+        assert [row["status"] for row in card_updates(engine)] == ["sent"]
+    finally:
+        await sandbox.stop_emulator()
