@@ -7,8 +7,8 @@ and two copies of SQLite in one process must not open the same file: closing one
 copy's file handle drops the POSIX locks the other holds (sqlite.org, "How To Corrupt
 Your Database Files", 2.2.1). So the driver runs in a helper process of its own, which
 holds one read transaction for all the run's reads (the run sees one snapshot) and
-hands each result over as an Arrow IPC file in a private folder (in /dev/shm where
-there is one), which the parent maps into memory rather than copying through a pipe.
+hands each result over as an Arrow IPC file in a private folder (in /dev/shm when it
+has room), which the parent maps into memory rather than copying through a pipe.
 
 Protocol (stdin/stdout of `python -m storage.columnar DATABASE FOLDER`): the helper
 writes b"R" when its connection is open. Each request is a 4-byte big-endian length and
@@ -44,8 +44,7 @@ class ColumnarReader:
     def __init__(self, path: str) -> None:
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(_PROJECT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        shared = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        self._folder = tempfile.mkdtemp(prefix="tierbot-columnar-", dir=shared)
+        self._folder = tempfile.mkdtemp(prefix="tierbot-columnar-", dir=results_folder())
         self._process = subprocess.Popen([sys.executable, "-m", "storage.columnar", path, self._folder],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
         if self._process.stdout.read(1) != b"R":
@@ -89,6 +88,23 @@ class ColumnarReader:
                 self._process.kill()
                 self._process.wait()
             shutil.rmtree(self._folder, ignore_errors=True)
+
+
+# A million customers' rows are a few hundred MB of results at a time; containers often
+# give /dev/shm 64 MB. Below this much free room the results go to the temp folder.
+SHARED_MEMORY_NEEDED = 2 << 30
+
+
+def results_folder(shared: str = "/dev/shm") -> str | None:
+    """Where the helper writes its results: shared memory when there is room, else None
+    (the temp folder, whose pages the page cache keeps as well)."""
+    try:
+        room = os.statvfs(shared)
+    except OSError:
+        return None
+    if not os.access(shared, os.W_OK) or room.f_bavail * room.f_frsize < SHARED_MEMORY_NEEDED:
+        return None
+    return shared
 
 
 def _read_exactly(stream, size: int) -> bytes:

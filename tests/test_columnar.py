@@ -95,3 +95,16 @@ def test_a_helper_that_cannot_start_leaves_the_run_reading_row_by_row(sqlite_com
     assert "reading row by row instead: the columnar reader could not open" in caplog.text
     outcome, _ = full_rescore(sqlite_company, config, AS_OF)
     assert outcome.customers == 300
+
+
+def test_results_go_to_shared_memory_only_when_it_has_room(tmp_path, monkeypatch):
+    class Room:
+        def __init__(self, free: int) -> None:
+            self.f_bavail, self.f_frsize = free, 1
+
+    monkeypatch.setattr(columnar.os, "statvfs", lambda path: Room(64 << 20))  # a container's default /dev/shm
+    assert columnar.results_folder(str(tmp_path)) is None
+    monkeypatch.setattr(columnar.os, "statvfs", lambda path: Room(8 << 30))
+    assert columnar.results_folder(str(tmp_path)) == str(tmp_path)
+    monkeypatch.undo()
+    assert columnar.results_folder(str(tmp_path / "missing")) is None
