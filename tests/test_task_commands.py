@@ -286,36 +286,50 @@ async def test_ack_button_only_greys_the_button_and_unknown_keys_are_ignored(bot
     assert len(card_updates(engine)) == 1
 
 
-async def test_a_press_in_the_sandbox_greys_the_button_through_the_dispatcher(company, engine, aiohttp_client):
-    """The whole loop with the real service: a task card sent to the emulator, the member's
-    press as WeCom's signed event, the task done, and the dispatcher's update_template_card."""
+def visit_item(task: int, card_id: str) -> dict:
+    """The item of STAR1's visit task card, as the playbook queues it."""
+    return {"type": "task", "customer_id": "STAR1", "name": "星辰半导体股份有限公司", "tier": "star", "reasons": [],
+            "card_task_id": card_id,
+            "task": {"id": task, "title_zh": "安排高层拜访", "title_en": "Executive visit", "due_date": "2026-11-25"}}
+
+
+@pytest.fixture
+async def sandbox_service(company, aiohttp_client):
+    """The real service in sandbox mode for rep_a, its dispatcher drained by hand: (client,
+    runtime, sandbox)."""
     from bot.app import RUNTIME, create_app, sandbox_identity
     from bot.sandbox import Sandbox
-    from notifications import messages
 
     identity = sandbox_identity()
     sandbox = Sandbox(identity, ["rep_a"])
     identity.api_base = await sandbox.start_emulator()
     try:
         service = await aiohttp_client(create_app(company, identity, sandbox=sandbox, dispatch=False))
-        runtime = service.app[RUNTIME]
-        task = add_task(engine, "STAR1", "rep_a", TODAY + timedelta(days=3), tier="star", title="安排高层拜访")
-        card_id = messages.card_task_id(task)
-        item = {"customer_id": "STAR1", "name": "星辰半导体股份有限公司", "tier": "star", "reasons": [],
-                "task": {"id": task, "title_zh": "安排高层拜访", "title_en": "Executive visit", "due_date": "2026-11-25"}}
-        await runtime.client.send_template_card(["rep_a"], messages.task_card(item, "zh", card_id))
-
-        answer = await (await service.post("/sandbox/api/click", json={
-            "userid": "rep_a", "task_id": card_id, "key": f"done:{task}"})).json()
-        assert answer["reply"] == f"已完成任务 #{task}（星辰半导体股份有限公司）：安排高层拜访"
-        assert task_row(engine, task)["status"] == "done"
-        assert runtime.dispatcher.wakeup.is_set()  # services.wake is the dispatcher's
-
-        await runtime.dispatcher.drain()
-        assert sandbox.emulator.card_state(card_id, "rep_a")["replaced_name"] == "已完成"
-        assert [row["status"] for row in card_updates(engine)] == ["sent"]
+        yield service, service.app[RUNTIME], sandbox
     finally:
         await sandbox.stop_emulator()
+
+
+async def test_a_press_in_the_sandbox_greys_the_button_through_the_dispatcher(sandbox_service, engine):
+    """The whole loop with the real service: a task card sent to the emulator, the member's
+    press as WeCom's signed event, the task done, and the dispatcher's update_template_card."""
+    from notifications import messages
+
+    service, runtime, sandbox = sandbox_service
+    task = add_task(engine, "STAR1", "rep_a", TODAY + timedelta(days=3), tier="star", title="安排高层拜访")
+    card_id = messages.card_task_id(task)
+    item = visit_item(task, card_id)
+    await runtime.client.send_template_card(["rep_a"], messages.task_card(item, "zh", card_id))
+
+    answer = await (await service.post("/sandbox/api/click", json={
+        "userid": "rep_a", "task_id": card_id, "key": f"done:{task}"})).json()
+    assert answer["reply"] == f"已完成任务 #{task}（星辰半导体股份有限公司）：安排高层拜访"
+    assert task_row(engine, task)["status"] == "done"
+    assert runtime.dispatcher.wakeup.is_set()  # services.wake is the dispatcher's
+
+    await runtime.dispatcher.drain()
+    assert sandbox.emulator.card_state(card_id, "rep_a")["replaced_name"] == "已完成"
+    assert [row["status"] for row in card_updates(engine)] == ["sent"]
 
 
 # ------------------------------------------------------------------ typed commands grey the sent card
@@ -374,36 +388,25 @@ async def test_no_card_update_without_a_usable_response_code(bot, peer, engine):
     assert task_row(engine, someone_elses)["status"] == "open"
 
 
-async def test_typing_done_in_the_sandbox_greys_the_card_through_the_dispatcher(company, engine, aiohttp_client):
+async def test_typing_done_in_the_sandbox_greys_the_card_through_the_dispatcher(sandbox_service, engine):
     """The card queued as a run queues it (made when sent), sent by the dispatcher, the task
     done by typing, and the card greyed with the response_code the send was answered with."""
-    from bot.app import RUNTIME, create_app, sandbox_identity
-    from bot.sandbox import Sandbox
     from notifications import messages
     from notifications.outbox import outbox_row, queue_rows
 
-    identity = sandbox_identity()
-    sandbox = Sandbox(identity, ["rep_a"])
-    identity.api_base = await sandbox.start_emulator()
-    try:
-        service = await aiohttp_client(create_app(company, identity, sandbox=sandbox, dispatch=False))
-        runtime = service.app[RUNTIME]
-        task = add_task(engine, "STAR1", "rep_a", TODAY + timedelta(days=3), tier="star", title="安排高层拜访")
-        card_id = messages.card_task_id(task)
-        item = {"type": "task", "customer_id": "STAR1", "name": "星辰半导体股份有限公司", "tier": "star",
-                "reasons": [], "card_task_id": card_id,
-                "task": {"id": task, "title_zh": "安排高层拜访", "title_en": "Executive visit", "due_date": "2026-11-25"}}
-        with engine.begin() as connection:
-            queue_rows(connection, [outbox_row(["rep_a"], "template_card", None, origin=f"task:{task}", kind="task",
-                                               batch_key="rep:rep_a", batch_item=item)])
-        await runtime.dispatcher.drain()
-        assert sandbox.emulator.card_state(card_id, "rep_a")["replaced_name"] is None
+    service, runtime, sandbox = sandbox_service
+    task = add_task(engine, "STAR1", "rep_a", TODAY + timedelta(days=3), tier="star", title="安排高层拜访")
+    card_id = messages.card_task_id(task)
+    item = visit_item(task, card_id)
+    with engine.begin() as connection:
+        queue_rows(connection, [outbox_row(["rep_a"], "template_card", None, origin=f"task:{task}", kind="task",
+                                           batch_key="rep:rep_a", batch_item=item)])
+    await runtime.dispatcher.drain()
+    assert sandbox.emulator.card_state(card_id, "rep_a")["replaced_name"] is None
 
-        answer = await (await service.post("/sandbox/api/say", json={"userid": "rep_a",
-                                                                     "text": f"完成 {task}"})).json()
-        assert answer["reply"] == f"已完成任务 #{task}（星辰半导体股份有限公司）：安排高层拜访"
-        await runtime.dispatcher.drain()
-        assert sandbox.emulator.card_state(card_id, "rep_a")["replaced_name"] == "已完成"
-        assert [row["status"] for row in card_updates(engine)] == ["sent"]
-    finally:
-        await sandbox.stop_emulator()
+    answer = await (await service.post("/sandbox/api/say", json={"userid": "rep_a",
+                                                                 "text": f"完成 {task}"})).json()
+    assert answer["reply"] == f"已完成任务 #{task}（星辰半导体股份有限公司）：安排高层拜访"
+    await runtime.dispatcher.drain()
+    assert sandbox.emulator.card_state(card_id, "rep_a")["replaced_name"] == "已完成"
+    assert [row["status"] for row in card_updates(engine)] == ["sent"]
