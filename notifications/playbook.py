@@ -27,6 +27,7 @@ from notifications import messages
 from notifications.outbox import outbox_row, queue_rows, quiet_until
 from notifications.settings import PlaybookConfig, PushesConfig, TaskRule, parse_hh_mm
 from notifications.workdays import WorkCalendar
+from scoring.deferred import column_values
 from scoring.pipeline import RULE_FIELDS, rule_view
 from scoring.rules import BusinessRule, RuleAction, RuleError, RulesParams, apply_rules, compile_rules
 from storage.models import ChurnAlertState, FollowUpTask
@@ -125,8 +126,6 @@ class _TopReasons:
     """Customer → the top reasons of a column of `scored`, whether the column is in the
     frame or deferred (scoring.deferred: a full run builds reasons only where needed)."""
 
-    CHUNK = 50_000
-
     def __init__(self, scored: pd.DataFrame, deferred: dict | None) -> None:
         self.scored = scored
         self.deferred = deferred or {}
@@ -136,18 +135,8 @@ class _TopReasons:
 
     def of(self, column: str, customer_ids) -> dict[str, list]:
         """{customer_id: _top(reasons)} for those of `customer_ids` that were scored."""
-        index = self.scored.index
-        ids = [cid for cid in dict.fromkeys(customer_ids) if cid in index]
-        if column in self.scored:
-            return {cid: _top(self.scored.at[cid, column]) for cid in ids}
-        if column not in self.deferred or not ids:
-            return {}
-        positions = index.get_indexer(ids)
-        tops: dict[str, list] = {}
-        for start in range(0, len(ids), self.CHUNK):
-            part = positions[start:start + self.CHUNK]
-            tops.update(zip(ids[start:start + self.CHUNK], map(_top, self.deferred[column].rows(part))))
-        return tops
+        return {customer_id: _top(reasons) for customer_id, reasons
+                in column_values(self.scored, self.deferred, column, customer_ids).items()}
 
 
 def apply_playbook(connection: Connection, settings: PlaybookSettings, *, history_run_id: int,

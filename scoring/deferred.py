@@ -81,6 +81,23 @@ class Deferred:
         return self
 
 
+def column_values(frame: pd.DataFrame, deferred: dict[str, Deferred] | None, column: str, keys,
+                  chunk: int = 50_000) -> dict:
+    """{key: the column's value} for those of `keys` in the frame's index, whether the column
+    is in the frame or deferred (built for just those rows, `chunk` at a time)."""
+    index = frame.index
+    keys = [key for key in dict.fromkeys(keys) if key in index]
+    if column in frame:
+        return {key: frame.at[key, column] for key in keys}
+    if not deferred or column not in deferred or not keys:
+        return {}
+    positions = index.get_indexer(keys)
+    found: dict = {}
+    for start in range(0, len(keys), chunk):
+        found.update(zip(keys[start:start + chunk], deferred[column].rows(positions[start:start + chunk])))
+    return found
+
+
 @contextmanager
 def paused_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector while many small reason dicts are made: they

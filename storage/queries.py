@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, literal, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.models import Customer, Order, ScoreReasonChunk, ScoreRun, ScoreSnapshot, User
+from storage.models import Customer, Order, ScoreRun, ScoreSnapshot, User
 from storage.scores import SnapshotReasons, StoredReasons
 
 EVERYONE = None  # visible owners of an admin: no filter
@@ -225,9 +225,7 @@ async def snapshot_reasons(connection: AsyncConnection, run_id: int, rows: list[
     reader = StoredReasons(keep=len(rows))
     needed = reader.missing(rows)
     if needed:
-        chunks = ScoreReasonChunk.__table__
-        for chunk, payload in await connection.execute(select(chunks.c.chunk, chunks.c.payload).where(
-                chunks.c.run_id == run_id, chunks.c.chunk.in_(needed))):
+        for chunk, payload in await connection.execute(reader.query(run_id, needed)):
             reader.add(chunk, payload)
     return reader.of(rows)
 

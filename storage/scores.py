@@ -21,7 +21,7 @@ import orjson
 import pandas as pd
 from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, select, text, update
 
-from scoring.deferred import decode_chunk, encode_chunk, paused_gc
+from scoring.deferred import column_values, decode_chunk, encode_chunk, paused_gc
 from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, window_starts
 from storage.models import ACTIVITY_KINDS, ScoreReasonChunk, ScoreRun, ScoreSnapshot, TierChange
 from storage import windows as window_totals
@@ -166,22 +166,29 @@ def consistent_read(engine: Engine, columnar: bool = False) -> Iterator[Connecti
         if connection.dialect.name == "postgresql":
             connection = connection.execution_options(isolation_level="REPEATABLE READ")
         with connection.begin():
-            path = engine.url.database
-            if not (columnar and connection.dialect.name == "sqlite" and path and path != ":memory:"
-                    and not path.startswith("file:")
-                    and connection.execute(text("SELECT COUNT(*) FROM customers")).scalar_one() >= COLUMNAR_FROM):
-                yield connection
-                return
-            try:
-                reader = ColumnarReader(path)
-            except ColumnarReadError as error:
-                logging.getLogger("tierbot").warning("reading row by row instead: %s", error)
+            reader = _columnar_reader(engine, connection) if columnar else None
+            if reader is None:
                 yield connection
                 return
             try:
                 yield connection.execution_options(**{COLUMNAR_OPTION: reader})
             finally:
                 reader.close()
+
+
+def _columnar_reader(engine: Engine, connection: Connection) -> ColumnarReader | None:
+    """A reader for a large SQLite file; None elsewhere, or when the helper cannot start
+    (the run then reads row by row)."""
+    path = engine.url.database
+    if connection.dialect.name != "sqlite" or not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    if connection.execute(text("SELECT COUNT(*) FROM customers")).scalar_one() < COLUMNAR_FROM:
+        return None
+    try:
+        return ColumnarReader(path)
+    except ColumnarReadError as error:
+        logging.getLogger("tierbot").warning("reading row by row instead: %s", error)
+        return None
 
 
 # ---------------------------------------------------------------- runs
@@ -301,6 +308,12 @@ def _next_chunk(connection: Connection, run_id: int) -> int:
     return 0 if last is None else last + 1
 
 
+# A full run leaves alone a customer whose tier an incremental rescore of newer data set
+# after the run read its own data.
+_UNCHANGED_SINCE_READ = "({table}.tier_since IS NULL OR {table}.tier_since < :read_at)"
+_READ_AT = bindparam("read_at", type_=DateTime(timezone=True))
+
+
 def _record_pending(connection: Connection, scored: pd.DataFrame, previous: pd.DataFrame | None,
                     read_at: datetime | None) -> None:
     """Each customer's hysteresis state onto its row, where this run changed it (mostly
@@ -320,15 +333,11 @@ def _record_pending(connection: Connection, scored: pd.DataFrame, previous: pd.D
             for customer_id, tier, runs in zip(scored.index[changed], tier_now[changed], runs_now[changed])]
     if not rows:
         return
-    guard = ""
+    statement = text("UPDATE customers SET pending_tier = :heading, pending_runs = :runs WHERE customer_id = :customer"
+                     + ("" if read_at is None else f" AND {_UNCHANGED_SINCE_READ.format(table='customers')}"))
     if read_at is not None:
-        guard = " AND (tier_since IS NULL OR tier_since < :read_at)"
-        for row in rows:
-            row["read_at"] = read_at
-    statement = text(f"UPDATE customers SET pending_tier = :heading, pending_runs = :runs "
-                     f"WHERE customer_id = :customer{guard}")
-    if read_at is not None:
-        statement = statement.bindparams(bindparam("read_at", type_=DateTime(timezone=True)))
+        statement = statement.bindparams(_READ_AT)
+        rows = [{**row, "read_at": read_at} for row in rows]
     connection.execute(statement, rows)
 
 
@@ -348,8 +357,8 @@ def _record_tier_changes(connection: Connection, snapshot_run_id: int, history_r
     scope, binds, values = ("", [], {}) if customer_ids is None else (
         "AND s.customer_id IN :ids", [bindparam("ids", expanding=True)], {"ids": list(customer_ids)})
     if read_at is not None:
-        scope += " AND (c.tier_since IS NULL OR c.tier_since < :read_at)"
-        binds = [*binds, bindparam("read_at", type_=DateTime(timezone=True))]
+        scope += f" AND {_UNCHANGED_SINCE_READ.format(table='c')}"
+        binds = [*binds, _READ_AT]
         values = {**values, "read_at": read_at}
     parameters = {"snapshot_run": snapshot_run_id, "history_run": history_run_id, "now": _now(), **values}
     history = TierChange.__table__
@@ -385,16 +394,7 @@ def _record_tier_changes(connection: Connection, snapshot_run_id: int, history_r
 
 
 def _value_matrix_reasons(scored: pd.DataFrame, deferred: dict | None) -> Explain:
-    def explain(customer_ids: list[str]) -> dict[str, list]:
-        if not customer_ids:
-            return {}
-        if "reasons" in scored:
-            return {customer_id: scored.at[customer_id, "reasons"] for customer_id in customer_ids}
-        if deferred and "reasons" in deferred:
-            positions = scored.index.get_indexer(customer_ids)
-            return dict(zip(customer_ids, deferred["reasons"].rows(positions)))
-        return {}
-    return explain
+    return lambda customer_ids: column_values(scored, deferred, "reasons", customer_ids)
 
 
 # Called inside the run's transaction once its tier changes are recorded: the playbook
@@ -544,13 +544,17 @@ class StoredReasons:
         return [{model: reasons[model] for model in (*REASON_MODELS, *reasons) if model in reasons}
                 for reasons in merged]
 
+    @staticmethod
+    def query(run_id: int, chunks: list[int]):
+        """The (chunk, payload) rows of these chunks of a run, for `add`."""
+        table = ScoreReasonChunk.__table__
+        return select(table.c.chunk, table.c.payload).where(table.c.run_id == run_id, table.c.chunk.in_(chunks))
+
     def read(self, connection: Connection, run_id: int, rows: list[SnapshotReasons]) -> list[dict]:
         """`of`, fetching the chunks it needs from the run on a (sync) connection."""
         needed = self.missing(rows)
         if needed:
-            chunks = ScoreReasonChunk.__table__
-            for chunk, payload in connection.execute(select(chunks.c.chunk, chunks.c.payload).where(
-                    chunks.c.run_id == run_id, chunks.c.chunk.in_(needed))):
+            for chunk, payload in connection.execute(self.query(run_id, needed)):
                 self.add(chunk, payload)
         return self.of(rows)
 

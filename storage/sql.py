@@ -26,11 +26,16 @@ def null_safe_differs(dialect: str, left: str, right: str, columns: list[str]) -
     return " OR ".join(f"{left}.{c} {operator} {right}.{c}" for c in columns)
 
 
+# A `:name` bind in SQL text (not PostgreSQL's `::` cast).
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)\b")
+
+
 def execute_named(connection: Connection, sql: str, values: dict, type_: TypeEngine | None = None,
                   customer_ids: list[str] | None = None):
     """Run `sql` with those of `values` it names (`:name`) bound, typed `type_`; values it
     does not name are left out. `customer_ids` binds an expanding `:ids`."""
-    used = {name: value for name, value in values.items() if re.search(rf":{name}\b", sql)}
+    named = set(_NAMED.findall(sql))
+    used = {name: value for name, value in values.items() if name in named}
     binds = [bindparam(name, type_=type_) for name in used]
     if customer_ids is not None:
         used["ids"] = list(customer_ids)
@@ -131,7 +136,6 @@ def _keys_as_objects(frame: pd.DataFrame) -> pd.DataFrame:
 
 # The execution option a consistent read sets to its storage.columnar.ColumnarReader.
 COLUMNAR_OPTION = "tierbot_columnar_reader"
-_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)\b")
 
 
 def positional_sql(sql: str, values: dict, customer_ids: list[str] | None = None) -> tuple[str, list]:
@@ -153,14 +157,18 @@ def positional_sql(sql: str, values: dict, customer_ids: list[str] | None = None
 
 
 def _sqlite_value(value):
-    """A bound value as SQLAlchemy stores it in SQLite: dates and times as ISO text."""
+    """A bound value as SQLAlchemy stores it in SQLite (dates and times as its ISO text),
+    through SQLAlchemy's own bind processing: the columnar reader compares with that text."""
     from datetime import date, datetime
 
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
-    if isinstance(value, date):
-        return value.isoformat()
-    return value
+    from sqlalchemy import Date, DateTime
+    from sqlalchemy.dialects import sqlite
+
+    type_ = DateTime() if isinstance(value, datetime) else Date() if isinstance(value, date) else None
+    if type_ is None:
+        return value
+    dialect = sqlite.dialect()
+    return type_.dialect_impl(dialect).bind_processor(dialect)(value)
 
 
 def query_frame(connection: Connection, sql: str, values: dict, columns: list[str], numeric: tuple[str, ...] = (),
@@ -184,7 +192,7 @@ def _numeric_array(column) -> np.ndarray:
     if pa.types.is_null(column.type):
         return np.full(len(column), np.nan)
     if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-        column = pc.cast(column, pa.float64())  # decimals (PostgreSQL NUMERIC)
+        column = pc.cast(column, pa.float64())  # a sum SQLite typed otherwise (e.g. all text)
     return column.to_numpy(zero_copy_only=False).astype(float, copy=False)
 
 

@@ -88,7 +88,12 @@ def _sql(sql: str, scope: str | None) -> str:
 
 def _execute(connection: Connection, sql: str, month: date, customer_ids: list[str] | None = None):
     """Run `sql` with the window boundaries of `month` (as :month too) and :ids bound."""
-    return execute_named(connection, sql, {**_months(month), "month": month}, Date, customer_ids)
+    return execute_named(connection, sql, _values(month), Date, customer_ids)
+
+
+def _values(month: date) -> dict:
+    """The window boundaries of `month`, and `month` itself."""
+    return {**_months(month), "month": month}
 
 
 def compute(connection: Connection, month: date, customer_ids: list[str] | None = None) -> pd.DataFrame:
@@ -97,7 +102,7 @@ def compute(connection: Connection, month: date, customer_ids: list[str] | None 
     scope = ":ids" if customer_ids is not None else None
     frames = []
     for sql, names in ((_ORDERS_SQL, _ORDER_NAMES), (_BASELINE_SQL, _BASELINE_NAMES)):
-        frames.append(query_frame(connection, _sql(sql, scope), {**_months(month), "month": month}, names,
+        frames.append(query_frame(connection, _sql(sql, scope), _values(month), names,
                                   numeric=tuple(n for n in names if n in NUMERIC), type_=Date,
                                   customer_ids=customer_ids).set_index("customer_id"))
     orders, baseline = frames
