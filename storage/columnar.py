@@ -11,8 +11,9 @@ hands each result over as an Arrow IPC file in a private folder (in /dev/shm whe
 has room), which the parent maps into memory rather than copying through a pipe.
 
 Protocol (stdin/stdout of `python -m storage.columnar DATABASE FOLDER`): the helper
-writes b"R" when its connection is open. Each request is a 4-byte big-endian length and
-a JSON [sql, [values]]; a zero length ends the session. Each reply is one status byte,
+writes b"R" when its connection is open. Each request is the UTF-8 SQL and then its bound
+values as an Arrow IPC stream of one row (empty when there are none), each preceded by its
+4-byte big-endian length; a zero SQL length ends the session. Each reply is one status byte,
 b"T" (the UTF-8 path of the result file follows) or b"E" (a UTF-8 error message
 follows), then an 8-byte length and the payload.
 """
@@ -20,7 +21,6 @@ follows), then an 8-byte length and the payload.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import shutil
 import struct
@@ -53,9 +53,10 @@ class ColumnarReader:
                                     f"(exit code {self._process.returncode})")
 
     def execute(self, sql: str, values: list) -> pa.Table:
-        request = json.dumps([sql, values], ensure_ascii=False).encode()
+        query, parameters = sql.encode(), _parameters(values)
         try:
-            self._process.stdin.write(struct.pack(">I", len(request)) + request)
+            self._process.stdin.write(struct.pack(">I", len(query)) + query + struct.pack(">I", len(parameters))
+                                      + parameters)
             self._process.stdin.flush()
             status = self._process.stdout.read(1)
             (length,) = struct.unpack(">Q", _read_exactly(self._process.stdout, 8))
@@ -107,6 +108,19 @@ def results_folder(shared: str = "/dev/shm") -> str | None:
     return shared
 
 
+def _parameters(values: list) -> bytes:
+    """Bound values as one row, in the Arrow IPC stream format (see the module's protocol).
+    Built here rather than in the helper: its first pyarrow.array call imports pandas."""
+    if not values:
+        return b""
+    row = pa.RecordBatch.from_arrays([pa.array([value]) for value in values],
+                                     names=[str(i) for i in range(len(values))])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, row.schema) as writer:
+        writer.write_batch(row)
+    return sink.getvalue().to_pybytes()
+
+
 def _read_exactly(stream, size: int) -> bytes:
     data = stream.read(size)
     if len(data) != size:
@@ -115,11 +129,17 @@ def _read_exactly(stream, size: int) -> bytes:
 
 
 def serve(path: str, folder: str) -> None:
-    """The helper's side: one connection, one read transaction, until told to stop."""
-    import adbc_driver_sqlite.dbapi as adbc_sqlite
+    """The helper's side: one connection, one read transaction, until told to stop.
+
+    The driver manager's low-level API, not its DB-API module: that one imports pandas
+    and pyarrow.dataset, half a second of the helper's start-up for nothing it uses."""
+    import adbc_driver_manager as adbc
+    import adbc_driver_sqlite
 
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
-    connection = adbc_sqlite.connect(path)  # not autocommit: the first read starts the snapshot
+    database = adbc_driver_sqlite.connect(path)
+    connection = adbc.AdbcConnection(database)
+    connection.set_autocommit(False)  # the first read starts the snapshot every later read sees
     numbers = itertools.count()
     try:
         replies.write(b"R")
@@ -128,11 +148,10 @@ def serve(path: str, folder: str) -> None:
             header = requests.read(4)
             if len(header) < 4 or header == b"\0\0\0\0":
                 break
-            sql, values = json.loads(_read_exactly(requests, struct.unpack(">I", header)[0]))
+            sql = _read_exactly(requests, struct.unpack(">I", header)[0]).decode()
+            parameters = _read_exactly(requests, struct.unpack(">I", _read_exactly(requests, 4))[0])
             try:
-                with connection.cursor() as cursor:
-                    cursor.execute(sql, values or None)
-                    table = cursor.fetch_arrow_table()
+                table = _query(adbc, connection, sql, parameters)
                 result = os.path.join(folder, f"{next(numbers)}.arrow")
                 with pa.OSFile(result, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
                     writer.write_table(table)
@@ -145,6 +164,20 @@ def serve(path: str, folder: str) -> None:
     finally:
         connection.rollback()
         connection.close()
+        database.close()
+
+
+def _query(adbc, connection, sql: str, parameters: bytes) -> pa.Table:
+    """One statement's result, with the row of `parameters` (see _parameters) bound by position."""
+    statement = adbc.AdbcStatement(connection)
+    try:
+        statement.set_sql_query(sql)
+        if parameters:
+            statement.bind(pa.ipc.open_stream(parameters).read_next_batch())
+        stream, _ = statement.execute_query()
+        return pa.RecordBatchReader._import_from_c(stream.address).read_all()
+    finally:
+        statement.close()
 
 
 if __name__ == "__main__":
