@@ -27,7 +27,7 @@ def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | No
     from bot.export import export_scores
     from storage.importer import run_import, summarise
     from storage.models import Customer, ScoreSnapshot
-    from storage.scores import StoredReasons
+    from storage.scores import StoredSnapshot
 
     config = _config(ctx)
     engine = _engine(ctx)
@@ -62,7 +62,7 @@ def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | No
                 .order_by(ScoreSnapshot.current_value.desc(), ScoreSnapshot.customer_id)
                 .limit(EXAMPLES_PER_TIER)).all()
             click.echo(f"{tier_name(tier, 'zh')} {tier_name(tier, 'en')}")
-            every_reasons = StoredReasons().read(connection, outcome.run_id,
+            every_reasons = StoredSnapshot().read(connection, outcome.run_id,
                                                  [(row.customer_id, row.reasons, row.reasons_chunk) for row in rows])
             for (customer_id, name, current, potential, _, _), reasons in zip(rows, every_reasons):
                 click.echo(f"  {customer_id} {name}  X={current:.0f} Y={potential:.0f}")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from sqlalchemy import Engine, select
 
 from handlers.text import model_reasons_text, reasons_text, tier_name
 from storage.models import Customer, ScoreSnapshot
-from storage.scores import StoredReasons, latest_run
+from storage.scores import StoredSnapshot, latest_run
 
 SCORE_COLUMNS = ("customer_id", "name", "owner_userid", "tier", "tier_name", "current_value", "potential_value",
                  "reasons")
@@ -39,16 +38,18 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
                  .order_by(ScoreSnapshot.customer_id))
         result = connection.execution_options(stream_results=True, yield_per=10_000).execute(query)
         # Reasons are put into words a page at a time; the run's chunks follow customer order.
-        stored_reasons = StoredReasons()
+        stored = StoredSnapshot()
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(partial, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
             component_names: list[str] | None = None
             for page in result.partitions():
-                every_reasons = stored_reasons.read(connection, run.id, [(row[0], row[6], row[9]) for row in page])
-                for row, reasons in zip(page, every_reasons):
-                    customer_id, name, owner, tier, current, potential, _, scores, labels, _ = row
-                    scores, labels = (json.loads(v) if isinstance(v, str) else v for v in (scores, labels))
+                stored.fetch(connection, run.id, [(row[0], None, row[9]) for row in page])
+                documents = zip(stored.of([(row[0], row[6], row[9]) for row in page]),
+                                stored.documents([(row[0], row[7], row[9]) for row in page], "scores"),
+                                stored.documents([(row[0], row[8], row[9]) for row in page], "labels"))
+                for row, (reasons, scores, labels) in zip(page, documents):
+                    customer_id, name, owner, tier, current, potential = row[:6]
                     if component_names is None:
                         component_names = [c for c in scores if c not in MODEL_COLUMNS]
                         models = [m for m in MODEL_COLUMNS if m in labels]

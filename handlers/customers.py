@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from handlers.registry import CommandContext, Reply
 from handlers.router import router
@@ -123,13 +122,9 @@ async def customer(ctx: CommandContext) -> Reply:
         detail["tier_since"] = str(detail["tier_since"])[:10]
     reasons, models = [], []
     if snapshot:
-        raw = snapshot["reasons"]
-        raw = json.loads(raw) if isinstance(raw, str) else raw
+        # Documents as queries.customer_detail merged them from the row and its chunk.
+        raw, labels, scores = snapshot["reasons"], snapshot["labels"], snapshot["scores"]
         reasons = [reasons_text([reason], ctx.lang, catalogue) for reason in raw.get("value_matrix", [])]
-        labels = snapshot["labels"]
-        labels = json.loads(labels) if isinstance(labels, str) else labels
-        scores = snapshot["scores"]
-        scores = json.loads(scores) if isinstance(scores, str) else scores
         for model in OTHER_MODELS:
             if labels.get(model):
                 models.append({"model": model, "label": tier_name(labels[model], ctx.lang, model),

@@ -21,7 +21,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import orjson
 import pandas as pd
 from sqlalchemy import Connection, DateTime, Engine, bindparam, select, text, update
 
@@ -32,6 +31,7 @@ from notifications.workdays import CalendarConfig, WorkCalendar
 from scoring.rules import BusinessRule, RuleAction, RuleError, RulesParams, apply_rules, compile_rules
 from storage.db import write_transaction
 from storage.models import AgentState, Ticket
+from storage.scores import StoredSnapshot
 
 ROUTE_FIELDS: dict[str, str] = {
     **{name: "text" for name in ("tier", "sabc", "pyramid", "lifecycle", "churn_label", "severity", "product_line",
@@ -165,17 +165,18 @@ def _tickets(connection: Connection, where: str, parameters: dict, binds: list =
 def _with_scores(connection: Connection, frame: pd.DataFrame) -> pd.DataFrame:
     """The other models' labels, churn and revenue from the latest full run."""
     snapshot = connection.execute(text("""
-        SELECT s.customer_id, s.labels, s.scores, s.revenue_12m FROM score_snapshots s
+        SELECT s.run_id, s.customer_id, s.labels, s.churn_score, s.revenue_12m, s.reasons_chunk
+        FROM score_snapshots s
         WHERE s.run_id = (SELECT MAX(id) FROM score_runs WHERE status = 'succeeded' AND kind = 'full')
           AND s.customer_id IN :ids""").bindparams(bindparam("ids", expanding=True)),
         {"ids": sorted(set(frame["customer_id"]))}).all()
-    by_customer = {}
-    for customer_id, labels, scores, revenue in snapshot:
-        labels = orjson.loads(labels) if isinstance(labels, (str, bytes)) else labels or {}
-        scores = orjson.loads(scores) if isinstance(scores, (str, bytes)) else scores or {}
-        by_customer[customer_id] = {"sabc": labels.get("sabc"), "pyramid": labels.get("pyramid"),
-                                    "lifecycle": labels.get("lifecycle"), "churn_label": labels.get("churn"),
-                                    "churn_score": scores.get("churn"), "revenue_12m": revenue}
+    parts = [(row.customer_id, row.labels, row.reasons_chunk) for row in snapshot]
+    every_labels = StoredSnapshot(keep=len(parts)).fetch(connection, snapshot[0].run_id, parts).documents(
+        parts, "labels") if parts else []
+    by_customer = {row.customer_id: {"sabc": labels.get("sabc"), "pyramid": labels.get("pyramid"),
+                                     "lifecycle": labels.get("lifecycle"), "churn_label": labels.get("churn"),
+                                     "churn_score": row.churn_score, "revenue_12m": row.revenue_12m}
+                   for row, labels in zip(snapshot, every_labels)}
     extra = pd.DataFrame([by_customer.get(cid, {}) for cid in frame["customer_id"]], index=frame.index,
                          columns=["sabc", "pyramid", "lifecycle", "churn_label", "churn_score", "revenue_12m"])
     return frame.join(extra)

@@ -52,6 +52,32 @@ def reasons_builder(name: str):
     return register
 
 
+@reasons_builder("documents")
+def plain_documents(frame: pd.DataFrame, _settings: Any = None) -> list[dict]:
+    """One {column: value} dict per row of `frame`, values as JSON would hold them: NaN and
+    NA as None, numpy scalars and arrays as Python numbers and lists. A snapshot's labels
+    and scores are stored as such a column (storage.scores)."""
+    columns = list(frame.columns)
+    values = [_plain_values(frame[column]) for column in columns]
+    return [dict(zip(columns, row)) for row in zip(*values)]
+
+
+def _plain_values(column: pd.Series) -> list:
+    if column.dtype.kind in "iub":
+        return column.tolist()
+    if column.dtype.kind == "f":
+        values = column.to_numpy()
+        missing = np.isnan(values)
+        if not missing.any():
+            return values.tolist()
+        plain = values.astype(object)
+        plain[missing] = None
+        return plain.tolist()
+    return [value.tolist() if isinstance(value, np.ndarray) else
+            None if value is None or (isinstance(value, float) and value != value) or value is pd.NA else value
+            for value in column.tolist()]
+
+
 class Deferred:
     """A column of per-row values (reasons lists) not built yet: `inputs` (row-aligned
     frames, series, arrays, or dicts of them) go through the builder registered as
@@ -88,7 +114,8 @@ def column_values(frame: pd.DataFrame, deferred: dict[str, Deferred] | None, col
     index = frame.index
     keys = [key for key in dict.fromkeys(keys) if key in index]
     if column in frame:
-        return {key: frame.at[key, column] for key in keys}
+        # One reindex, not a lookup per key (a first run asks for every customer's).
+        return dict(zip(keys, frame[column].reindex(keys).tolist()))
     if not deferred or column not in deferred or not keys:
         return {}
     positions = index.get_indexer(keys)

@@ -317,22 +317,25 @@ class ScoreSnapshot(Base):
     # Hysteresis state: the tier this customer is heading for and for how many runs so far.
     pending_tier: Mapped[str | None] = mapped_column(String(16))
     pending_runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    # {"rfm": "champions", "sabc": "S", "pyramid": "gold", ...}: every model's label.
+    # The churn risk score, a column for the churn list to filter and sort by.
+    churn_score: Mapped[float | None] = mapped_column(Float)
+    # {"rfm": "champions", "sabc": "S", "pyramid": "gold", ...}: every model's label, and
+    # {"revenue": 92.9, ..., "rfm": 545, "churn": 12.5}: component and model scores. Since
+    # migration 0007 both are {} here and kept in the row's chunk (storage.scores.StoredSnapshot).
     labels: Mapped[dict] = mapped_column(JSON)
-    # {"revenue": 92.9, ..., "rfm": 545, "churn": 12.5}: component and model scores.
     scores: Mapped[dict] = mapped_column(JSON)
     # Reasons kept as written: {"intent": [...], "rules": [...]} (and, in runs before reason
     # chunks, every model's: {"value_matrix": [{"factor": ..., "value": ...}, ...], ...}).
     reasons: Mapped[dict] = mapped_column(JSON)
-    # The score_reason_chunks row holding the inputs of this customer's other reasons
-    # (storage.scores.StoredReasons builds them when read); NULL in runs before chunks.
+    # The score_reason_chunks row holding this customer's labels, scores and the inputs of
+    # its other reasons (storage.scores.StoredSnapshot); NULL in runs before chunks.
     reasons_chunk: Mapped[int | None] = mapped_column(Integer)
 
 
 class ScoreReasonChunk(Base):
-    """The inputs behind a chunk of customers' reasons, as scoring.deferred.encode_chunk
-    packed them: about 150 bytes a customer instead of 1 KB of JSON, and no reasons are
-    put into words until someone reads them."""
+    """A chunk of a run's customers, as scoring.deferred.encode_chunk packed them: their
+    labels and scores, and the inputs behind their reasons, so that no reasons are put
+    into words until someone reads them. A few hundred bytes a customer, not 2 KB of JSON."""
 
     __tablename__ = "score_reason_chunks"
 

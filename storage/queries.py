@@ -16,7 +16,7 @@ from sqlalchemy import and_, case, func, literal, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import Customer, Order, ScoreRun, ScoreSnapshot, User
-from storage.scores import SnapshotReasons, StoredReasons
+from storage.scores import SnapshotPart, StoredSnapshot
 
 EVERYONE = None  # visible owners of an admin: no filter
 
@@ -144,8 +144,11 @@ async def customer_detail(connection: AsyncConnection, owners: list[str] | None,
         if snapshot:
             detail["snapshot"] = dict(snapshot._mapping)
             chunk = detail["snapshot"].pop("reasons_chunk")
-            detail["snapshot"]["reasons"] = (await snapshot_reasons(
-                connection, run_id, [(customer_id, snapshot.reasons, chunk)]))[0]
+            stored = await stored_snapshot(connection, run_id, [(customer_id, None, chunk)])
+            for document in ("labels", "scores"):
+                detail["snapshot"][document] = stored.documents([(customer_id, snapshot._mapping[document], chunk)],
+                                                                document)[0]
+            detail["snapshot"]["reasons"] = stored.of([(customer_id, snapshot.reasons, chunk)])[0]
     last = (await connection.execute(
         select(Order.order_date, Order.amount).where(Order.customer_id == customer_id)
         .order_by(Order.order_date.desc(), Order.order_id.desc()).limit(1))).first()
@@ -178,12 +181,6 @@ async def load_listing(connection: AsyncConnection, userid: str) -> dict[str, An
 # ---------------------------------------------------------------- managers: churn risk and team
 
 
-def _churn_score():
-    # The churn score inside the snapshot's JSON, extracted by the database (json_extract on
-    # SQLite, ->> on PostgreSQL): customers below the threshold never cross into Python.
-    return ScoreSnapshot.scores["churn"].as_float()
-
-
 async def churn_risks(connection: AsyncConnection, owners: list[str] | None, run_id: int, threshold: float,
                       offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
     """A page of visible customers whose churn score in run `run_id` is at least
@@ -192,19 +189,19 @@ async def churn_risks(connection: AsyncConnection, owners: list[str] | None, run
     at_risk = (select(Customer.customer_id).select_from(Customer)
                .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id,
                                          ScoreSnapshot.customer_id == Customer.customer_id))
-               .where(_owned_by(owners), _churn_score() >= threshold))
+               .where(_owned_by(owners), ScoreSnapshot.churn_score >= threshold))
     total = (await connection.execute(select(func.count()).select_from(at_risk.subquery()))).scalar_one()
     if not total:
         return [], 0
     rows = await connection.execute(
         select(Customer.customer_id, Customer.name, Customer.owner_userid, User.name.label("owner_name"),
-               _churn_score().label("churn_score"), ScoreSnapshot.revenue_12m,
+               ScoreSnapshot.churn_score.label("churn_score"), ScoreSnapshot.revenue_12m,
                ScoreSnapshot.reasons.label("stored_reasons"), ScoreSnapshot.reasons_chunk)
         .select_from(Customer)
         .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id, ScoreSnapshot.customer_id == Customer.customer_id))
         .outerjoin(User, User.userid == Customer.owner_userid)
-        .where(_owned_by(owners), _churn_score() >= threshold)
-        .order_by(_churn_score().desc(), ScoreSnapshot.revenue_12m.desc(), Customer.customer_id)
+        .where(_owned_by(owners), ScoreSnapshot.churn_score >= threshold)
+        .order_by(ScoreSnapshot.churn_score.desc(), ScoreSnapshot.revenue_12m.desc(), Customer.customer_id)
         .offset(offset).limit(limit))
     rows = rows.all()
     every_reasons = await snapshot_reasons(connection, run_id, [(row.customer_id, row.stored_reasons,
@@ -220,14 +217,19 @@ async def churn_risks(connection: AsyncConnection, owners: list[str] | None, run
     return found, total
 
 
-async def snapshot_reasons(connection: AsyncConnection, run_id: int, rows: list[SnapshotReasons]) -> list[dict]:
-    """Every model's reasons for a few snapshot rows of run `run_id` (storage.scores.StoredReasons)."""
-    reader = StoredReasons(keep=len(rows))
+async def stored_snapshot(connection: AsyncConnection, run_id: int, rows: list[SnapshotPart]) -> StoredSnapshot:
+    """A reader of a few snapshot rows of run `run_id`, with the chunks they need fetched."""
+    reader = StoredSnapshot(keep=len(rows))
     needed = reader.missing(rows)
     if needed:
         for chunk, payload in await connection.execute(reader.query(run_id, needed)):
             reader.add(chunk, payload)
-    return reader.of(rows)
+    return reader
+
+
+async def snapshot_reasons(connection: AsyncConnection, run_id: int, rows: list[SnapshotPart]) -> list[dict]:
+    """Every model's reasons for a few snapshot rows of run `run_id`."""
+    return (await stored_snapshot(connection, run_id, rows)).of(rows)
 
 
 async def team_tiers(connection: AsyncConnection, owners: list[str] | None,

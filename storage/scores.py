@@ -4,7 +4,7 @@ Reads: customer attributes and per-customer order aggregates computed in SQL fro
 monthly roll-up (plus the raw orders of the as-of month only). Writes: a score run, its
 snapshot rows, the inputs of its reasons (score_reason_chunks), tier changes and each
 customer's current tier and hysteresis state, in one transaction. Reads reasons back
-(StoredReasons).
+(StoredSnapshot).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import orjson
 import pandas as pd
 from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, select, text, update
 
-from scoring.deferred import column_values, decode_chunk, encode_chunk, paused_gc
+from scoring.deferred import Deferred, column_values, decode_chunk, encode_chunk, paused_gc
 from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, window_starts
 from storage.models import ACTIVITY_KINDS, ScoreReasonChunk, ScoreRun, ScoreSnapshot, TierChange
 from storage import windows as window_totals
@@ -226,8 +226,11 @@ class RunOutcome:
     summary: dict
 
 
-def _snapshot_frame(snapshot_run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series,
-                    reasons_chunk: int | None) -> pd.DataFrame:
+def _snapshot_frame(snapshot_run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series, reasons: pd.DataFrame,
+                    reasons_chunk: int) -> pd.DataFrame:
+    """The snapshot rows of `scored`: what lists sort and filter by as columns; the labels
+    and scores are in the chunk (their JSON columns hold {}), and so are the reasons but
+    for those in `reasons` (stored as JSON)."""
     def text(values) -> pd.Series:
         # Kept as Python objects: pandas would turn them into Arrow strings, and back again for the insert.
         return pd.Series(values, dtype=object)
@@ -241,7 +244,10 @@ def _snapshot_frame(snapshot_run_id: int, scored: pd.DataFrame, revenue_12m: pd.
         "revenue_12m": revenue_12m.to_numpy(),  # aligned with `scored`, rounded
         "pending_tier": text(scored["pending_tier"].to_numpy(dtype=object)) if "pending_tier" in scored else None,
         "pending_runs": scored["pending_runs"].to_numpy() if "pending_runs" in scored else 0,
-        **{name: text(documents) for name, documents in snapshot_documents(scored).items()},
+        "churn_score": scored["churn_score"].to_numpy() if "churn_score" in scored else None,
+        "labels": "{}",
+        "scores": "{}",
+        "reasons": text(_json_rows(reasons)),
         "reasons_chunk": reasons_chunk,
     })
 
@@ -253,10 +259,14 @@ SNAPSHOT_CHUNK = 10_000
 
 def _insert_snapshots(connection: Connection, snapshot_run_id: int, scored: pd.DataFrame,
                       revenue_12m: pd.Series, deferred: dict | None = None) -> None:
-    """Snapshot rows for every customer of `scored`, and the inputs of the `deferred`
-    reasons columns (scoring.deferred) as score_reason_chunks rows, in customer-id order
-    (an export reads them in that order, a chunk at a time). Reasons in `scored` itself
-    are stored in the rows' JSON.
+    """Snapshot rows for every customer of `scored`, and a score_reason_chunks row per
+    SNAPSHOT_CHUNK customers holding their labels and scores and the inputs of the
+    `deferred` reasons columns (scoring.deferred), in customer-id order (an export reads
+    them in that order, a chunk at a time). Reasons in `scored` itself are stored in the
+    rows' JSON.
+
+    Labels and scores go into the chunk as columns rather than as JSON per row: making
+    the JSON was a second per 100k customers, and it was most of the bytes a run wrote.
 
     With several chunks, the next chunk is built in a helper thread while the database
     inserts the current one (SQLite, the PostgreSQL COPY and Arrow's compression let go of
@@ -268,22 +278,22 @@ def _insert_snapshots(connection: Connection, snapshot_run_id: int, scored: pd.D
     # slices, which cost nothing to cut.
     order = None if scored.index.is_monotonic_increasing else np.argsort(scored.index.to_numpy(dtype=str),
                                                                           kind="stable")
-    deferred = deferred or {}
-    first_chunk = _next_chunk(connection, snapshot_run_id) if deferred else None
+    frames = snapshot_frames(scored)
+    stored = {**(deferred or {}), **{document: Deferred("documents", frames[document], len(scored))
+                                     for document in DOCUMENTS}}
+    first_chunk = _next_chunk(connection, snapshot_run_id)
 
-    def build(start: int) -> tuple[pd.DataFrame, dict | None]:
+    def build(start: int) -> tuple[pd.DataFrame, dict]:
         positions = slice(start, start + SNAPSHOT_CHUNK) if order is None else order[start:start + SNAPSHOT_CHUNK]
         part = scored.iloc[positions]
-        chunk = None if first_chunk is None else first_chunk + start // SNAPSHOT_CHUNK
-        rows = _snapshot_frame(snapshot_run_id, part, revenue_12m.iloc[positions], chunk)
-        if chunk is None:
-            return rows, None
-        payload = encode_chunk(deferred, positions, list(part.index))
+        chunk = first_chunk + start // SNAPSHOT_CHUNK
+        rows = _snapshot_frame(snapshot_run_id, part, revenue_12m.iloc[positions],
+                               frames["reasons"].iloc[positions], chunk)
+        payload = encode_chunk(stored, positions, list(part.index))
         return rows, {"run_id": snapshot_run_id, "chunk": chunk, "customers": len(part), "payload": payload}
 
-    def write(rows: pd.DataFrame, chunk: dict | None) -> None:
-        if chunk is not None:
-            connection.execute(ScoreReasonChunk.__table__.insert(), chunk)
+    def write(rows: pd.DataFrame, chunk: dict) -> None:
+        connection.execute(ScoreReasonChunk.__table__.insert(), chunk)
         bulk_insert(connection, ScoreSnapshot.__tablename__, rows)
 
     starts = list(range(0, len(scored), SNAPSHOT_CHUNK))
@@ -456,9 +466,13 @@ def _prune_snapshots(connection: Connection, keep_runs: int) -> None:
         connection.execute(ScoreReasonChunk.__table__.delete().where(ScoreReasonChunk.run_id < oldest_kept))
 
 
-def snapshot_documents(scored: pd.DataFrame) -> dict[str, list[str]]:
-    """The JSON columns of the snapshot rows: labels, scores, and the reasons of the models
-    whose reasons are in `scored` (deferred ones are stored as chunks)."""
+# The documents of a snapshot row kept in its chunk, as scoring.deferred "documents" columns.
+DOCUMENTS = ("labels", "scores")
+
+
+def snapshot_frames(scored: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """A snapshot's documents, a column per key: labels, scores, and the reasons of the
+    models whose reasons are in `scored` (deferred ones are stored as their inputs)."""
     from scoring import MODELS
 
     models = [m for m in MODELS[1:] if f"{m}_label" in scored]
@@ -481,13 +495,14 @@ def snapshot_documents(scored: pd.DataFrame) -> dict[str, list[str]]:
         reasons_frame.insert(0, "value_matrix", scored["reasons"])
     if "rules_reasons" in scored:
         reasons_frame["rules"] = scored["rules_reasons"]
-    return {"labels": _json_rows(labels_frame), "scores": _json_rows(scores_frame),
-            "reasons": _json_rows(reasons_frame)}
+    return {"labels": labels_frame, "scores": scores_frame, "reasons": reasons_frame}
 
 
 def _json_rows(frame: pd.DataFrame) -> list[str]:
     """One JSON object per row; NaN becomes null. orjson: a full run writes millions."""
     columns = list(frame.columns)
+    if not columns:
+        return ["{}"] * len(frame)
     values = [frame[c].tolist() if frame[c].dtype != object else list(frame[c]) for c in columns]
     dumps, option = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
     return [dumps(dict(zip(columns, row)), option=option).decode() for row in zip(*values)]
@@ -498,31 +513,39 @@ def _json_rows(frame: pd.DataFrame) -> list[str]:
 REASON_MODELS = ("value_matrix", "rfm", "sabc", "pyramid", "lifecycle", "churn", "intent", "rules")
 _MODEL_OF_COLUMN = {"reasons": "value_matrix", **{f"{model}_reasons": model for model in REASON_MODELS[1:]}}
 
-# (customer id, the reasons JSON as stored, reasons_chunk) of a snapshot row.
-SnapshotReasons = tuple[str, "dict | str | None", "int | None"]
+# (customer id, a document's JSON as stored, reasons_chunk) of a snapshot row.
+SnapshotPart = tuple[str, "dict | str | None", "int | None"]
 
 
-class StoredReasons:
-    """Every model's reasons for snapshot rows: the JSON part as stored, the rest built
-    from the run's reason chunks. Decoded chunks are kept (the newest `keep`), so reading
-    a run in customer order decodes each chunk once. One reader per run."""
+class StoredSnapshot:
+    """What snapshot rows keep in their run's chunks (score_reason_chunks): every model's
+    reasons, built from their stored inputs, and the labels and scores. Each is merged
+    with what the row's JSON holds, which wins (runs before chunks held everything there).
+
+    Decoded chunks are kept: reading a run in customer order decodes each chunk once. Past
+    `keep` of them, those the rows asked for next do not need are dropped. One reader per run."""
 
     def __init__(self, keep: int = 2) -> None:
         self.keep = keep
         self._chunks: dict[int, tuple[dict[str, int], dict]] = {}
 
-    def missing(self, rows: list[SnapshotReasons]) -> list[int]:
+    def missing(self, rows: list[SnapshotPart]) -> list[int]:
         """The chunks these rows need that are not decoded yet."""
-        return sorted({chunk for _, _, chunk in rows if chunk is not None and chunk not in self._chunks})
+        needed = {chunk for _, _, chunk in rows if chunk is not None}
+        for chunk in [chunk for chunk in self._chunks if chunk not in needed]:
+            if len(self._chunks) <= self.keep:
+                break
+            del self._chunks[chunk]
+        return sorted(needed - set(self._chunks))
 
     def add(self, chunk: int, payload: bytes) -> None:
         customer_ids, columns = decode_chunk(payload)
         self._chunks[chunk] = ({customer_id: i for i, customer_id in enumerate(customer_ids)}, columns)
 
-    def of(self, rows: list[SnapshotReasons]) -> list[dict]:
-        """{model: reasons} per row, in REASON_MODELS order; a chunk not added gives none.
-        A model in the row's JSON as well as in its chunk is taken from the JSON."""
-        merged: list[dict] = [{} for _ in rows]
+    def _from_chunks(self, rows: list[SnapshotPart], wanted: Callable[[str], bool]) -> list[dict]:
+        """{chunk column: value} per row, for the columns `wanted` says yes to; a chunk not
+        added gives none."""
+        found: list[dict] = [{} for _ in rows]
         by_chunk: dict[int, list[int]] = {}
         for i, (_, _, chunk) in enumerate(rows):
             if chunk is not None and chunk in self._chunks:
@@ -532,17 +555,24 @@ class StoredReasons:
             known = [i for i in members if rows[i][0] in positions_of]
             positions = np.array([positions_of[rows[i][0]] for i in known], dtype=np.int64)
             for column, values in columns.items():
-                model = _MODEL_OF_COLUMN.get(column, column)
-                for i, reasons in zip(known, values.rows(positions)):
-                    merged[i][model] = reasons
-        # What the row's JSON holds is as written, and wins.
+                if wanted(column):
+                    for i, value in zip(known, values.rows(positions)):
+                        found[i][column] = value
+        return found
+
+    def of(self, rows: list[SnapshotPart]) -> list[dict]:
+        """{model: reasons} per row (the rows' reasons JSON), in REASON_MODELS order."""
+        merged = [{_MODEL_OF_COLUMN.get(column, column): reasons for column, reasons in found.items()}
+                  for found in self._from_chunks(rows, lambda column: column not in DOCUMENTS)]
         for reasons, (_, stored, _) in zip(merged, rows):
-            reasons.update(orjson.loads(stored) if isinstance(stored, (str, bytes)) else (stored or {}))
-        # Past this call, only the newest chunks are kept.
-        while len(self._chunks) > self.keep:
-            self._chunks.pop(next(iter(self._chunks)))
+            reasons.update(_loaded(stored))
         return [{model: reasons[model] for model in (*REASON_MODELS, *reasons) if model in reasons}
                 for reasons in merged]
+
+    def documents(self, rows: list[SnapshotPart], document: str) -> list[dict]:
+        """The `document` (one of DOCUMENTS) per row (the rows' JSON of that document)."""
+        return [{**found.get(document, {}), **_loaded(stored)}
+                for found, (_, stored, _) in zip(self._from_chunks(rows, lambda column: column == document), rows)]
 
     @staticmethod
     def query(run_id: int, chunks: list[int]):
@@ -550,13 +580,21 @@ class StoredReasons:
         table = ScoreReasonChunk.__table__
         return select(table.c.chunk, table.c.payload).where(table.c.run_id == run_id, table.c.chunk.in_(chunks))
 
-    def read(self, connection: Connection, run_id: int, rows: list[SnapshotReasons]) -> list[dict]:
-        """`of`, fetching the chunks it needs from the run on a (sync) connection."""
+    def fetch(self, connection: Connection, run_id: int, rows: list[SnapshotPart]) -> "StoredSnapshot":
+        """Decode the chunks of the run these rows need, on a (sync) connection."""
         needed = self.missing(rows)
         if needed:
             for chunk, payload in connection.execute(self.query(run_id, needed)):
                 self.add(chunk, payload)
-        return self.of(rows)
+        return self
+
+    def read(self, connection: Connection, run_id: int, rows: list[SnapshotPart]) -> list[dict]:
+        """`of`, after fetching the chunks it needs."""
+        return self.fetch(connection, run_id, rows).of(rows)
+
+
+def _loaded(stored) -> dict:
+    return orjson.loads(stored) if isinstance(stored, (str, bytes)) else (stored or {})
 
 
 def latest_run(connection: Connection):

@@ -14,7 +14,7 @@ from bot.config import load_config
 from bot.rescore import full_rescore
 from storage.importer import run_import
 from storage.models import Order, ScoreRun, ScoreSnapshot, TierChange
-from storage.scores import StoredReasons
+from storage.scores import StoredSnapshot
 from tests.company import write_company
 
 TOKEN = "test-api-token"
@@ -59,7 +59,7 @@ async def test_new_order_moves_customer_into_star_within_the_request(api, engine
                                     .order_by(TierChange.id.desc()).limit(1)).one()
         stored = connection.execute(select(ScoreSnapshot.reasons, ScoreSnapshot.reasons_chunk)
                                     .where(ScoreSnapshot.run_id == 1, ScoreSnapshot.customer_id == "QM1")).one()
-        reasons = StoredReasons().read(connection, 1, [("QM1", stored.reasons, stored.reasons_chunk)])[0]
+        reasons = StoredSnapshot().read(connection, 1, [("QM1", stored.reasons, stored.reasons_chunk)])[0]
         kinds = connection.execute(select(ScoreRun.kind).order_by(ScoreRun.id)).scalars().all()
         snapshot = connection.execute(select(ScoreSnapshot.tier, ScoreSnapshot.revenue_12m)
                                       .where(ScoreSnapshot.run_id == 1, ScoreSnapshot.customer_id == "QM1")).one()

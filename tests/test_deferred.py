@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scoring.deferred import plain_documents
 from scoring.features import build_features
 from scoring.generator import generate_company
 from scoring.pipeline import ScoringParams, score_customers
@@ -23,6 +24,11 @@ def materialise(frame, deferred, positions):
     part = frame.iloc[positions]
     return part.assign(**{column: pd.Series(values.rows(positions), index=part.index, dtype=object)
                           for column, values in deferred.items()})
+def documents(scored) -> dict[str, list[dict]]:
+    """A snapshot's labels, scores and reasons per row, as plain dicts."""
+    return {name: plain_documents(frame) for name, frame in store.snapshot_frames(scored).items()}
+
+
 RULE = {"name": "big", "when": "ltv > 100000", "then": {"set_label": {"value_matrix": "star"}, "add_tags": ["大"]}}
 
 
@@ -53,9 +59,9 @@ def test_deferred_reasons_equal_eager_reasons(features_and_counts, rules):
                                        "churn_reasons", "lifecycle_reasons"])
     assert not set(deferred) & set(lazy.columns)
     assert list(lazy.index) == list(eager.index)
-    whole = store.snapshot_documents(eager)
+    whole = documents(eager)
     for start in range(0, len(eager), 37):
-        part = store.snapshot_documents(materialise(lazy, deferred, slice(start, start + 37)))
+        part = documents(materialise(lazy, deferred, slice(start, start + 37)))
         for document in whole:
             assert part[document] == whole[document][start:start + 37]
     positions = np.random.default_rng(3).permutation(len(eager))[:50]
@@ -66,7 +72,8 @@ def test_deferred_reasons_equal_eager_reasons(features_and_counts, rules):
 @pytest.mark.parametrize("chunk", [7, 100_000])
 def test_a_run_written_in_chunks_stores_the_same_rows(engine, features_and_counts, monkeypatch, chunk):
     """Several chunks: the next chunk is built in a helper thread while one is inserted.
-    Read back, every customer's labels, scores and reasons are the eager run's."""
+    Read back, every customer's labels, scores and reasons are the eager run's, as plain
+    JSON values; the churn score is a column too."""
     import orjson
     from sqlalchemy import select
 
@@ -82,25 +89,30 @@ def test_a_run_written_in_chunks_stores_the_same_rows(engine, features_and_count
     lazy.attrs.clear()
     run_id = store.start_run(engine, AS_OF, "test")
     store.write_run(engine, run_id, lazy, features["revenue_12m"], {"customers": len(lazy)}, 3, deferred=deferred)
-    expected = store.snapshot_documents(eager)
+    expected = documents(eager)
     with engine.connect() as connection:
         table = ScoreSnapshot.__table__
         rows = connection.execute(select(table).where(table.c.run_id == run_id)).all()
         chunks = connection.execute(select(ScoreReasonChunk.customers).where(
             ScoreReasonChunk.run_id == run_id).order_by(ScoreReasonChunk.chunk)).scalars().all()
         stored = {row.customer_id: row for row in rows}
-        every_reasons = store.StoredReasons().read(
-            connection, run_id, [(row.customer_id, row.reasons, row.reasons_chunk) for row in rows])
+        reader = store.StoredSnapshot().fetch(connection, run_id, [(row.customer_id, None, row.reasons_chunk)
+                                                                   for row in rows])
+        every_reasons = reader.of([(row.customer_id, row.reasons, row.reasons_chunk) for row in rows])
+        read_back = {document: dict(zip(stored, reader.documents(
+            [(row.customer_id, getattr(row, document), row.reasons_chunk) for row in rows], document)))
+            for document in ("labels", "scores")}
     assert chunks == [min(chunk, len(eager) - start) for start in range(0, len(eager), chunk)]
     reasons_of = {row.customer_id: reasons for row, reasons in zip(rows, every_reasons)}
     assert len(stored) == len(eager)
     for position, customer_id in enumerate(eager.index):
         row = stored[customer_id]
         assert row.tier == eager["tier"].iat[position]
+        assert row.churn_score == pytest.approx(eager["churn_score"].iat[position])
         for document in ("labels", "scores"):
-            assert getattr(row, document) == orjson.loads(expected[document][position])
-        assert reasons_of[customer_id] == orjson.loads(expected["reasons"][position])
-        assert list(reasons_of[customer_id]) == list(orjson.loads(expected["reasons"][position]))
+            assert orjson.loads(orjson.dumps(read_back[document][customer_id])) == expected[document][position]
+        assert reasons_of[customer_id] == expected["reasons"][position]
+        assert list(reasons_of[customer_id]) == list(expected["reasons"][position])
 
 
 def test_stored_chunks_build_the_reasons_the_run_would_have(features_and_counts):

@@ -57,3 +57,36 @@ def test_upgrading_to_reason_chunks_moves_the_hysteresis_state_onto_customers(tm
             text("SELECT customer_id, pending_tier, pending_runs FROM customers")))
     engine.dispose()
     assert state == {"HEADING": ("star", 2), "STILL": (None, 0)}
+
+
+def test_upgrading_to_snapshot_churn_scores_copies_them_out_of_older_runs(tmp_path):
+    """0007: runs written before it keep labels and scores as JSON per row; their churn
+    score becomes the column the churn list sorts by, and their documents still read."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from storage.db import alembic_config, make_engine
+    from storage.scores import StoredSnapshot
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0006")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO score_runs (id, started_at, as_of, status, kind, config_hash) "
+                                "VALUES (1, '2026-11-01', '2026-11-01', 'succeeded', 'full', 'x')"))
+        for customer_id, labels, scores in (("RISKY", '{"churn": "high"}', '{"churn": 81.5, "rfm": 40}'),
+                                            ("UNSCORED", '{}', '{}')):
+            connection.execute(text(
+                "INSERT INTO score_snapshots (run_id, customer_id, tier, current_value, potential_value, "
+                "pending_runs, labels, scores, reasons) "
+                "VALUES (1, :customer, 'dog', 10, 20, 0, :labels, :scores, '{}')"),
+                {"customer": customer_id, "labels": labels, "scores": scores})
+    upgrade_schema(url)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT customer_id, churn_score, labels, scores, reasons_chunk "
+                                       "FROM score_snapshots ORDER BY customer_id")).all()
+        reader = StoredSnapshot().fetch(connection, 1, [(row[0], None, row[4]) for row in rows])
+    engine.dispose()
+    assert [(row[0], row[1]) for row in rows] == [("RISKY", 81.5), ("UNSCORED", None)]
+    assert reader.documents([(row[0], row[2], row[4]) for row in rows], "labels") == [{"churn": "high"}, {}]
+    assert reader.documents([(row[0], row[3], row[4]) for row in rows], "scores") == [{"churn": 81.5, "rfm": 40}, {}]

@@ -51,7 +51,8 @@ def company(engine, database_url, tmp_path):
                 snapshots.c.run_id == run_id, snapshots.c.customer_id == customer_id)).one()
             connection.execute(snapshots.update().where(snapshots.c.run_id == run_id,
                                                         snapshots.c.customer_id == customer_id)
-                               .values(scores={**scores, "churn": score}, reasons={**why, "churn": reasons}))
+                               .values(churn_score=score, scores={**scores, "churn": score},
+                                       reasons={**why, "churn": reasons}))
     return config
 
 
