@@ -157,10 +157,11 @@ def apply_playbook(connection: Connection, settings: PlaybookSettings, *, histor
                        reasons)
     rows: list[dict[str, Any]] = []
     announced = _tier_change_rows(connection, settings, history_run_id, scored, made, now, hold, rows, reasons)
-    for task in made:
-        if task["id"] not in announced:
-            task["card_task_id"] = messages.card_task_id(task["id"])
-            rows.append(_task_row(settings, task, scored, now, hold))
+    unannounced = [task for task in made if task["id"] not in announced]
+    names = column_values(scored, None, "name", [task["customer_id"] for task in unannounced])
+    for task in unannounced:
+        task["card_task_id"] = messages.card_task_id(task["id"])
+        rows.append(_task_row(task, str(names.get(task["customer_id"], task["customer_id"])), now, hold))
     carded = [{"task": task["id"], "card": task["card_task_id"]} for task in made if task.get("card_task_id")]
     if carded:
         tasks = FollowUpTask.__table__
@@ -200,9 +201,9 @@ def _make_tasks(connection: Connection, settings: PlaybookSettings, run_id: int,
         key = (row.rule, row.customer_id)
         last_made[key] = max(last_made.get(key, created), created)
 
-    owners = scored["owner_userid"] if "owner_userid" in scored else pd.Series(dtype=object)
-    revenue = scored["revenue_12m"] if "revenue_12m" in scored else pd.Series(dtype=float)
-    churn = scored["churn_score"] if "churn_score" in scored else pd.Series(dtype=float)
+    candidates = list(dict.fromkeys(customer_id for ids in wanted.values() for customer_id in ids))
+    owners, revenue, churn, tiers = (column_values(scored, None, column, candidates)
+                                     for column in ("owner_userid", "revenue_12m", "churn_score", "tier"))
     new_rows = []
     for rule in rules:
         for customer_id in wanted.get(rule.name, []):
@@ -223,7 +224,7 @@ def _make_tasks(connection: Connection, settings: PlaybookSettings, run_id: int,
                 "customer_id": customer_id, "rule": rule.name, "owner_userid": assignee,
                 "title_zh": rule.action.zh, "title_en": rule.action.en, "created_at": now, "run_id": run_id,
                 "due_date": settings.calendar.add_workdays(today, rule.due_working_days), "status": "open",
-                "tier": scored.at[customer_id, "tier"],
+                "tier": tiers[customer_id],
                 "churn_score": float(score) if score is not None and not pd.isna(score) else 0.0,
                 "value_at_stake": float(revenue.get(customer_id, 0.0) or 0.0),
                 "reasons": [],
@@ -259,14 +260,15 @@ def _tier_change_rows(connection: Connection, settings: PlaybookSettings, run_id
         first_task.setdefault((task["customer_id"], task["owner_userid"]), task)
     lang = settings.language
     announced = set()
-    revenue = scored["revenue_12m"] if "revenue_12m" in scored else None
-    tops = reasons.of("reasons", [change.customer_id for change in changes])
+    mentioned = [change.customer_id for change in changes]
+    tops = reasons.of("reasons", mentioned)
+    revenue = column_values(scored, None, "revenue_12m", mentioned)
     for change in changes:
         task = first_task.get((change.customer_id, change.owner_userid))
         item = {"type": "tier_change", "customer_id": change.customer_id, "name": change.name,
                 "from_tier": change.from_tier, "to_tier": change.to_tier,
                 "reasons": tops.get(change.customer_id, []),
-                "revenue_12m": float(revenue.get(change.customer_id, 0.0)) if revenue is not None else 0.0,
+                "revenue_12m": float(revenue.get(change.customer_id, 0.0)),
                 "task": _task_item(task) if task else None}
         card_id = messages.card_task_id(task["id"] if task else None)
         if task:
@@ -281,20 +283,13 @@ def _tier_change_rows(connection: Connection, settings: PlaybookSettings, run_id
     return announced
 
 
-def _task_row(settings: PlaybookSettings, task: dict[str, Any], scored: pd.DataFrame, now: datetime,
-              hold: Hold) -> dict[str, Any]:
-    item = {"type": "task", "customer_id": task["customer_id"], "name": _customer_name(scored, task),
+def _task_row(task: dict[str, Any], name: str, now: datetime, hold: Hold) -> dict[str, Any]:
+    item = {"type": "task", "customer_id": task["customer_id"], "name": name,
             "tier": task["tier"], "reasons": task["reasons"], "task": _task_item(task),
             "card_task_id": task["card_task_id"]}
     return outbox_row([task["owner_userid"]], "template_card", None, origin=f"task:{task['id']}", kind="task",
                       not_before=hold(now, task["owner_userid"]), batch_key=f"rep:{task['owner_userid']}",
                       batch_item=item, now=now)
-
-
-def _customer_name(scored: pd.DataFrame, task: dict[str, Any]) -> str:
-    if "name" in scored and task["customer_id"] in scored.index:
-        return str(scored.at[task["customer_id"], "name"])
-    return task["customer_id"]
 
 
 def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored: pd.DataFrame,
@@ -316,8 +311,8 @@ def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored
         alerted.update(cid for cid in connection.execute(select(state.c.customer_id)).scalars() if cid in index)
     else:
         alerted.update(connection.execute(select(state.c.customer_id).where(state.c.customer_id.in_(ids))).scalars())
-    rearmed = [cid for cid in alerted if not pd.isna(score.get(cid)) and score[cid] < alerts.threshold
-               - alerts.rearm_margin]
+    alerted_scores = score.reindex(list(alerted))
+    rearmed = list(alerted_scores.index[alerted_scores < alerts.threshold - alerts.rearm_margin])
     for start in range(0, len(rearmed), 10_000):
         connection.execute(state.delete().where(state.c.customer_id.in_(rearmed[start:start + 10_000])))
     rising = score[(score >= alerts.threshold) & ~score.index.isin(list(alerted))]
@@ -325,16 +320,18 @@ def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored
         return 0
     info = connection.execute(text("SELECT customer_id, name, owner_userid FROM customers WHERE customer_id IN :ids")
                               .bindparams(bindparam("ids", expanding=True)), {"ids": list(rising.index)}).all()
-    revenue = scored["revenue_12m"] if "revenue_12m" in scored else None
     every = alerts.every_minutes * 60
-    tops = reasons.of("churn_reasons", [customer_id for customer_id, _, _ in info])
+    mentioned = [customer_id for customer_id, _, _ in info]
+    tops = reasons.of("churn_reasons", mentioned)
+    revenue = column_values(scored, None, "revenue_12m", mentioned)
+    rising_score = rising.to_dict()
     told = []
     for customer_id, name, owner in info:
         owner_name, manager = people.get(owner, (owner or "—", None))
         item = {"customer_id": customer_id, "name": name, "owner_name": owner_name,
-                "churn_score": float(rising[customer_id]),
+                "churn_score": float(rising_score[customer_id]),
                 "reasons": tops.get(customer_id, []),
-                "revenue_12m": float(revenue.get(customer_id, 0.0)) if revenue is not None else 0.0}
+                "revenue_12m": float(revenue.get(customer_id, 0.0))}
         before = len(rows)
         if manager:
             rows.append(outbox_row([manager], "markdown", None, origin=f"churn:{customer_id}:{run_id}",
@@ -345,7 +342,7 @@ def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored
                                    kind="churn_alert", channel="webhook", not_before=hold(now, "group robot"),
                                    batch_key="churn:group", batch_every=every, batch_item=item, now=now))
         if len(rows) > before:
-            told.append({"customer_id": customer_id, "alerted_at": now, "churn_score": float(rising[customer_id])})
+            told.append({"customer_id": customer_id, "alerted_at": now, "churn_score": item["churn_score"]})
     # Only customers someone was told about count as alerted: a rep without a manager today
     # still gets their manager told once one is set.
     if told:
