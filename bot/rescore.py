@@ -87,17 +87,13 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
         month = window_starts(as_of)["m0"]
         window_totals.ensure_month(engine, month)
         with store.consistent_read(engine, columnar=True) as connection:
-            customers = store.load_customers(connection, in_id_order=True)
-            windows = window_totals.read_month(connection, month)
-            aggregates = store.load_aggregates(connection, as_of, windows=windows)
-            activity = store.load_activity(connection, as_of, windows=windows)
-            del windows
-            intent_counts = store.load_intent_counts(connection, as_of, config.scoring.intent.rules
-                                                     if config.scoring.intent.enabled else [])
+            inputs = store.load_inputs(connection, as_of, _intent_rules(config))
+        customers, intent_counts = inputs.customers, inputs.intent_counts
         if customers.empty:
             raise NothingToScore("no customers to score: import data first (python -m bot import DIR)")
         read_done = time.perf_counter()
-        features = build_features(customers, aggregates, as_of, activity)
+        features = build_features(customers, inputs.aggregates, as_of, inputs.activity)
+        del inputs
         previous = customers.set_index("customer_id")[["tier", "pending_tier", "pending_runs"]]
         # Reasons stay compact arrays until the writer builds them a chunk at a time.
         deferred: dict = {}
@@ -121,6 +117,10 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
     return outcome, Timings(read_done - started, score_done - read_done, finished - score_done, finished - entered)
 
 
+def _intent_rules(config: Config) -> list:
+    return config.scoring.intent.rules if config.scoring.intent.enabled else []
+
+
 # Past this many touched customers an import asks for a full rescore instead.
 INCREMENTAL_LIMIT = 5_000
 
@@ -140,16 +140,12 @@ def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str],
     run_id = store.start_run(engine, as_of, config.scoring_hash(), kind="incremental")
     try:
         with store.consistent_read(engine) as connection:
-            customers = store.load_customers(connection, customer_ids)
-            windows = window_totals.read_month(connection, window_starts(as_of)["m0"], customer_ids)
-            aggregates = store.load_aggregates(connection, as_of, customer_ids, windows=windows)
-            activity = store.load_activity(connection, as_of, customer_ids, windows=windows)
-            intent_counts = store.load_intent_counts(connection, as_of, config.scoring.intent.rules
-                                                     if config.scoring.intent.enabled else [], customer_ids)
+            inputs = store.load_inputs(connection, as_of, _intent_rules(config), customer_ids)
+        customers, intent_counts = inputs.customers, inputs.intent_counts
         if customers.empty:
             store.fail_run(engine, run_id, "none of the customers exist")
             return None
-        features = build_features(customers, aggregates, as_of, activity)
+        features = build_features(customers, inputs.aggregates, as_of, inputs.activity)
         previous = customers.set_index("customer_id")[["tier", "pending_tier", "pending_runs"]]
         deferred: dict = {}
         scored = score_customers(features, config.scoring, as_of, previous=previous, intent_counts=intent_counts,

@@ -5,10 +5,12 @@ objects before pandas sees them: seconds per table. The ADBC SQLite driver hands
 Arrow arrays instead, in a fraction of that. It links its own copy of SQLite, though,
 and two copies of SQLite in one process must not open the same file: closing one
 copy's file handle drops the POSIX locks the other holds (sqlite.org, "How To Corrupt
-Your Database Files", 2.2.1). So the driver runs in a helper process of its own, which
-holds one read transaction for all the run's reads (the run sees one snapshot) and
-hands each result over as an Arrow IPC file in a private folder (in /dev/shm when it
-has room), which the parent maps into memory rather than copying through a pipe.
+Your Database Files", 2.2.1). So the driver runs in helper processes of their own. Each
+holds one read transaction for all the run's reads; with several helpers (queries side by
+side, one per core), they start those transactions while the parent holds the write
+lock, so the whole run sees one snapshot. A helper hands each result over as an Arrow IPC
+file in a private folder (in /dev/shm when it has room), which the parent maps into
+memory rather than copying through a pipe.
 
 Protocol (stdin/stdout of `python -m storage.columnar DATABASE FOLDER`): the helper
 writes b"R" when its connection is open. Each request is the UTF-8 SQL and then its bound
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import shutil
 import struct
 import subprocess
@@ -39,33 +42,43 @@ class ColumnarReadError(RuntimeError):
 
 
 class ColumnarReader:
-    """The parent's side: `execute(sql, values)` → pyarrow.Table (`?` binds, values in order)."""
+    """The parent's side: `execute(sql, values)` → pyarrow.Table (`?` binds, values in order).
 
-    def __init__(self, path: str) -> None:
+    `helpers` processes, each with its own connection, answer queries side by side: call
+    `execute` from as many threads. Their read transactions must see one snapshot, so
+    `begin_snapshot` starts them all while the caller holds off every writer."""
+
+    def __init__(self, path: str, helpers: int = 1) -> None:
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(_PROJECT), *filter(None, [os.environ.get("PYTHONPATH")])])}
         self._folder = tempfile.mkdtemp(prefix="tierbot-columnar-", dir=results_folder())
-        self._process = subprocess.Popen([sys.executable, "-m", "storage.columnar", path, self._folder],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
-        if self._process.stdout.read(1) != b"R":
-            self.close()
-            raise ColumnarReadError(f"the columnar reader could not open {path} "
-                                    f"(exit code {self._process.returncode})")
+        self._processes = [subprocess.Popen([sys.executable, "-m", "storage.columnar", path, self._folder],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
+                           for _ in range(helpers)]
+        self._idle: queue.SimpleQueue[subprocess.Popen] = queue.SimpleQueue()
+        for process in self._processes:
+            if process.stdout.read(1) != b"R":
+                self.close()
+                raise ColumnarReadError(f"the columnar reader could not open {path} "
+                                        f"(exit code {process.returncode})")
+            self._idle.put(process)
+
+    @property
+    def helpers(self) -> int:
+        return len(self._processes)
+
+    def begin_snapshot(self) -> None:
+        """Start every helper's read transaction (a read of the schema). With more than one
+        helper, the caller holds the write lock meanwhile, so no commit lands between them."""
+        for process in self._processes:
+            os.unlink(_ask(process, "SELECT COUNT(*) FROM sqlite_master", []))
 
     def execute(self, sql: str, values: list) -> pa.Table:
-        query, parameters = sql.encode(), _parameters(values)
+        process = self._idle.get()
         try:
-            self._process.stdin.write(struct.pack(">I", len(query)) + query + struct.pack(">I", len(parameters))
-                                      + parameters)
-            self._process.stdin.flush()
-            status = self._process.stdout.read(1)
-            (length,) = struct.unpack(">Q", _read_exactly(self._process.stdout, 8))
-            payload = _read_exactly(self._process.stdout, length)
-        except (BrokenPipeError, struct.error, EOFError) as error:
-            raise ColumnarReadError(f"the columnar reader stopped (exit code {self._process.poll()})") from error
-        if status != b"T":
-            raise ColumnarReadError(payload.decode("utf-8", "replace"))
-        result = payload.decode()
+            result = _ask(process, sql, values)
+        finally:
+            self._idle.put(process)
         try:
             # Mapped, not read: the table's buffers are the file's pages, which stay
             # readable after the name is gone.
@@ -74,21 +87,38 @@ class ColumnarReader:
             os.unlink(result)
 
     def close(self) -> None:
-        try:
-            if self._process.poll() is None:
-                self._process.stdin.write(struct.pack(">I", 0))
-                self._process.stdin.flush()
-        except BrokenPipeError:
-            pass
-        finally:
-            for stream in (self._process.stdin, self._process.stdout):
-                stream.close()
+        for process in self._processes:
             try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            shutil.rmtree(self._folder, ignore_errors=True)
+                if process.poll() is None:
+                    process.stdin.write(struct.pack(">I", 0))
+                    process.stdin.flush()
+            except BrokenPipeError:
+                pass
+            finally:
+                for stream in (process.stdin, process.stdout):
+                    stream.close()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def _ask(process: subprocess.Popen, sql: str, values: list) -> str:
+    """One request to a helper; the path of its result file."""
+    query, parameters = sql.encode(), _parameters(values)
+    try:
+        process.stdin.write(struct.pack(">I", len(query)) + query + struct.pack(">I", len(parameters)) + parameters)
+        process.stdin.flush()
+        status = process.stdout.read(1)
+        (length,) = struct.unpack(">Q", _read_exactly(process.stdout, 8))
+        payload = _read_exactly(process.stdout, length)
+    except (BrokenPipeError, struct.error, EOFError) as error:
+        raise ColumnarReadError(f"the columnar reader stopped (exit code {process.poll()})") from error
+    if status != b"T":
+        raise ColumnarReadError(payload.decode("utf-8", "replace"))
+    return payload.decode()
 
 
 # A million customers' rows are a few hundred MB of results at a time; containers often
@@ -152,7 +182,7 @@ def serve(path: str, folder: str) -> None:
             parameters = _read_exactly(requests, struct.unpack(">I", _read_exactly(requests, 4))[0])
             try:
                 table = _query(adbc, connection, sql, parameters)
-                result = os.path.join(folder, f"{next(numbers)}.arrow")
+                result = os.path.join(folder, f"{os.getpid()}-{next(numbers)}.arrow")
                 with pa.OSFile(result, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
                     writer.write_table(table)
                 status, payload = b"T", result.encode()

@@ -10,7 +10,7 @@ customer's current tier and hysteresis state, in one transaction. Reads reasons 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 import pandas as pd
 from sqlalchemy import Connection, Date, DateTime, Engine, bindparam, func, select, text, update
+from sqlalchemy.exc import OperationalError
 
 from scoring.deferred import Deferred, column_values, decode_chunk, encode_chunk, paused_gc
 from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, window_starts
@@ -152,9 +153,54 @@ def load_customers(connection: Connection, customer_ids: list[str] | None = None
     return frame
 
 
+@dataclass(frozen=True)
+class RunInputs:
+    customers: pd.DataFrame
+    aggregates: pd.DataFrame
+    activity: pd.DataFrame
+    intent_counts: pd.DataFrame
+
+
+def load_inputs(connection: Connection, as_of: date, intent_rules: list,
+                customer_ids: list[str] | None = None) -> RunInputs:
+    """What scoring reads, for these customers or (None) all of them in id order. Inside
+    a consistent_read; the loads run side by side when its reader has several helpers (a
+    thread waiting on its helper lets the others do their pandas work)."""
+    month = window_starts(as_of)["m0"]
+    workers = parallel_reads(connection)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run-inputs") if workers > 1 \
+            else _InPlace() as pool:
+        customers = pool.submit(load_customers, connection, customer_ids, customer_ids is None)
+        windows = pool.submit(window_totals.read_month, connection, month, customer_ids)
+        intent_counts = pool.submit(load_intent_counts, connection, as_of, intent_rules, customer_ids)
+        aggregates = pool.submit(load_aggregates, connection, as_of, customer_ids, windows.result())
+        activity = pool.submit(load_activity, connection, as_of, customer_ids, windows.result())
+        return RunInputs(customers.result(), aggregates.result(), activity.result(), intent_counts.result())
+
+
+class _InPlace:
+    """An executor that runs each call as it is submitted (one connection, one thread)."""
+
+    def __enter__(self) -> "_InPlace":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        return None
+
+    def submit(self, function: Callable, *args) -> Future:
+        done: Future = Future()
+        try:
+            done.set_result(function(*args))
+        except BaseException as error:  # raised again by result(), where the caller waits
+            done.set_exception(error)
+        return done
+
+
 # From this many customers a full run on SQLite reads through storage.columnar (below
-# it, starting the helper process costs more than it saves).
+# it, starting the helper processes costs more than it saves), with this many helpers:
+# one per core of the machines we run on, the parent's pandas work fitting between.
 COLUMNAR_FROM = 20_000
+COLUMNAR_HELPERS = 2
 
 
 @contextmanager
@@ -185,10 +231,26 @@ def _columnar_reader(engine: Engine, connection: Connection) -> ColumnarReader |
     if connection.execute(text("SELECT COUNT(*) FROM customers")).scalar_one() < COLUMNAR_FROM:
         return None
     try:
-        return ColumnarReader(path)
+        reader = ColumnarReader(path, helpers=COLUMNAR_HELPERS)
     except ColumnarReadError as error:
         logging.getLogger("tierbot").warning("reading row by row instead: %s", error)
         return None
+    try:
+        # No commit may land between the helpers' snapshots: writers wait the few
+        # milliseconds it takes (busy_timeout), as they would for any other write.
+        with write_transaction(engine):
+            reader.begin_snapshot()
+    except (ColumnarReadError, OperationalError) as error:
+        reader.close()
+        logging.getLogger("tierbot").warning("reading row by row instead: %s", error)
+        return None
+    return reader
+
+
+def parallel_reads(connection: Connection) -> int:
+    """How many queries a consistent_read connection answers side by side (see load_inputs)."""
+    reader = connection.get_execution_options().get(COLUMNAR_OPTION)
+    return reader.helpers if reader is not None else 1
 
 
 # ---------------------------------------------------------------- runs

@@ -65,15 +65,54 @@ def test_columnar_reads_give_the_frames_row_by_row_reads_give(sqlite_company, mo
         pd.testing.assert_frame_equal(by_columns[name], frame, obj=name)
 
 
+def test_the_run_inputs_read_side_by_side_are_those_read_one_after_another(sqlite_company):
+    rules = ScoringParams().intent.rules
+    with store.consistent_read(sqlite_company) as connection:
+        assert store.parallel_reads(connection) == 1
+        one_by_one = store.load_inputs(connection, AS_OF, rules)
+    with store.consistent_read(sqlite_company, columnar=True) as connection:
+        assert store.parallel_reads(connection) == store.COLUMNAR_HELPERS > 1
+        side_by_side = store.load_inputs(connection, AS_OF, rules)
+    for name in ("customers", "aggregates", "activity", "intent_counts"):
+        frame = getattr(one_by_one, name)
+        assert len(frame) > 0, name
+        pd.testing.assert_frame_equal(getattr(side_by_side, name), frame, obj=name)
+
+
 def test_a_columnar_read_sees_one_snapshot(sqlite_company):
+    """Every helper's: each read below goes to the next helper in turn."""
     with store.consistent_read(sqlite_company, columnar=True) as connection:
         before = len(store.load_customers(connection))
         with sqlite_company.begin() as writer:
             writer.execute(text("INSERT INTO customers (customer_id, name, updated_at) "
                                 "VALUES ('LATE', 'arrived mid-run', '2026-11-20')"))
-        assert len(store.load_customers(connection)) == before
+        for _ in range(store.COLUMNAR_HELPERS):
+            assert len(store.load_customers(connection)) == before
     with store.consistent_read(sqlite_company, columnar=True) as connection:
         assert len(store.load_customers(connection)) == before + 1
+
+
+def test_the_helpers_take_their_snapshots_while_writers_wait(sqlite_company, monkeypatch):
+    """Several helpers see one snapshot only if no commit lands between their first reads."""
+    import sqlite3
+
+    refused = []
+    begin_snapshot = columnar.ColumnarReader.begin_snapshot
+
+    def begin_with_a_writer_knocking(reader):
+        writer = sqlite3.connect(sqlite_company.url.database, timeout=0)
+        try:
+            writer.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            refused.append(str(error))
+        finally:
+            writer.close()
+        begin_snapshot(reader)
+
+    monkeypatch.setattr(columnar.ColumnarReader, "begin_snapshot", begin_with_a_writer_knocking)
+    with store.consistent_read(sqlite_company, columnar=True) as connection:
+        assert store.parallel_reads(connection) > 1
+    assert refused == ["database is locked"]
 
 
 def test_a_failing_query_names_the_database_error(sqlite_company):
