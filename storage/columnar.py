@@ -96,7 +96,10 @@ class ColumnarReader:
                 pass
             finally:
                 for stream in (process.stdin, process.stdout):
-                    stream.close()
+                    try:
+                        stream.close()
+                    except OSError:  # a helper that died left the last request unflushed
+                        pass
                 try:
                     process.wait(timeout=10)
                 except subprocess.TimeoutExpired:

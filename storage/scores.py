@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Callable, Iterator
@@ -223,28 +223,33 @@ def consistent_read(engine: Engine, columnar: bool = False) -> Iterator[Connecti
 
 
 def _columnar_reader(engine: Engine, connection: Connection) -> ColumnarReader | None:
-    """A reader for a large SQLite file; None elsewhere, or when the helper cannot start
-    (the run then reads row by row)."""
+    """A reader for a large SQLite file; None elsewhere, or when no helper can start (the
+    run then reads row by row)."""
     path = engine.url.database
     if connection.dialect.name != "sqlite" or not path or path == ":memory:" or path.startswith("file:"):
         return None
     if connection.execute(text("SELECT COUNT(*) FROM customers")).scalar_one() < COLUMNAR_FROM:
         return None
-    try:
-        reader = ColumnarReader(path, helpers=COLUMNAR_HELPERS)
-    except ColumnarReadError as error:
-        logging.getLogger("tierbot").warning("reading row by row instead: %s", error)
-        return None
-    try:
-        # No commit may land between the helpers' snapshots: writers wait the few
-        # milliseconds it takes (busy_timeout), as they would for any other write.
-        with write_transaction(engine):
-            reader.begin_snapshot()
-    except (ColumnarReadError, OperationalError) as error:
-        reader.close()
-        logging.getLogger("tierbot").warning("reading row by row instead: %s", error)
-        return None
-    return reader
+    log = logging.getLogger("tierbot")
+    # Several helpers first; one, which needs no lock, if the write lock stays busy past
+    # busy_timeout (a long import) or they fail to begin.
+    for helpers, hold_writers in ((COLUMNAR_HELPERS, True), (1, False)):
+        try:
+            reader = ColumnarReader(path, helpers=helpers)
+        except ColumnarReadError as error:
+            log.warning("reading row by row instead: %s", error)
+            return None
+        try:
+            # No commit may land between the helpers' snapshots: writers wait the few
+            # milliseconds it takes (busy_timeout), as they would for any other write.
+            with write_transaction(engine) if hold_writers else nullcontext():
+                reader.begin_snapshot()
+            return reader
+        except (OperationalError, ColumnarReadError) as error:
+            reader.close()
+            log.warning("the columnar helpers could not begin (%s): trying %s",
+                        getattr(error, "orig", None) or error, "one" if hold_writers else "row by row")
+    return None
 
 
 def parallel_reads(connection: Connection) -> int:

@@ -115,6 +115,26 @@ def test_the_helpers_take_their_snapshots_while_writers_wait(sqlite_company, mon
     assert refused == ["database is locked"]
 
 
+def test_a_write_lock_held_too_long_leaves_one_helper_reading(sqlite_company, monkeypatch, caplog):
+    """A long import keeps the write lock past busy_timeout: the run reads with one helper
+    (its own first read is its snapshot) rather than waiting on or racing the import."""
+    from contextlib import contextmanager
+
+    from sqlalchemy.exc import OperationalError
+
+    @contextmanager
+    def lock_busy(_engine):
+        raise OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
+        yield
+
+    monkeypatch.setattr(store, "write_transaction", lock_busy)
+    with store.consistent_read(sqlite_company, columnar=True) as connection:
+        assert store.parallel_reads(connection) == 1
+        assert connection.get_execution_options().get(COLUMNAR_OPTION) is not None
+        assert len(store.load_inputs(connection, AS_OF, []).customers) == 300
+    assert "could not begin (database is locked): trying one" in caplog.text
+
+
 def test_a_failing_query_names_the_database_error(sqlite_company):
     reader = columnar.ColumnarReader(sqlite_company.url.database)
     try:
