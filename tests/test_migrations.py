@@ -26,17 +26,23 @@ def test_upgrading_again_keeps_existing_data(engine, database_url, tmp_path):
         assert connection.execute(select(func.count()).select_from(Order)).scalar_one() == 914
 
 
-def test_upgrading_to_reason_chunks_moves_the_hysteresis_state_onto_customers(tmp_path):
-    """0006: the state a customer heading for another tier is in comes from the latest
-    full run's snapshot, so no customer starts counting its runs again."""
+def database_at(tmp_path, revision: str):
+    """(url, engine) of a SQLite database migrated only as far as `revision`."""
     from alembic import command
-    from sqlalchemy import text
 
     from storage.db import alembic_config, make_engine
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    command.upgrade(alembic_config(url), "0005")
-    engine = make_engine(url)
+    command.upgrade(alembic_config(url), revision)
+    return url, make_engine(url)
+
+
+def test_upgrading_to_reason_chunks_moves_the_hysteresis_state_onto_customers(tmp_path):
+    """0006: the state a customer heading for another tier is in comes from the latest
+    full run's snapshot, so no customer starts counting its runs again."""
+    from sqlalchemy import text
+
+    url, engine = database_at(tmp_path, "0005")
     with engine.begin() as connection:
         connection.execute(text("INSERT INTO customers (customer_id, name, updated_at) VALUES "
                                 "('HEADING', 'a', '2026-11-01'), ('STILL', 'b', '2026-11-01')"))
@@ -62,15 +68,11 @@ def test_upgrading_to_reason_chunks_moves_the_hysteresis_state_onto_customers(tm
 def test_upgrading_to_snapshot_churn_scores_copies_them_out_of_older_runs(tmp_path):
     """0007: runs written before it keep labels and scores as JSON per row; their churn
     score becomes the column the churn list sorts by, and their documents still read."""
-    from alembic import command
     from sqlalchemy import text
 
-    from storage.db import alembic_config, make_engine
     from storage.scores import StoredSnapshot
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    command.upgrade(alembic_config(url), "0006")
-    engine = make_engine(url)
+    url, engine = database_at(tmp_path, "0006")
     with engine.begin() as connection:
         connection.execute(text("INSERT INTO score_runs (id, started_at, as_of, status, kind, config_hash) "
                                 "VALUES (1, '2026-11-01', '2026-11-01', 'succeeded', 'full', 'x')"))
