@@ -63,7 +63,7 @@ def plain_documents(frame: pd.DataFrame, _settings: Any = None) -> list[dict]:
 
 
 def _plain_values(column: pd.Series) -> list:
-    if column.dtype.kind in "iub":
+    if column.dtype.kind in "iub" and not column.hasnans:  # nullable Int64 / boolean may hold NA
         return column.tolist()
     if column.dtype.kind == "f":
         values = column.to_numpy()
@@ -73,9 +73,19 @@ def _plain_values(column: pd.Series) -> list:
         plain = values.astype(object)
         plain[missing] = None
         return plain.tolist()
-    return [value.tolist() if isinstance(value, np.ndarray) else
-            None if value is None or (isinstance(value, float) and value != value) or value is pd.NA else value
-            for value in column.tolist()]
+    return [_plain(value) for value in column.tolist()]
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON holds it: arrays (lists as Arrow gives them back) as lists, all the
+    way down; NaN and NA as None; numpy scalars as Python's."""
+    if isinstance(value, (np.ndarray, list, tuple)):
+        return [_plain(item) for item in value]
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    return value
 
 
 class Deferred:

@@ -41,6 +41,10 @@ class ColumnarReadError(RuntimeError):
     """The helper could not start, or a query failed in it."""
 
 
+class _HelperStopped(ColumnarReadError):
+    """A helper's pipe broke mid-request."""
+
+
 class ColumnarReader:
     """The parent's side: `execute(sql, values)` → pyarrow.Table (`?` binds, values in order).
 
@@ -52,16 +56,23 @@ class ColumnarReader:
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(_PROJECT), *filter(None, [os.environ.get("PYTHONPATH")])])}
         self._folder = tempfile.mkdtemp(prefix="tierbot-columnar-", dir=results_folder())
-        self._processes = [subprocess.Popen([sys.executable, "-m", "storage.columnar", path, self._folder],
-                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
-                           for _ in range(helpers)]
+        self._processes: list[subprocess.Popen] = []
         self._idle: queue.SimpleQueue[subprocess.Popen] = queue.SimpleQueue()
-        for process in self._processes:
-            if process.stdout.read(1) != b"R":
-                self.close()
-                raise ColumnarReadError(f"the columnar reader could not open {path} "
-                                        f"(exit code {process.returncode})")
-            self._idle.put(process)
+        # A helper whose pipe broke mid-request is out of step: no later query may use it.
+        self._broken: ColumnarReadError | None = None
+        try:
+            for _ in range(helpers):
+                self._processes.append(subprocess.Popen(
+                    [sys.executable, "-m", "storage.columnar", path, self._folder],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment))
+            for process in self._processes:
+                if process.stdout.read(1) != b"R":
+                    raise ColumnarReadError(f"the columnar reader could not open {path} "
+                                            f"(exit code {process.poll()})")
+                self._idle.put(process)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def helpers(self) -> int:
@@ -74,9 +85,14 @@ class ColumnarReader:
             os.unlink(_ask(process, "SELECT COUNT(*) FROM sqlite_master", []))
 
     def execute(self, sql: str, values: list) -> pa.Table:
+        if self._broken is not None:
+            raise self._broken
         process = self._idle.get()
         try:
             result = _ask(process, sql, values)
+        except _HelperStopped as error:
+            self._broken = error
+            raise
         finally:
             self._idle.put(process)
         try:
@@ -118,7 +134,7 @@ def _ask(process: subprocess.Popen, sql: str, values: list) -> str:
         (length,) = struct.unpack(">Q", _read_exactly(process.stdout, 8))
         payload = _read_exactly(process.stdout, length)
     except (BrokenPipeError, struct.error, EOFError) as error:
-        raise ColumnarReadError(f"the columnar reader stopped (exit code {process.poll()})") from error
+        raise _HelperStopped(f"the columnar reader stopped (exit code {process.poll()})") from error
     if status != b"T":
         raise ColumnarReadError(payload.decode("utf-8", "replace"))
     return payload.decode()

@@ -38,13 +38,17 @@ def _ensure_sqlite_folder(url: URL) -> None:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+# How long a SQLite connection waits for another's lock before "database is locked".
+BUSY_TIMEOUT_MS = 30_000
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the service read while an import writes; foreign keys are off by default.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     # Import staging tables are temporary tables: they must spill to disk, not to RAM.
     cursor.execute("PRAGMA temp_store=FILE")
     cursor.execute("PRAGMA cache_size=-65536")
@@ -58,8 +62,8 @@ def json_text(value) -> str:
 
 
 def _with_json(kwargs: dict) -> dict:
+    # Read with the json module still: rows it wrote may hold NaN, which orjson refuses.
     kwargs.setdefault("json_serializer", json_text)
-    kwargs.setdefault("json_deserializer", orjson.loads)
     return kwargs
 
 
@@ -112,12 +116,21 @@ def for_writing(connection):
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """engine.begin() for transactions that read and then write (see for_writing)."""
+def write_transaction(engine: Engine, busy_timeout_ms: int | None = None) -> Iterator[Connection]:
+    """engine.begin() for transactions that read and then write (see for_writing).
+    `busy_timeout_ms`: on SQLite, wait this long for the write lock instead of BUSY_TIMEOUT_MS."""
     with engine.connect() as connection:
         for_writing(connection)
-        with connection.begin():
-            yield connection
+        waiting = busy_timeout_ms is not None and connection.dialect.name == "sqlite"
+        if waiting:
+            # On the driver's connection: through SQLAlchemy it would begin the transaction first.
+            connection.connection.dbapi_connection.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        try:
+            with connection.begin():
+                yield connection
+        finally:
+            if waiting:
+                connection.connection.dbapi_connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def alembic_config(url: str):

@@ -320,8 +320,9 @@ class ScoreSnapshot(Base):
     # The churn risk score, a column for the churn list to filter and sort by.
     churn_score: Mapped[float | None] = mapped_column(Float)
     # {"rfm": "champions", "sabc": "S", "pyramid": "gold", ...}: every model's label, and
-    # {"revenue": 92.9, ..., "rfm": 545, "churn": 12.5}: component and model scores. Since
-    # migration 0007 both are {} here and kept in the row's chunk (storage.scores.StoredSnapshot).
+    # {"revenue": 92.9, ..., "rfm": 545, "churn": 12.5}: component and model scores. Rows
+    # written since migration 0007 hold {} here: both are in the row's chunk
+    # (storage.scores.StoredSnapshot).
     labels: Mapped[dict] = mapped_column(JSON)
     scores: Mapped[dict] = mapped_column(JSON)
     # Reasons kept as written: {"intent": [...], "rules": [...]} (and, in runs before reason

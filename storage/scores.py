@@ -10,7 +10,7 @@ customer's current tier and hysteresis state, in one transaction. Reads reasons 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -168,32 +168,27 @@ def load_inputs(connection: Connection, as_of: date, intent_rules: list,
     thread waiting on its helper lets the others do their pandas work)."""
     month = window_starts(as_of)["m0"]
     workers = parallel_reads(connection)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run-inputs") if workers > 1 \
-            else _InPlace() as pool:
+    if workers == 1:
+        windows = window_totals.read_month(connection, month, customer_ids)
+        return RunInputs(load_customers(connection, customer_ids, customer_ids is None),
+                         load_aggregates(connection, as_of, customer_ids, windows),
+                         load_activity(connection, as_of, customer_ids, windows),
+                         load_intent_counts(connection, as_of, intent_rules, customer_ids))
+    # The threads share the connection only for its reader (every load goes through
+    # query_frame); each gets its own shallow copy of the windows frame.
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run-inputs")
+    try:
         customers = pool.submit(load_customers, connection, customer_ids, customer_ids is None)
         windows = pool.submit(window_totals.read_month, connection, month, customer_ids)
         intent_counts = pool.submit(load_intent_counts, connection, as_of, intent_rules, customer_ids)
-        aggregates = pool.submit(load_aggregates, connection, as_of, customer_ids, windows.result())
-        activity = pool.submit(load_activity, connection, as_of, customer_ids, windows.result())
+        aggregates = pool.submit(load_aggregates, connection, as_of, customer_ids, windows.result().copy(deep=False))
+        activity = pool.submit(load_activity, connection, as_of, customer_ids, windows.result().copy(deep=False))
         return RunInputs(customers.result(), aggregates.result(), activity.result(), intent_counts.result())
-
-
-class _InPlace:
-    """An executor that runs each call as it is submitted (one connection, one thread)."""
-
-    def __enter__(self) -> "_InPlace":
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        return None
-
-    def submit(self, function: Callable, *args) -> Future:
-        done: Future = Future()
-        try:
-            done.set_result(function(*args))
-        except BaseException as error:  # raised again by result(), where the caller waits
-            done.set_exception(error)
-        return done
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # what has not started yet never does
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 # From this many customers a full run on SQLite reads through storage.columnar (below
@@ -201,13 +196,16 @@ class _InPlace:
 # one per core of the machines we run on, the parent's pandas work fitting between.
 COLUMNAR_FROM = 20_000
 COLUMNAR_HELPERS = 2
+# How long a run waits for the write lock its helpers start their snapshots under.
+LOCK_WAIT_MS = 2_000
 
 
 @contextmanager
 def consistent_read(engine: Engine, columnar: bool = False) -> Iterator[Connection]:
     """A read-only transaction in which every query sees the same committed state.
     `columnar`: on a SQLite file of COLUMNAR_FROM customers or more, the bulk reads
-    (storage.sql.query_frame) go through a ColumnarReader, all in its one transaction."""
+    (storage.sql.query_frame) go through a ColumnarReader, whose helpers all read one
+    snapshot (see _columnar_reader)."""
     with engine.connect() as connection:
         if connection.dialect.name == "postgresql":
             connection = connection.execution_options(isolation_level="REPEATABLE READ")
@@ -241,14 +239,18 @@ def _columnar_reader(engine: Engine, connection: Connection) -> ColumnarReader |
             return None
         try:
             # No commit may land between the helpers' snapshots: writers wait the few
-            # milliseconds it takes (busy_timeout), as they would for any other write.
-            with write_transaction(engine) if hold_writers else nullcontext():
+            # milliseconds it takes, as they would for any other write. The run waits
+            # for the lock only briefly: an import can hold it for minutes.
+            with write_transaction(engine, busy_timeout_ms=LOCK_WAIT_MS) if hold_writers else nullcontext():
                 reader.begin_snapshot()
             return reader
         except (OperationalError, ColumnarReadError) as error:
             reader.close()
             log.warning("the columnar helpers could not begin (%s): trying %s",
                         getattr(error, "orig", None) or error, "one" if hold_writers else "row by row")
+        except BaseException:
+            reader.close()
+            raise
     return None
 
 

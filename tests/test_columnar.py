@@ -116,23 +116,27 @@ def test_the_helpers_take_their_snapshots_while_writers_wait(sqlite_company, mon
 
 
 def test_a_write_lock_held_too_long_leaves_one_helper_reading(sqlite_company, monkeypatch, caplog):
-    """A long import keeps the write lock past busy_timeout: the run reads with one helper
-    (its own first read is its snapshot) rather than waiting on or racing the import."""
-    from contextlib import contextmanager
+    """A long import keeps the write lock: the run waits LOCK_WAIT_MS for it, then reads
+    with one helper (its own first read is its snapshot) rather than racing the import."""
+    import sqlite3
 
-    from sqlalchemy.exc import OperationalError
-
-    @contextmanager
-    def lock_busy(_engine):
-        raise OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
-        yield
-
-    monkeypatch.setattr(store, "write_transaction", lock_busy)
-    with store.consistent_read(sqlite_company, columnar=True) as connection:
-        assert store.parallel_reads(connection) == 1
-        assert connection.get_execution_options().get(COLUMNAR_OPTION) is not None
-        assert len(store.load_inputs(connection, AS_OF, []).customers) == 300
+    monkeypatch.setattr(store, "LOCK_WAIT_MS", 50)
+    importer = sqlite3.connect(sqlite_company.url.database, isolation_level=None)
+    importer.execute("BEGIN IMMEDIATE")
+    try:
+        with store.consistent_read(sqlite_company, columnar=True) as connection:
+            assert store.parallel_reads(connection) == 1
+            assert connection.get_execution_options().get(COLUMNAR_OPTION) is not None
+            assert len(store.load_inputs(connection, AS_OF, []).customers) == 300
+    finally:
+        importer.execute("ROLLBACK")
+        importer.close()
     assert "could not begin (database is locked): trying one" in caplog.text
+    # Both pooled connections (the run's and the one that waited for the lock) wait as long
+    # as ever again afterwards.
+    with sqlite_company.connect() as first, sqlite_company.connect() as second:
+        for connection in (first, second):
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 30_000
 
 
 def test_a_failing_query_names_the_database_error(sqlite_company):

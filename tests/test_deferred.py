@@ -144,3 +144,16 @@ def test_a_builder_must_be_registered():
 
     with pytest.raises(KeyError, match="no reasons builder named 'nope'"):
         Deferred("nope", {}, 0)
+
+
+def test_stored_documents_hold_what_json_would():
+    """Labels and scores come back from a chunk as JSON values: no NaN, NA or numpy left."""
+    import orjson
+
+    frame = pd.DataFrame({"count": pd.array([1, None], dtype="Int64"), "tags": [np.array(["大", "b"]), []],
+                          "score": [1.5, np.nan], "flag": pd.array([True, None], dtype="boolean"),
+                          "label": ["star", None], "runs": np.array([3, 4])})
+    documents = plain_documents(frame)
+    assert documents == [{"count": 1, "tags": ["大", "b"], "score": 1.5, "flag": True, "label": "star", "runs": 3},
+                         {"count": None, "tags": [], "score": None, "flag": None, "label": None, "runs": 4}]
+    assert orjson.loads(orjson.dumps(documents)) == documents  # plain: no numpy option needed

@@ -26,5 +26,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Runs written since 0007 keep their labels and scores only in their chunks, which the
+    # code before 0007 does not read: run a full rescore after downgrading.
     with op.batch_alter_table('score_snapshots') as batch_op:
         batch_op.drop_column('churn_score')
