@@ -6,6 +6,7 @@ the service the async one; each picks its driver from the URL's backend.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -61,9 +62,18 @@ def json_text(value) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
+def json_value(text: str | bytes):
+    """A JSON column's value: orjson, or the json module for text orjson refuses (rows the
+    json module wrote before may hold NaN)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def _with_json(kwargs: dict) -> dict:
-    # Read with the json module still: rows it wrote may hold NaN, which orjson refuses.
     kwargs.setdefault("json_serializer", json_text)
+    kwargs.setdefault("json_deserializer", json_value)
     return kwargs
 
 

@@ -92,3 +92,27 @@ def test_upgrading_to_snapshot_churn_scores_copies_them_out_of_older_runs(tmp_pa
     assert [(row[0], row[1]) for row in rows] == [("RISKY", 81.5), ("UNSCORED", None)]
     assert reader.documents([(row[0], row[2], row[4]) for row in rows], "labels") == [{"churn": "high"}, {}]
     assert reader.documents([(row[0], row[3], row[4]) for row in rows], "scores") == [{"churn": 81.5, "rfm": 40}, {}]
+
+
+def test_json_the_json_module_wrote_before_still_reads(tmp_path):
+    """JSON columns are now written and read with orjson, which refuses NaN; the json
+    module wrote NaN for a missing number, and such rows must still read."""
+    import math
+
+    from sqlalchemy import text
+
+    from storage.db import make_engine
+    from storage.models import OutboxMessage
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade_schema(url)
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO outbox (created_at, touser, msgtype, payload, status, attempts, kind, channel, batch_every,"
+            " batch_item) VALUES ('2026-11-01 00:00:00', 'rep_a', 'markdown', '{}', 'pending', 0, 'churn_alert',"
+            " 'app', 0, '{\"name\": \"星辰\", \"revenue_12m\": NaN}')"))
+    with engine.connect() as connection:
+        item = connection.execute(select(OutboxMessage.batch_item)).scalar_one()
+    engine.dispose()
+    assert item["name"] == "星辰" and math.isnan(item["revenue_12m"])
