@@ -318,17 +318,21 @@ def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored
     rising = score[(score >= alerts.threshold) & ~score.index.isin(list(alerted))]
     if rising.empty:
         return 0
-    info = connection.execute(text("SELECT customer_id, name, owner_userid FROM customers WHERE customer_id IN :ids")
-                              .bindparams(bindparam("ids", expanding=True)), {"ids": list(rising.index)}).all()
     every = alerts.every_minutes * 60
-    mentioned = [customer_id for customer_id, _, _ in info]
+    # Names and owners as the run read them (apply_playbook put them on `scored`), not read
+    # again with every rising customer bound into one IN list.
+    mentioned = list(rising.index)
     tops = reasons.of("churn_reasons", mentioned)
-    revenue = column_values(scored, None, "revenue_12m", mentioned)
+    revenue, names, owners = (column_values(scored, None, column, mentioned)
+                              for column in ("revenue_12m", "name", "owner_userid"))
     rising_score = rising.to_dict()
     told = []
-    for customer_id, name, owner in info:
+    for customer_id in mentioned:
+        name = names.get(customer_id)
+        owner = owners.get(customer_id) if isinstance(owners.get(customer_id), str) else None
         owner_name, manager = people.get(owner, (owner or "—", None))
-        item = {"customer_id": customer_id, "name": name, "owner_name": owner_name,
+        item = {"customer_id": customer_id, "name": name if isinstance(name, str) else customer_id,
+                "owner_name": owner_name,
                 "churn_score": float(rising_score[customer_id]),
                 "reasons": tops.get(customer_id, []),
                 "revenue_12m": float(revenue.get(customer_id, 0.0))}
