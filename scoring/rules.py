@@ -79,6 +79,7 @@ import tokenize
 import unicodedata
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date, datetime
 from typing import Any
 
@@ -890,9 +891,21 @@ def compile_rules(params: RulesParams, fields: Mapping[str, str],
 class RuleOutcome:
     labels: pd.DataFrame  # the input labels with the cells rules changed
     changed: pd.DataFrame  # bool, same shape: True where a rule changed the cell
-    tags: pd.Series  # list[str] per customer, unique, in rule order
-    fired: pd.Series  # list[str] per customer: names of the rules whose condition held, in order
     matched: pd.DataFrame  # bool, one column per enabled rule (by name)
+    add_tags: tuple[tuple[str, ...], ...] = ()  # per enabled rule, in matched's column order
+
+    # The per-customer lists are built on first use: a list per customer costs a tenth of a
+    # second per 100k, and the playbook's task rules only ask which customers matched.
+    @cached_property
+    def tags(self) -> pd.Series:
+        """list[str] per customer: the tags of the rules that matched, unique, in rule order."""
+        return _lists_per_row(self.matched.to_numpy(), list(self.add_tags), self.matched.index)
+
+    @cached_property
+    def fired(self) -> pd.Series:
+        """list[str] per customer: the names of the rules whose condition held, in order."""
+        return _lists_per_row(self.matched.to_numpy(), [(name,) for name in self.matched.columns],
+                              self.matched.index)
 
     def reasons(self) -> pd.Series:
         """Per customer: [{"factor": "rule", "value": rule name}, …] for the rules that fired."""
@@ -1015,9 +1028,8 @@ def apply_rules(compiled: CompiledRules, features: pd.DataFrame, labels: pd.Data
     return RuleOutcome(
         labels=result,
         changed=changed,
-        tags=_lists_per_row(matched, [rule.add_tags for rule in rules], labels.index),
-        fired=_lists_per_row(matched, [(rule.name,) for rule in rules], labels.index),
         matched=pd.DataFrame(matched, index=labels.index, columns=pd.Index(names, dtype=object)),
+        add_tags=tuple(tuple(rule.add_tags) for rule in rules),
     )
 
 
