@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.models import OutboxMessage
+from storage.sql import insert_rows
 
 
 def message_payload(msgtype: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -52,14 +53,14 @@ def queue_rows(connection: Connection, rows: list[dict[str, Any]], skip_existing
     origin is queued already is left out instead of failing the transaction."""
     if not rows:
         return
-    statement = OutboxMessage.__table__.insert()
-    if skip_existing:
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+    if not skip_existing:
+        insert_rows(connection, OutboxMessage.__table__, rows)
+        return
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
-        statement = insert(OutboxMessage.__table__).on_conflict_do_nothing(index_elements=["origin"])
-    connection.execute(statement, rows)
+    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    connection.execute(insert(OutboxMessage.__table__).on_conflict_do_nothing(index_elements=["origin"]), rows)
 
 
 async def enqueue(connection: AsyncConnection, touser: Iterable[str], msgtype: str, body: dict[str, Any],

@@ -31,6 +31,7 @@ from scoring.deferred import column_values
 from scoring.pipeline import RULE_FIELDS, rule_view
 from scoring.rules import BusinessRule, RuleAction, RuleError, RulesParams, apply_rules, compile_rules
 from storage.models import ChurnAlertState, FollowUpTask
+from storage.sql import insert_rows
 
 # What a task rule may test, beyond the business-rule fields: the labels of every model,
 # the tier before this run, and a few signals the articles name.
@@ -147,7 +148,7 @@ def apply_playbook(connection: Connection, settings: PlaybookSettings, *, histor
     `deferred`: reasons columns `scored` lacks (scoring.deferred), built for the customers
     mentioned."""
     today = now.astimezone(settings.tz).date()
-    hold = settings.hold_until  # per recipient: (now, userid) → release time or None
+    hold = _per_recipient(settings.hold_until)  # (now, userid) → release time or None
     # What the messages mention, beside the models' output.
     scored = scored.assign(**{column: features[column].reindex(scored.index)
                               for column in ("name", "owner_userid", "revenue_12m") if column in features})
@@ -170,6 +171,20 @@ def apply_playbook(connection: Connection, settings: PlaybookSettings, *, histor
     alerts = _churn_alert_rows(connection, settings, scored, people, history_run_id, now, hold, rows, reasons)
     queue_rows(connection, rows)
     return PlaybookOutcome(len(rows), len(made), alerts)
+
+
+def _per_recipient(hold: Hold) -> Hold:
+    """`hold`, worked out once per (now, recipient): a first run queues thousands of pushes
+    to a few hundred people."""
+    known: dict[tuple[datetime, str | None], datetime | None] = {}
+
+    def cached(now: datetime, who: str | None = None) -> datetime | None:
+        key = (now, who)
+        if key not in known:
+            known[key] = hold(now, who)
+        return known[key]
+
+    return cached
 
 
 def _people(connection: Connection) -> dict[str, tuple[str, str | None]]:
@@ -235,7 +250,7 @@ def _make_tasks(connection: Connection, settings: PlaybookSettings, run_id: int,
     tops = reasons.of("reasons", [row["customer_id"] for row in new_rows])
     for row in new_rows:
         row["reasons"] = tops.get(row["customer_id"], [])
-    connection.execute(tasks.insert(), new_rows)
+    insert_rows(connection, tasks, new_rows)
     # The playbook runs once per run, so the run's tasks are the ones just made.
     made = connection.execute(select(tasks).where(tasks.c.run_id == run_id).order_by(tasks.c.id)).mappings().all()
     return [dict(row) for row in made]
@@ -350,5 +365,5 @@ def _churn_alert_rows(connection: Connection, settings: PlaybookSettings, scored
     # Only customers someone was told about count as alerted: a rep without a manager today
     # still gets their manager told once one is set.
     if told:
-        connection.execute(state.insert(), told)
+        insert_rows(connection, state, told)
     return len(told)

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection, Table, bindparam, text
 from sqlalchemy.types import TypeEngine
 
 
@@ -66,6 +66,45 @@ def bulk_insert(connection: Connection, table: str, frame: pd.DataFrame) -> None
     cursor = raw.cursor()
     try:
         cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", zip(*values))
+    finally:
+        cursor.close()
+
+
+def insert_rows(connection: Connection, table: Table, rows: list[dict]) -> None:
+    """`connection.execute(table.insert(), rows)`, for thousands of rows at once. On SQLite
+    the values go through each column's own bind processing a column at a time and then
+    straight to the driver's executemany: SQLAlchemy's per-row parameter handling costs
+    some 25 µs a row, a third of a second for a first run's outbox. Every row must name
+    the same columns; a column they leave out gets its default."""
+    if not rows:
+        return
+    if connection.dialect.name != "sqlite":
+        connection.execute(table.insert(), rows)
+        return
+    names = list(rows[0])
+    if any(len(row) != len(names) or any(name not in row for name in names) for row in rows):
+        raise ValueError(f"insert_rows into {table.name}: every row must name the same columns ({', '.join(names)})")
+    dialect = connection.dialect
+    values, columns = [], []
+    for name in names:
+        column = table.c[name]
+        processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+        raw = [row[name] for row in rows]
+        values.append(raw if processor is None else [processor(value) for value in raw])
+        columns.append(column.name)
+    for column in table.c:
+        default = column.default
+        if column.name in names or default is None:
+            continue
+        if not default.is_scalar:
+            raise ValueError(f"insert_rows into {table.name}: rows must name {column.name} (its default is computed)")
+        processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+        values.append([default.arg if processor is None else processor(default.arg)] * len(rows))
+        columns.append(column.name)
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        cursor.executemany(f"INSERT INTO {table.name} ({', '.join(columns)}) "
+                           f"VALUES ({', '.join('?' for _ in columns)})", zip(*values))
     finally:
         cursor.close()
 
