@@ -70,14 +70,23 @@ def load_aggregates(connection: Connection, as_of: date, customer_ids: list[str]
     """Per customer: revenue windows, lifetime totals, purchase days, first-day revenue,
     first and last order dates, all up to and including `as_of`. `windows`: the as-of
     month's storage.windows frame, when the caller has read it already."""
-    month = window_starts(as_of)["m0"]
     if windows is None:
-        windows = window_totals.read_month(connection, month, customer_ids)
-    frame = windows.set_index("customer_id")[[*window_totals.ORDER_SUMS, "first_order_date", "last_order_date"]]
-    frame = frame[frame["first_order_date"].notna()]
-    days = query_frame(connection, _scoped(_CURRENT_DAYS_SQL, customer_ids)[0], {"m0": month, "as_of": as_of},
+        windows = window_totals.read_month(connection, window_starts(as_of)["m0"], customer_ids)
+    return _aggregates_from(windows, _current_days(connection, as_of, customer_ids))
+
+
+def _current_days(connection: Connection, as_of: date, customer_ids: list[str] | None) -> pd.DataFrame:
+    """Orders of the as-of month so far, per customer and day."""
+    return query_frame(connection, _scoped(_CURRENT_DAYS_SQL, customer_ids)[0],
+                       {"m0": window_starts(as_of)["m0"], "as_of": as_of},
                        ["customer_id", "order_date", "revenue", "cost", "repeat_revenue", "orders"],
                        numeric=("revenue", "cost", "repeat_revenue", "orders"), type_=Date, customer_ids=customer_ids)
+
+
+def _aggregates_from(windows: pd.DataFrame, days: pd.DataFrame) -> pd.DataFrame:
+    """load_aggregates' frame: the whole months' totals plus the as-of month's days."""
+    frame = windows.set_index("customer_id")[[*window_totals.ORDER_SUMS, "first_order_date", "last_order_date"]]
+    frame = frame[frame["first_order_date"].notna()]
     for column in ("first_order_date", "last_order_date"):
         frame[column] = pd.to_datetime(frame[column])
     if len(days):
@@ -111,20 +120,36 @@ def load_activity(connection: Connection, as_of: date, customer_ids: list[str] |
     """Per customer: activities in the 30 days to as_of, the six whole months before the
     as-of month (the baseline, from storage.windows), complaints in the last 90 days and
     the 90 before."""
-    until = datetime.combine(as_of + timedelta(days=1), datetime.min.time())
-    month = window_starts(as_of)["m0"]
     if windows is None:
-        windows = window_totals.read_month(connection, month, customer_ids)
-    parameters = {"until": until, "since_30d": until - timedelta(days=30), "since_90d": until - timedelta(days=90),
-                  "since_180d": until - timedelta(days=180)}
+        windows = window_totals.read_month(connection, window_starts(as_of)["m0"], customer_ids)
+    return _activity_from(_recent_activity(connection, as_of, customer_ids),
+                          _complaints(connection, as_of, customer_ids), windows)
 
-    def grouped(sql: str, names: list[str], numeric: tuple[str, ...]) -> pd.DataFrame:
-        return query_frame(connection, _scoped(sql, customer_ids)[0], parameters, ["customer_id", *names],
-                           numeric=numeric, type_=DateTime, customer_ids=customer_ids).set_index("customer_id")
 
-    recent = grouped(_RECENT_ACTIVITY_SQL, ["act_30d", "last_recent_ts"], ("act_30d",))
-    complaints = grouped(_COMPLAINTS_SQL, ["complaints_90d", "complaints_prev_90d"],
-                         ("complaints_90d", "complaints_prev_90d"))
+def _activity_windows(as_of: date) -> dict[str, datetime]:
+    until = datetime.combine(as_of + timedelta(days=1), datetime.min.time())
+    return {"until": until, "since_30d": until - timedelta(days=30), "since_90d": until - timedelta(days=90),
+            "since_180d": until - timedelta(days=180)}
+
+
+def _activity_counts(connection: Connection, as_of: date, customer_ids: list[str] | None, sql: str,
+                     names: list[str], numeric: tuple[str, ...]) -> pd.DataFrame:
+    return query_frame(connection, _scoped(sql, customer_ids)[0], _activity_windows(as_of), ["customer_id", *names],
+                       numeric=numeric, type_=DateTime, customer_ids=customer_ids).set_index("customer_id")
+
+
+def _recent_activity(connection: Connection, as_of: date, customer_ids: list[str] | None) -> pd.DataFrame:
+    return _activity_counts(connection, as_of, customer_ids, _RECENT_ACTIVITY_SQL, ["act_30d", "last_recent_ts"],
+                            ("act_30d",))
+
+
+def _complaints(connection: Connection, as_of: date, customer_ids: list[str] | None) -> pd.DataFrame:
+    return _activity_counts(connection, as_of, customer_ids, _COMPLAINTS_SQL,
+                            ["complaints_90d", "complaints_prev_90d"], ("complaints_90d", "complaints_prev_90d"))
+
+
+def _activity_from(recent: pd.DataFrame, complaints: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
+    """load_activity's frame: the last 30 days and complaints, beside the months' baseline."""
     baseline = windows.loc[(windows["baseline_events"] > 0) | windows["baseline_last_ts"].notna(),
                            ["customer_id", "baseline_events", "baseline_last_ts"]]
     frame = recent.join(complaints, how="outer").join(
@@ -164,31 +189,53 @@ class RunInputs:
 def load_inputs(connection: Connection, as_of: date, intent_rules: list,
                 customer_ids: list[str] | None = None) -> RunInputs:
     """What scoring reads, for these customers or (None) all of them in id order. Inside
-    a consistent_read; the loads run side by side when its reader has several helpers (a
-    thread waiting on its helper lets the others do their pandas work)."""
+    a consistent_read; when its reader has several helpers, every query is a task of its
+    own and the helpers take them as they come free, longest first (a thread waiting on a
+    helper lets the others do their pandas work)."""
     month = window_starts(as_of)["m0"]
-    workers = parallel_reads(connection)
-    if workers == 1:
-        windows = window_totals.read_month(connection, month, customer_ids)
-        return RunInputs(load_customers(connection, customer_ids, customer_ids is None),
-                         load_aggregates(connection, as_of, customer_ids, windows),
-                         load_activity(connection, as_of, customer_ids, windows),
-                         load_intent_counts(connection, as_of, intent_rules, customer_ids))
-    # The threads share the connection only for its reader (every load goes through
-    # query_frame); each gets its own shallow copy of the windows frame.
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run-inputs")
+    in_id_order = customer_ids is None
+    reads: dict[str, Callable[[], pd.DataFrame]] = {
+        # In this order (measured at 100k): what the combinations below wait for first,
+        # then the longest, so that the last to start is short.
+        "windows": lambda: window_totals.read_month(connection, month, customer_ids),
+        "days": lambda: _current_days(connection, as_of, customer_ids),
+        "recent": lambda: _recent_activity(connection, as_of, customer_ids),
+        "customers": lambda: load_customers(connection, customer_ids, in_id_order),
+        "intent": lambda: load_intent_counts(connection, as_of, intent_rules, customer_ids),
+        "complaints": lambda: _complaints(connection, as_of, customer_ids),
+    }
+    combined: dict[str, tuple[Callable[..., pd.DataFrame], tuple[str, ...]]] = {
+        "aggregates": (_aggregates_from, ("windows", "days")),
+        "activity": (_activity_from, ("recent", "complaints", "windows")),
+    }
+    if parallel_reads(connection) == 1:
+        read = {name: load() for name, load in reads.items()}
+        done = {name: combine(*(read[part] for part in parts)) for name, (combine, parts) in combined.items()}
+        return RunInputs(read["customers"], done["aggregates"], done["activity"], read["intent"])
+    # The threads share the connection only for its reader (every read goes through
+    # query_frame). The reads start in order, one more at a time than there are helpers
+    # (so a helper never waits while its last result becomes a frame); each combination
+    # runs as soon as its reads are in, beside the reads still going.
+    helpers = parallel_reads(connection)
+    read_pool = ThreadPoolExecutor(max_workers=helpers + 1, thread_name_prefix="run-inputs")
+    combine_pool = ThreadPoolExecutor(max_workers=len(combined), thread_name_prefix="run-inputs-combine")
     try:
-        customers = pool.submit(load_customers, connection, customer_ids, customer_ids is None)
-        windows = pool.submit(window_totals.read_month, connection, month, customer_ids)
-        intent_counts = pool.submit(load_intent_counts, connection, as_of, intent_rules, customer_ids)
-        aggregates = pool.submit(load_aggregates, connection, as_of, customer_ids, windows.result().copy(deep=False))
-        activity = pool.submit(load_activity, connection, as_of, customer_ids, windows.result().copy(deep=False))
-        return RunInputs(customers.result(), aggregates.result(), activity.result(), intent_counts.result())
+        futures = {name: read_pool.submit(load) for name, load in reads.items()}
+
+        def when_read(combine: Callable[..., pd.DataFrame], parts: tuple[str, ...]) -> pd.DataFrame:
+            # Each its own shallow copy: two threads read the windows frame at once.
+            return combine(*(futures[part].result().copy(deep=False) for part in parts))
+
+        done = {name: combine_pool.submit(when_read, combine, parts) for name, (combine, parts) in combined.items()}
+        return RunInputs(futures["customers"].result(), done["aggregates"].result(), done["activity"].result(),
+                         futures["intent"].result())
     except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)  # what has not started yet never does
+        for pool in (read_pool, combine_pool):
+            pool.shutdown(wait=False, cancel_futures=True)  # what has not started yet never does
         raise
     finally:
-        pool.shutdown(wait=True)
+        read_pool.shutdown(wait=True)
+        combine_pool.shutdown(wait=True)
 
 
 # From this many customers a full run on SQLite reads through storage.columnar (below
