@@ -221,6 +221,7 @@ def _make_tasks(connection: Connection, settings: PlaybookSettings, run_id: int,
                                      for column in ("owner_userid", "revenue_12m", "churn_score", "tier"))
     new_rows = []
     for rule in rules:
+        due_date = settings.calendar.add_workdays(today, rule.due_working_days)
         for customer_id in wanted.get(rule.name, []):
             key = (rule.name, customer_id)
             if key in open_pairs:
@@ -238,7 +239,7 @@ def _make_tasks(connection: Connection, settings: PlaybookSettings, run_id: int,
             new_rows.append({
                 "customer_id": customer_id, "rule": rule.name, "owner_userid": assignee,
                 "title_zh": rule.action.zh, "title_en": rule.action.en, "created_at": now, "run_id": run_id,
-                "due_date": settings.calendar.add_workdays(today, rule.due_working_days), "status": "open",
+                "due_date": due_date, "status": "open",
                 "tier": tiers[customer_id],
                 "churn_score": float(score) if score is not None and not pd.isna(score) else 0.0,
                 "value_at_stake": float(revenue.get(customer_id, 0.0) or 0.0),

@@ -89,8 +89,7 @@ def insert_rows(connection: Connection, table: Table, rows: list[dict]) -> None:
     for name in names:
         column = table.c[name]
         processor = column.type.dialect_impl(dialect).bind_processor(dialect)
-        raw = [row[name] for row in rows]
-        values.append(raw if processor is None else [processor(value) for value in raw])
+        values.append(_processed([row[name] for row in rows], processor))
         columns.append(column.name)
     for column in table.c:
         default = column.default
@@ -107,6 +106,25 @@ def insert_rows(connection: Connection, table: Table, rows: list[dict]) -> None:
                            f"VALUES ({', '.join('?' for _ in columns)})", zip(*values))
     finally:
         cursor.close()
+
+
+def _processed(values: list, processor) -> list:
+    """`values` through a bind processor, each distinct value once: a run's rows share a
+    handful of timestamps (created now, held until one release time per person)."""
+    if processor is None:
+        return values
+    done: dict = {}
+    result = []
+    try:
+        for value in values:
+            # Equal is not enough: 08:00+08:00 equals 00:00 UTC, and SQLite keeps the wall time.
+            key = (type(value), value, getattr(value, "tzinfo", None))
+            if key not in done:
+                done[key] = processor(value)
+            result.append(done[key])
+        return result
+    except TypeError:  # unhashable values (JSON documents): each on its own
+        return [processor(value) for value in values]
 
 
 def _python_values(column: pd.Series) -> np.ndarray:

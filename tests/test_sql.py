@@ -67,3 +67,20 @@ def test_rows_naming_different_columns_are_refused_before_anything_is_written(en
         with engine.begin() as connection:
             insert_rows(connection, table, [first, second])
     assert _read(engine, table, table.c.id, ()) == []
+
+
+def test_equal_moments_in_other_time_zones_are_written_as_sqlalchemy_writes_each(engine):
+    table = OutboxMessage.__table__
+    shanghai = NOW.astimezone(timezone(timedelta(hours=8)))
+    assert shanghai == NOW  # the same moment, another wall-clock time
+    rows = []
+    for prefix in ("orm", "fast"):
+        for n, moment in enumerate((NOW, shanghai)):
+            row = _outbox_rows(f"{prefix}:{n}")[1]
+            rows.append({**row, "created_at": moment})
+    with engine.begin() as connection:
+        connection.execute(table.insert(), rows[:2])
+        insert_rows(connection, table, rows[2:])
+    found = {row["origin"]: row["created_at"] for row in _read(engine, table, table.c.id, ("id",))}
+    assert found["fast:0:now"] == found["orm:0:now"]
+    assert found["fast:1:now"] == found["orm:1:now"]
