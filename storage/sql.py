@@ -78,12 +78,12 @@ def insert_rows(connection: Connection, table: Table, rows: list[dict]) -> None:
     the same columns; a column they leave out gets its default."""
     if not rows:
         return
-    if connection.dialect.name != "sqlite":
-        connection.execute(table.insert(), rows)
-        return
     names = list(rows[0])
     if any(len(row) != len(names) or any(name not in row for name in names) for row in rows):
         raise ValueError(f"insert_rows into {table.name}: every row must name the same columns ({', '.join(names)})")
+    if connection.dialect.name != "sqlite":
+        connection.execute(table.insert(), rows)
+        return
     dialect = connection.dialect
     values, columns = [], []
     for name in names:
