@@ -491,15 +491,17 @@ def _record_tier_changes(connection: Connection, snapshot_run_id: int, history_r
     # This run's rows are those past the newest id now: found by the primary key, not by
     # scanning a history that grows every night.
     before = connection.execute(select(func.coalesce(func.max(history.c.id), 0))).scalar_one()
-    counts = []
-    for differs in ("c.tier IS NULL", "c.tier <> s.tier"):  # first assignments, then changes
-        counts.append(connection.execute(text(f"""
-            INSERT INTO tier_history (customer_id, run_id, model, from_tier, to_tier, changed_at, reasons)
-            SELECT s.customer_id, :history_run, 'value_matrix', c.tier, s.tier, :now, '[]'
-            FROM score_snapshots s JOIN customers c ON c.customer_id = s.customer_id
-            WHERE s.run_id = :snapshot_run {scope} AND {differs}""").bindparams(_NOW, *binds), parameters).rowcount)
-    first, changes = counts
+    # First assignments and changes in one pass over the run's snapshot rows.
+    connection.execute(text(f"""
+        INSERT INTO tier_history (customer_id, run_id, model, from_tier, to_tier, changed_at, reasons)
+        SELECT s.customer_id, :history_run, 'value_matrix', c.tier, s.tier, :now, '[]'
+        FROM score_snapshots s JOIN customers c ON c.customer_id = s.customer_id
+        WHERE s.run_id = :snapshot_run {scope} AND (c.tier IS NULL OR c.tier <> s.tier)""")
+                       .bindparams(_NOW, *binds), parameters)
     this_run = (history.c.id > before) & (history.c.run_id == history_run_id)
+    first, changes = connection.execute(select(
+        func.count().filter(history.c.from_tier.is_(None)), func.count().filter(history.c.from_tier.is_not(None)))
+        .where(this_run)).one()
     if explain is not None and changes:
         changed = connection.execute(select(history.c.id, history.c.customer_id).where(
             this_run, history.c.from_tier.is_not(None))).all()
