@@ -104,13 +104,16 @@ def score_intent(counts: pd.DataFrame, index: pd.Index, params: IntentParams) ->
         for c, condition in enumerate(rule.all):
             column = count_column(r, c)
             values = counts[column].to_numpy() if column in counts else np.zeros(len(index))
-            columns.append(values.astype(np.int64).tolist())
+            columns.append(values)
             hits &= values >= condition.at_least
         rank = INTENT_LEVELS.index(rule.intent)
         names = [cond.kind + (f" {cond.detail_contains}" if cond.detail_contains else "") for cond in rule.all]
-        for row in np.flatnonzero(hits).tolist():
-            level[row] = max(level[row], rank)
-            detail = {name: values[row] for name, values in zip(names, columns)}
+        rows = np.flatnonzero(hits)
+        level[rows] = np.maximum(level[rows], rank)
+        # Python values only for the customers the rule fired for (a few percent).
+        counted = [values[rows].astype(np.int64).tolist() for values in columns]
+        for position, row in enumerate(rows.tolist()):
+            detail = {name: values[position] for name, values in zip(names, counted)}
             fired[row].append({"factor": "intent_rule", "value": rule.name, "intent": rule.intent,
                                "within_days": rule.within_days, "detail": detail})
             if rule.tag and rule.tag not in tags[row]:
@@ -119,5 +122,6 @@ def score_intent(counts: pd.DataFrame, index: pd.Index, params: IntentParams) ->
     for reasons in fired:
         if len(reasons) > 1:  # (most customers fire no rule)
             reasons.sort(key=lambda reason: -INTENT_LEVELS.index(reason["intent"]))
-    return pd.DataFrame({"intent_label": labels, "intent_score": [INTENT_SCORES[label] for label in labels],
+    scores = np.array([INTENT_SCORES[label] for label in INTENT_LEVELS])[level]
+    return pd.DataFrame({"intent_label": labels, "intent_score": scores,
                          "intent_tags": tags, "intent_reasons": fired}, index=index)
