@@ -100,9 +100,10 @@ def insert_rows(connection: Connection, table: Table, rows: list[dict]) -> None:
         processor = column.type.dialect_impl(dialect).bind_processor(dialect)
         values.append([default.arg if processor is None else processor(default.arg)] * len(rows))
         columns.append(column.name)
+    quote = dialect.identifier_preparer.quote
     cursor = connection.connection.dbapi_connection.cursor()
     try:
-        cursor.executemany(f"INSERT INTO {table.name} ({', '.join(columns)}) "
+        cursor.executemany(f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
                            f"VALUES ({', '.join('?' for _ in columns)})", zip(*values))
     finally:
         cursor.close()
