@@ -56,6 +56,8 @@ def percentile_below(values: pd.Series, among: pd.Series | None = None) -> pd.Se
     numbers = values.to_numpy(dtype=float)
     scored = ~np.isnan(numbers)
     if among is not None:
+        if not among.index.equals(values.index):
+            among = among.reindex(values.index, fill_value=False)
         scored &= among.to_numpy(dtype=bool)
     population = numbers[scored]
     result = np.full(len(numbers), np.nan)

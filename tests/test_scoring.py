@@ -114,6 +114,15 @@ def test_percentile_is_the_share_strictly_below_and_ties_score_alike():
     assert percentile_below(values).tolist() == pytest.approx([0, 0, 0, 50, 50, 500 / 6])
 
 
+def test_percentile_among_a_subset_matches_customers_by_id_and_leaves_the_rest_out():
+    values = pd.Series([5, 1, 3, None, 3], index=list("abcde"), dtype=float)
+    among = pd.Series({"e": True, "d": True, "c": True, "b": False, "a": True})  # another order
+    found = percentile_below(values, among)
+    # The population is a, c, e (d has no value): 3 and 3 tie at the bottom, 5 has two below it.
+    assert found[["a", "c", "e"]].tolist() == pytest.approx([200 / 3, 0, 0])
+    assert found[["b", "d"]].isna().all()
+
+
 def test_scores_do_not_depend_on_row_order():
     customers, aggregates = _population()
     shuffled = customers.sample(frac=1, random_state=7)
