@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import re
+from datetime import date
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Table, bindparam, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import TypeEngine
 
 
@@ -81,7 +83,9 @@ def insert_rows(connection: Connection, table: Table, rows: list[dict]) -> None:
     names = list(rows[0])
     if any(len(row) != len(names) or any(name not in row for name in names) for row in rows):
         raise ValueError(f"insert_rows into {table.name}: every row must name the same columns ({', '.join(names)})")
-    if connection.dialect.name != "sqlite":
+    if connection.dialect.name != "sqlite" or not connection.in_transaction():
+        # Not begun: SQLAlchemy's own insert begins the transaction (the driver's cursor
+        # would write outside it, for good).
         connection.execute(table.insert(), rows)
         return
     dialect = connection.dialect
@@ -101,10 +105,15 @@ def insert_rows(connection: Connection, table: Table, rows: list[dict]) -> None:
         values.append([default.arg if processor is None else processor(default.arg)] * len(rows))
         columns.append(column.name)
     quote = dialect.identifier_preparer.quote
+    statement = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+                 f"VALUES ({', '.join('?' for _ in columns)})")
     cursor = connection.connection.dbapi_connection.cursor()
     try:
-        cursor.executemany(f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
-                           f"VALUES ({', '.join('?' for _ in columns)})", zip(*values))
+        cursor.executemany(statement, zip(*values))
+    except dialect.loaded_dbapi.Error as error:
+        # As SQLAlchemy would raise it (IntegrityError for a duplicate origin, …).
+        raise DBAPIError.instance(statement, None, error, dialect.loaded_dbapi.Error, hide_parameters=True,
+                                  dialect=dialect, ismulti=True) from error
     finally:
         cursor.close()
 
@@ -116,16 +125,19 @@ def _processed(values: list, processor) -> list:
         return values
     done: dict = {}
     result = []
-    try:
-        for value in values:
-            # Equal is not enough: 08:00+08:00 equals 00:00 UTC, and SQLite keeps the wall time.
-            key = (type(value), value, getattr(value, "tzinfo", None))
-            if key not in done:
-                done[key] = processor(value)
-            result.append(done[key])
-        return result
-    except TypeError:  # unhashable values (JSON documents): each on its own
-        return [processor(value) for value in values]
+    for value in values:
+        if not isinstance(value, _ONCE_PER_VALUE):  # documents, tuples (equal to others of other types inside)
+            result.append(processor(value))
+            continue
+        # Equal is not enough: 1 equals True, and 08:00+08:00 equals 00:00 UTC (SQLite keeps the wall time).
+        key = (type(value), value, getattr(value, "tzinfo", None))
+        if key not in done:
+            done[key] = processor(value)
+        result.append(done[key])
+    return result
+
+
+_ONCE_PER_VALUE = (str, int, float, date, type(None))  # datetime is a date
 
 
 def _python_values(column: pd.Series) -> np.ndarray:

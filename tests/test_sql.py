@@ -7,6 +7,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from notifications.outbox import outbox_row
 from storage.models import FollowUpTask, OutboxMessage
@@ -84,3 +85,34 @@ def test_equal_moments_in_other_time_zones_are_written_as_sqlalchemy_writes_each
     found = {row["origin"]: row["created_at"] for row in _read(engine, table, table.c.id, ("id",))}
     assert found["fast:0:now"] == found["orm:0:now"]
     assert found["fast:1:now"] == found["orm:1:now"]
+
+
+def test_values_equal_across_types_inside_documents_are_written_each_as_itself(company):
+    engine, table = company, FollowUpTask.__table__
+    base = {"customer_id": "STAR1", "owner_userid": "rep_a", "title_zh": "拜访", "title_en": "Visit",
+            "created_at": NOW, "run_id": None, "due_date": date(2026, 11, 24), "tier": "star"}
+    with engine.begin() as connection:
+        insert_rows(connection, table, [{**base, "rule": "bool", "reasons": (True,)},
+                                        {**base, "rule": "int", "reasons": (1,)},
+                                        {**base, "rule": "float", "reasons": (1.5,)}])
+    reasons = {row["rule"]: row["reasons"] for row in _read(engine, table, table.c.id, ())}
+    assert reasons == {"bool": [True], "int": [1], "float": [1.5]}
+    assert type(reasons["int"][0]) is int
+
+
+def test_rows_inserted_before_the_transaction_began_still_roll_back(engine):
+    table = OutboxMessage.__table__
+    with engine.connect() as connection:
+        insert_rows(connection, table, _outbox_rows("not-begun"))
+        connection.rollback()
+    assert _read(engine, table, table.c.id, ()) == []
+
+
+def test_a_duplicate_origin_raises_sqlalchemys_integrity_error_and_writes_nothing(engine):
+    table = OutboxMessage.__table__
+    with engine.begin() as connection:
+        insert_rows(connection, table, _outbox_rows("dup"))
+    with pytest.raises(IntegrityError, match="origin"):
+        with engine.begin() as connection:
+            insert_rows(connection, table, [*_outbox_rows("other"), _outbox_rows("dup")[0]])
+    assert sorted(row["origin"] for row in _read(engine, table, table.c.id, ())) == ["dup:held", "dup:now"]
