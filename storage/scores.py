@@ -208,7 +208,8 @@ def load_inputs(connection: Connection, as_of: date, intent_rules: list,
         "aggregates": (_aggregates_from, ("windows", "days")),
         "activity": (_activity_from, ("recent", "complaints", "windows")),
     }
-    if parallel_reads(connection) == 1:
+    helpers = parallel_reads(connection)
+    if helpers == 1:
         read = {name: load() for name, load in reads.items()}
         done = {name: combine(*(read[part] for part in parts)) for name, (combine, parts) in combined.items()}
         return RunInputs(read["customers"], done["aggregates"], done["activity"], read["intent"])
@@ -216,7 +217,6 @@ def load_inputs(connection: Connection, as_of: date, intent_rules: list,
     # query_frame). The reads start in order, one more at a time than there are helpers
     # (so a helper never waits while its last result becomes a frame); each combination
     # runs as soon as its reads are in, beside the reads still going.
-    helpers = parallel_reads(connection)
     read_pool = ThreadPoolExecutor(max_workers=helpers + 1, thread_name_prefix="run-inputs")
     combine_pool = ThreadPoolExecutor(max_workers=len(combined), thread_name_prefix="run-inputs-combine")
     try:

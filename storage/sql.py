@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import re
+from contextlib import contextmanager
 from datetime import date
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -52,24 +54,17 @@ def bulk_insert(connection: Connection, table: str, frame: pd.DataFrame) -> None
     if frame.empty:
         return
     columns = list(frame.columns)
-    raw = connection.connection.dbapi_connection
     if connection.dialect.name == "postgresql":
         buffer = io.StringIO()
         frame.to_csv(buffer, header=False, index=False, na_rep="")
         quoted = ", ".join(f'"{c}"' for c in columns)
-        with raw.cursor() as cursor:
-            with cursor.copy(f"COPY {table} ({quoted}) FROM STDIN WITH (FORMAT csv)") as copy:
-                copy.write(buffer.getvalue())
+        statement = f"COPY {table} ({quoted}) FROM STDIN WITH (FORMAT csv)"
+        with _driver_cursor(connection, statement) as cursor, cursor.copy(statement) as copy:
+            copy.write(buffer.getvalue())
         return
     # Column by column to Python objects, missing values as None: a whole-frame
     # astype(object) + where() costs two copies of every cell.
-    values = [_python_values(frame[column]) for column in columns]
-    placeholders = ", ".join("?" for _ in columns)
-    cursor = raw.cursor()
-    try:
-        cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", zip(*values))
-    finally:
-        cursor.close()
+    _sqlite_executemany(connection, table, columns, [_python_values(frame[column]) for column in columns])
 
 
 def insert_rows(connection: Connection, table: Table, rows: list[dict]) -> None:
@@ -83,9 +78,7 @@ def insert_rows(connection: Connection, table: Table, rows: list[dict]) -> None:
     names = list(rows[0])
     if any(len(row) != len(names) or any(name not in row for name in names) for row in rows):
         raise ValueError(f"insert_rows into {table.name}: every row must name the same columns ({', '.join(names)})")
-    if connection.dialect.name != "sqlite" or not connection.in_transaction():
-        # Not begun: SQLAlchemy's own insert begins the transaction (the driver's cursor
-        # would write outside it, for good).
+    if connection.dialect.name != "sqlite":
         connection.execute(table.insert(), rows)
         return
     dialect = connection.dialect
@@ -104,16 +97,33 @@ def insert_rows(connection: Connection, table: Table, rows: list[dict]) -> None:
         processor = column.type.dialect_impl(dialect).bind_processor(dialect)
         values.append([default.arg if processor is None else processor(default.arg)] * len(rows))
         columns.append(column.name)
-    quote = dialect.identifier_preparer.quote
-    statement = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+    _sqlite_executemany(connection, table.name, columns, values)
+
+
+def _sqlite_executemany(connection: Connection, table: str, columns: list[str], values: list) -> None:
+    """INSERT one row per position of the column-wise `values`, through the driver."""
+    quote = connection.dialect.identifier_preparer.quote
+    statement = (f"INSERT INTO {quote(table)} ({', '.join(quote(c) for c in columns)}) "
                  f"VALUES ({', '.join('?' for _ in columns)})")
+    with _driver_cursor(connection, statement) as cursor:
+        cursor.executemany(statement, zip(*values))
+
+
+@contextmanager
+def _driver_cursor(connection: Connection, statement: str) -> Iterator:
+    """A cursor of the driver's connection, for bulk writes SQLAlchemy would slow down:
+    inside the connection's transaction (begun here if it is not yet, as SQLAlchemy's own
+    statements would; the driver alone would write outside it, for good), and its errors
+    raised as SQLAlchemy raises them (IntegrityError for a duplicate key, …)."""
+    if not connection.in_transaction():
+        connection.begin()
+    dbapi = connection.dialect.loaded_dbapi
     cursor = connection.connection.dbapi_connection.cursor()
     try:
-        cursor.executemany(statement, zip(*values))
-    except dialect.loaded_dbapi.Error as error:
-        # As SQLAlchemy would raise it (IntegrityError for a duplicate origin, …).
-        raise DBAPIError.instance(statement, None, error, dialect.loaded_dbapi.Error, hide_parameters=True,
-                                  dialect=dialect, ismulti=True) from error
+        yield cursor
+    except dbapi.Error as error:
+        raise DBAPIError.instance(statement, None, error, dbapi.Error, hide_parameters=True,
+                                  dialect=connection.dialect, ismulti=True) from error
     finally:
         cursor.close()
 
