@@ -1,7 +1,6 @@
-"""The sandbox demo: a generated company, imported, scored, summarised.
-
-Until the bot service exists this is all `make run` does; the data is generated once
-per (size, seed) under var/demo/ and reused.
+"""The sandbox demo: a generated company, imported, scored, summarised, before
+`python -m bot demo` (what `make run` runs) starts the service on it. The data is
+generated once per (size, seed) under var/demo/ and reused.
 """
 
 from __future__ import annotations
