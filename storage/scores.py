@@ -413,19 +413,18 @@ def _insert_snapshots(connection: Connection, snapshot_run_id: int, scored: pd.D
         bulk_insert(connection, ScoreSnapshot.__tablename__, rows)
 
     starts = list(range(0, len(scored), SNAPSHOT_CHUNK))
-    with paused_gc():
-        if len(starts) <= 1:
-            for start in starts:
-                write(*build(start))
-            return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-rows") as pool:
-            pending = pool.submit(build, starts[0])
-            for following in [*starts[1:], None]:
-                built = pending.result()
-                if following is not None:
-                    pending = pool.submit(build, following)
-                write(*built)
-                del built
+    if len(starts) <= 1:
+        for start in starts:
+            write(*build(start))
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-rows") as pool:
+        pending = pool.submit(build, starts[0])
+        for following in [*starts[1:], None]:
+            built = pending.result()
+            if following is not None:
+                pending = pool.submit(build, following)
+            write(*built)
+            del built
 
 
 def _next_chunk(connection: Connection, run_id: int) -> int:
@@ -537,8 +536,12 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
     """A full run: snapshot rows, tier history and current tiers, then the run marked
     succeeded — all in one transaction, so a crash leaves the previous state untouched.
     `deferred`: reasons columns `scored` lacks, built a chunk at a time (scoring.deferred).
-    `previous`: the hysteresis state the run started from (pending_tier, pending_runs)."""
-    with write_transaction(engine) as connection:
+    `previous`: the hysteresis state the run started from (pending_tier, pending_runs).
+
+    The cyclic garbage collector is paused until the commit, as while scoring: the
+    playbook's burst of row dicts would otherwise set off full collections that rescan
+    the run's frames (0.1 s or more at 100k customers)."""
+    with paused_gc(), write_transaction(engine) as connection:
         _insert_snapshots(connection, run_id, scored, revenue_12m, deferred)
         _record_pending(connection, scored, previous, read_at)
         changes, first = _record_tier_changes(connection, run_id, run_id, None, read_at,
@@ -560,7 +563,7 @@ def write_incremental(engine: Engine, full_run_id: int, run_id: int, scored: pd.
     (it stays the current picture; their reasons inputs go into a new chunk of that run),
     record their tier changes under the incremental run."""
     ids = list(scored.index)
-    with write_transaction(engine) as connection:
+    with paused_gc(), write_transaction(engine) as connection:
         connection.execute(ScoreSnapshot.__table__.delete().where(ScoreSnapshot.run_id == full_run_id,
                                                                   ScoreSnapshot.customer_id.in_(ids)))
         _insert_snapshots(connection, full_run_id, scored, revenue_12m, deferred)
