@@ -252,9 +252,14 @@ def _make_tasks(connection: Connection, settings: PlaybookSettings, run_id: int,
     for row in new_rows:
         row["reasons"] = tops.get(row["customer_id"], [])
     insert_rows(connection, tasks, new_rows)
-    # The playbook runs once per run, so the run's tasks are the ones just made.
-    made = connection.execute(select(tasks).where(tasks.c.run_id == run_id).order_by(tasks.c.id)).mappings().all()
-    return [dict(row) for row in made]
+    # The playbook runs once per run, so the run's tasks are the ones just made, one per
+    # rule and customer. Only their ids are read back: the rows themselves are at hand.
+    ids = {(rule, customer_id): task_id for task_id, rule, customer_id in connection.execute(
+        select(tasks.c.id, tasks.c.rule, tasks.c.customer_id).where(tasks.c.run_id == run_id))}
+    for row in new_rows:
+        row["id"] = ids[(row["rule"], row["customer_id"])]
+        row["card_task_id"] = None
+    return sorted(new_rows, key=lambda row: row["id"])
 
 
 def _task_item(task: dict[str, Any]) -> dict[str, Any]:
