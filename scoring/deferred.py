@@ -161,6 +161,12 @@ def encode_chunk(columns: dict[str, Deferred], positions: Positions, customer_id
     spec = {column: {"builder": values.builder, "settings": values.settings,
                      "inputs": _flatten(take(values.inputs, positions), column, arrays)}
             for column, values in columns.items()}
+    # The models hand the same measures to several explanations (a fifth of the columns
+    # at 100k): each is stored once, and every place that uses it names that one.
+    same = _repeated_arrays(arrays)
+    if same:
+        spec = {column: {**entry, "inputs": _renamed_keys(entry["inputs"], same)} for column, entry in spec.items()}
+        arrays = {key: array for key, array in arrays.items() if key not in same}
     table = pa.table(arrays).replace_schema_metadata({_SPEC_KEY: orjson.dumps(spec)})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
@@ -196,6 +202,62 @@ def _flatten(value: Any, path: str, arrays: dict[str, pa.Array]) -> dict:
     if isinstance(value, dict):
         return {"dict": [[key, _flatten(item, f"{path}/{key}", arrays)] for key, item in value.items()]}
     raise TypeError(f"cannot store reasons inputs of type {type(value).__name__} ({path})")
+
+
+def _repeated_arrays(arrays: dict[str, pa.Array]) -> dict[str, str]:
+    """key → the key of an earlier array with the very same values, bit for bit (so NaN,
+    -0.0 and missing values come back as they were)."""
+    seen: dict[tuple, list[str]] = {}
+    same: dict[str, str] = {}
+    for key, array in arrays.items():
+        fingerprint = _fingerprint(array)
+        for earlier in seen.get(fingerprint, []):
+            if _identical(arrays[earlier], array):
+                same[key] = earlier
+                break
+        else:
+            seen.setdefault(fingerprint, []).append(key)
+    return same
+
+
+def _bits(array: pa.Array) -> np.ndarray | None:
+    """A primitive array's values as raw bytes (no copy), None for other arrays."""
+    if array.null_count or not (pa.types.is_integer(array.type) or pa.types.is_floating(array.type)):
+        return None
+    return array.to_numpy(zero_copy_only=True).view(np.uint8)
+
+
+def _fingerprint(array: pa.Array) -> tuple:
+    """Cheap to take and nearly always different for different arrays: the type, the
+    length and a few values from the start, middle and end."""
+    bits = _bits(array)
+    if bits is not None:
+        middle = len(bits) // 2
+        sample: Any = (bits[:64].tobytes(), bits[middle:middle + 64].tobytes(), bits[-64:].tobytes())
+    else:
+        middle = len(array) // 2
+        sample = repr([array.slice(0, 4).to_pylist(), array.slice(middle, 4).to_pylist(),
+                       array.slice(max(0, len(array) - 4)).to_pylist()])
+    return str(array.type), len(array), array.null_count, sample
+
+
+def _identical(first: pa.Array, second: pa.Array) -> bool:
+    first_bits, second_bits = _bits(first), _bits(second)
+    if first_bits is not None and second_bits is not None:
+        return bool(np.array_equal(first_bits, second_bits))
+    # Text and the like: Arrow compares values and missing entries exactly.
+    return first_bits is None and second_bits is None and first.type == second.type and first.equals(second)
+
+
+def _renamed_keys(spec: Any, renamed: dict[str, str]) -> Any:
+    """`spec` with every stored array's key in `renamed` replaced by its new key."""
+    if isinstance(spec, dict):
+        if "key" in spec and "dtype" in spec:
+            return {**spec, "key": renamed.get(spec["key"], spec["key"])}
+        return {name: _renamed_keys(item, renamed) for name, item in spec.items()}
+    if isinstance(spec, list):
+        return [_renamed_keys(item, renamed) for item in spec]
+    return spec
 
 
 def _store(values: pd.Series | np.ndarray, key: str, arrays: dict[str, pa.Array]) -> dict:

@@ -139,6 +139,39 @@ def test_stored_chunks_build_the_reasons_the_run_would_have(features_and_counts)
         assert values.rows(some) == [eager.at[ids[p], column] for p in some], column
 
 
+def test_a_chunk_stores_repeated_inputs_once_and_gives_them_back_bit_for_bit():
+    """The models pass one measure to several explanations: a chunk keeps one copy of it,
+    and each explanation gets its values back exactly (NaN, -0.0 and missing text too)."""
+    import pyarrow as pa
+
+    from scoring.deferred import Deferred, decode_chunk, encode_chunk
+
+    measure = np.array([1.5, np.nan, 0.0, -2.0] * 25)
+    signed = measure.copy()
+    signed[2::4] = -0.0  # equal to `measure` under ==, not bit for bit: must stay its own
+    text = np.array(["星", None, "b", "c"] * 25, dtype=object)
+    frame = pd.DataFrame({"measure": measure, "again": measure.copy(), "signed": signed,
+                          "text": text, "text_again": text.copy()})
+    columns = {"first": Deferred("documents", frame, len(frame)),
+               "second": Deferred("documents", frame[["again", "signed"]], len(frame))}
+    ids = [f"C{i:03d}" for i in range(len(frame))]
+    payload = encode_chunk(columns, slice(None), ids)
+
+    stored = pa.ipc.open_stream(payload).read_all()
+    assert stored.num_columns == 1 + 3  # customer ids, the measure, the signed zeros, the text
+    stored_ids, read = decode_chunk(payload)
+    assert stored_ids == ids
+    for column, inputs in (("first", frame), ("second", frame[["again", "signed"]])):
+        back = read[column].inputs
+        assert list(back.columns) == list(inputs.columns)
+        for name in inputs.columns:
+            if inputs[name].dtype.kind == "f":
+                assert back[name].to_numpy().tobytes() == inputs[name].to_numpy().tobytes(), (column, name)
+            else:
+                assert back[name].tolist() == inputs[name].tolist(), (column, name)
+    assert read["first"].all() == columns["first"].all()
+
+
 def test_a_builder_must_be_registered():
     from scoring.deferred import Deferred
 
