@@ -58,17 +58,20 @@ def summarise_tiers(features: pd.DataFrame, scored: pd.DataFrame) -> dict:
 
 def _playbook(config: Config, history_run_id: int, features: pd.DataFrame, scored: pd.DataFrame,
               customers: pd.DataFrame, now: datetime | None, deferred: dict | None = None):
-    """The run's tier-change messages, tasks and churn alerts, written in its transaction."""
-    from notifications.playbook import PlaybookSettings, apply_playbook
+    """The run's tier-change messages, tasks and churn alerts, written in its transaction
+    (storage.scores.AfterChanges): tasks and alerts are worked out in a thread while the
+    run records its tier changes."""
+    from notifications.playbook import PlaybookSettings, start_playbook
 
     settings = PlaybookSettings.from_config(config)
     previous_tier = customers.set_index("customer_id")["tier"]
 
-    def write(connection) -> None:
-        apply_playbook(connection, settings, history_run_id=history_run_id, features=features, scored=scored,
-                       previous_tier=previous_tier, now=now or datetime.now(timezone.utc), deferred=deferred)
+    def start(connection):
+        return start_playbook(connection, settings, history_run_id=history_run_id, features=features, scored=scored,
+                              previous_tier=previous_tier, now=now or datetime.now(timezone.utc), deferred=deferred,
+                              background=True)
 
-    return write
+    return start
 
 
 def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | None = None

@@ -524,9 +524,11 @@ def _value_matrix_reasons(scored: pd.DataFrame, deferred: dict | None) -> Explai
     return lambda customer_ids: column_values(scored, deferred, "reasons", customer_ids)
 
 
-# Called inside the run's transaction once its tier changes are recorded: the playbook
-# writes tasks and outbox rows there, so they commit with the run or not at all.
-AfterChanges = Callable[[Connection], None]
+# The run's playbook, in two steps inside its transaction. Called once the snapshot rows
+# are in, it reads what it needs and may go on working in a thread; what it returns is
+# called once the tier changes are recorded, and writes tasks and outbox rows there, so
+# they commit with the run or not at all.
+AfterChanges = Callable[[Connection], Callable[[Connection], object]]
 
 
 def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series, summary: dict,
@@ -543,11 +545,12 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
     the run's frames (0.1 s or more at 100k customers)."""
     with paused_gc(), write_transaction(engine) as connection:
         _insert_snapshots(connection, run_id, scored, revenue_12m, deferred)
+        finish = after_changes(connection) if after_changes is not None else None
         _record_pending(connection, scored, previous, read_at)
         changes, first = _record_tier_changes(connection, run_id, run_id, None, read_at,
                                               _value_matrix_reasons(scored, deferred))
-        if after_changes is not None:
-            after_changes(connection)
+        if finish is not None:
+            finish(connection)
         connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(
             status="succeeded", finished_at=_now(), customers=len(scored), tier_changes=changes,
             summary=summary, reference=reference))
@@ -567,11 +570,12 @@ def write_incremental(engine: Engine, full_run_id: int, run_id: int, scored: pd.
         connection.execute(ScoreSnapshot.__table__.delete().where(ScoreSnapshot.run_id == full_run_id,
                                                                   ScoreSnapshot.customer_id.in_(ids)))
         _insert_snapshots(connection, full_run_id, scored, revenue_12m, deferred)
+        finish = after_changes(connection) if after_changes is not None else None
         _record_pending(connection, scored, previous, None)
         changes, first = _record_tier_changes(connection, full_run_id, run_id, ids,
                                               explain=_value_matrix_reasons(scored, deferred))
-        if after_changes is not None:
-            after_changes(connection)
+        if finish is not None:
+            finish(connection)
         summary = {"customers": len(ids), "full_run": full_run_id}
         connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(
             status="succeeded", finished_at=_now(), customers=len(ids), tier_changes=changes, summary=summary))

@@ -4,6 +4,7 @@ revenue-rising feature behind "Question Mark up 20% three months running"."""
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -13,7 +14,7 @@ from sqlalchemy import select, update
 
 from bot.config import load_config
 from notifications.messages import message_for
-from notifications.playbook import PlaybookSettings, apply_playbook
+from notifications.playbook import PlaybookSettings, apply_playbook, start_playbook
 from scoring.features import rising_months
 from storage.importer import run_import
 from storage.models import ChurnAlertState, FollowUpTask, OutboxMessage
@@ -50,14 +51,28 @@ def frames(tiers: dict[str, str], churn: dict[str, float] | None = None, rising:
     return features, scored
 
 
+# How run_playbook runs it: every test here runs both ways, and must see the same.
+IN_A_THREAD = False
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["inline", "planned-in-a-thread"])
+def playbook_mode(request, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "IN_A_THREAD", request.param)
+
+
 def run_playbook(engine, settings, features, scored, previous, now, run_id=None):
+    """The playbook as a test's run would have it: inline (apply_playbook), or as a full
+    run does (start_playbook works out tasks and alerts in a thread; written afterwards)."""
     with engine.begin() as connection:
         if run_id is None:
             run_id = connection.exec_driver_sql(
                 "INSERT INTO score_runs (started_at, as_of, status, kind, config_hash) "
                 "VALUES ('2026-11-23 02:00:00', '2026-11-23', 'succeeded', 'incremental', 'x') RETURNING id").scalar()
-        return apply_playbook(connection, settings, history_run_id=run_id, features=features, scored=scored,
-                              previous_tier=pd.Series(previous), now=now)
+        run = {"history_run_id": run_id, "features": features, "scored": scored,
+               "previous_tier": pd.Series(previous), "now": now}
+        if not IN_A_THREAD:
+            return apply_playbook(connection, settings, **run)
+        return start_playbook(connection, settings, background=True, **run)(connection)
 
 
 def tasks(engine) -> list[tuple]:
@@ -115,6 +130,46 @@ def test_a_customer_turning_star_gets_a_visit_task_on_its_card(engine, settings)
     msgtype, card = message_for(rows[0].kind, rows[0].batch_item, "zh")
     assert msgtype == "template_card" and card["task_id"] == card_id
     assert [button["text"] for button in card["button_list"]] == ["完成", "延后1天"]
+
+
+def test_a_run_announces_the_tier_changes_it_records_after_starting_its_playbook(engine, settings):
+    """A full run starts its playbook, records its tier changes meanwhile, then writes:
+    the card announces the change, with the task the rules made for it."""
+    features, scored = frames({"QM1": "star"})
+    with engine.begin() as connection:
+        run_id = connection.exec_driver_sql(
+            "INSERT INTO score_runs (started_at, as_of, status, kind, config_hash) "
+            "VALUES ('2026-11-23 02:00:00', '2026-11-23', 'running', 'full', 'x') RETURNING id").scalar()
+        finish = start_playbook(connection, settings, history_run_id=run_id, features=features, scored=scored,
+                                previous_tier=pd.Series({"QM1": "question_mark"}), now=MORNING, background=True)
+        connection.exec_driver_sql(
+            "INSERT INTO tier_history (customer_id, run_id, model, from_tier, to_tier, changed_at, reasons) "
+            f"VALUES ('QM1', {run_id}, 'value_matrix', 'question_mark', 'star', '2026-11-23 02:00:00', '[]')")
+        outcome = finish(connection)
+    assert (outcome.messages, outcome.tasks) == (1, 1)
+    assert tasks(engine) == [("new_star_visit", "QM1", "rep_b", "open")]
+    with engine.connect() as connection:
+        item = connection.execute(select(OutboxMessage.batch_item)).scalar_one()
+    assert (item["type"], item["from_tier"], item["to_tier"], item["task"]["title_zh"]) == (
+        "tier_change", "question_mark", "star", "安排高层拜访")
+
+
+def test_a_playbook_failing_in_its_thread_fails_the_run_and_writes_nothing(engine, settings, monkeypatch):
+    import notifications.playbook as playbook
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("rule evaluation broke")
+
+    monkeypatch.setattr(playbook, "_churn_alerts", broken)
+    features, scored = frames({"QM1": "question_mark"}, churn={"COW1": 95.0}, rising={"QM1": 3})
+    with pytest.raises(RuntimeError, match="rule evaluation broke"):
+        with engine.begin() as connection:
+            finish = start_playbook(connection, settings, history_run_id=1, features=features, scored=scored,
+                                    previous_tier=pd.Series({}), now=MORNING, background=True)
+            finish(connection)
+    assert tasks(engine) == []
+    with engine.connect() as connection:
+        assert connection.execute(select(OutboxMessage.id)).all() == []
 
 
 @pytest.mark.parametrize("whole_state_from", [10_000, 0], ids=["ids-in-lists", "state-read-whole"])
