@@ -206,10 +206,13 @@ def _flatten(value: Any, path: str, arrays: dict[str, pa.Array]) -> dict:
 
 def _repeated_arrays(arrays: dict[str, pa.Array]) -> dict[str, str]:
     """key → the key of an earlier array with the very same values, bit for bit (so NaN,
-    -0.0 and missing values come back as they were)."""
+    -0.0 and missing values come back as they were). Only arrays that can be compared so
+    are matched (see _identical); the others are each stored on their own."""
     seen: dict[tuple, list[str]] = {}
     same: dict[str, str] = {}
     for key, array in arrays.items():
+        if _bits(array) is None and not _exact_equals(array.type):
+            continue
         fingerprint = _fingerprint(array)
         for earlier in seen.get(fingerprint, []):
             if _identical(arrays[earlier], array):
@@ -241,12 +244,20 @@ def _fingerprint(array: pa.Array) -> tuple:
     return str(array.type), len(array), array.null_count, sample
 
 
+def _exact_equals(data_type: pa.DataType) -> bool:
+    """Whether Arrow's equals is exact for arrays of this type: it takes -0.0 for 0.0, so
+    nothing with floats in it (floats with missing values, lists or structs of them)."""
+    return not (pa.types.is_floating(data_type) or pa.types.is_nested(data_type)
+                or pa.types.is_dictionary(data_type) or pa.types.is_decimal(data_type))
+
+
 def _identical(first: pa.Array, second: pa.Array) -> bool:
     first_bits, second_bits = _bits(first), _bits(second)
     if first_bits is not None and second_bits is not None:
         return bool(np.array_equal(first_bits, second_bits))
-    # Text and the like: Arrow compares values and missing entries exactly.
-    return first_bits is None and second_bits is None and first.type == second.type and first.equals(second)
+    # Text, dates, integers with missing values: Arrow compares values and missing entries exactly.
+    return (first_bits is None and second_bits is None and first.type == second.type
+            and _exact_equals(first.type) and first.equals(second))
 
 
 def _renamed_keys(spec: Any, renamed: dict[str, str]) -> Any:
