@@ -162,18 +162,22 @@ def start_playbook(connection: Connection, settings: PlaybookSettings, *, histor
     """apply_playbook in two steps, for a run that records its tier changes in between.
 
     Now: read what the playbook needs besides the tier changes (people, the tasks that may
-    block new ones, the churn alert state; the run writes none of them before the playbook
-    does, and holds the write lock all along), then work out the new tasks and churn alerts.
-    The function returned, called in the same transaction once the tier changes are
-    recorded, writes those with the tier-change cards. `background`: work them out in a
-    thread meanwhile: recording a first run's tier changes is 0.3 s of SQL at 100k
-    customers, during which the driver lets other Python threads run."""
+    block new ones, the churn alert state: the run writes none of them before the playbook
+    does), then work out the new tasks and churn alerts. The function returned, called in
+    the same transaction once the tier changes are recorded, writes those with the
+    tier-change cards. `background`: work them out in a thread meanwhile: recording a first
+    run's tier changes is 0.3 s of SQL at 100k customers, during which the driver lets other
+    Python threads run. (storage.scores starts it before the tier changes only on SQLite,
+    where the run holds the write lock all along.)"""
     today = now.astimezone(settings.tz).date()
     hold = _per_recipient(settings.hold_until)  # (now, userid) → release time or None
     # What the messages mention, beside the models' output.
     scored = scored.assign(**{column: features[column].reindex(scored.index)
                               for column in ("name", "owner_userid", "revenue_12m") if column in features})
     reasons = _TopReasons(scored, deferred)
+    # The index's hash table is built on first use: here, not by two threads at once (the
+    # run looks customers up while this one works).
+    _ = scored.index.is_unique
     people = _people(connection)
     blocking = _blocking_tasks(connection, settings, now)
     alerted = _alerted_customers(connection, settings, scored)

@@ -524,11 +524,27 @@ def _value_matrix_reasons(scored: pd.DataFrame, deferred: dict | None) -> Explai
     return lambda customer_ids: column_values(scored, deferred, "reasons", customer_ids)
 
 
-# The run's playbook, in two steps inside its transaction. Called once the snapshot rows
-# are in, it reads what it needs and may go on working in a thread; what it returns is
-# called once the tier changes are recorded, and writes tasks and outbox rows there, so
-# they commit with the run or not at all.
+# The run's playbook, in two steps inside its transaction. Called first, it reads what it
+# needs and may go on working in a thread; what it returns is called once the tier changes
+# are recorded, and writes tasks and outbox rows there, so they commit with the run or not
+# at all.
 AfterChanges = Callable[[Connection], Callable[[Connection], object]]
+
+
+def _start_early(connection: Connection, after_changes: AfterChanges | None) -> Callable[[Connection], object] | None:
+    """The playbook's first step before the tier changes are recorded, on SQLite: the run has
+    held the write lock since its BEGIN, so what it reads now is what it would read after
+    them, and its work overlaps theirs. On PostgreSQL other runs may commit meanwhile (an
+    ingest's tasks and alerts): it reads after the tier changes, as it always did."""
+    if after_changes is None or connection.dialect.name != "sqlite":
+        return None
+    return after_changes(connection)
+
+
+def _finish(connection: Connection, after_changes: AfterChanges | None,
+            started: Callable[[Connection], object] | None) -> None:
+    if after_changes is not None:
+        (started or after_changes(connection))(connection)
 
 
 def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series, summary: dict,
@@ -545,12 +561,11 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
     the run's frames (0.1 s or more at 100k customers)."""
     with paused_gc(), write_transaction(engine) as connection:
         _insert_snapshots(connection, run_id, scored, revenue_12m, deferred)
-        finish = after_changes(connection) if after_changes is not None else None
+        finish = _start_early(connection, after_changes)
         _record_pending(connection, scored, previous, read_at)
         changes, first = _record_tier_changes(connection, run_id, run_id, None, read_at,
                                               _value_matrix_reasons(scored, deferred))
-        if finish is not None:
-            finish(connection)
+        _finish(connection, after_changes, finish)
         connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(
             status="succeeded", finished_at=_now(), customers=len(scored), tier_changes=changes,
             summary=summary, reference=reference))
@@ -570,12 +585,11 @@ def write_incremental(engine: Engine, full_run_id: int, run_id: int, scored: pd.
         connection.execute(ScoreSnapshot.__table__.delete().where(ScoreSnapshot.run_id == full_run_id,
                                                                   ScoreSnapshot.customer_id.in_(ids)))
         _insert_snapshots(connection, full_run_id, scored, revenue_12m, deferred)
-        finish = after_changes(connection) if after_changes is not None else None
+        finish = _start_early(connection, after_changes)
         _record_pending(connection, scored, previous, None)
         changes, first = _record_tier_changes(connection, full_run_id, run_id, ids,
                                               explain=_value_matrix_reasons(scored, deferred))
-        if finish is not None:
-            finish(connection)
+        _finish(connection, after_changes, finish)
         summary = {"customers": len(ids), "full_run": full_run_id}
         connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(
             status="succeeded", finished_at=_now(), customers=len(ids), tier_changes=changes, summary=summary))
