@@ -206,20 +206,24 @@ def _flatten(value: Any, path: str, arrays: dict[str, pa.Array]) -> dict:
 
 def _repeated_arrays(arrays: dict[str, pa.Array]) -> dict[str, str]:
     """key → the key of an earlier array with the very same values, bit for bit (so NaN,
-    -0.0 and missing values come back as they were). Only arrays that can be compared so
-    are matched (see _identical); the others are each stored on their own."""
-    seen: dict[tuple, list[str]] = {}
+    -0.0 and missing values come back as they were). Arrays that cannot be compared so
+    are each stored on their own: Arrow's equals takes -0.0 for 0.0, so nothing with
+    floats in it unless its raw bytes can be compared."""
+    seen: dict[tuple, list[tuple[str, np.ndarray | None]]] = {}
     same: dict[str, str] = {}
     for key, array in arrays.items():
-        if _bits(array) is None and not _exact_equals(array.type):
+        bits = _bits(array)
+        if bits is None and not _exact_equals(array.type):
             continue
-        fingerprint = _fingerprint(array)
-        for earlier in seen.get(fingerprint, []):
-            if _identical(arrays[earlier], array):
+        # Cheap, and nearly always different for different arrays; equal type and length
+        # make the comparison below the right one for both.
+        fingerprint = (str(array.type), len(array), array.null_count, _sample(array, bits))
+        for earlier, earlier_bits in seen.get(fingerprint, []):
+            if np.array_equal(bits, earlier_bits) if bits is not None else array.equals(arrays[earlier]):
                 same[key] = earlier
                 break
         else:
-            seen.setdefault(fingerprint, []).append(key)
+            seen.setdefault(fingerprint, []).append((key, bits))
     return same
 
 
@@ -230,34 +234,21 @@ def _bits(array: pa.Array) -> np.ndarray | None:
     return array.to_numpy(zero_copy_only=True).view(np.uint8)
 
 
-def _fingerprint(array: pa.Array) -> tuple:
-    """Cheap to take and nearly always different for different arrays: the type, the
-    length and a few values from the start, middle and end."""
-    bits = _bits(array)
+def _sample(array: pa.Array, bits: np.ndarray | None) -> Any:
+    """A few values from the start, middle and end."""
     if bits is not None:
         middle = len(bits) // 2
-        sample: Any = (bits[:64].tobytes(), bits[middle:middle + 64].tobytes(), bits[-64:].tobytes())
-    else:
-        middle = len(array) // 2
-        sample = repr([array.slice(0, 4).to_pylist(), array.slice(middle, 4).to_pylist(),
-                       array.slice(max(0, len(array) - 4)).to_pylist()])
-    return str(array.type), len(array), array.null_count, sample
+        return bits[:64].tobytes(), bits[middle:middle + 64].tobytes(), bits[-64:].tobytes()
+    middle = len(array) // 2
+    return repr([array.slice(0, 4).to_pylist(), array.slice(middle, 4).to_pylist(),
+                 array.slice(max(0, len(array) - 4)).to_pylist()])
 
 
 def _exact_equals(data_type: pa.DataType) -> bool:
-    """Whether Arrow's equals is exact for arrays of this type: it takes -0.0 for 0.0, so
-    nothing with floats in it (floats with missing values, lists or structs of them)."""
+    """Whether Arrow's equals is exact for arrays of this type (text, dates, integers with
+    missing values): nothing with floats in it."""
     return not (pa.types.is_floating(data_type) or pa.types.is_nested(data_type)
                 or pa.types.is_dictionary(data_type) or pa.types.is_decimal(data_type))
-
-
-def _identical(first: pa.Array, second: pa.Array) -> bool:
-    first_bits, second_bits = _bits(first), _bits(second)
-    if first_bits is not None and second_bits is not None:
-        return bool(np.array_equal(first_bits, second_bits))
-    # Text, dates, integers with missing values: Arrow compares values and missing entries exactly.
-    return (first_bits is None and second_bits is None and first.type == second.type
-            and _exact_equals(first.type) and first.equals(second))
 
 
 def _renamed_keys(spec: Any, renamed: dict[str, str]) -> Any:
