@@ -7,9 +7,10 @@ One pass (`run_once`):
 3. identical messages to different members become one call (touser ≤ 1000);
 4. before each call, the per-member windows (30 a minute, 1000 an hour) and the app's
    call rate are checked; rows without room wait (not_before) instead of being sent;
-5. retryable errors (-1, 45009, 45033, timeouts, dropped connections) back off and try
-   again for up to a day; permanent ones (81013, 60020, 40008, …) are recorded with
-   their reason, counted in /metrics and reported to the admins.
+5. retryable errors (45009, 45033, timeouts, dropped connections) back off and try again
+   for up to a day, -1 (busy) at most three times; permanent ones (81013, 60020, 40008, …)
+   and a fourth -1 are recorded with their reason, counted in /metrics and reported to the
+   admins.
 
 Exactly once to each member: WeCom's duplicate check is on, so a row sent just before a
 crash (and so still 'sending') is dropped by WeCom when it is sent again after restart.
@@ -43,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 # Retryable errors are retried with growing pauses for this long, then given up.
 RETRY_FOR = timedelta(hours=24)
+# -1 (system busy) is retried this many times, then given up (DESIGN §5): unlike a rate
+# limit, it is not known to pass, and a day of retries would hide a broken call.
+BUSY_RETRIES = 3
+BUSY = -1
 MAX_BACKOFF_SECONDS = 600
 MAX_RECIPIENTS = 1000
 # Kinds whose batches become a rep's summary message from PushesConfig.summary_from rows on;
@@ -346,10 +351,14 @@ class Dispatcher:
         outbox = OutboxMessage.__table__
         retry = getattr(error, "retryable", False) and not isinstance(error, PermanentDeliveryError)
         oldest = min(_aware(row.created_at) for row in unit.rows)
+        busy = errcode == BUSY
+        if busy and max(row.busy_answers for row in unit.rows) >= BUSY_RETRIES:
+            retry = False
+            reason = f"{reason} (answered {BUSY_RETRIES + 1} times; given up)"
         if retry and now - oldest < RETRY_FOR:
             attempts = max(row.attempts for row in unit.rows)
             await self._defer(unit.rows, now + timedelta(seconds=backoff_seconds(attempts)), counted=True,
-                              last_error=reason)
+                              last_error=reason, busy=busy)
             if self.metrics:
                 self.metrics.outbox_retries.labels(errcode=str(errcode)).inc(len(unit.rows))
             return
@@ -370,14 +379,17 @@ class Dispatcher:
         return quiet_until(until, parse_hh_mm(quiet.start), parse_hh_mm(quiet.end), self.timezone,
                            rows[0].touser) or until
 
-    async def _defer(self, rows: list[Any], until: datetime, *, counted: bool, last_error: str | None = None
-                     ) -> None:
-        """Back to pending until `until`; a wait for room under a limit is not an attempt."""
+    async def _defer(self, rows: list[Any], until: datetime, *, counted: bool, last_error: str | None = None,
+                     busy: bool = False) -> None:
+        """Back to pending until `until`; a wait for room under a limit is not an attempt.
+        `busy`: WeCom answered -1, which counts towards BUSY_RETRIES."""
         outbox = OutboxMessage.__table__
         until = self._not_in_quiet_hours(rows, until)
         values: dict[str, Any] = {"status": "pending", "not_before": until}
         if not counted:
             values["attempts"] = outbox.c.attempts - 1
+        if busy:
+            values["busy_answers"] = outbox.c.busy_answers + 1
         if last_error is not None:
             values["last_error"] = last_error
         async with self.engine.begin() as connection:

@@ -152,6 +152,34 @@ async def test_busy_api_delays_but_loses_nothing(engine, config, make_dispatcher
     assert errors.count(45009) == 4 and errors.count(-1) == 3
 
 
+async def test_busy_answer_is_retried_three_times_then_given_up_and_reported(engine, config, make_dispatcher,
+                                                                             emulator, clock):
+    dispatcher = await make_dispatcher()
+    await dispatcher.drain()
+    state = state_of(emulator)
+    state.clear()
+    state.inject("message/send", -1, times=4)
+    with engine.begin() as connection:
+        connection.execute(OutboxMessage.__table__.insert(),
+                           [outbox_row(["rep_a"], "text", {"content": "请跟进星辰半导体"}, origin="busy", kind="task",
+                                       now=clock.utc())])
+    for _ in range(20):
+        await dispatcher.drain()
+        clock.advance(60)
+    with engine.connect() as connection:
+        status, error, busy = connection.execute(select(OutboxMessage.status, OutboxMessage.last_error,
+                                                        OutboxMessage.busy_answers)
+                                                 .where(OutboxMessage.origin == "busy")).one()
+    calls = state.requests_to("message/send")
+    # The first call and three retries, each answered -1: then no fifth call, though WeCom would take it.
+    assert [r.errcode for r in calls if r.errcode != 0] == [-1, -1, -1, -1]
+    assert status == "failed" and error.startswith("-1") and busy == 3
+    assert state.messages_for("rep_a") == []
+    notices = state.messages_for("admin")
+    assert len(notices) == 1 and "rep_a" in notices[0].payload["markdown"]["content"]
+    assert b'tierbot_outbox_failed_total{errcode="-1"} 1.0' in dispatcher.metrics.render()
+
+
 async def test_permanent_failure_is_recorded_and_reported_to_admins(engine, config, make_dispatcher, emulator,
                                                                    clock):
     dispatcher = await make_dispatcher()
