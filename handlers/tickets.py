@@ -5,8 +5,8 @@ ticket report (managers) — and the 接单 / 解决 buttons on ticket cards.
 
 Routing, assignment and the SLA clock live in notifications.tickets; here are only
 parsing, permission and text. Who may act on a ticket: its assignee; an agent of its
-queue while nobody is assigned; for a ticket still on self-service, whoever may see its
-customer may mark it solved. Anyone else gets the same answer as for a number that does
+queue while nobody is assigned; for a ticket still on self-service, or one no queue holds
+(imported open but too old to route), whoever may see its customer may mark it solved. Anyone else gets the same answer as for a number that does
 not exist. Times: opened_at is naive local time (config time zone), every other ticket
 time is UTC.
 """
@@ -403,9 +403,11 @@ async def _resolve(connection, ctx, typed: str, note: str) -> tuple[str, str]:
     agent = await _agent(connection, ctx.asker)
     mine = ticket["assignee_userid"] == ctx.asker.userid
     by_agent = mine or _claimable(ticket, agent)
-    # The Dog path: whoever may see the customer closes a ticket the knowledge base answered.
+    # The Dog path: whoever may see the customer closes a ticket the knowledge base answered;
+    # and one no queue holds (imported open, but opened before the routing window).
+    never_routed = ticket["status"] == "open" and ticket["routed_at"] is None
     by_owner = (agent is None and ticket["assignee_userid"] is None
-                and ticket["status"] in ("self_service", "resolved", "closed")
+                and (ticket["status"] in ("self_service", "resolved", "closed") or never_routed)
                 and await _visible(connection, ctx, ticket))
     if not (by_agent or by_owner):
         return _result(ctx, "not_found", ticket_id=typed), "gone"
@@ -421,7 +423,8 @@ async def _resolve(connection, ctx, typed: str, note: str) -> tuple[str, str]:
                              _assigned_to(ticket["assignee_userid"])).values(**values))).rowcount
     if not changed:
         return _result(ctx, "not_found", ticket_id=typed), "gone"
-    return _result(ctx, "resolved", ticket=_item(ticket), note=note, self_served=not by_agent), "resolved"
+    return _result(ctx, "resolved", ticket=_item(ticket), note=note,
+                   self_served=not by_agent and ticket["status"] == "self_service"), "resolved"
 
 
 def _assigned_to(userid: str | None):

@@ -160,7 +160,7 @@ HEADERS = {
     ),
     "orders": ("order_id", "customer_id", "order_date", "amount", "cost", "product_line", "kind"),
     "activities": ("activity_id", "customer_id", "ts", "kind", "detail"),
-    "tickets": ("ticket_id", "customer_id", "opened_at", "subject", "severity"),
+    "tickets": ("ticket_id", "customer_id", "opened_at", "subject", "severity", "resolved_at"),
 }
 
 # Cities by region; the region of a customer is the region of the city in its name.
@@ -1045,10 +1045,24 @@ class _Chunk:
 
     def write_tickets(self, f, first_id: int) -> int:
         cidx, day, tod, subject, severity = self._tickets()
-        fmt = "T%0" + str(self.ctx.ticket_width) + "d,%s,%sT%s,%s,%s\n"
+        fmt = "T%0" + str(self.ctx.ticket_width) + "d,%s,%sT%s,%s,%s,%s\n"
         sev = np.array(SEVERITIES, dtype=object)
-        rows = zip(range(first_id, first_id + len(cidx)), self.c.customer_id[cidx].tolist(),
+        ids = np.arange(first_id, first_id + len(cidx))
+        rows = zip(ids.tolist(), self.c.customer_id[cidx].tolist(),
                    self.ctx.day_text[day + _DAY_LEAD].tolist(), _TOD_TEXT[tod].tolist(),
-                   _SUBJECTS_ARR[subject].tolist(), sev[severity].tolist())
+                   _SUBJECTS_ARR[subject].tolist(), sev[severity].tolist(), self._resolved_at(ids, day, tod).tolist())
         f.write("".join([fmt % r for r in rows]).encode("utf-8"))
         return len(cidx)
+
+    def _resolved_at(self, ids: np.ndarray, day: np.ndarray, tod: np.ndarray) -> np.ndarray:
+        """When each ticket was resolved ("" while open): every ticket older than 30 days
+        (the routing window), within four days; of the rest, one in two opened before the
+        last week, within two. So the service queues hold the last weeks' work, not three
+        years of it. From the ticket id, not the random stream, which the other files share."""
+        D = self.ctx.days
+        old = day < D - 30
+        resolved = old | ((day < D - 7) & (ids % 2 == 0))
+        hours = np.where(old, 1 + ids * 7919 % 96, 1 + ids * 7919 % 48)
+        at = np.where(resolved, day * 86400 + tod + hours * 3600, 0)
+        text = self.ctx.day_text[at // 86400 + _DAY_LEAD].astype(object) + "T" + _TOD_TEXT[at % 86400]
+        return np.where(resolved, text, "")

@@ -8,7 +8,8 @@ How one invocation runs, inside a single transaction:
    the files;
 3. the staged rows are upserted by id (unchanged rows are left alone, so importing the
    same files twice changes nothing) and the monthly roll-ups of the customers whose
-   orders or activities changed are rebuilt.
+   orders or activities changed are rebuilt; tickets the files say were resolved are
+   resolved here too (never reopened).
 Any problem → rollback, and every problem is reported as `file:line: column: reason`.
 """
 
@@ -18,7 +19,7 @@ import csv
 import io
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Column as SAColumn, Connection, Engine, Integer, MetaData, Table, text
+from sqlalchemy import Column as SAColumn, Connection, Engine, Integer, MetaData, Table, Text, bindparam, text
 from tqdm import tqdm
 
 from storage.schema_files import (
@@ -36,6 +37,7 @@ from storage.schema_files import (
     FILE_KINDS,
     KINDS_BY_NAME,
     ORDERS,
+    TICKETS,
     FileKind,
     header_names,
     kind_of_file,
@@ -43,8 +45,9 @@ from storage.schema_files import (
 )
 from storage import windows as window_totals
 from storage.db import for_writing
+from storage.models import Ticket
 from storage.sql import bulk_insert, month_of, null_safe_differs, refresh_statistics
-from storage.validate import BatchValidator, Problem
+from storage.validate import DATETIME_FORMAT, BatchValidator, Problem
 
 
 class ImportFailed(Exception):
@@ -63,6 +66,8 @@ class KindResult:
     rows: int = 0
     new: int = 0
     changed: int = 0
+    # Tickets: how many the files' resolved_at resolved.
+    resolved: int = 0
 
     @property
     def unchanged(self) -> int:
@@ -375,7 +380,10 @@ def _fix_line_numbers(problems: list[Problem]) -> list[Problem]:
 # ---------------------------------------------------------------- staging in SQL
 
 def _staging_table(kind: FileKind, metadata: MetaData) -> Table:
-    columns = [SAColumn(c.name, c.type) for c in kind.table.columns if c.name in {col.name for col in kind.columns}]
+    # A column the importer applies itself is staged as the validator's text (local time).
+    specs = {column.name: column for column in kind.columns}
+    columns = [SAColumn(c.name, c.type if specs[c.name].upsert else Text) for c in kind.table.columns
+               if c.name in specs]
     return Table(f"stage_{kind.name}", metadata, *columns, SAColumn("_file", Integer), SAColumn("_line", Integer),
                  prefixes=["TEMPORARY"])
 
@@ -475,6 +483,25 @@ def _upsert(connection: Connection, kind: FileKind, columns: list[str], stamp: s
         INSERT INTO {table} ({', '.join(insert_columns)})
         SELECT {', '.join(select_columns)} FROM stage_{kind.name} s WHERE true {order} {conflict}"""),
                        {"stamp": stamp} if kind.stamped else {})
+
+
+def _resolve_tickets(connection: Connection, timezone_name: str) -> int:
+    """Staged tickets with a resolved_at that are not resolved here yet become resolved at
+    that moment (stored in UTC, like a resolution in chat). None is reopened: a ticket an
+    agent resolved stays as the agent left it. Returns how many were resolved."""
+    staged = connection.execute(text("""
+        SELECT s.ticket_id, s.resolved_at FROM stage_tickets s JOIN tickets t ON t.ticket_id = s.ticket_id
+        WHERE s.resolved_at IS NOT NULL AND t.status IN ('self_service', 'open', 'accepted')""")).all()
+    if not staged:
+        return 0
+    local = pd.to_datetime(pd.Series([when for _, when in staged]), format=DATETIME_FORMAT)
+    moments = local.dt.tz_localize(ZoneInfo(timezone_name), ambiguous="NaT", nonexistent="shift_forward")
+    moments = moments.dt.tz_convert(timezone.utc).dt.to_pydatetime()
+    tickets = Ticket.__table__
+    connection.execute(tickets.update().where(tickets.c.ticket_id == bindparam("ticket"))
+                       .values(status="resolved", resolved_at=bindparam("when")),
+                       [{"ticket": ticket_id, "when": when} for (ticket_id, _), when in zip(staged, moments)])
+    return len(staged)
 
 
 def rebuild_rollups(connection: Connection, only_touched: bool = True) -> int:
@@ -578,7 +605,8 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     log.add(_reference_problems(connection, kind, names))
                     if log:
                         break
-                    columns = [c.name for c in kind.columns if c.name in columns_seen[kind.name] or c.name == kind.key]
+                    columns = [c.name for c in kind.columns
+                               if c.upsert and (c.name in columns_seen[kind.name] or c.name == kind.key)]
                     rows = int(connection.execute(text(f"SELECT COUNT(*) FROM stage_{kind.name}")).scalar())
                     new, changed = _count_changes(connection, kind, columns)
                     results[kind.name] = KindResult(rows, new, changed)
@@ -591,6 +619,9 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     _upsert(connection, kind, columns, stamp, ordered=bulk)
                     for index in deferred:
                         index.create(connection)
+                    if kind is TICKETS and "resolved_at" in columns_seen[kind.name]:
+                        results[kind.name] = replace(results[kind.name],
+                                                     resolved=_resolve_tickets(connection, timezone_name))
                 if not log:
                     rebuilt = rebuild_rollups(connection)
                     if rebuilt > touched_limit:
@@ -639,6 +670,7 @@ def summarise(result: ImportResult) -> list[str]:
         counts = result.kinds.get(kind.name)
         if counts:
             lines.append(f"{kind.name}: {counts.rows:,} rows — {counts.new:,} new, {counts.changed:,} changed, "
-                         f"{counts.unchanged:,} unchanged")
+                         f"{counts.unchanged:,} unchanged" + (f"; {counts.resolved:,} resolved" if counts.resolved
+                                                              else ""))
     return lines
 

@@ -37,6 +37,11 @@ class Column:
     maximum: float | None = None
     # For `list` columns: lower-case every item (module names are codes, not prose).
     lowercase: bool = False
+    # A column of the same row this one may not be earlier than (dates and datetimes).
+    not_before: str | None = None
+    # False: not written over the stored value by an import; the importer applies it
+    # itself (a ticket's resolved_at closes it, and no file reopens a ticket).
+    upsert: bool = True
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,10 @@ TICKETS = FileKind(
         Column("severity", "enum", False, ("级别", "严重程度", "优先级"), choices=TICKET_SEVERITIES,
                value_aliases={"p1": "P1", "p2": "P2", "p3": "P3", "p4": "P4"}),
         Column("product_line", "text", False, ("产品线", "产品"), max_length=64),
+        # When the ticket was resolved in the system it comes from (local time): it arrives
+        # resolved, and is never routed. Blank: still open.
+        Column("resolved_at", "datetime", False, ("解决时间", "关闭时间", "完成时间"), not_before="opened_at",
+               upsert=False),
     ),
     references=(Reference("customer_id", "customers", "customer"),),
     file_aliases=("工单",),

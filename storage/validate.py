@@ -96,6 +96,16 @@ class BatchValidator:
                     text = why if why == "missing value" else f"{why}: {str(cell).strip()[:60]!r}"
                     problems.append(Problem(self.source, int(line), column.name, text))
             converted[column.name] = values
+        for column in self.kind.columns:
+            if column.not_before is None or column.name not in converted or column.not_before not in converted:
+                continue
+            # Both in the same text format (DATETIME_FORMAT or DATE_FORMAT): compared as text.
+            later, earlier = converted[column.name], converted[column.not_before]
+            early = (later.notna() & earlier.notna() & (later < earlier)).to_numpy(dtype=bool) & ~bad
+            bad |= early
+            for line, cell in zip(lines[early], raw[column.name].to_numpy()[early]):
+                problems.append(Problem(self.source, int(line), column.name,
+                                        f"before {column.not_before}: {str(cell).strip()[:60]!r}"))
         frame = pd.DataFrame(converted, index=raw.index)
         return frame[~bad], problems
 

@@ -79,7 +79,7 @@ def test_headers_are_exactly_the_documented_ones(company):
                      "is_benchmark,is_partner,digital_maturity,expansion_plan,modules_owned,created_at",
         "orders": "order_id,customer_id,order_date,amount,cost,product_line,kind",
         "activities": "activity_id,customer_id,ts,kind,detail",
-        "tickets": "ticket_id,customer_id,opened_at,subject,severity",
+        "tickets": "ticket_id,customer_id,opened_at,subject,severity,resolved_at",
     }
     for name, header in expected.items():
         text = (out / f"{name}.csv").read_text(encoding="utf-8")

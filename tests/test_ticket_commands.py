@@ -306,6 +306,20 @@ async def test_the_rep_closes_a_dog_ticket_the_knowledge_base_answered(bot, peer
     assert route(engine, company, MONDAY_10 + timedelta(hours=5)).handed_over == 0
 
 
+async def test_an_old_open_ticket_no_queue_holds_can_be_closed_by_its_rep(bot, peer, company, engine):
+    # Imported open, opened two months ago: too old for the router, so no agent will ever take it.
+    run_import(engine, [], records={"tickets": [{"ticket_id": "T-OLD", "customer_id": "STAR1",
+                                                 "subject": "旧系统遗留问题", "opened_at": "2026-09-20T10:00:00"}]})
+    route(engine, company)
+    assert ticket_row(engine, "T-OLD")["routed_at"] is None
+    assert "没有找到" in await say(bot, peer, "ag1", "接单 T-OLD")
+    assert "没有找到" in await say(bot, peer, "rep_b", "解决 T-OLD")  # not rep_b's customer
+    answer = await say(bot, peer, "rep_a", "解决 T-OLD 已在旧系统处理")
+    assert "已解决工单 #T-OLD" in answer and "自助" not in answer
+    row = ticket_row(engine, "T-OLD")
+    assert (row["status"], row["resolution"], row["assignee_userid"]) == ("resolved", "已在旧系统处理", None)
+
+
 async def test_transfer_moves_the_ticket_and_queues_a_card_to_the_new_agent(bot, peer, company, engine):
     ticket_id, agent, other = await assigned_star_ticket(bot, peer, company, engine)
     bot.services.moment = MONDAY_10 + timedelta(minutes=5)

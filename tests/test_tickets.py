@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from bot.config import load_config
 from bot.rescore import full_rescore
 from notifications.tickets import TicketSettings, pick_agent, process_tickets
-from storage.importer import run_import
+from storage.importer import ImportFailed, run_import
 from storage.models import AgentState, Customer, OutboxMessage, Ticket
 from tests.company import AS_OF, write_company
 
@@ -177,3 +177,51 @@ def test_chat_and_api_tickets_waiting_together_are_both_routed(engine, config):
     assert (outcome.routed, outcome.assigned) == (2, 2)
     assert (ticket(engine, "T-API").priority, ticket(engine, "T-CHAT").priority) == ("P3", "P3")
     assert [m.kind for m in messages_to(engine, "rep_a")] == ["ticket_assigned"]  # the opener hears who has it
+
+
+def test_a_ticket_the_file_says_was_resolved_arrives_resolved_and_is_never_routed(engine, config, tmp_path):
+    settings = TicketSettings.from_config(config)
+    folder = tmp_path / "more"
+    folder.mkdir()
+    (folder / "tickets.csv").write_text(
+        "工单编号,客户编号,创建时间,标题,解决时间\n"
+        "T-DONE,STAR1,2026-11-23T09:00:00,接口报错,2026-11-23T09:45:00\n"
+        "T-OPEN,STAR1,2026-11-23T09:30:00,报表打不开,\n", encoding="utf-8")
+    result = run_import(engine, [folder / "tickets.csv"])
+    assert result.kinds["tickets"].resolved == 1
+    done = ticket(engine, "T-DONE")
+    # 09:45 in Shanghai is 01:45 UTC, like every time a resolution is stored at.
+    assert done.status == "resolved" and aware(done.resolved_at) == datetime(2026, 11, 23, 1, 45, tzinfo=timezone.utc)
+    outcome = process_tickets(engine, settings, MONDAY_10)
+    assert outcome.routed == 1 and ticket(engine, "T-DONE").routed_at is None
+    assert ticket(engine, "T-OPEN").queue == "expert"
+
+
+def test_an_import_never_reopens_a_ticket_and_takes_no_resolution_earlier_than_the_opening(engine, config, tmp_path):
+    settings = TicketSettings.from_config(config)
+    open_tickets(engine, ("T-KEEP", "STAR1", "接口报错"))
+    process_tickets(engine, settings, MONDAY_10)
+    assigned = ticket(engine, "T-KEEP")
+    assert assigned.assignee_userid in ("ag1", "ag2")
+    # The CRM exports it again, still without a resolution: our agent keeps it.
+    open_tickets(engine, ("T-KEEP", "STAR1", "接口报错"))
+    again = ticket(engine, "T-KEEP")
+    assert (again.status, again.assignee_userid) == (assigned.status, assigned.assignee_userid)
+    # The CRM closed it: it is resolved here too, and stays so when a file says nothing.
+    run_import(engine, [], records={"tickets": [{"ticket_id": "T-KEEP", "customer_id": "STAR1", "subject": "接口报错",
+                                                 "opened_at": "2026-11-23T10:00:00",
+                                                 "resolved_at": "2026-11-23T11:00:00"}]})
+    assert ticket(engine, "T-KEEP").status == "resolved"
+    open_tickets(engine, ("T-KEEP", "STAR1", "接口报错"))
+    assert ticket(engine, "T-KEEP").status == "resolved"
+    with pytest.raises(ImportFailed) as failure:
+        run_import(engine, [], records={"tickets": [{"ticket_id": "T-ODD", "customer_id": "STAR1", "subject": "x",
+                                                     "opened_at": "2026-11-23T10:00:00",
+                                                     "resolved_at": "2026-11-22T10:00:00"}]})
+    assert any("resolved_at" in problem and "before opened_at" in problem for problem in failure.value.problems)
+    assert ticket_or_none(engine, "T-ODD") is None
+
+
+def ticket_or_none(engine, ticket_id: str):
+    with engine.connect() as connection:
+        return connection.execute(select(Ticket).where(Ticket.ticket_id == ticket_id)).first()
