@@ -59,7 +59,7 @@ async def my_customers(ctx: CommandContext) -> Reply:
                         as_of=as_of))
 
 
-@router.command("my_tier", rf"(?:我的)?({_ZH_TIERS})(客户)?", rf"(show |list )?(me )?my ({_EN_TIERS})( customers| accounts)?")
+@router.command("my_tier", rf"(?:我的)?({_ZH_TIERS})(客户)?", rf"(show |list )?(me )?(my )?({_EN_TIERS})( customers| accounts)?")
 async def my_tier(ctx: CommandContext) -> Reply:
     words = [group for group in ctx.match.groups() if group and group.strip() in _TIER_WORDS]
     tier = _TIER_WORDS[words[0].strip()]

@@ -43,6 +43,18 @@ def guess_language(text: str) -> str:
     return "zh" if re.search(r"[\u4e00-\u9fff]", text) or not re.search(r"[a-z]", text, re.I) else "en"
 
 
+def command_language(text: str, match: re.Match) -> str:
+    """English when an English pattern matched (one with no Chinese in it): "customer 华为"
+    is asked in English, though customer names are mostly Chinese. Otherwise as the text
+    reads: 「客户 Huawei」 is Chinese, and a pattern with both ("帮助|help") goes by the text."""
+    if not _CJK.search(match.re.pattern):
+        return "en"
+    return guess_language(text)
+
+
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
 @dataclass(frozen=True)
 class Asker:
     """The WeCom user who sent the message, as known to tierbot."""
@@ -169,14 +181,15 @@ class Router:
     async def dispatch(self, raw: str, asker: Asker, services: Any) -> tuple[str, Reply]:
         """Run the matching handler; returns (command name, reply)."""
         text = normalise(raw)
-        lang = guess_language(text)
         found = self.resolve(text)
         if found is None:
             if self.fallback is None:
                 raise LookupError("no handler and no fallback")
             name, handler, match = "unknown", self.fallback, re.match("", "")
+            lang = guess_language(text)
         else:
             name, handler, match = found
+            lang = command_language(text, match)
         context = CommandContext(text=text, raw=raw, lang=lang, asker=asker, match=match, services=services,
                                  command=name)
         return name, await handler(context)

@@ -261,6 +261,8 @@ async def _grey_sent_cards(connection, ctx: CommandContext, task_id: int, state:
         outbox.c.origin.in_(origins), outbox.c.status == "sent", outbox.c.response_code.is_not(None),
         outbox.c.sent_at >= ctx.services.now() - SENT_CODE_VALID))).scalars().all()
     queued = False
+    # The card went out in the configured language, whatever language the command was typed in.
+    card_lang = ctx.services.config.language
     for code in codes:
-        queued |= await _queue_grey(connection, ctx.asker.userid, code, state, ctx.lang, until)
+        queued |= await _queue_grey(connection, ctx.asker.userid, code, state, card_lang, until)
     return queued

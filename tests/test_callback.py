@@ -86,6 +86,9 @@ async def test_rep_gets_own_star_customers_as_passive_reply(bot, peer):
     assert "星辰半导体股份有限公司" in reply and "您的明星客户（1–1 / 1）" in reply
     status, english = await _say(bot, peer, "rep_a", "  Show my STAR customers! ")
     assert "Your Star customers (1–1 of 1)" in english
+    # As short as 「明星」 is in Chinese.
+    for short in ("stars", "star"):
+        assert "Your Star customers (1–1 of 1)" in (await _say(bot, peer, "rep_a", short))[1]
 
 
 async def test_my_customers_counts_per_tier_for_each_role(bot, peer):
@@ -108,6 +111,11 @@ async def test_rep_cannot_learn_anything_about_another_reps_customer(bot, peer):
     assert "金字塔：" in owner_view and "生命周期：" in owner_view
     _, manager_view = await _say(bot, peer, "boss", "customer STAR1")
     assert "Tier: Star" in manager_view
+    # The command's words decide the language, not the (mostly Chinese) name typed after them.
+    _, by_chinese_name = await _say(bot, peer, "boss", "customer 星辰")
+    assert "Tier: Star" in by_chinese_name and "层级" not in by_chinese_name
+    _, by_latin_id = await _say(bot, peer, "boss", "客户 STAR1")
+    assert "明星客户" in by_latin_id
 
 
 async def test_ambiguous_name_gets_a_did_you_mean_list(bot, peer):

@@ -376,6 +376,15 @@ async def test_typing_snooze_greys_the_tier_change_card_that_carried_the_task(bo
     assert update["payload"] == {"response_code": "RC-tier-1", "replace_name": "已延后至 11-23"}
 
 
+async def test_a_command_typed_in_english_greys_the_card_in_the_language_it_was_sent_in(bot, peer, engine):
+    task = add_task(engine, "STAR1", "rep_a", TODAY, tier="star", title="安排高层拜访")
+    sent_card(engine, f"task:{task}", "RC-en-1")
+    answer = await say(bot, peer, "rep_a", f"snooze {task} 2d")
+    assert "is snoozed for 2 days" in answer  # the answer in the asker's language
+    [update] = card_updates(engine)
+    assert update["payload"] == {"response_code": "RC-en-1", "replace_name": "已延后至 11-22"}
+
+
 async def test_no_card_update_without_a_usable_response_code(bot, peer, engine):
     summarised = add_task(engine, "STAR1", "rep_a", TODAY, tier="star")  # its card went out in a summary
     stale = add_task(engine, "COW1", "rep_a", TODAY, tier="cash_cow")
