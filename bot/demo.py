@@ -21,7 +21,7 @@ EXAMPLES_PER_TIER = 3
 def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | None = None) -> None:
     from bot.cli import _config, _engine, _progress_default
     from bot.rescore import full_rescore
-    from handlers.text import reasons_text, render, tier_name
+    from handlers.text import reasons_text, render, score_points, tier_name
     from scoring.generator import generate_company
     from bot.export import export_scores
     from storage.importer import run_import, summarise
@@ -64,7 +64,7 @@ def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | No
             every_reasons = StoredSnapshot().read(connection, outcome.run_id,
                                                  [(row.customer_id, row.reasons, row.reasons_chunk) for row in rows])
             for (customer_id, name, current, potential, _, _), reasons in zip(rows, every_reasons):
-                click.echo(f"  {customer_id} {name}  X={current:.0f} Y={potential:.0f}")
+                click.echo(f"  {customer_id} {name}  X={score_points(current)} Y={score_points(potential)}")
                 click.echo(f"    {reasons_text(reasons['value_matrix'], lang, catalogue)}")
     out = data_root / "scores.csv"
     export_scores(engine, out, lang, catalogue)

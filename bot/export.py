@@ -40,7 +40,8 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
         # Reasons are put into words a page at a time; the run's chunks follow customer order.
         stored = StoredSnapshot()
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "w", encoding="utf-8", newline="") as handle:
+        # With a BOM: Excel, which most sales teams open it in, reads UTF-8 only so.
+        with open(partial, "w", encoding="utf-8-sig", newline="") as handle:
             writer = csv.writer(handle)
             component_names: list[str] | None = None
             for page in result.partitions():

@@ -81,7 +81,7 @@ async def _tier_page(ctx: CommandContext, tier: str, offset: int) -> Reply:
         if not items:
             if offset:
                 await queries.save_listing(connection, ctx.asker.userid, "none", {}, 0, ctx.services.now())
-                return Reply(render(f"chat/no_more.{ctx.lang}.j2"), msgtype="text")
+                return Reply(render(f"chat/no_more.{ctx.lang}.j2", ended=True), msgtype="text")
             return Reply(render(f"chat/tier_empty.{ctx.lang}.j2", scope=_scope(ctx), tier=tier), msgtype="text")
         # WeCom cuts app messages at 2048 bytes: show fewer rows rather than lose the end.
         shown = len(items)

@@ -22,7 +22,8 @@ async def more(ctx: CommandContext) -> Reply:
         listing = await queries.load_listing(connection, ctx.asker.userid)
     pager = router.pagers.get(listing["command"]) if listing and listing["next_offset"] is not None else None
     if pager is None:
-        return Reply(render(f"chat/no_more.{ctx.lang}.j2"), msgtype="text")
+        # A listing whose last page was shown, or none asked for yet.
+        return Reply(render(f"chat/no_more.{ctx.lang}.j2", ended=listing is not None), msgtype="text")
     return await pager(ctx, listing["arguments"] or {}, listing["next_offset"])
 
 

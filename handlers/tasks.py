@@ -81,7 +81,7 @@ async def _task_page(ctx: CommandContext, kind: str, offset: int) -> Reply:
         if not page:
             await remember(ctx, connection, "tasks", {"kind": kind}, offset, 0, 0)
             if offset:
-                return Reply(render(f"chat/no_more.{ctx.lang}.j2"), msgtype="text")
+                return Reply(render(f"chat/no_more.{ctx.lang}.j2", ended=True), msgtype="text")
             return Reply(render(f"chat/tasks_empty.{ctx.lang}.j2", kind=kind), msgtype="text")
         text, shown = fit_page(lambda n, more: render(
             f"chat/tasks_list.{ctx.lang}.j2", kind=kind, items=page[:n], today=today, first=offset + 1,

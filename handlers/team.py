@@ -74,7 +74,7 @@ async def _churn_page(ctx: CommandContext, offset: int) -> Reply:
         if not items:
             await remember(ctx, connection, "churn", {}, offset, 0, 0)
             if offset:
-                return Reply(render(f"chat/no_more.{ctx.lang}.j2"), msgtype="text")
+                return Reply(render(f"chat/no_more.{ctx.lang}.j2", ended=True), msgtype="text")
             return Reply(render(f"chat/churn_empty.{ctx.lang}.j2", scope=scope, threshold=threshold), msgtype="text")
         as_of = await queries.run_as_of(connection, run_id)
         for item in items:
@@ -161,7 +161,7 @@ async def _team_page(ctx: CommandContext, offset: int) -> Reply:
         if not page:
             await remember(ctx, connection, "team", {}, offset, 0, 0)
             if offset:
-                return Reply(render(f"chat/no_more.{ctx.lang}.j2"), msgtype="text")
+                return Reply(render(f"chat/no_more.{ctx.lang}.j2", ended=True), msgtype="text")
         total = _totals(rows)
         text, shown = fit_page(lambda n, more: render(
             f"chat/team_summary.{ctx.lang}.j2", scope=scope, rows=page[:n], totals=total, people=len(rows),

@@ -30,6 +30,35 @@ def tier_name(tier: str | None, lang: str = "zh", model: str = "value_matrix") -
     return names[lang] if names else tier
 
 
+def queue_name(queue: str | None, lang: str = "zh") -> str:
+    """A ticket queue as people say it: 专家队列 / expert queue."""
+    if not queue:
+        return "—"
+    names = _yaml("tiers.yaml").get("queue", {}).get(queue)
+    return names[lang] if names else (f"{queue} 队列" if lang == "zh" else f"{queue} queue")
+
+
+def score_points(value: float | None) -> str:
+    """A 0–100 score in whole points, rounded down: 69.97 is below a boundary at 70 and must
+    not read as 70 in a list of the tier under it."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return str(math.floor(value + 1e-9))
+
+
+def duration(minutes: float | None, lang: str = "zh") -> str:
+    """A span of time as people read it: 45 分钟, 3 小时 20 分钟, 11 天 6 小时 (two units at most)."""
+    if minutes is None or (isinstance(minutes, float) and math.isnan(minutes)):
+        return "—"
+    total = max(int(round(minutes)), 0)
+    days, rest = divmod(total, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    units = ("天", "小时", "分钟") if lang == "zh" else ("d", "h", "min")
+    parts = [(days, units[0]), (hours, units[1])] if days else [(hours, units[1]), (mins, units[2])]
+    shown = [f"{value} {unit}" for value, unit in parts if value] or [f"0 {units[2]}"]
+    return " ".join(shown)
+
+
 def tier_names(model: str = "value_matrix") -> dict[str, dict[str, str]]:
     return _yaml("tiers.yaml")[model]
 
@@ -213,6 +242,9 @@ def environment() -> Environment:
     env.filters["money"] = money
     env.filters["percent"] = percent
     env.filters["tier"] = tier_name
+    env.filters["queue"] = queue_name
+    env.filters["duration"] = duration
+    env.filters["score"] = score_points
     env.filters["pad"] = pad
     env.filters["clip"] = clip
     env.filters["reasons"] = reasons_text

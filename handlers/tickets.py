@@ -182,7 +182,7 @@ async def _ticket_page(ctx: CommandContext, offset: int) -> Reply:
         if not items:
             await remember(ctx, connection, "tickets", {}, offset, 0, 0)
             if offset:
-                return Reply(render(f"chat/no_more.{ctx.lang}.j2"), msgtype="text")
+                return Reply(render(f"chat/no_more.{ctx.lang}.j2", ended=True), msgtype="text")
             return Reply(render(f"chat/tickets_empty.{ctx.lang}.j2", agent=agent), msgtype="text")
         rows = [_list_row(ctx.services, item, now) for item in items]
         text, shown = fit_page(lambda n, more: render(

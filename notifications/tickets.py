@@ -249,7 +249,7 @@ def _route_new(connection: Connection, settings: TicketSettings, now: datetime, 
                            .values(routed_at=now, **values))
         outcome.routed += 1
         if values.get("status") == "self_service":
-            item = _item(ticket, settings, queue=route.queue, hours=route.first_response_hours,
+            item = _item(ticket, settings, queue=route.queue, hours=f"{route.first_response_hours:g}",
                          until=settings.local(values["self_service_until"]))
             for userid in dict.fromkeys(u for u in (ticket.owner_userid, ticket.opened_by) if u):
                 rows.append(_notice(userid, "self_service", item, settings, f"ticket-kb:{ticket.ticket_id}:{userid}",

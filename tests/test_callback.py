@@ -127,7 +127,8 @@ async def test_lists_page_with_more_and_stay_within_2048_bytes(bot, peer):
     _, first = await _say(bot, peer, "boss", "我的瘦狗客户")
     _, second = await _say(bot, peer, "boss", "更多")
     _, third = await _say(bot, peer, "boss", "更多")
-    assert "（1–10 / 20）" in first and "（11–20 / 20）" in second and "没有更多了" in third
+    assert "（1–10 / 20）" in first and "（11–20 / 20）" in second
+    assert third.startswith("已经是最后一页了")  # not "ask for a list first": one was just paged through
     assert all(len(text.encode()) <= 2048 for text in (first, second, third))
 
 
@@ -139,6 +140,8 @@ async def test_unknown_user_is_refused_politely(bot, peer):
 async def test_anything_else_gets_a_short_hint(bot, peer):
     _, reply = await _say(bot, peer, "rep_a", "今天天气怎么样")
     assert reply.startswith("没听懂") and "帮助" in reply
+    _, blank = await _say(bot, peer, "rep_a", "   ")
+    assert blank.startswith("试试：") and "「」" not in blank
 
 
 async def test_retried_message_is_answered_once(bot, peer, engine):

@@ -42,7 +42,8 @@ def test_import_score_export_round_trip(cli, tmp_path):
 
     exported = cli("export", "scores", "--out", str(tmp_path / "out.csv"), "--lang", "en")
     assert exported.exit_code == 0 and "wrote 28 customers" in exported.stdout
-    text = (tmp_path / "out.csv").read_text(encoding="utf-8")
+    assert (tmp_path / "out.csv").read_bytes().startswith(b"\xef\xbb\xbfcustomer_id,")  # for Excel
+    text = (tmp_path / "out.csv").read_text(encoding="utf-8-sig")
     assert "STAR1,星辰半导体股份有限公司,rep_a,star,Star," in text
     assert "multi-year revenue" in text and "sabc_label" in text and "pyramid_reasons" in text
 

@@ -124,7 +124,7 @@ def test_export_has_every_models_label_score_and_reasons(engine, database_url, t
     config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
     full_rescore(engine, config, AS_OF)
     export_scores(engine, tmp_path / "scores.csv", "zh", 8)
-    with open(tmp_path / "scores.csv", encoding="utf-8") as handle:
+    with open(tmp_path / "scores.csv", encoding="utf-8-sig") as handle:
         rows = {row["customer_id"]: row for row in csv.DictReader(handle)}
     star = rows["STAR1"]
     for model in ("rfm", "sabc", "pyramid", "lifecycle", "churn", "intent"):

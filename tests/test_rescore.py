@@ -125,7 +125,7 @@ def test_export_has_one_row_per_customer_with_reasons(company, config, tmp_path)
         export_scores(company, tmp_path / "none.csv")
     full_rescore(company, config, AS_OF)
     rows = export_scores(company, tmp_path / "scores.csv", "zh", 8)
-    with open(tmp_path / "scores.csv", encoding="utf-8") as handle:
+    with open(tmp_path / "scores.csv", encoding="utf-8-sig") as handle:
         table = list(csv.DictReader(handle))
     assert rows == len(table) == 28
     assert {"customer_id", "name", "owner_userid", "tier", "current_value", "potential_value",

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from handlers.text import reasons_text
+from handlers.text import duration, reasons_text, score_points
 from scoring import score_customers
 from scoring.features import build_features, window_starts
 from scoring.params import Boundaries, ValueMatrixParams
@@ -94,6 +94,18 @@ def test_low_axis_reasons_name_what_holds_the_customer_back():
     cow_potential = [r for r in scored.loc["COW", "reasons"] if r["axis"] == "potential"]
     assert {r["direction"] for r in cow_potential} == {"low"}
     assert all(r["score"] <= 25 for r in cow_potential)
+
+
+def test_scores_are_shown_rounded_down_so_none_reads_as_the_boundary_it_missed():
+    # Value 69.97 under a boundary at 70 is a Dog or Question Mark: "70" would read as a mistake.
+    assert [score_points(v) for v in (69.97, 70.0, 70.4, 0.2, 100.0)] == ["69", "70", "70", "0", "100"]
+    assert score_points(None) == "—"
+
+
+def test_durations_read_in_the_units_people_use():
+    assert duration(15, "zh") == "15 分钟" and duration(130, "zh") == "2 小时 10 分钟"
+    assert duration(16205, "zh") == "11 天 6 小时" and duration(16205, "en") == "11 d 6 h"
+    assert duration(60, "en") == "1 h" and duration(0.4, "en") == "0 min" and duration(None) == "—"
 
 
 def test_boundaries_from_config_move_customers_between_tiers():

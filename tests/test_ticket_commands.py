@@ -476,18 +476,18 @@ async def test_the_ticket_report_counts_per_tier(bot, peer, report_tickets):
     assert "明星客户：3 单 · 首响达标 67% · 超时 1 · 平均首响 43 分钟 · 未关闭 1" in report
     assert "金牛客户：1 单 · 首响达标 — · 超时 0 · 平均首响 — · 未关闭 1" in report
     assert "瘦狗客户：1 单 · 首响达标 — · 超时 0 · 平均首响 — · 未关闭 0" in report
-    assert "问题客户：1 单 · 首响达标 0% · 超时 1 · 平均首响 130 分钟 · 未关闭 0" in report
+    assert "问题客户：1 单 · 首响达标 0% · 超时 1 · 平均首响 2 小时 10 分钟 · 未关闭 0" in report
     assert "未评分：0 单" in report
     # 2 of 4 judged met; (30 + 90 + 10 + 130) / 4 = 65 min.
-    assert "合计：6 单 · 首响达标 50% · 超时 2 · 平均首响 65 分钟 · 未关闭 2" in report
+    assert "合计：6 单 · 首响达标 50% · 超时 2 · 平均首响 1 小时 5 分钟 · 未关闭 2" in report
 
     week = await say(bot, peer, "boss", "工单报表 7天")
     assert "近7天，2026-11-16 起" in week
-    assert "明星客户：2 单 · 首响达标 50% · 超时 1 · 平均首响 60 分钟 · 未关闭 1" in week
+    assert "明星客户：2 单 · 首响达标 50% · 超时 1 · 平均首响 1 小时 · 未关闭 1" in week
     english = await say(bot, peer, "admin", "ticket report 7d")
-    assert "Star: 2 · SLA met 50% · breaches 1 · avg first response 60 min · open 1" in english
+    assert "Star: 2 · SLA met 50% · breaches 1 · avg first response 1 h · open 1" in english
     # 1 of 3 judged met; (30 + 90 + 130) / 3 = 83.3 min.
-    assert "Total: 5 · SLA met 33% · breaches 2 · avg first response 83 min · open 2" in english
+    assert "Total: 5 · SLA met 33% · breaches 2 · avg first response 1 h 23 min · open 2" in english
 
 
 async def test_the_ticket_report_is_scoped_and_for_leads_only(bot, peer, report_tickets):
@@ -599,6 +599,6 @@ async def test_star_and_dog_tickets_follow_their_tier_paths_in_the_sandbox(compa
 
         report = await say_("boss", "工单报表")
         assert "明星客户：1 单 · 首响达标 100% · 超时 0 · 平均首响 12 分钟 · 未关闭 1" in report
-        assert "瘦狗客户：1 单 · 首响达标 100% · 超时 0 · 平均首响 270 分钟 · 未关闭 0" in report
+        assert "瘦狗客户：1 单 · 首响达标 100% · 超时 0 · 平均首响 4 小时 30 分钟 · 未关闭 0" in report
     finally:
         await sandbox.stop_emulator()

@@ -75,6 +75,7 @@ def test_star_ticket_goes_to_the_expert_queue_with_one_hour(engine, config):
     body = card.payload["template_card"]
     assert [b["key"] for b in body["button_list"]] == ["accept:T-STAR", "resolve:T-STAR"]
     assert {"keyname": "首响截止", "value": "11-23 11:00"} in body["horizontal_content_list"]
+    assert {"keyname": "队列", "value": "专家队列"} in body["horizontal_content_list"]
 
 
 def test_dog_ticket_gets_self_service_first_then_the_standard_queue(engine, config):
@@ -86,6 +87,7 @@ def test_dog_ticket_gets_self_service_first_then_the_standard_queue(engine, conf
     kb = messages_to(engine, "rep_b")  # the owner rep forwards the knowledge-base links
     assert [m.kind for m in kb] == ["ticket_self_service"]
     assert "help.example.com/faq" in kb[0].payload["markdown"]["content"]
+    assert "（标准队列，首响 24 小时）" in kb[0].payload["markdown"]["content"]
     # Four working hours later it is still open: to the standard queue, 24 working hours.
     later = MONDAY_10 + timedelta(hours=4)
     outcome = process_tickets(engine, settings, later)
