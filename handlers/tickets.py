@@ -462,10 +462,12 @@ async def _transfer(connection, ctx, typed: str, to: str) -> tuple[str, bool]:
     due = _local(ctx.services, ticket["first_response_due"]) or "—"
     item = {"ticket_id": ticket["ticket_id"], "customer_id": ticket["customer_id"],
             "name": ticket["customer_name"], "subject": ticket["subject"],
-            "tier": ticket["tier"] or ticket["customer_tier"], "queue": ticket["queue"] or "—",
+            "tier": ticket["tier"] or ticket["customer_tier"], "queue": ticket["queue"],
             "priority": ticket["priority"] or ticket["severity"] or "P3", "due": due,
-            "note": render(f"chat/ticket_result.{lang}.j2", outcome="transfer_note",
-                           by=ctx.asker.name).strip()}
+            # Accepted already (the first response is made): the new agent's card offers only 解决.
+            "accepted": ticket["status"] == "accepted",
+            "note": render(f"chat/ticket_result.{lang}.j2", outcome="transfer_note", by=ctx.asker.name,
+                           accepted=ticket["status"] == "accepted").strip()}
     card = messages.ticket_card(item, lang, messages.card_task_id())
     await connection.execute(OutboxMessage.__table__.insert().values(**outbox_row(
         [target.userid], "template_card", card, kind="ticket", now=now,

@@ -341,6 +341,20 @@ async def test_transfer_moves_the_ticket_and_queues_a_card_to_the_new_agent(bot,
     assert "已接单" in await say(bot, peer, other, f"接单 {ticket_id}")
 
 
+async def test_an_accepted_ticket_is_handed_over_accepted_with_only_the_resolve_button(bot, peer, company, engine):
+    ticket_id, agent, other = await assigned_star_ticket(bot, peer, company, engine)
+    assert "已接单" in await say(bot, peer, agent, f"接单 {ticket_id}")
+    await say(bot, peer, agent, f"转交 {ticket_id} {other}")
+    row = ticket_row(engine, ticket_id)
+    assert (row["assignee_userid"], row["status"]) == (other, "accepted")
+    card = outbox(engine, touser=other, kind="ticket")[-1]["payload"]["template_card"]
+    # The first response is made: no 接单 button to press, and the card says so.
+    assert [b["key"] for b in card["button_list"]] == [f"resolve:{ticket_id}"]
+    assert any(item["keyname"] == "说明" and item["value"].endswith("转交，已接单")
+               for item in card["horizontal_content_list"])
+    assert "已解决工单" in await say(bot, peer, other, f"解决 {ticket_id} 已处理")
+
+
 async def test_transfer_to_someone_who_is_not_an_agent_is_refused_by_name(bot, peer, company, engine):
     ticket_id, agent, _other = await assigned_star_ticket(bot, peer, company, engine)
     cards = len(outbox(engine, kind="ticket"))
