@@ -203,9 +203,11 @@ def start_playbook(connection: Connection, settings: PlaybookSettings, *, histor
         announced = _tier_change_rows(connection, settings, history_run_id, scored, made, now, hold, rows, reasons)
         unannounced = [task for task in made if task["id"] not in announced]
         names = column_values(scored, None, "name", [task["customer_id"] for task in unannounced])
+        model_of = {rule.name: rule.reasons for rule in settings.playbook.tasks}
         for task in unannounced:
             task["card_task_id"] = messages.card_task_id(task["id"])
-            rows.append(_task_row(task, str(names.get(task["customer_id"], task["customer_id"])), now, hold))
+            rows.append(_task_row(task, str(names.get(task["customer_id"], task["customer_id"])), now, hold,
+                                  model_of.get(task["rule"], "value_matrix")))
         carded = [{"task": task["id"], "card": task["card_task_id"]} for task in made if task.get("card_task_id")]
         if carded:
             tasks = FollowUpTask.__table__
@@ -302,10 +304,21 @@ def _new_tasks(settings: PlaybookSettings, run_id: int, features: pd.DataFrame, 
                 "reasons": [],
             })
             open_pairs.add(key)
-    tops = reasons.of("reasons", [row["customer_id"] for row in new_rows])
-    for row in new_rows:
-        row["reasons"] = tops.get(row["customer_id"], [])
+    model_of = {rule.name: rule.reasons for rule in rules}
+    for model in dict.fromkeys(model_of.values()):
+        column = reasons_column(model)
+        if not reasons.has(column):  # a model switched off: its reasons are not there
+            continue
+        rows = [row for row in new_rows if model_of[row["rule"]] == model]
+        tops = reasons.of(column, [row["customer_id"] for row in rows])
+        for row in rows:
+            row["reasons"] = tops.get(row["customer_id"], [])
     return new_rows
+
+
+def reasons_column(model: str) -> str:
+    """The column of a scored frame holding a model's reasons."""
+    return "reasons" if model == "value_matrix" else f"{model}_reasons"
 
 
 def _insert_tasks(connection: Connection, run_id: int, new_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -364,9 +377,10 @@ def _tier_change_rows(connection: Connection, settings: PlaybookSettings, run_id
     return announced
 
 
-def _task_row(task: dict[str, Any], name: str, now: datetime, hold: Hold) -> dict[str, Any]:
+def _task_row(task: dict[str, Any], name: str, now: datetime, hold: Hold, reasons_model: str) -> dict[str, Any]:
     item = {"type": "task", "customer_id": task["customer_id"], "name": name,
-            "tier": task["tier"], "reasons": task["reasons"], "task": _task_item(task),
+            "tier": task["tier"], "reasons": task["reasons"], "reasons_model": reasons_model,
+            "task": _task_item(task),
             "card_task_id": task["card_task_id"]}
     return outbox_row([task["owner_userid"]], "template_card", None, origin=f"task:{task['id']}", kind="task",
                       not_before=hold(now, task["owner_userid"]), batch_key=f"rep:{task['owner_userid']}",

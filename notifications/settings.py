@@ -121,6 +121,9 @@ DEFAULT_TIER_ACTIONS = {
 }
 
 
+TASK_REASON_MODELS = ("value_matrix", "rfm", "sabc", "pyramid", "lifecycle", "churn", "intent")
+
+
 class TaskRule(_Section):
     name: str = Field(min_length=1, max_length=64)
     # A condition over the customer after a run, in the business-rule language (see
@@ -133,6 +136,15 @@ class TaskRule(_Section):
     # No new task from this rule for the customer until this many days after the last one.
     cooldown_days: int = Field(30, ge=0)
     enabled: bool = True
+    # The model whose top reasons the task's card gives: the one the rule is about.
+    reasons: str = "value_matrix"
+
+    @field_validator("reasons")
+    @classmethod
+    def _reasons_model(cls, value: str) -> str:
+        if value not in TASK_REASON_MODELS:
+            raise ValueError(f"must be one of {', '.join(TASK_REASON_MODELS)}")
+        return value
 
     @field_validator("assign_to")
     @classmethod
@@ -150,7 +162,7 @@ DEFAULT_TASK_RULES = [
              due_working_days=5, assign_to="manager", cooldown_days=90),
     TaskRule(name="activity_down_retention", when="activity_decline >= 0.5 and act_baseline_30d >= 3",
              action=Words(zh="挽留回访：了解活跃度下降的原因", en="Retention call: find out why activity dropped"),
-             due_working_days=2, cooldown_days=30),
+             due_working_days=2, cooldown_days=30, reasons="churn"),
     TaskRule(name="first_order_nurture", when="purchase_days == 1 and days_since_first_order <= 30",
              action=Words(zh="首单培育：回访使用情况，介绍上手资源", en="First-order nurture: check in on the start, share "
                                                                    "onboarding resources"),

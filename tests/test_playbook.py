@@ -108,6 +108,20 @@ def test_task_rules_make_one_open_task_per_rule_and_customer(engine, settings):
     assert [task[3] for task in tasks(engine)] == ["done", "open"]
 
 
+def test_a_task_card_gives_the_reasons_of_the_model_its_rule_is_about(engine, settings):
+    features, scored = frames({"STAR1": "star"})
+    features.loc["STAR1", "act_30d"] = 2.0  # against a baseline of 10: activity down 80%
+    run_playbook(engine, settings, features, scored, {"STAR1": "star"}, MORNING)
+    assert tasks(engine) == [("activity_down_retention", "STAR1", "rep_a", "open")]
+    with engine.connect() as connection:
+        row = connection.execute(select(OutboxMessage.kind, OutboxMessage.batch_item)).one()
+    _, card = message_for(row.kind, row.batch_item, "zh")
+    # The retention rule is about churn: its card says why in churn's words, not revenue's, uncut.
+    assert card["sub_title_text"].startswith("挽留回访：了解活跃度下降的原因。原因：")
+    assert "超出自身采购周期" in card["sub_title_text"] and "营收" not in card["sub_title_text"]
+    assert "…" not in card["sub_title_text"]
+
+
 def test_a_customer_turning_star_gets_a_visit_task_on_its_card(engine, settings):
     features, scored = frames({"QM1": "star"})
     with engine.begin() as connection:
