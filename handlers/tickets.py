@@ -280,8 +280,9 @@ async def _find_customer(connection, owners, tokens: list[str]) -> tuple[dict | 
 
 
 def new_ticket_id(local_now: datetime, digits: int = 4) -> str:
-    """C + the local date (YYMMDD) + random digits: short enough to type in 「接单 C2611231234」."""
-    return f"C{local_now:%y%m%d}{secrets.randbelow(10 ** digits):0{digits}d}"
+    """T + the local date (YYMMDD) + random digits: short enough to type in 「接单 T2611231234」,
+    and not to be taken for a customer id (C…)."""
+    return f"T{local_now:%y%m%d}{secrets.randbelow(10 ** digits):0{digits}d}"
 
 
 async def _insert_ticket(ctx: CommandContext, customer_id: str, subject: str, severity: str | None) -> str:

@@ -45,7 +45,7 @@ AGENTS = [{"userid": userid, "name": name, "role": role, "manager_userid": manag
               ("ag1", "专家甲", "agent", "lead", "expert|standard"),
               ("ag2", "专家乙", "agent", "lead", "expert|standard"),
               ("ag3", "夜班丙", "agent", "lead", "standard")]]
-TICKET_ID = re.compile(r"#(C261123\d{4})")
+TICKET_ID = re.compile(r"#(T261123\d{4})")
 
 
 class FixedServices(Services):
@@ -169,7 +169,7 @@ async def test_a_rep_opens_a_ticket_for_a_star_customer(bot, peer, engine):
     assert row["routed_at"] is None and bot.ticket_wakes == [1]  # the router is woken to route it
 
     english = await say(bot, peer, "rep_a", "ticket COW1 report export is slow")
-    assert "Ticket #C261123" in english and "(老牌纺织集团有限公司)" in english
+    assert "Ticket #T261123" in english and "(老牌纺织集团有限公司)" in english
     second = ticket_row(engine, TICKET_ID.search(english).group(1))
     assert (second["customer_id"], second["subject"], second["severity"]) == ("COW1", "report export is slow", None)
     assert len(bot.ticket_wakes) == 2
