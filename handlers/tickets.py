@@ -84,6 +84,13 @@ async def _owners(ctx, connection) -> list[str] | None:
                                      lambda: queries.visible_owners(connection, ctx.asker))
 
 
+async def _led_queues(ctx, connection) -> list[str]:
+    if ctx.asker.role not in LEADS:
+        return []
+    leads = {queue: settings.lead for queue, settings in ctx.services.config.tickets.queues.items()}
+    return await queries.led_queues(connection, ctx.asker.userid, leads)
+
+
 # ------------------------------------------------------------------ 工单报表 / ticket report
 # (registered before 「工单 客户 问题」, which would otherwise take 「工单报表」 for a customer)
 
@@ -107,7 +114,7 @@ async def ticket_report(ctx: CommandContext) -> Reply:
     async with ctx.services.db.connect() as connection:
         owners = await _owners(ctx, connection)
         found = await queries.ticket_report(connection, owners, since_local, now_local.astimezone(timezone.utc),
-                                            offsets)
+                                            offsets, await _led_queues(ctx, connection))
     rows = [_report_row(tier, found.get(tier)) for tier in (*TIERS, None)]
     totals = _report_row("total", {key: sum(row[key] for row in rows) for key in
                                    ("tickets", "judged", "met", "accepted", "response_seconds", "open")})
@@ -178,7 +185,8 @@ async def _ticket_page(ctx: CommandContext, offset: int) -> Reply:
                                                      limit=PAGE_SIZE)
         else:
             owners = await _owners(ctx, connection)
-            items, total = await queries.ticket_list(connection, owners=owners, offset=offset, limit=PAGE_SIZE)
+            items, total = await queries.ticket_list(connection, owners=owners, queues=await _led_queues(ctx, connection),
+                                                     offset=offset, limit=PAGE_SIZE)
         if not items:
             await remember(ctx, connection, "tickets", {}, offset, 0, 0)
             if offset:

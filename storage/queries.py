@@ -286,14 +286,27 @@ def _ticket_priority_order():
     return case((priority == "P1", 1), (priority == "P2", 2), (priority == "P3", 3), else_=4)
 
 
-def _ticket_scope(owners: list[str] | None):
-    """A manager's tickets: their team's customers', and those handled by their team's
-    agents (a service lead's queue); an admin's: all."""
+def _ticket_scope(owners: list[str] | None, queues: list[str] = ()):
+    """A manager's tickets: their team's customers', those handled by their team's agents,
+    and every ticket of the queues they lead (waiting ones too); an admin's: all."""
     from storage.models import Ticket
 
     if owners is EVERYONE:
         return literal(True)
-    return or_(Customer.owner_userid.in_(owners), Ticket.assignee_userid.in_(owners))
+    scope = [Customer.owner_userid.in_(owners), Ticket.assignee_userid.in_(owners)]
+    if queues:
+        scope.append(Ticket.queue.in_(list(queues)))
+    return or_(*scope)
+
+
+async def led_queues(connection: AsyncConnection, userid: str, configured_leads: dict[str, str]) -> list[str]:
+    """The ticket queues `userid` leads, as breaches are escalated (notifications.tickets.
+    queue_lead): those naming them as lead, and those without a lead whose agents they manage."""
+    led = {queue for queue, lead in configured_leads.items() if lead == userid}
+    rows = await connection.execute(select(User.queues).where(User.role == "agent", User.manager_userid == userid))
+    for (queues,) in rows:
+        led.update(queue for queue in (queues or "").split("|") if queue and not configured_leads.get(queue))
+    return sorted(led)
 
 
 async def exact_customers(connection: AsyncConnection, owners: list[str] | None,
@@ -360,7 +373,7 @@ async def find_user(connection: AsyncConnection, userid: str) -> UserRow | None:
 
 
 async def ticket_list(connection: AsyncConnection, *, assignee: str | None = None, owners: list[str] | None = None,
-                      offset: int = 0, limit: int = 15) -> tuple[list[dict[str, Any]], int]:
+                      queues: list[str] = (), offset: int = 0, limit: int = 15) -> tuple[list[dict[str, Any]], int]:
     """A page of tickets by priority, then first-response deadline, and the total count:
     an agent's own open and accepted ones (`assignee`), else the open ones (self-service
     included) of the customers `owners` see (see _ticket_scope)."""
@@ -369,7 +382,7 @@ async def ticket_list(connection: AsyncConnection, *, assignee: str | None = Non
     if assignee is not None:
         where = and_(Ticket.assignee_userid == assignee, Ticket.status.in_(("open", "accepted")))
     else:
-        where = and_(Ticket.status.in_(TICKETS_OPEN), _ticket_scope(owners))
+        where = and_(Ticket.status.in_(TICKETS_OPEN), _ticket_scope(owners, queues))
     joined = Ticket.__table__.join(Customer, Customer.customer_id == Ticket.customer_id)
     total = (await connection.execute(select(func.count()).select_from(joined).where(where))).scalar_one()
     if not total:
@@ -396,7 +409,8 @@ async def open_ticket_count(connection: AsyncConnection, assignee: str) -> int:
 
 
 async def ticket_report(connection: AsyncConnection, owners: list[str] | None, since_local, now_utc,
-                        utc_offsets: list[tuple[Any, int]]) -> dict[str | None, dict[str, float]]:
+                        utc_offsets: list[tuple[Any, int]], queues: list[str] = ()
+                        ) -> dict[str | None, dict[str, float]]:
     """Per tier (the one the ticket was routed for, else the customer's; None: unscored)
     over the tickets opened since `since_local` (naive local time, as opened_at is stored):
     {"tickets", "judged", "met", "accepted", "response_seconds", "open"}, in one GROUP BY.
@@ -432,7 +446,7 @@ async def ticket_report(connection: AsyncConnection, owners: list[str] | None, s
                func.sum(case((accepted.is_not(None), naive + offset), else_=None)),
                func.sum(case((Ticket.status.in_(TICKETS_OPEN), 1), else_=0)))
         .select_from(Ticket.__table__.join(Customer, Customer.customer_id == Ticket.customer_id))
-        .where(Ticket.opened_at >= since_local, _ticket_scope(owners))
+        .where(Ticket.opened_at >= since_local, _ticket_scope(owners, queues))
         .group_by(tier))
     return {tier: {"tickets": int(count), "judged": int(judged or 0), "met": int(met or 0),
                    "accepted": int(accepted or 0), "response_seconds": float(seconds or 0.0),

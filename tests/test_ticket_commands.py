@@ -442,7 +442,8 @@ async def test_buttons_answer_in_english_when_the_company_does(company, engine):
 
 def add_ticket(engine, ticket_id: str, customer_id: str, tier: str, opened_local: datetime, *, status: str,
                due_after: timedelta | None = None, accepted_after: timedelta | None = None,
-               breached: bool = False, breached_after: timedelta | None = None, assignee: str | None = "ag1") -> None:
+               breached: bool = False, breached_after: timedelta | None = None, assignee: str | None = "ag1",
+               queue: str = "expert") -> None:
     """A routed ticket opened at `opened_local` (Shanghai wall clock), its deadline and
     acceptance given as times after opening."""
     opened_utc = opened_local.replace(tzinfo=SHANGHAI).astimezone(timezone.utc)
@@ -450,7 +451,7 @@ def add_ticket(engine, ticket_id: str, customer_id: str, tier: str, opened_local
     with engine.begin() as connection:
         connection.execute(Ticket.__table__.insert().values(
             ticket_id=ticket_id, customer_id=customer_id, opened_at=opened_local, subject="问题", status=status,
-            tier=tier, route="r", queue="expert", priority="P1", assignee_userid=assignee, routed_at=opened_utc,
+            tier=tier, route="r", queue=queue, priority="P1", assignee_userid=assignee, routed_at=opened_utc,
             first_response_due=due,
             accepted_at=opened_utc + accepted_after if accepted_after is not None else None,
             breached_at=(opened_utc + breached_after if breached_after is not None
@@ -504,12 +505,19 @@ async def test_the_ticket_report_counts_per_tier(bot, peer, report_tickets):
     assert "Total: 5 · SLA met 33% · breaches 2 · avg first response 1 h 23 min · open 2" in english
 
 
-async def test_the_ticket_report_is_scoped_and_for_leads_only(bot, peer, report_tickets):
+async def test_the_ticket_report_is_scoped_and_for_leads_only(bot, peer, report_tickets, engine):
     assert "是给销售经理和管理员的功能" in await say(bot, peer, "rep_a", "工单报表")
     assert "is for sales managers" in await say(bot, peer, "ag1", "ticket report")
-    # The service lead sees the tickets their agents handle (all but the Dog one), not the rest.
+    # The service lead sees the tickets of the queues their agents serve, waiting ones too
+    # (the Dog one went to self-service in the expert queue), not the growth queue's.
+    add_ticket(engine, "R-W", "STAR1", "star", datetime(2026, 11, 23, 8, 0), status="open", assignee=None,
+               due_after=timedelta(hours=1), breached=True)
+    add_ticket(engine, "R-X", "QM1", "question_mark", datetime(2026, 11, 23, 8, 0), status="open", assignee=None,
+               queue="growth")
     lead = await say(bot, peer, "lead", "工单报表")
-    assert "明星客户：3 单" in lead and "瘦狗客户：0 单" in lead and "合计：5 单" in lead
+    assert "明星客户：4 单" in lead and "瘦狗客户：1 单" in lead and "问题客户：1 单" in lead and "合计：7 单" in lead
+    assert "R-W" in await say(bot, peer, "lead", "我的工单")
+    assert "R-X" not in await say(bot, peer, "lead", "我的工单")
     assert "1–365 天" in await say(bot, peer, "boss", "工单报表 400天")
 
 
