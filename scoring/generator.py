@@ -893,6 +893,8 @@ class _Chunk:
 
     def __init__(self, ctx: _Context, k: int, start: int, n: int):
         self.rng = np.random.default_rng([ctx.seed, 1, k])
+        # Intent bursts draw from their own stream: adding them moved no other draw.
+        self.burst_rng = np.random.default_rng([ctx.seed, 2, k])
         self.ctx = ctx
         self.n = n
         self.c = _draw_customers(self.rng, ctx, start, n)
@@ -982,8 +984,43 @@ class _Chunk:
         detail = np.where(page & (r < 0.45), _PAGE_OFFSET + c.interest[a_cidx], detail)
         detail = np.where(page & (r >= 0.45) & (r < 0.6), _PAGE_OFFSET + rng.integers(0, 8, ma), detail)
         detail = np.where(download & (r < 0.35), _CASE_OFFSET + c.interest[a_cidx], detail)
+        b_cidx, b_day, b_tod, b_kind, b_detail = self._intent_bursts(act_start)
+        a_cidx, a_day, tod = (np.concatenate(pair) for pair in ((a_cidx, b_cidx), (a_day, b_day), (tod, b_tod)))
+        a_kind, detail = np.concatenate([a_kind, b_kind]), np.concatenate([detail, b_detail])
         order = np.argsort((a_cidx * (D + 1) + a_day) * 86400 + tod, kind="stable")
         return a_cidx[order], a_day[order], tod[order], a_kind[order], detail[order]
+
+    def _intent_bursts(self, act_start: np.ndarray):
+        """A few customers researching a purchase right now, so that lead intent fires as
+        the default intent rules (config.yaml) describe it: about one prospect in ten and one
+        other customer in a hundred, a third each with high intent (4–6 views of the MES
+        product page and a download in the last week), medium (two downloads and an event in
+        the last two weeks) and low (5–8 page views in the last month)."""
+        rng, D, n = self.burst_rng, self.ctx.days, self.n
+        chance = np.where(self.c.arch == _PROSPECT, 0.10, 0.01)
+        chosen = np.flatnonzero((rng.random(n) < chance) & (act_start < D - 30))
+        level = rng.integers(0, 3, len(chosen))
+        kinds = {name: ACTIVITY_KINDS.index(name) for name in ("page_view", "download", "event")}
+        parts = []
+        for customer, how in zip(chosen.tolist(), level.tolist()):
+            if how == 0:
+                views = int(rng.integers(4, 7))
+                plan = [(kinds["page_view"], _PAGE_OFFSET + MODULES.index("mes"), 7)] * views
+                plan.append((kinds["download"], _CASE_OFFSET + MODULES.index("mes"), 7))
+            elif how == 1:
+                plan = [(kinds["download"], _CASE_OFFSET + int(self.c.interest[customer]), 14)] * 2
+                plan.append((kinds["event"], _DETAIL_OFFSET[kinds["event"]], 14))
+            else:
+                plan = [(kinds["page_view"], _PAGE_OFFSET + int(self.c.interest[customer]), 30)] * int(
+                    rng.integers(5, 9))
+            for kind, detail, within in plan:
+                parts.append((customer, D - 1 - int(rng.integers(0, within)), kind, detail))
+        if not parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty, empty, empty
+        cidx, day, kind, detail = (np.array(column, dtype=np.int64) for column in zip(*parts))
+        tod = _time_of_day(rng, len(cidx), np.ones(len(cidx), dtype=bool))
+        return cidx, day, tod, kind, detail
 
     def _tickets(self):
         rng, ctx, c, n = self.rng, self.ctx, self.c, self.n

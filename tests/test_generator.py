@@ -393,3 +393,26 @@ def test_bad_arguments_raise(tmp_path, kwargs):
 def test_chinese_numbers():
     assert [gen._chinese_number(i) for i in (1, 10, 12, 20, 105, 110, 2500)] == [
         "一", "十", "十二", "二十", "一百零五", "一百一十", "二千五百"]
+
+
+def test_some_customers_research_a_purchase_so_every_intent_rule_fires(company):
+    """The default intent rules (config.yaml) each find customers in a generated company."""
+    from bot.config import load_config
+
+    rules = load_config(None, environ={}).scoring.intent.rules
+    activities = company[2]["activities"]
+    ts = pd.to_datetime(activities["ts"])
+    end = pd.Timestamp(AS_OF) + pd.Timedelta(days=1)
+    fired = {}
+    for rule in rules:
+        recent = activities[ts >= end - pd.Timedelta(days=rule.within_days)]
+        met = None
+        for condition in rule.all:
+            rows = recent[recent["kind"] == condition.kind]
+            if condition.detail_contains:
+                rows = rows[rows["detail"].str.contains(condition.detail_contains, regex=False)]
+            counts = rows.groupby("customer_id").size()
+            these = set(counts[counts >= condition.at_least].index)
+            met = these if met is None else met & these
+        fired[rule.name] = len(met or ())
+    assert all(count > 0 for count in fired.values()), fired
