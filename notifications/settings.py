@@ -256,6 +256,8 @@ class TicketRoute(_Section):
 DEFAULT_ROUTES = [
     TicketRoute(name="strategic", when='tier == "star" or sabc == "S"', queue="expert", priority="P1",
                 first_response_hours=1),
+    # Production down at any other customer: a person at once, not the knowledge base first.
+    TicketRoute(name="urgent", when='severity == "P1"', queue="standard", priority="P1", first_response_hours=2),
     TicketRoute(name="cash_cow", when='tier == "cash_cow"', queue="standard", first_response_hours=4),
     TicketRoute(name="growth", when='tier == "question_mark"', queue="growth", first_response_hours=4),
     TicketRoute(name="self_service_first", when='tier == "dog"', queue="standard", first_response_hours=24,

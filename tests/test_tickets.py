@@ -97,6 +97,19 @@ def test_dog_ticket_gets_self_service_first_then_the_standard_queue(engine, conf
     assert aware(dog.first_response_due) > later + timedelta(days=2)  # 24 working hours ≈ 3 working days
 
 
+def test_a_p1_ticket_of_a_dog_goes_to_a_person_at_once_not_to_the_knowledge_base(engine, config):
+    settings = TicketSettings.from_config(config)
+    opened = MONDAY_10.astimezone(timezone(timedelta(hours=8))).replace(tzinfo=None).isoformat(timespec="seconds")
+    run_import(engine, [], records={"tickets": [{"ticket_id": "T-DOWN", "customer_id": "DOG1", "severity": "P1",
+                                                 "subject": "生产线停机", "opened_at": opened}]})
+    process_tickets(engine, settings, MONDAY_10)
+    down = ticket(engine, "T-DOWN")
+    assert (down.status, down.route, down.priority) == ("open", "urgent", "P1")
+    assert down.assignee_userid in ("ag1", "ag2")
+    assert aware(down.first_response_due) == MONDAY_10 + timedelta(hours=2)
+    assert [m.kind for m in messages_to(engine, "rep_b")] == []  # no knowledge-base links for this one
+
+
 def test_load_spreads_evenly_and_an_agent_off_duty_gets_nothing(engine, config):
     settings = TicketSettings.from_config(config)
     open_tickets(engine, *[(f"T-{n}", "COW1", f"问题 {n}") for n in range(10)])
