@@ -19,6 +19,7 @@ import csv
 import io
 import re
 import sys
+import warnings as warnings_module
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timezone
 from pathlib import Path
@@ -223,12 +224,20 @@ class _FileReader:
                        file=sys.stderr, leave=False)
             wrapped = _CountingReader(handle, bar)
             try:
-                reader = pd.read_csv(wrapped, dtype=str, keep_default_na=False, na_filter=False,
-                                     encoding="utf-8-sig", chunksize=self.batch_rows, header=None,
-                                     skip_blank_lines=True, engine="c")
+                # A row with more cells than the header is reported and left out (on_bad_lines
+                # warns), and reading goes on: one attempt lists every problem of the file.
+                reader = iter(pd.read_csv(wrapped, dtype=str, keep_default_na=False, na_filter=False,
+                                          encoding="utf-8-sig", chunksize=self.batch_rows, header=None,
+                                          skip_blank_lines=True, engine="c", on_bad_lines="warn"))
                 mapping = None
                 record = 0
-                for chunk in reader:
+                while True:
+                    with warnings_module.catch_warnings(record=True) as caught:
+                        warnings_module.simplefilter("always", pd.errors.ParserWarning)
+                        chunk = next(reader, None)
+                    skipped = self._skipped_rows(caught)
+                    if chunk is None:
+                        break
                     if mapping is None:
                         header = list(chunk.iloc[0])
                         mapping = self._map_header(header)
@@ -237,10 +246,11 @@ class _FileReader:
                         chunk = chunk.iloc[1:]
                         record = 1
                     frame = chunk[list(mapping)].rename(columns=mapping)
-                    # Lines are records + 1; a record spanning several lines is corrected
-                    # when problems are reported (see _fix_line_numbers).
-                    lines = np.arange(record + 1, record + 1 + len(frame))
-                    record += len(frame)
+                    # Lines are record numbers (the header is 1), skipped rows left out; a record
+                    # spanning several lines is corrected when problems are reported
+                    # (see _fix_line_numbers).
+                    lines = _record_numbers(record, len(frame), skipped)
+                    record = max([record, *lines[-1:].tolist(), *skipped])
                     yield _Batch(frame.reset_index(drop=True), lines)
             except UnicodeDecodeError:
                 self.log.add([_encoding_problem(path)])
@@ -248,6 +258,15 @@ class _FileReader:
                 self.log.add([_parser_problem(self.name, exc)])
             finally:
                 bar.close()
+
+    def _skipped_rows(self, caught: list) -> set[int]:
+        """The rows pandas left out for having too many cells, each logged as a problem."""
+        skipped = set()
+        for warning in caught:
+            for line, expected, saw in _SKIPPED_LINE.findall(str(warning.message)):
+                skipped.add(int(line))
+                self.log.add([Problem(self.name, int(line), "(row)", f"has {saw} fields, the header has {expected}")])
+        return skipped
 
     def _xlsx_batches(self) -> Iterator[_Batch]:
         from openpyxl import load_workbook
@@ -337,6 +356,15 @@ def _encoding_problem(path: Path) -> Problem:
 
 
 _PARSER_LINE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+_SKIPPED_LINE = re.compile(r"Skipping line (\d+): expected (\d+) fields, saw (\d+)")
+
+
+def _record_numbers(after: int, count: int, skipped: set[int]) -> np.ndarray:
+    """The numbers of the `count` records after record `after`, leaving out `skipped` ones."""
+    if not skipped:
+        return np.arange(after + 1, after + 1 + count)
+    numbers = np.arange(after + 1, after + 1 + count + len(skipped))
+    return numbers[~np.isin(numbers, list(skipped))][:count]
 
 
 def _parser_problem(name: str, exc: Exception) -> Problem:
@@ -405,13 +433,20 @@ def _duplicate_problems(connection: Connection, kind: FileKind, names: list[str]
     return problems
 
 
-def _reference_problems(connection: Connection, kind: FileKind, names: list[str]) -> list[Problem]:
+def _reference_problems(connection: Connection, kind: FileKind, names: list[str], staged: frozenset[str] = frozenset(),
+                        unknowable: frozenset[str] = frozenset()) -> list[Problem]:
+    """Rows naming a customer or user that does not exist. The kinds imported before this
+    one are in their tables already, but for those in `staged` (checked before anything is
+    written); references into `unknowable` kinds, whose files had bad rows, are not checked."""
     problems = []
     for reference in kind.references:
         target = KINDS_BY_NAME[reference.kind]
+        if target.name in unknowable:
+            continue
         # A self-reference (a user's manager) may point at a row of the same import.
         also_staged = (f"AND NOT EXISTS (SELECT 1 FROM stage_{target.name} t2 "
-                       f"WHERE t2.{target.key} = s.{reference.column})") if target is kind else ""
+                       f"WHERE t2.{target.key} = s.{reference.column})"
+                       ) if target is kind or target.name in staged else ""
         rows = connection.execute(text(f"""
             SELECT s._file, s._line, s.{reference.column} FROM stage_{kind.name} s
             WHERE s.{reference.column} IS NOT NULL
@@ -423,6 +458,19 @@ def _reference_problems(connection: Connection, kind: FileKind, names: list[str]
                     f"unknown {reference.what} {value!r} (not in the database nor in the {target.name} file)")
             for f, line, value in rows)
     return problems
+
+
+def _problems_across_rows(connection: Connection, kinds: list[FileKind], staging: dict[str, Table], names: list[str],
+                          log: "_ProblemLog", flawed: frozenset[str]) -> None:
+    """Once the import is bound to fail, the duplicate ids and unknown references of these
+    kinds' staged rows too, without writing them: the whole list in one attempt. A
+    reference into a file with bad rows is not judged (its row may be one of them)."""
+    for kind in kinds:
+        if kind.name not in staging:
+            continue
+        connection.execute(text(f"CREATE INDEX ix_stage_{kind.name}_key ON stage_{kind.name} ({kind.key})"))
+        log.add(_duplicate_problems(connection, kind, names))
+        log.add(_reference_problems(connection, kind, names, frozenset(staging), flawed))
 
 
 def _count_changes(connection: Connection, kind: FileKind, columns: list[str]) -> tuple[int, int]:
@@ -575,6 +623,7 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
             metadata = MetaData()
             staging: dict[str, Table] = {}
             columns_seen: dict[str, list[str]] = {}
+            flawed: set[str] = set()  # kinds whose files had bad rows
             for source in sources:
                 kind = source.kind
                 if kind.name not in staging:
@@ -583,19 +632,24 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     columns_seen[kind.name] = []
                 validator = BatchValidator(kind, str(source.path), timezone_name)
                 reader = _FileReader(source, batch_rows, progress, log, warnings)
+                problems_before = log.total
                 for batch in reader.batches():
                     valid, problems = validator.validate(batch.frame, batch.lines)
                     if problems:
                         log.add(problems)
-                    if log:
-                        continue  # keep reading to report every problem, but write nothing more
+                    # Staged even after a problem: the checks across rows still run, so
+                    # one attempt lists them all (nothing is written).
                     for column in valid.columns:
                         if column not in columns_seen[kind.name]:
                             columns_seen[kind.name].append(column)
                     valid = valid.assign(_file=source.index, _line=batch.lines[valid.index.to_numpy()])
                     bulk_insert(connection, staging[kind.name].name, valid)
+                if log.total > problems_before:
+                    flawed.add(kind.name)
 
-            if not log:
+            if log:
+                _problems_across_rows(connection, list(FILE_KINDS), staging, names, log, frozenset(flawed))
+            else:
                 connection.execute(text("CREATE TEMPORARY TABLE touched_customers (customer_id VARCHAR(64) PRIMARY KEY)"))
                 for kind in FILE_KINDS:
                     if kind.name not in staging:
@@ -604,6 +658,8 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     log.add(_duplicate_problems(connection, kind, names))
                     log.add(_reference_problems(connection, kind, names))
                     if log:
+                        later = list(FILE_KINDS[FILE_KINDS.index(kind) + 1:])
+                        _problems_across_rows(connection, later, staging, names, log, frozenset())
                         break
                     columns = [c.name for c in kind.columns
                                if c.upsert and (c.name in columns_seen[kind.name] or c.name == kind.key)]

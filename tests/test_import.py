@@ -134,7 +134,8 @@ def test_duplicate_ids_and_unknown_references_are_reported(engine, tmp_path):
     ])
     problems = _import_fails(engine, [tmp_path])
     assert problems == [f"{tmp_path / 'customers.csv'}:3: owner_userid: unknown user 'rep_x' "
-                        "(not in the database nor in the users file)"]
+                        "(not in the database nor in the users file)",
+                        f"{tmp_path / 'orders.csv'}:3: order_id: duplicate id 'O1' (first at line 2)"]
 
     write_csv(tmp_path / "customers.csv", CUSTOMERS_HEADER, [["C1", "甲公司", "rep_a"] + [""] * 11])
     write_csv(tmp_path / "orders_more.csv", ORDERS_HEADER, [["O9", "C404", "2025-01-01", "1", "", "", ""]])
@@ -149,6 +150,27 @@ def test_duplicate_ids_and_unknown_references_are_reported(engine, tmp_path):
     assert problems == [f"{tmp_path / 'orders_more.csv'}:2: customer_id: unknown customer 'C404' "
                         "(not in the database nor in the customers file)"]
     assert _count(engine, Customer) == 0
+
+
+def test_one_attempt_lists_bad_cells_ragged_rows_duplicates_and_unknown_customers_together(engine, tmp_path):
+    write_csv(tmp_path / "users.csv", USERS_HEADER, USERS)
+    write_csv(tmp_path / "customers.csv", CUSTOMERS_HEADER, [["C1", "甲公司", "rep_a"] + [""] * 11])
+    orders = tmp_path / "orders.csv"
+    orders.write_text(",".join(ORDERS_HEADER) + "\n"
+                      "O1,C1,2025-01-01,100,,,new\n"
+                      "O2,C1,2025-01-01,100,,,new,extra\n"      # line 3: one cell too many
+                      "O3,C1,2025-01-02,12.3.4,,,new\n"         # line 4: a bad amount
+                      "O1,C1,2025-01-03,100,,,new\n"            # line 5: O1 again
+                      "O4,NOPE,2025-01-04,100,,,new\n",         # line 6: no such customer
+                      encoding="utf-8")
+    problems = _import_fails(engine, [tmp_path])
+    assert sorted(problems) == sorted([
+        f"{orders}:3: (row): has 8 fields, the header has 7",
+        f"{orders}:4: amount: not a number: '12.3.4'",
+        f"{orders}:5: order_id: duplicate id 'O1' (first at line 2)",
+        f"{orders}:6: customer_id: unknown customer 'NOPE' (not in the database nor in the customers file)",
+    ])
+    assert _count(engine, Customer) == 0 and _count(engine, Order) == 0
 
 
 def test_missing_required_column_and_unknown_column(engine, tmp_path):
