@@ -120,6 +120,8 @@ def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, pr
                             dry_run=dry_run, progress=_progress_default() if progress is None else progress,
                             touched_limit=INCREMENTAL_LIMIT)
     except ImportFailed as exc:
+        for warning in exc.warnings:
+            click.echo(f"warning: {warning}", err=True)
         footer = (f"… and {exc.more:,} more problem(s)" if exc.more else "")
         footer += ("\n" if footer else "") + "nothing was imported: fix the rows above and run the import again"
         raise BadInput(exc.problems, footer) from None

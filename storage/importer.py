@@ -55,11 +55,14 @@ class ImportFailed(Exception):
     """Nothing was written. `problems` lists what was wrong (capped), `more` the rest;
     `details` the same as Problem objects where there are any."""
 
-    def __init__(self, problems: list[str], more: int = 0, details: list[Problem] | None = None):
+    def __init__(self, problems: list[str], more: int = 0, details: list[Problem] | None = None,
+                 warnings: list[str] | None = None):
         super().__init__(f"{len(problems) + more} problem(s)")
         self.problems = problems
         self.more = more
         self.details = details or []
+        # What a successful import would have warned of too (unknown columns, …).
+        self.warnings = warnings or []
 
 
 @dataclass
@@ -695,7 +698,7 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
             if log:
                 transaction.rollback()
                 details = _fix_line_numbers(sorted(log.problems, key=_problem_order(names)))
-                raise ImportFailed([str(p) for p in details], log.total - len(details), details)
+                raise ImportFailed([str(p) for p in details], log.total - len(details), details, warnings)
             if dry_run:
                 transaction.rollback()
             else:

@@ -49,10 +49,12 @@ def test_import_score_export_round_trip(cli, tmp_path):
 
 
 def test_bad_rows_exit_2_listing_each_and_nothing_is_imported(cli, tmp_path):
-    write_csv(tmp_path / "users.csv", ["userid", "name", "role"], [["u1", "甲", "rep"], ["u2", "乙", "chief"]])
+    write_csv(tmp_path / "users.csv", ["userid", "name", "role", "colour"], [["u1", "甲", "rep", ""],
+                                                                          ["u2", "乙", "chief", ""]])
     result = cli("import", str(tmp_path), "--no-progress")
     assert result.exit_code == 2
     assert f"{tmp_path / 'users.csv'}:3: role: must be one of rep, manager, agent, admin: 'chief'" in result.stderr
+    assert "colour" in result.stderr  # what a good file would be warned of, said now, not at the next try
     assert "nothing was imported" in result.stderr
     assert "0 rows" not in result.stdout and cli("score").exit_code == 2
 
