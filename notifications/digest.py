@@ -16,7 +16,7 @@ from sqlalchemy import DateTime, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifications import messages
-from notifications.outbox import outbox_row
+from notifications.outbox import outbox_row, personal_delay
 from notifications.playbook import PlaybookSettings
 from notifications.tasks import open_tasks, ranked
 from storage.models import Customer, FollowUpTask, OutboxMessage, User
@@ -69,7 +69,10 @@ async def queue_digests(engine: AsyncEngine, settings: PlaybookSettings, now: da
                 continue
             body = messages.digest(people[userid], today, tasks[:settings.pushes.digest_tasks], len(tasks),
                                    changes[userid], lang)
-            rows.append(outbox_row([userid], "markdown", {"content": body}, origin=origin, kind="digest", now=now))
+            # Each person at their own moment of the next ten minutes: the job runs on the
+            # hour, when WeCom is busiest (DESIGN §5).
+            rows.append(outbox_row([userid], "markdown", {"content": body}, origin=origin, kind="digest", now=now,
+                                   not_before=now + personal_delay(userid)))
     if rows:
         async with engine.begin() as connection:
             await connection.execute(OutboxMessage.__table__.insert(), rows)

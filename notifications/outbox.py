@@ -100,6 +100,10 @@ def quiet_until(now: datetime, start: time, end: time, tz: ZoneInfo, who: str | 
         return None
     release_day = local.date() + timedelta(days=1) if spans_midnight and clock >= start else local.date()
     release = datetime.combine(release_day, end, tzinfo=tz).astimezone(timezone.utc)
-    if who:
-        release += timedelta(seconds=zlib.crc32(who.encode()) % RELEASE_SPREAD_SECONDS)
-    return release
+    return release + personal_delay(who)
+
+
+def personal_delay(who: str | None) -> timedelta:
+    """A few minutes fixed per person (under RELEASE_SPREAD_SECONDS), by which pushes due
+    to everyone at one moment are spread out."""
+    return timedelta(seconds=zlib.crc32(who.encode()) % RELEASE_SPREAD_SECONDS) if who else timedelta(0)

@@ -80,12 +80,20 @@ async def test_digest_lists_tasks_by_priority_and_fits_one_message(engine, confi
     owner = open_task_owner(engine)
     add_task(engine, "DOG1", "rep_b", date(2026, 11, 24), "dog", rule="dog_call")
     add_task(engine, "STAR1", "rep_b", date(2026, 11, 27), "star", rule="star_visit")
+    add_task(engine, "COW1", "rep_a", date(2026, 11, 27), "cash_cow", rule="cow_call")
     await queue_digests(async_db, PlaybookSettings.from_config(config), at_nine(date(2026, 11, 23)))
     with engine.connect() as connection:
         payload = connection.execute(select(OutboxMessage.payload).where(
             OutboxMessage.origin == f"digest:{owner}:2026-11-23")).scalar_one()
     content = payload["markdown"]["content"]
     assert "今日任务" in content and len(content.encode()) <= 2048
+    # Not everyone at 09:00:00: each person's digest waits their own few minutes.
+    nine = at_nine(date(2026, 11, 23))
+    with engine.connect() as connection:
+        due = [row[0] if row[0].tzinfo else row[0].replace(tzinfo=timezone.utc) for row in connection.execute(
+            select(OutboxMessage.not_before).where(OutboxMessage.kind == "digest"))]
+    assert len(due) >= 2 and len(set(due)) == len(due)
+    assert all(nine <= moment < nine + timedelta(minutes=10) for moment in due) and min(due) > nine
     # The Star customer's task comes first although the Dog customer's is due earlier.
     assert content.index("星辰半导体") < content.index("街角建材")
 
