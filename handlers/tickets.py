@@ -510,9 +510,14 @@ async def _set_away(ctx: CommandContext, away: bool) -> Reply:
                                             .values(**values))).rowcount
         if not changed:
             await connection.execute(AgentState.__table__.insert().values(userid=ctx.asker.userid, **values))
-        waiting = await queries.open_ticket_count(connection, ctx.asker.userid)
-    if not away:
-        _wake_tickets(ctx.services)  # tickets waiting for someone on duty can come now
+        if away:
+            # Not accepted yet: back to the queue, for a colleague on duty, while the SLA clock runs.
+            waiting = (await connection.execute(
+                update(Ticket).where(Ticket.assignee_userid == ctx.asker.userid, Ticket.status == "open")
+                .values(assignee_userid=None, warned_at=None))).rowcount
+        else:
+            waiting = await queries.open_ticket_count(connection, ctx.asker.userid)
+    _wake_tickets(ctx.services)  # handed-back tickets go out, or waiting ones come now
     return Reply(_result(ctx, "away" if away else "back", waiting=waiting), msgtype="text")
 
 

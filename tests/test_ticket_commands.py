@@ -394,6 +394,21 @@ async def test_an_agent_away_gets_no_new_tickets_until_back(bot, peer, company, 
     assert "是给客服的功能" in await say(bot, peer, "rep_a", "暂离")
 
 
+async def test_going_away_hands_tickets_not_yet_accepted_back_to_the_queue(bot, peer, company, engine):
+    ticket_id, agent, other = await assigned_star_ticket(bot, peer, company, engine)
+    accepted_id = TICKET_ID.search(await say(bot, peer, "rep_a", "工单 星辰半导体 P2 报表导出慢")).group(1)
+    route(engine, company)
+    with engine.begin() as connection:  # the second one is in the agent's hands already
+        connection.execute(update(Ticket).where(Ticket.ticket_id == accepted_id)
+                           .values(assignee_userid=agent, status="accepted", accepted_at=MONDAY_10))
+    reply = await say(bot, peer, agent, "暂离")
+    assert "还没接的 1 张工单已退回队列" in reply and bot.ticket_wakes
+    assert ticket_row(engine, ticket_id)["assignee_userid"] is None
+    assert ticket_row(engine, accepted_id)["assignee_userid"] == agent
+    route(engine, company, MONDAY_10 + timedelta(minutes=1))
+    assert ticket_row(engine, ticket_id)["assignee_userid"] == other
+
+
 # ------------------------------------------------------------------ card buttons
 
 
