@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import time
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -121,9 +122,6 @@ DEFAULT_TIER_ACTIONS = {
 }
 
 
-TASK_REASON_MODELS = ("value_matrix", "rfm", "sabc", "pyramid", "lifecycle", "churn", "intent")
-
-
 class TaskRule(_Section):
     name: str = Field(min_length=1, max_length=64)
     # A condition over the customer after a run, in the business-rule language (see
@@ -137,14 +135,7 @@ class TaskRule(_Section):
     cooldown_days: int = Field(30, ge=0)
     enabled: bool = True
     # The model whose top reasons the task's card gives: the one the rule is about.
-    reasons: str = "value_matrix"
-
-    @field_validator("reasons")
-    @classmethod
-    def _reasons_model(cls, value: str) -> str:
-        if value not in TASK_REASON_MODELS:
-            raise ValueError(f"must be one of {', '.join(TASK_REASON_MODELS)}")
-        return value
+    reasons: Literal["value_matrix", "rfm", "sabc", "pyramid", "lifecycle", "churn", "intent"] = "value_matrix"
 
     @field_validator("assign_to")
     @classmethod
