@@ -546,7 +546,7 @@ def _resolve_tickets(connection: Connection, timezone_name: str) -> int:
     if not staged:
         return 0
     local = pd.to_datetime(pd.Series([when for _, when in staged]), format=DATETIME_FORMAT)
-    moments = local.dt.tz_localize(ZoneInfo(timezone_name), ambiguous="NaT", nonexistent="shift_forward")
+    moments = local.dt.tz_localize(ZoneInfo(timezone_name), ambiguous=False, nonexistent="shift_forward")
     moments = moments.dt.tz_convert(timezone.utc).dt.to_pydatetime()
     tickets = Ticket.__table__
     connection.execute(tickets.update().where(tickets.c.ticket_id == bindparam("ticket"))
