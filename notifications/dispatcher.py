@@ -48,6 +48,8 @@ RETRY_FOR = timedelta(hours=24)
 # limit, it is not known to pass, and a day of retries would hide a broken call.
 BUSY_RETRIES = 3
 BUSY = -1
+# The pauses before those retries: long enough to outlast a busy spell on the hour.
+BUSY_PAUSES_SECONDS = (30, 120, 600)
 MAX_BACKOFF_SECONDS = 600
 MAX_RECIPIENTS = 1000
 # Kinds whose batches become a rep's summary message from PushesConfig.summary_from rows on;
@@ -348,28 +350,43 @@ class Dispatcher:
     async def _failed(self, unit: _Unit, error: Exception, now: datetime) -> None:
         errcode = getattr(error, "errcode", None)
         reason = f"{errcode}: {getattr(error, 'errmsg', str(error))}"[:1000]
-        outbox = OutboxMessage.__table__
         retry = getattr(error, "retryable", False) and not isinstance(error, PermanentDeliveryError)
-        oldest = min(_aware(row.created_at) for row in unit.rows)
-        busy = errcode == BUSY
-        if busy and max(row.busy_answers for row in unit.rows) >= BUSY_RETRIES:
-            retry = False
-            reason = f"{reason} (answered {BUSY_RETRIES + 1} times; given up)"
-        if retry and now - oldest < RETRY_FOR:
-            attempts = max(row.attempts for row in unit.rows)
-            await self._defer(unit.rows, now + timedelta(seconds=backoff_seconds(attempts)), counted=True,
-                              last_error=reason, busy=busy)
-            if self.metrics:
-                self.metrics.outbox_retries.labels(errcode=str(errcode)).inc(len(unit.rows))
+        rows = unit.rows
+        if errcode == BUSY:
+            # Each row its own count: one batched with a row answered -1 three times before
+            # still has its retries.
+            spent = [row for row in rows if row.busy_answers >= BUSY_RETRIES]
+            if spent:
+                await self._give_up(spent, unit.channel, errcode,
+                                    f"{reason} (answered {BUSY_RETRIES + 1} times; given up)", now)
+            rows = [row for row in rows if row.busy_answers < BUSY_RETRIES]
+            if rows:
+                pause = BUSY_PAUSES_SECONDS[max(row.busy_answers for row in rows)] * random.uniform(1.0, 1.2)
+                await self._defer(rows, now + timedelta(seconds=pause), counted=True, last_error=reason, busy=True)
+                if self.metrics:
+                    self.metrics.outbox_retries.labels(errcode=str(errcode)).inc(len(rows))
             return
+        oldest = min(_aware(row.created_at) for row in rows)
+        if retry and now - oldest < RETRY_FOR:
+            attempts = max(row.attempts for row in rows)
+            await self._defer(rows, now + timedelta(seconds=backoff_seconds(attempts)), counted=True,
+                              last_error=reason)
+            if self.metrics:
+                self.metrics.outbox_retries.labels(errcode=str(errcode)).inc(len(rows))
+            return
+        await self._give_up(rows, unit.channel, errcode, reason, now)
+
+    async def _give_up(self, rows: list[Any], channel: str, errcode: Any, reason: str, now: datetime) -> None:
+        """Failed for good: recorded with its reason, counted, and told to the admins."""
+        outbox = OutboxMessage.__table__
         async with self.engine.begin() as connection:
-            await connection.execute(update(outbox).where(outbox.c.id.in_([row.id for row in unit.rows]))
+            await connection.execute(update(outbox).where(outbox.c.id.in_([row.id for row in rows]))
                                      .values(status="failed", last_error=reason))
-            if unit.channel != "card_update":
-                await self._tell_admins(connection, unit.rows, reason, now)
+            if channel != "card_update":
+                await self._tell_admins(connection, rows, reason, now)
         if self.metrics:
-            self.metrics.outbox_failed.labels(errcode=str(errcode)).inc(len(unit.rows))
-        logger.warning("outbox %s given up: %s", ",".join(str(row.id) for row in unit.rows), reason)
+            self.metrics.outbox_failed.labels(errcode=str(errcode)).inc(len(rows))
+        logger.warning("outbox %s given up: %s", ",".join(str(row.id) for row in rows), reason)
 
     def _not_in_quiet_hours(self, rows: list[Any], until: datetime) -> datetime:
         """A push put back to wait must not come out in the night either."""

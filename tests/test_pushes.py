@@ -163,17 +163,21 @@ async def test_busy_answer_is_retried_three_times_then_given_up_and_reported(eng
         connection.execute(OutboxMessage.__table__.insert(),
                            [outbox_row(["rep_a"], "text", {"content": "请跟进星辰半导体"}, origin="busy", kind="task",
                                        now=clock.utc())])
-    for _ in range(20):
+    for _ in range(30):
         await dispatcher.drain()
         clock.advance(60)
     with engine.connect() as connection:
-        status, error, busy = connection.execute(select(OutboxMessage.status, OutboxMessage.last_error,
+        status, error, busy_answers = connection.execute(select(OutboxMessage.status, OutboxMessage.last_error,
                                                         OutboxMessage.busy_answers)
                                                  .where(OutboxMessage.origin == "busy")).one()
     calls = state.requests_to("message/send")
     # The first call and three retries, each answered -1: then no fifth call, though WeCom would take it.
-    assert [r.errcode for r in calls if r.errcode != 0] == [-1, -1, -1, -1]
-    assert status == "failed" and error.startswith("-1") and busy == 3
+    busy = [r for r in calls if r.errcode != 0]
+    assert [r.errcode for r in busy] == [-1, -1, -1, -1]
+    # Spaced to outlast a busy spell: at least 30 s, 2 min and 10 min apart.
+    gaps = [later.received_at - earlier.received_at for earlier, later in zip(busy, busy[1:])]
+    assert [gap >= least for gap, least in zip(gaps, (30, 120, 600))] == [True, True, True]
+    assert status == "failed" and error.startswith("-1") and busy_answers == 3
     assert state.messages_for("rep_a") == []
     notices = state.messages_for("admin")
     assert len(notices) == 1 and "rep_a" in notices[0].payload["markdown"]["content"]
