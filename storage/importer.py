@@ -28,7 +28,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Column as SAColumn, Connection, Engine, Integer, MetaData, Table, Text, bindparam, text
+from sqlalchemy import (Column as SAColumn, Connection, Engine, Integer, MetaData, Table, Text, bindparam, case,
+                        func, text)
 from tqdm import tqdm
 
 from storage.schema_files import (
@@ -229,9 +230,11 @@ class _FileReader:
             try:
                 # A row with more cells than the header is reported and left out (on_bad_lines
                 # warns), and reading goes on: one attempt lists every problem of the file.
+                # Blank lines are read as rows and left out below, so that rows are numbered
+                # as pandas numbers the ones it skips, and as csv.reader counts records.
                 reader = iter(pd.read_csv(wrapped, dtype=str, keep_default_na=False, na_filter=False,
                                           encoding="utf-8-sig", chunksize=self.batch_rows, header=None,
-                                          skip_blank_lines=True, engine="c", on_bad_lines="warn"))
+                                          skip_blank_lines=False, engine="c", on_bad_lines="warn"))
                 mapping = None
                 record = 0
                 while True:
@@ -241,19 +244,21 @@ class _FileReader:
                     skipped = self._skipped_rows(caught)
                     if chunk is None:
                         break
-                    if mapping is None:
-                        header = list(chunk.iloc[0])
-                        mapping = self._map_header(header)
-                        if mapping is None:
-                            return
-                        chunk = chunk.iloc[1:]
-                        record = 1
-                    frame = chunk[list(mapping)].rename(columns=mapping)
-                    # Lines are record numbers (the header is 1), skipped rows left out; a record
+                    # Record numbers (the first line is 1), skipped rows left out; a record
                     # spanning several lines is corrected when problems are reported
                     # (see _fix_line_numbers).
-                    lines = _record_numbers(record, len(frame), skipped)
+                    lines = _record_numbers(record, len(chunk), skipped)
                     record = max([record, *lines[-1:].tolist(), *skipped])
+                    keep = _not_blank(chunk)
+                    chunk, lines = chunk[keep], lines[keep]
+                    if mapping is None:
+                        if chunk.empty:
+                            continue
+                        mapping = self._map_header(list(chunk.iloc[0]))
+                        if mapping is None:
+                            return
+                        chunk, lines = chunk.iloc[1:], lines[1:]
+                    frame = chunk[list(mapping)].rename(columns=mapping)
                     yield _Batch(frame.reset_index(drop=True), lines)
             except UnicodeDecodeError:
                 self.log.add([_encoding_problem(path)])
@@ -263,10 +268,14 @@ class _FileReader:
                 bar.close()
 
     def _skipped_rows(self, caught: list) -> set[int]:
-        """The rows pandas left out for having too many cells, each logged as a problem."""
+        """The rows pandas left out for having too many cells, each logged as a problem;
+        any other warning is passed on."""
         skipped = set()
         for warning in caught:
-            for line, expected, saw in _SKIPPED_LINE.findall(str(warning.message)):
+            found = _SKIPPED_LINE.findall(str(warning.message))
+            if not found:
+                warnings_module.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+            for line, expected, saw in found:
                 skipped.add(int(line))
                 self.log.add([Problem(self.name, int(line), "(row)", f"has {saw} fields, the header has {expected}")])
         return skipped
@@ -362,6 +371,17 @@ _PARSER_LINE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 _SKIPPED_LINE = re.compile(r"Skipping line (\d+): expected (\d+) fields, saw (\d+)")
 
 
+def _not_blank(chunk: pd.DataFrame) -> np.ndarray:
+    """Rows with something in a cell: blank and whitespace-only lines, and rows of empty
+    cells, are skipped as in a workbook. Most rows have a first cell, so only the others
+    are looked at whole."""
+    keep = chunk.iloc[:, 0].fillna("").str.strip().ne("").to_numpy(dtype=bool, copy=True)
+    if not keep.all():
+        rest = chunk[~keep].fillna("")
+        keep[~keep] = rest.apply(lambda column: column.str.strip().ne("")).any(axis=1).to_numpy()
+    return keep
+
+
 def _record_numbers(after: int, count: int, skipped: set[int]) -> np.ndarray:
     """The numbers of the `count` records after record `after`, leaving out `skipped` ones."""
     if not skipped:
@@ -390,7 +410,7 @@ def _fix_line_numbers(problems: list[Problem]) -> list[Problem]:
         if path.suffix.lower() != ".csv" or not path.exists():
             fixed.extend(items)
             continue
-        wanted = {p.line for p in items if p.column not in ("(file)", "(row)")}
+        wanted = {p.line for p in items if p.column != "(file)"}
         record_line: dict[int, int] = {}
         try:
             with open(path, encoding="utf-8-sig", newline="") as handle:
@@ -404,7 +424,8 @@ def _fix_line_numbers(problems: list[Problem]) -> list[Problem]:
                     start = reader.line_num + 1
         except (UnicodeDecodeError, csv.Error):
             pass
-        fixed.extend(Problem(p.source, record_line.get(p.line, p.line), p.column, p.reason) for p in items)
+        fixed.extend(Problem(p.source, p.line if p.column == "(file)" else record_line.get(p.line, p.line), p.column,
+                             p.reason) for p in items)
     return fixed
 
 
@@ -549,8 +570,12 @@ def _resolve_tickets(connection: Connection, timezone_name: str) -> int:
     moments = local.dt.tz_localize(ZoneInfo(timezone_name), ambiguous=False, nonexistent="shift_forward")
     moments = moments.dt.tz_convert(timezone.utc).dt.to_pydatetime()
     tickets = Ticket.__table__
+    # A routed ticket resolved there was answered by then too: the SLA report judges it
+    # by that moment, as it does a ticket resolved in chat.
+    first_response = case((tickets.c.first_response_due.is_not(None),
+                           func.coalesce(tickets.c.accepted_at, bindparam("when"))), else_=tickets.c.accepted_at)
     connection.execute(tickets.update().where(tickets.c.ticket_id == bindparam("ticket"))
-                       .values(status="resolved", resolved_at=bindparam("when")),
+                       .values(status="resolved", resolved_at=bindparam("when"), accepted_at=first_response),
                        [{"ticket": ticket_id, "when": when} for (ticket_id, _), when in zip(staged, moments)])
     return len(staged)
 

@@ -173,6 +173,27 @@ def test_one_attempt_lists_bad_cells_ragged_rows_duplicates_and_unknown_customer
     assert _count(engine, Customer) == 0 and _count(engine, Order) == 0
 
 
+@pytest.mark.parametrize("batch_rows", [2, 50_000])
+def test_lines_are_counted_as_an_editor_shows_them_past_blank_lines_and_cells_spanning_lines(engine, tmp_path,
+                                                                                           batch_rows):
+    write_csv(tmp_path / "users.csv", USERS_HEADER, USERS)
+    write_csv(tmp_path / "customers.csv", CUSTOMERS_HEADER, [["C1", "甲公司", "rep_a"] + [""] * 11])
+    orders = tmp_path / "orders.csv"
+    orders.write_text(",".join(ORDERS_HEADER) + "\n"
+                      "\n"                                           # 2: blank
+                      "O1,C1,2025-01-01,bad1,,,new\n"                # 3
+                      'O2,C1,2025-01-01,100,"multi\nline",,new\n'   # 4–5: a cell over two lines
+                      "O3,C1,2025-01-01,100,,,new,x\n"               # 6: one cell too many
+                      "   \n"                                        # 7: blank but for spaces
+                      "O4,C1,2025-01-01,bad4,,,new\n"                # 8
+                      "O5,C1,2025-01-01,100,,,new,x\n"               # 9: one cell too many
+                      "O6,C1,2025-01-01,bad6,,,new\n",               # 10
+                      encoding="utf-8")
+    problems = _import_fails(engine, [tmp_path], batch_rows=batch_rows)
+    assert [problem.split(": ")[0].rsplit(":", 1)[1] + " " + problem.split(": ")[1] for problem in problems] == [
+        "3 amount", "4 cost", "6 (row)", "8 amount", "9 (row)", "10 amount"]
+
+
 def test_missing_required_column_and_unknown_column(engine, tmp_path):
     write_csv(tmp_path / "users.csv", ["userid", "name", "favourite_colour"], [["u1", "甲", "blue"]])
     problems = _import_fails(engine, [tmp_path / "users.csv"])
