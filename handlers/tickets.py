@@ -30,6 +30,7 @@ from handlers.tasks import queue_card_update
 from handlers.text import render
 from notifications import messages
 from notifications.outbox import outbox_row
+from notifications.tickets import ROUTE_WITHIN
 from scoring import TIERS
 from storage import queries
 from storage.models import AgentState, OutboxMessage, Ticket
@@ -414,7 +415,10 @@ async def _resolve(connection, ctx, typed: str, note: str) -> tuple[str, str]:
     by_agent = mine or _claimable(ticket, agent)
     # The Dog path: whoever may see the customer closes a ticket the knowledge base answered;
     # and one no queue holds (imported open, but opened before the routing window).
-    never_routed = ticket["status"] == "open" and ticket["routed_at"] is None
+    # (opened_at is naive local time)
+    local_now = _utc_now(ctx.services).astimezone(ctx.services.config.tz).replace(tzinfo=None)
+    never_routed = (ticket["status"] == "open" and ticket["routed_at"] is None
+                    and ticket["opened_at"] < local_now - ROUTE_WITHIN)
     by_owner = (agent is None and ticket["assignee_userid"] is None
                 and (ticket["status"] in ("self_service", "resolved", "closed") or never_routed)
                 and await _visible(connection, ctx, ticket))

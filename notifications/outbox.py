@@ -104,6 +104,8 @@ def quiet_until(now: datetime, start: time, end: time, tz: ZoneInfo, who: str | 
 
 
 def personal_delay(who: str | None) -> timedelta:
-    """A few minutes fixed per person (under RELEASE_SPREAD_SECONDS), by which pushes due
-    to everyone at one moment are spread out."""
-    return timedelta(seconds=zlib.crc32(who.encode()) % RELEASE_SPREAD_SECONDS) if who else timedelta(0)
+    """A few minutes fixed per person (one to RELEASE_SPREAD_SECONDS / 60), by which pushes
+    due to everyone at one moment are spread out, past the minute they were due in."""
+    if not who:
+        return timedelta(0)
+    return timedelta(seconds=60 + zlib.crc32(who.encode()) % (RELEASE_SPREAD_SECONDS - 60))

@@ -423,4 +423,5 @@ def _watch_deadlines(connection: Connection, settings: TicketSettings, now: date
             connection.execute(update(Ticket).where(Ticket.ticket_id == ticket.ticket_id).values(warned_at=now))
             outcome.warned += 1
             rows.append(_notice(ticket.assignee_userid, "warning", item, settings,
-                                f"ticket-warning:{ticket.ticket_id}:{ticket.first_response_due}", now))
+                                f"ticket-warning:{ticket.ticket_id}:{ticket.assignee_userid}:"
+                                f"{ticket.first_response_due}", now))

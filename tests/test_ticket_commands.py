@@ -310,6 +310,9 @@ async def test_an_old_open_ticket_no_queue_holds_can_be_closed_by_its_rep(bot, p
     # Imported open, opened two months ago: too old for the router, so no agent will ever take it.
     run_import(engine, [], records={"tickets": [{"ticket_id": "T-OLD", "customer_id": "STAR1",
                                                  "subject": "旧系统遗留问题", "opened_at": "2026-09-20T10:00:00"}]})
+    # A ticket just opened is not the rep's to close before the router has seen it.
+    fresh = TICKET_ID.search(await say(bot, peer, "rep_a", "工单 星辰半导体 报表导出慢")).group(1)
+    assert "没有找到" in await say(bot, peer, "rep_a", f"解决 {fresh}")
     route(engine, company)
     assert ticket_row(engine, "T-OLD")["routed_at"] is None
     assert "没有找到" in await say(bot, peer, "ag1", "接单 T-OLD")
@@ -396,6 +399,7 @@ async def test_an_agent_away_gets_no_new_tickets_until_back(bot, peer, company, 
 
 async def test_going_away_hands_tickets_not_yet_accepted_back_to_the_queue(bot, peer, company, engine):
     ticket_id, agent, other = await assigned_star_ticket(bot, peer, company, engine)
+    route(engine, company, MONDAY_10 + timedelta(minutes=35))  # its 11:00 deadline is near: the agent is warned
     accepted_id = TICKET_ID.search(await say(bot, peer, "rep_a", "工单 星辰半导体 P2 报表导出慢")).group(1)
     route(engine, company)
     with engine.begin() as connection:  # the second one is in the agent's hands already
@@ -405,8 +409,10 @@ async def test_going_away_hands_tickets_not_yet_accepted_back_to_the_queue(bot, 
     assert "还没接的 1 张工单已退回队列" in reply and bot.ticket_wakes
     assert ticket_row(engine, ticket_id)["assignee_userid"] is None
     assert ticket_row(engine, accepted_id)["assignee_userid"] == agent
-    route(engine, company, MONDAY_10 + timedelta(minutes=1))
+    route(engine, company, MONDAY_10 + timedelta(minutes=36))
     assert ticket_row(engine, ticket_id)["assignee_userid"] == other
+    # The colleague who has it now is warned too.
+    assert [row["touser"] for row in outbox(engine, kind="ticket_warning")] == [agent, other]
 
 
 # ------------------------------------------------------------------ card buttons

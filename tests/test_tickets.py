@@ -240,3 +240,18 @@ def test_an_import_never_reopens_a_ticket_and_takes_no_resolution_earlier_than_t
 def ticket_or_none(engine, ticket_id: str):
     with engine.connect() as connection:
         return connection.execute(select(Ticket).where(Ticket.ticket_id == ticket_id)).first()
+
+
+def test_a_routed_ticket_the_crm_resolved_in_time_counts_as_answered_in_time(engine, config):
+    settings = TicketSettings.from_config(config)
+    open_tickets(engine, ("T-CRM", "STAR1", "接口报错"))
+    process_tickets(engine, settings, MONDAY_10)
+    assert aware(ticket(engine, "T-CRM").first_response_due) == MONDAY_10 + timedelta(hours=1)
+    # Resolved in the CRM at 10:30 local, before its 11:00 deadline.
+    run_import(engine, [], records={"tickets": [{"ticket_id": "T-CRM", "customer_id": "STAR1", "subject": "接口报错",
+                                                 "opened_at": "2026-11-23T10:00:00",
+                                                 "resolved_at": "2026-11-23T10:30:00"}]})
+    done = ticket(engine, "T-CRM")
+    assert done.status == "resolved" and aware(done.accepted_at) == MONDAY_10 + timedelta(minutes=30)
+    process_tickets(engine, settings, MONDAY_10 + timedelta(hours=2))
+    assert ticket(engine, "T-CRM").breached_at is None
