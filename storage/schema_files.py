@@ -39,6 +39,8 @@ class Column:
     lowercase: bool = False
     # A column of the same row this one may not be earlier than (dates and datetimes).
     not_before: str | None = None
+    # A datetime that cannot be later than the import (a moment that has happened).
+    not_future: bool = False
     # False: not written over the stored value by an import; the importer applies it
     # itself (a ticket's resolved_at closes it, and no file reopens a ticket).
     upsert: bool = True
@@ -196,7 +198,7 @@ TICKETS = FileKind(
         # When the ticket was resolved in the system it comes from (local time): it arrives
         # resolved, and is never routed. Blank: still open.
         Column("resolved_at", "datetime", False, ("解决时间", "关闭时间", "完成时间"), not_before="opened_at",
-               upsert=False),
+               not_future=True, upsert=False),
     ),
     references=(Reference("customer_id", "customers", "customer"),),
     file_aliases=("工单",),

@@ -97,15 +97,24 @@ class BatchValidator:
                     problems.append(Problem(self.source, int(line), column.name, text))
             converted[column.name] = values
         for column in self.kind.columns:
-            if column.not_before is None or column.name not in converted or column.not_before not in converted:
+            if column.name not in converted:
                 continue
-            # Both in the same text format (DATETIME_FORMAT or DATE_FORMAT): compared as text.
-            later, earlier = converted[column.name], converted[column.not_before]
-            early = (later.notna() & earlier.notna() & (later < earlier)).to_numpy(dtype=bool) & ~bad
-            bad |= early
-            for line, cell in zip(lines[early], raw[column.name].to_numpy()[early]):
-                problems.append(Problem(self.source, int(line), column.name,
-                                        f"before {column.not_before}: {str(cell).strip()[:60]!r}"))
+            # Values in one text format (DATETIME_FORMAT or DATE_FORMAT): compared as text.
+            values = converted[column.name]
+            checks = []  # (the rows out of bounds, why)
+            if column.not_before is not None and column.not_before in converted:
+                bound = converted[column.not_before]
+                checks.append((values.notna() & bound.notna() & (values < bound), f"before {column.not_before}"))
+            if column.not_future:
+                # A few minutes' grace for clocks that disagree.
+                soon = pd.Timestamp.now(tz=self.timezone).tz_localize(None) + pd.Timedelta(minutes=10)
+                checks.append((values.notna() & (values > soon.strftime(DATETIME_FORMAT)), "in the future"))
+            for out_of_bounds, why in checks:
+                wrong = out_of_bounds.to_numpy(dtype=bool) & ~bad
+                bad |= wrong
+                for line, cell in zip(lines[wrong], raw[column.name].to_numpy()[wrong]):
+                    problems.append(Problem(self.source, int(line), column.name,
+                                            f"{why}: {str(cell).strip()[:60]!r}"))
         frame = pd.DataFrame(converted, index=raw.index)
         return frame[~bad], problems
 

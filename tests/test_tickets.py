@@ -235,6 +235,11 @@ def test_an_import_never_reopens_a_ticket_and_takes_no_resolution_earlier_than_t
                                                      "resolved_at": "2026-11-22T10:00:00"}]})
     assert any("resolved_at" in problem and "before opened_at" in problem for problem in failure.value.problems)
     assert ticket_or_none(engine, "T-ODD") is None
+    with pytest.raises(ImportFailed) as failure:
+        run_import(engine, [], records={"tickets": [{"ticket_id": "T-LATER", "customer_id": "STAR1", "subject": "x",
+                                                     "opened_at": "2026-11-23T10:00:00",
+                                                     "resolved_at": "2099-01-01T10:00:00"}]})
+    assert any("resolved_at: in the future: '2099-01-01T10:00:00'" in problem for problem in failure.value.problems)
 
 
 def ticket_or_none(engine, ticket_id: str):
