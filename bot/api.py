@@ -17,7 +17,7 @@ from datetime import datetime
 
 from aiohttp import web
 
-from storage.schema_files import KINDS_BY_NAME
+from storage.schema_files import KINDS_BY_NAME, header_names, normalise_header
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,12 @@ class IngestApi:
         token = self.runtime.config.api.token
         if not token:
             return _error(503, "the REST API is off: set TIERBOT_API_TOKEN to turn it on")
-        given = request.headers.get("Authorization", "")
-        if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].strip().encode(), token.encode()):
-            return _error(401, "missing or wrong bearer token")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # The scheme is case-insensitive (RFC 7235); the token is not.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            refused = _error(401, "missing or wrong bearer token")
+            refused.headers["WWW-Authenticate"] = 'Bearer realm="tierbot"'
+            return refused
         return None
 
     async def ingest(self, request: web.Request) -> web.Response:
@@ -60,14 +63,21 @@ class IngestApi:
             return _error(413, f"body larger than {MAX_BODY_BYTES // (1024 * 1024)} MB: send smaller batches")
         try:
             items = json.loads(await request.read())
+        except web.HTTPRequestEntityTooLarge:  # a chunked body, with no length given up front
+            return _error(413, f"body larger than {MAX_BODY_BYTES // (1024 * 1024)} MB: send smaller batches")
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(400, f"body is not JSON: {exc}")
+        except RecursionError:
+            return _error(400, "body is not JSON we take: nested too deeply")
         if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
             return _error(400, "body must be a JSON array of objects")
         if not items:
             return web.json_response({"kind": kind, "rows": 0, "new": 0, "changed": 0, "unchanged": 0})
         if len(items) > MAX_ITEMS:
             return _error(413, f"more than {MAX_ITEMS:,} items: send smaller batches")
+        items, problems = flat_values(kind, items)
+        if problems:
+            return _error(400, "nothing was imported", problems)
         response = await asyncio.to_thread(self._ingest_blocking, kind, items)
         # A rescore may have queued tier-change messages and tasks: send them now; new
         # tickets are routed now.
@@ -93,6 +103,8 @@ class IngestApi:
         counts = result.kinds.get(kind)
         body = {"kind": kind, "rows": counts.rows, "new": counts.new, "changed": counts.changed,
                 "unchanged": counts.unchanged, "warnings": result.warnings}
+        if counts.resolved:
+            body["resolved"] = counts.resolved
         if result.touched:
             outcome = incremental_rescore(engine, config, result.touched, datetime.now(config.tz).date())
             if outcome is not None:
@@ -101,6 +113,27 @@ class IngestApi:
         elif result.touched is None:
             body["rescored"] = {"customers": 0, "note": "too many customers touched: the next full run scores them"}
         return web.json_response(body, dumps=lambda data: json.dumps(data, ensure_ascii=False))
+
+
+def flat_values(kind: str, items: list[dict]) -> tuple[list[dict], list[str]]:
+    """JSON may carry what a file cell cannot: an array for a list column (modules_owned,
+    queues) becomes its `|`-separated text; any other array or object is refused by item
+    and field, rather than stored as its Python spelling."""
+    names = header_names(KINDS_BY_NAME[kind])
+    list_columns = {column.name for column in KINDS_BY_NAME[kind].columns if column.kind == "list"}
+    flat, problems = [], []
+    for number, item in enumerate(items, start=1):
+        row = {}
+        for field, value in item.items():
+            if isinstance(value, list) and names.get(normalise_header(field)) in list_columns and all(
+                    isinstance(part, (str, int, float)) and not isinstance(part, bool) for part in value):
+                value = "|".join(str(part) for part in value)
+            elif isinstance(value, (list, dict)):
+                problems.append(f"item {number}: {field}: a JSON {'array' if isinstance(value, list) else 'object'}"
+                                f", not a single value")
+            row[field] = value
+        flat.append(row)
+    return flat, problems
 
 
 assert set(API_KINDS) <= set(KINDS_BY_NAME)

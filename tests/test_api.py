@@ -102,3 +102,41 @@ async def test_malformed_bodies(api, body, status):
 async def test_unknown_collection_is_404(api):
     response = await api.post("/api/v1/invoices", json=[], headers=_auth())
     assert response.status == 404
+
+
+async def test_deeply_nested_json_is_a_clear_400_not_a_crash(api):
+    body = b"[" * 100_000 + b"]" * 100_000
+    response = await api.post("/api/v1/orders", data=body, headers={**_auth(), "Content-Type": "application/json"})
+    assert response.status == 400 and "nested too deeply" in (await response.json())["error"]
+
+
+async def test_bearer_scheme_in_any_case_and_a_challenge_on_refusal(api):
+    ok = await api.post("/api/v1/orders", json=[], headers={"Authorization": f"bearer {TOKEN}"})
+    assert ok.status == 200
+    refused = await api.post("/api/v1/orders", json=[], headers=_auth("wrong"))
+    assert refused.status == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_a_batch_over_one_megabyte_is_taken_and_json_arrays_fill_list_columns(api, engine):
+    customers = [{"customer_id": "CX1", "name": "测试客户", "owner_userid": "rep_a", "modules_owned": ["MES", "crm"]}]
+    # Well past aiohttp's default 1 MB limit, well under the API's 10 MB.
+    body = json.dumps(customers).encode() + b" " * 2_000_000
+    response = await api.post("/api/v1/customers", data=body, headers={**_auth(), "Content-Type": "application/json"})
+    assert response.status == 200, await response.text()
+    with engine.connect() as connection:
+        modules = connection.exec_driver_sql("SELECT modules_owned FROM customers WHERE customer_id = 'CX1'").scalar()
+    assert modules == "mes|crm"
+    odd = [{"order_id": "OX1", "customer_id": "CX1", "order_date": "2026-01-05", "amount": 10,
+            "product_line": {"a": 1}}]
+    refused = await api.post("/api/v1/orders", json=odd, headers=_auth())
+    assert refused.status == 400
+    assert (await refused.json())["problems"] == ["item 1: product_line: a JSON object, not a single value"]
+
+
+async def test_tickets_the_api_resolves_are_counted_as_resolved(api):
+    ticket = {"ticket_id": "RT1", "customer_id": "STAR1", "opened_at": "2026-11-23T09:00:00", "subject": "接口报错"}
+    await api.post("/api/v1/tickets", json=[ticket], headers=_auth())
+    response = await api.post("/api/v1/tickets", json=[{**ticket, "resolved_at": "2026-11-23T10:00:00"}],
+                              headers=_auth())
+    body = await response.json()
+    assert response.status == 200 and body["resolved"] == 1
