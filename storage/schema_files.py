@@ -72,6 +72,11 @@ class FileKind:
         return next(c for c in self.columns if c.name == name)
 
 
+# An order's amount or cost, in yuan: a trillion either way. The database keeps money as
+# NUMERIC(18, 2), and monthly totals must fit too.
+MAX_MONEY = 1e12
+
+
 def _id(name: str, *aliases: str, required: bool = False) -> Column:
     return Column(name, "id", required=required, aliases=aliases, max_length=64)
 
@@ -142,8 +147,8 @@ ORDERS = FileKind(
         _id("order_id", "订单编号", "订单号", "订单ID", required=True),
         _id("customer_id", "客户编号", "客户ID", "客户id", required=True),
         Column("order_date", "date", True, ("下单日期", "订单日期", "日期")),
-        Column("amount", "money", True, ("金额", "订单金额", "合同金额")),
-        Column("cost", "money", False, ("成本",), minimum=0),
+        Column("amount", "money", True, ("金额", "订单金额", "合同金额"), minimum=-MAX_MONEY, maximum=MAX_MONEY),
+        Column("cost", "money", False, ("成本",), minimum=0, maximum=MAX_MONEY),
         Column("product_line", "text", False, ("产品线", "产品"), max_length=64),
         Column(
             "kind",

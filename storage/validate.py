@@ -67,6 +67,10 @@ def _numbers(values: pd.Series) -> pd.Series:
     return numbers
 
 
+def _number(bound: float) -> str:
+    return f"{bound:,.0f}" if abs(bound) >= 1e6 else f"{bound:g}"
+
+
 class BatchValidator:
     """Checks batches of one file kind; `problems` collects what was wrong."""
 
@@ -122,6 +126,13 @@ class BatchValidator:
         present = values.notna()
         if column.kind in ("id", "text"):
             too_long = present & (values.str.len() > (column.max_length or 10**9))
+            # PostgreSQL refuses a NUL in text; SQLite would keep it, unseen.
+            nul = present & values.str.contains("\x00", regex=False).fillna(False).astype(bool)
+            if nul.any():
+                why = "contains a NUL character (\\u0000)"
+                if too_long.any():
+                    why = f"longer than {column.max_length} characters, or {why}"
+                return values, too_long | nul, why
             return values, too_long, f"longer than {column.max_length} characters"
         if column.kind == "list":
             items = values.str.split(r"\s*[|｜]\s*", regex=True).str.join("|")
@@ -143,7 +154,8 @@ class BatchValidator:
                 out_of_range = present & ~invalid & ((numbers < low) | (numbers > high))
                 if out_of_range.any():
                     invalid |= out_of_range
-                    bounds = f"from {low:g} to {high:g}" if column.maximum is not None else f">= {low:g}"
+                    bounds = (f"from {_number(low)} to {_number(high)}" if column.maximum is not None
+                              else f">= {_number(low)}")
                     reason = f"{reason} {bounds}" if column.kind == "int" else f"must be a number {bounds}"
             if column.kind == "int":
                 return numbers.where(~invalid).astype("Int64"), invalid, reason

@@ -140,3 +140,15 @@ async def test_tickets_the_api_resolves_are_counted_as_resolved(api):
                               headers=_auth())
     body = await response.json()
     assert response.status == 200 and body["resolved"] == 1
+
+
+async def test_amounts_past_a_trillion_and_nul_characters_are_refused_on_every_database(api, engine):
+    items = [{"order_id": "BIG1", "customer_id": "QM1", "order_date": "2026-01-05", "amount": 1e16},
+             {"order_id": "NUL1", "customer_id": "QM1", "order_date": "2026-01-05", "amount": 10,
+              "product_line": "a\u0000b"}]
+    response = await api.post("/api/v1/orders", json=items, headers=_auth())
+    body = await response.json()
+    assert response.status == 400
+    assert body["problems"] == [
+        "item 1: amount: must be a number from -1,000,000,000,000 to 1,000,000,000,000: '10000000000000000'",
+        "item 2: product_line: contains a NUL character (\\u0000): 'a\\x00b'"]
