@@ -81,6 +81,9 @@ def _engine(ctx: click.Context):
         except OperationalError as exc:
             raise click.ClickException(f"database unreachable ({_safe_url(config.database.url)}): "
                                        f"{str(exc.orig).strip().splitlines()[0]}") from None
+        except OSError as exc:  # the SQLite file's folder cannot be made or written
+            raise click.ClickException(f"database unreachable ({_safe_url(config.database.url)}): "
+                                       f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
         ctx.obj["engine"] = make_engine(config.database.url)
     return ctx.obj["engine"]
 

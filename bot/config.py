@@ -51,8 +51,15 @@ class DatabaseConfig(_Section):
     @field_validator("url")
     @classmethod
     def _known_backend(cls, url: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
         if not url.startswith(("sqlite:", "sqlite+", "postgresql:", "postgresql+", "postgres:")):
             raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        try:
+            make_url(url)
+        except ArgumentError:
+            raise ValueError("is not a database URL SQLAlchemy can read (e.g. sqlite:///var/tierbot.db)") from None
         return url
 
 
@@ -62,6 +69,17 @@ class HttpConfig(_Section):
 
 
 _CREDENTIALS = ("corp_id", "agent_id", "secret", "token", "encoding_aes_key")
+
+
+def _decodes_to_32_bytes(key: str) -> bool:
+    """WeCom's AES key is base64 of 32 bytes without its trailing '='."""
+    import base64
+    import binascii
+
+    try:
+        return len(base64.b64decode(key + "=", validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
 
 
 class WecomConfig(_Section):
@@ -76,8 +94,9 @@ class WecomConfig(_Section):
     @field_validator("encoding_aes_key")
     @classmethod
     def _aes_key_length(cls, key: str) -> str:
-        if key and len(key) != 43:
-            raise ValueError("must be the 43-character EncodingAESKey from the WeCom admin console")
+        if key and (len(key) != 43 or not _decodes_to_32_bytes(key)):
+            raise ValueError("must be the 43-character EncodingAESKey from the WeCom admin console "
+                             "(letters and digits, base64 of a 32-byte key)")
         return key
 
     @model_validator(mode="after")

@@ -104,3 +104,12 @@ def test_demo_generates_imports_scores_and_shows_examples_with_reasons(cli, tmp_
     assert (tmp_path / "demo" / "scores.csv").exists()
     again = cli("demo", "--no-serve", "--customers", "300", "--data-dir", str(tmp_path / "demo"))
     assert again.exit_code == 0 and "0 new, 0 changed" in again.stdout
+
+
+def test_a_database_file_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    result = CliRunner().invoke(main, ["score"], env={"TIERBOT_DATABASE_URL": f"sqlite:///{blocker}/x.db"})
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a ClickException, not a crash
+    assert result.output.strip().startswith(f"Error: database unreachable (sqlite:///{blocker}/x.db):")
+    assert "Traceback" not in result.output

@@ -64,6 +64,12 @@ def test_environment_overrides_and_names_itself_in_errors(tmp_path):
     assert any(p.startswith("wecom.encoding_aes_key (from WECOM_ENCODING_AES_KEY): must be the 43-character")
                for p in problems)
     assert not any("short-secret" in p for p in problems)
+    # 43 characters, but not base64 of a key: refused here, not by the crypto library at start-up.
+    problems = _problems(tmp_path, "", environ={"WECOM_ENCODING_AES_KEY": "!" * 43, "TIERBOT_DATABASE_URL": "sqlite:"})
+    assert any(p.startswith("wecom.encoding_aes_key (from WECOM_ENCODING_AES_KEY): must be the 43-character")
+               for p in problems)
+    assert "database.url (from TIERBOT_DATABASE_URL): is not a database URL SQLAlchemy can read " \
+           "(e.g. sqlite:///var/tierbot.db)" in problems
 
 
 def test_broken_yaml_names_the_line(tmp_path):
