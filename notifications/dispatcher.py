@@ -349,7 +349,9 @@ class Dispatcher:
 
     async def _failed(self, unit: _Unit, error: Exception, now: datetime) -> None:
         errcode = getattr(error, "errcode", None)
-        reason = f"{errcode}: {getattr(error, 'errmsg', str(error))}"[:1000]
+        # No errcode: WeCom gave no answer (timeout, dropped connection, not JSON).
+        code = "transport" if errcode is None else str(errcode)
+        reason = f"{code}: {getattr(error, 'errmsg', str(error))}"[:1000]
         retry = getattr(error, "retryable", False) and not isinstance(error, PermanentDeliveryError)
         rows = unit.rows
         if errcode == BUSY:
@@ -357,26 +359,28 @@ class Dispatcher:
             # still has its retries.
             spent = [row for row in rows if row.busy_answers >= BUSY_RETRIES]
             if spent:
-                await self._give_up(spent, unit.channel, errcode,
+                await self._give_up(spent, unit.channel, code,
                                     f"{reason} (answered {BUSY_RETRIES + 1} times; given up)", now)
             rows = [row for row in rows if row.busy_answers < BUSY_RETRIES]
             if rows:
                 pause = BUSY_PAUSES_SECONDS[max(row.busy_answers for row in rows)] * random.uniform(1.0, 1.2)
                 await self._defer(rows, now + timedelta(seconds=pause), counted=True, last_error=reason, busy=True)
                 if self.metrics:
-                    self.metrics.outbox_retries.labels(errcode=str(errcode)).inc(len(rows))
+                    self.metrics.outbox_retries.labels(errcode=code).inc(len(rows))
             return
         oldest = min(_aware(row.created_at) for row in rows)
         if retry and now - oldest < RETRY_FOR:
             attempts = max(row.attempts for row in rows)
-            await self._defer(rows, now + timedelta(seconds=backoff_seconds(attempts)), counted=True,
-                              last_error=reason)
+            pause = backoff_seconds(attempts)
+            await self._defer(rows, now + timedelta(seconds=pause), counted=True, last_error=reason)
             if self.metrics:
-                self.metrics.outbox_retries.labels(errcode=str(errcode)).inc(len(rows))
+                self.metrics.outbox_retries.labels(errcode=code).inc(len(rows))
+            logger.warning("outbox %s: %s; trying again in %.0f s", ",".join(str(row.id) for row in rows), reason,
+                           pause)
             return
-        await self._give_up(rows, unit.channel, errcode, reason, now)
+        await self._give_up(rows, unit.channel, code, reason, now)
 
-    async def _give_up(self, rows: list[Any], channel: str, errcode: Any, reason: str, now: datetime) -> None:
+    async def _give_up(self, rows: list[Any], channel: str, errcode: str, reason: str, now: datetime) -> None:
         """Failed for good: recorded with its reason, counted, and told to the admins."""
         outbox = OutboxMessage.__table__
         async with self.engine.begin() as connection:
@@ -385,7 +389,7 @@ class Dispatcher:
             if channel != "card_update":
                 await self._tell_admins(connection, rows, reason, now)
         if self.metrics:
-            self.metrics.outbox_failed.labels(errcode=str(errcode)).inc(len(rows))
+            self.metrics.outbox_failed.labels(errcode=errcode).inc(len(rows))
         logger.warning("outbox %s given up: %s", ",".join(str(row.id) for row in rows), reason)
 
     def _not_in_quiet_hours(self, rows: list[Any], until: datetime) -> datetime:

@@ -184,6 +184,27 @@ async def test_busy_answer_is_retried_three_times_then_given_up_and_reported(eng
     assert b'tierbot_outbox_failed_total{errcode="-1"} 1.0' in dispatcher.metrics.render()
 
 
+async def test_no_answer_from_wecom_is_retried_and_counted_as_transport(engine, config, make_dispatcher, emulator,
+                                                                         clock):
+    dispatcher = await make_dispatcher()
+    await dispatcher.drain()
+    state = state_of(emulator)
+    state.clear()
+    state.inject_disconnect(path="message/send")
+    with engine.begin() as connection:
+        connection.execute(OutboxMessage.__table__.insert(),
+                           [outbox_row(["rep_a"], "text", {"content": "请跟进"}, origin="cut", now=clock.utc())])
+    await dispatcher.drain()
+    with engine.connect() as connection:
+        status, error = connection.execute(select(OutboxMessage.status, OutboxMessage.last_error)
+                                           .where(OutboxMessage.origin == "cut")).one()
+    assert status == "pending" and error.startswith("transport: ")
+    assert b'tierbot_outbox_retries_total{errcode="transport"} 1.0' in dispatcher.metrics.render()
+    clock.advance(60)
+    await dispatcher.drain()
+    assert [m.payload["text"]["content"] for m in state.messages_for("rep_a")] == ["请跟进"]
+
+
 async def test_permanent_failure_is_recorded_and_reported_to_admins(engine, config, make_dispatcher, emulator,
                                                                    clock):
     dispatcher = await make_dispatcher()
