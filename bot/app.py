@@ -14,6 +14,7 @@ import base64
 import contextlib
 import logging
 import secrets
+import signal
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
@@ -266,6 +267,10 @@ def build_scheduler(runtime: Runtime):
 
 
 
+# How long a stopping service (SIGTERM, Ctrl-C) waits for the requests it is answering.
+SHUTDOWN_GRACE_SECONDS = 30
+
+
 async def serve(config: Config, host: str, port: int, sandbox_users: list[str] | None = None) -> None:
     """Run until interrupted. Without WeCom credentials: the sandbox."""
     from bot.sandbox import Sandbox
@@ -280,18 +285,25 @@ async def serve(config: Config, host: str, port: int, sandbox_users: list[str] |
     app = create_app(config, identity, sandbox=sandbox)
     if sandbox is not None:
         sandbox.service_url = f"http://127.0.0.1:{port}"
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    if sandbox is not None:
-        logger.info("sandbox: open http://%s:%s/sandbox — WeCom emulator at %s", host if host != "0.0.0.0" else
-                    "127.0.0.1", port, identity.api_base)
-    else:
-        logger.info("serving WeCom callbacks at http://%s:%s/wecom/callback", host, port)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    await runner.setup()  # starts the scheduler: cleaned up below even if the port is taken
     try:
-        await asyncio.Event().wait()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        if sandbox is not None:
+            logger.info("sandbox: open http://%s:%s/sandbox — WeCom emulator at %s", host if host != "0.0.0.0" else
+                        "127.0.0.1", port, identity.api_base)
+        else:
+            logger.info("serving WeCom callbacks at http://%s:%s/wecom/callback", host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        logger.info("stopping: no new requests; those in flight get up to %s s", SHUTDOWN_GRACE_SECONDS)
     finally:
+        # Requests in flight (an ingest and its rescore) finish; then the scheduler stops
+        # and gives up its leases, so another process takes the jobs over at once.
         await runner.cleanup()
         if sandbox is not None:
             await sandbox.stop_emulator()

@@ -224,6 +224,7 @@ def serve_command(ctx: click.Context) -> None:
         click.echo(f"sandbox mode (no WeCom credentials set): open http://127.0.0.1:{config.http.port}/sandbox")
     try:
         asyncio.run(serve(config, config.http.host, config.http.port, sandbox_users=users))
+        click.echo("stopped")
     except KeyboardInterrupt:
         click.echo("stopped")
     except OSError as exc:

@@ -113,3 +113,38 @@ def test_a_database_file_that_cannot_be_made_is_one_line_not_a_traceback(tmp_pat
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a ClickException, not a crash
     assert result.output.strip().startswith(f"Error: database unreachable (sqlite:///{blocker}/x.db):")
     assert "Traceback" not in result.output
+
+
+def test_serve_stops_cleanly_on_sigterm(tmp_path):
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {**os.environ, "TIERBOT_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+                   "TIERBOT_HTTP_PORT": str(port)}
+    for name in ("WECOM_CORP_ID", "WECOM_AGENT_ID", "WECOM_SECRET", "WECOM_TOKEN", "WECOM_ENCODING_AES_KEY"):
+        environment.pop(name, None)
+    process = subprocess.Popen([sys.executable, "-m", "bot", "serve"], cwd=PROJECT_ROOT, env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "the service did not come up"
+                time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    # Stopped by its own shutdown (exit 0, "stopped"), not killed by the signal (-15).
+    assert process.returncode == 0, output
+    assert output.rstrip().endswith("stopped")
