@@ -41,6 +41,9 @@ class Column:
     not_before: str | None = None
     # A datetime that cannot be later than the import (a moment that has happened).
     not_future: bool = False
+    # For id and text columns: a regular expression every value must match whole, and what
+    # the error calls such a value.
+    pattern: tuple[str, str] | None = None
     # False: not written over the stored value by an import; the importer applies it
     # itself (a ticket's resolved_at closes it, and no file reopens a ticket).
     upsert: bool = True
@@ -81,12 +84,22 @@ def _id(name: str, *aliases: str, required: bool = False) -> Column:
     return Column(name, "id", required=required, aliases=aliases, max_length=64)
 
 
+# WeCom's UserID: letters, digits and _ - @ ., a letter or digit first (通讯录 · 创建成员).
+# Anything else ('|' above all, message/send's separator) could never be messaged.
+USERID_PATTERN = (r"[A-Za-z0-9][A-Za-z0-9_\-@.]{0,63}",
+                  "a WeCom UserID (letters, digits and _ - @ ., a letter or digit first, at most 64)")
+
+
+def _userid(name: str, *aliases: str, required: bool = False) -> Column:
+    return Column(name, "id", required=required, aliases=aliases, max_length=64, pattern=USERID_PATTERN)
+
+
 USERS = FileKind(
     "users",
     User,
     "userid",
     (
-        _id("userid", "用户ID", "用户id", "企业微信ID", "企业微信账号", "账号", "成员ID", required=True),
+        _userid("userid", "用户ID", "用户id", "企业微信ID", "企业微信账号", "账号", "成员ID", required=True),
         Column("name", "text", True, ("姓名", "名称"), max_length=128),
         Column(
             "role",
@@ -97,7 +110,7 @@ USERS = FileKind(
             value_aliases={"销售": "rep", "经理": "manager", "销售经理": "manager", "客服": "agent",
                            "管理员": "admin"},
         ),
-        _id("manager_userid", "上级", "直属上级", "上级ID", "经理"),
+        _userid("manager_userid", "上级", "直属上级", "上级ID", "经理"),
         Column("team", "text", False, ("团队", "部门"), max_length=128),
         Column("queues", "list", False, ("队列", "服务队列"), max_length=512, lowercase=True),
     ),
@@ -113,7 +126,7 @@ CUSTOMERS = FileKind(
     (
         _id("customer_id", "客户编号", "客户ID", "客户id", "客户代码", required=True),
         Column("name", "text", True, ("客户名称", "名称", "公司名称"), max_length=256),
-        _id("owner_userid", "负责人", "客户负责人", "销售", "归属销售"),
+        _userid("owner_userid", "负责人", "客户负责人", "销售", "归属销售"),
         Column("industry", "text", False, ("行业",), max_length=64),
         Column("region", "text", False, ("区域", "地区"), max_length=64),
         Column("employees", "int", False, ("员工数", "人数", "员工人数"), minimum=0, maximum=10_000_000),

@@ -133,6 +133,11 @@ class BatchValidator:
                 if too_long.any():
                     why = f"longer than {column.max_length} characters, or {why}"
                 return values, too_long | nul, why
+            if column.pattern is not None:
+                pattern, what = column.pattern
+                odd = present & ~too_long & ~values.str.fullmatch(pattern).fillna(False).astype(bool)
+                if odd.any():
+                    return values, too_long | odd, f"not {what}"
             return values, too_long, f"longer than {column.max_length} characters"
         if column.kind == "list":
             items = values.str.split(r"\s*[|｜]\s*", regex=True).str.join("|")

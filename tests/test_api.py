@@ -152,3 +152,12 @@ async def test_amounts_past_a_trillion_and_nul_characters_are_refused_on_every_d
     assert body["problems"] == [
         "item 1: amount: must be a number from -1,000,000,000,000 to 1,000,000,000,000: '10000000000000000'",
         "item 2: product_line: contains a NUL character (\\u0000): 'a\\x00b'"]
+
+
+async def test_a_userid_wecom_could_never_message_is_refused(api):
+    users = [{"userid": "a b|c", "name": "某人", "role": "rep"}, {"userid": "li.na@corp-2", "name": "李娜", "role": "rep"}]
+    response = await api.post("/api/v1/users", json=users, headers=_auth())
+    body = await response.json()
+    assert response.status == 400
+    assert body["problems"] == ["item 1: userid: not a WeCom UserID (letters, digits and _ - @ ., a letter or digit "
+                                "first, at most 64): 'a b|c'"]
