@@ -79,6 +79,8 @@ class IngestApi:
         if problems:
             return _error(400, "nothing was imported", problems)
         response = await asyncio.to_thread(self._ingest_blocking, kind, items)
+        if kind == "users" and response.status == 200 and self.runtime.sandbox is not None:
+            self.runtime.sandbox.add_users([str(item.get("userid")) for item in items if item.get("userid")])
         # A rescore may have queued tier-change messages and tasks: send them now; new
         # tickets are routed now.
         self.runtime.wake_dispatcher()

@@ -111,6 +111,16 @@ class Sandbox:
         self.emulator_app: web.Application | None = None
         self._emulator_runner: web.AppRunner | None = None
 
+    def add_users(self, userids: list[str]) -> None:
+        """People added after start-up (the REST API, an import) join the emulated
+        company's directory, as an admin would add them in WeCom."""
+        from bot.emulator import EMULATOR
+
+        self.known_users.update(userids)
+        if self.emulator_app is not None:
+            for userid in userids:
+                self.emulator_app[EMULATOR].add_user(userid)
+
     async def start_emulator(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve the WeCom emulator; returns its base URL."""
         from bot.emulator import RedactingAccessLogger, create_emulator_app

@@ -245,3 +245,20 @@ async def test_click_route_refuses_bad_clicks_before_the_service_sees_them(sandb
     assert error in (await response.json())["error"]
     with engine.connect() as connection:
         assert connection.execute(select(CallbackSeen.dedupe_key)).all() == []
+
+
+async def test_a_user_added_through_the_api_can_be_messaged_in_the_sandbox(database_url, aiohttp_client):
+    identity = sandbox_identity()
+    sandbox = Sandbox(identity, ["rep_a"])
+    identity.api_base = await sandbox.start_emulator()
+    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url, "TIERBOT_API_TOKEN": "t0ken"})
+    service = await aiohttp_client(create_app(config, identity, sandbox=sandbox, dispatch=False))
+    try:
+        answer = await service.post("/api/v1/users", json=[{"userid": "rep_new", "name": "新人", "role": "rep"}],
+                                    headers={"Authorization": "Bearer t0ken"})
+        assert answer.status == 200, await answer.text()
+        # The emulated WeCom knows them now: a message reaches them instead of failing with 81013.
+        result = await service.app[RUNTIME].client.send_text(["rep_new"], "欢迎加入")
+        assert result.errcode == 0 and not result.invaliduser
+    finally:
+        await sandbox.stop_emulator()
