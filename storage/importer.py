@@ -452,7 +452,9 @@ def _duplicate_problems(connection: Connection, kind: FileKind, names: list[str]
         ORDER BY s._file, s._line LIMIT 1000""")).all()
     problems = []
     for file_index, line, value, first_file, first_line in rows:
-        where = f"line {first_line}" if first_file == file_index else f"{names[first_file]}:{first_line}"
+        # Records from the REST API (named "<kind>") count items, files count lines.
+        unit = "item" if names[first_file].startswith("<") else "line"
+        where = f"{unit} {first_line}" if first_file == file_index else f"{names[first_file]}:{first_line}"
         problems.append(Problem(names[file_index], line, key, f"duplicate id {value!r} (first at {where})"))
     return problems
 

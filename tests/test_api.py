@@ -161,3 +161,9 @@ async def test_a_userid_wecom_could_never_message_is_refused(api):
     assert response.status == 400
     assert body["problems"] == ["item 1: userid: not a WeCom UserID (letters, digits and _ - @ ., a letter or digit "
                                 "first, at most 64): 'a b|c'"]
+
+
+async def test_a_duplicate_id_in_a_batch_names_the_item_it_repeats(api):
+    orders = [{"order_id": "DUP1", "customer_id": "QM1", "order_date": "2026-01-05", "amount": 10}] * 2
+    body = await (await api.post("/api/v1/orders", json=orders, headers=_auth())).json()
+    assert body["problems"] == ["item 2: order_id: duplicate id 'DUP1' (first at item 1)"]
