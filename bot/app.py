@@ -211,7 +211,7 @@ def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None, 
 
 def build_scheduler(runtime: Runtime):
     """The service's jobs (bot.scheduler): nightly rescore, digest, overdue watch, dispatch."""
-    from bot.rescore import NothingToScore, full_rescore
+    from bot.rescore import NothingToScore, full_rescore, rescore_pending
     from bot.scheduler import Scheduler
     from notifications.digest import queue_digests, queue_overdue_notices
     from notifications.playbook import PlaybookSettings
@@ -238,7 +238,12 @@ def build_scheduler(runtime: Runtime):
             runtime.wake_dispatcher()
 
     async def watch() -> None:
-        if await queue_overdue_notices(engine, settings, datetime.now(timezone.utc)):
+        # Rescores an import or API call committed data for but did not finish (a stop in between).
+        caught_up = await asyncio.to_thread(rescore_pending, runtime.sync_db, config, datetime.now(config.tz).date())
+        if caught_up is not None:
+            logger.info("caught up on %s pending rescores: %s tier changes", caught_up.customers,
+                        caught_up.tier_changes)
+        if await queue_overdue_notices(engine, settings, datetime.now(timezone.utc)) or caught_up is not None:
             runtime.wake_dispatcher()
 
     dispatcher = runtime.dispatcher

@@ -142,6 +142,7 @@ def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str],
     reference = PopulationReference.from_json(full.reference)
     run_id = store.start_run(engine, as_of, config.scoring_hash(), kind="incremental")
     try:
+        read_at = datetime.now(timezone.utc)
         with store.consistent_read(engine) as connection:
             inputs = store.load_inputs(connection, as_of, _intent_rules(config), customer_ids)
         customers, intent_counts = inputs.customers, inputs.intent_counts
@@ -157,7 +158,24 @@ def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str],
         return store.write_incremental(engine, full.id, run_id, scored, features["revenue_12m"],
                                        after_changes=_playbook(config, run_id, features, scored, customers, now,
                                                                deferred),
-                                       deferred=deferred, previous=previous)
+                                       deferred=deferred, previous=previous, read_at=read_at)
     except BaseException as exc:
         store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")
         raise
+
+
+def rescore_pending(engine: Engine, config: Config, as_of: date, now: datetime | None = None
+                    ) -> store.RunOutcome | None:
+    """The incremental rescores an import or the REST API committed data for but did not
+    get to write (the process stopped in between): the oldest INCREMENTAL_LIMIT of them.
+    None when there are none, or no full run to compare against yet (it will take them)."""
+    from sqlalchemy import select
+
+    from storage.models import RescorePending
+
+    with engine.connect() as connection:
+        waiting = list(connection.execute(select(RescorePending.customer_id).order_by(RescorePending.queued_at)
+                                          .limit(INCREMENTAL_LIMIT)).scalars())
+    if not waiting:
+        return None
+    return incremental_rescore(engine, config, waiting, as_of, now)

@@ -28,8 +28,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import (Column as SAColumn, Connection, Engine, Integer, MetaData, Table, Text, bindparam, case,
-                        func, text)
+from sqlalchemy import (Column as SAColumn, Connection, DateTime, Engine, Integer, MetaData, Table, Text, bindparam,
+                        case, func, text)
 from tqdm import tqdm
 
 from storage.schema_files import (
@@ -582,6 +582,17 @@ def _resolve_tickets(connection: Connection, timezone_name: str) -> int:
     return len(staged)
 
 
+def _queue_rescores(connection: Connection) -> None:
+    """The touched customers wait in rescore_pending, committed with their data, until
+    their incremental rescore is written (storage.scores.write_incremental)."""
+    connection.execute(text("""
+        INSERT INTO rescore_pending (customer_id, queued_at)
+        SELECT customer_id, :now FROM touched_customers WHERE true
+        ON CONFLICT (customer_id) DO UPDATE SET queued_at = excluded.queued_at""")
+                       .bindparams(bindparam("now", type_=DateTime(timezone=True))),
+                       {"now": datetime.now(timezone.utc)})
+
+
 def rebuild_rollups(connection: Connection, only_touched: bool = True) -> int:
     """Recompute customer_months and activity_months for the customers in the
     `touched_customers` temp table (or for everyone). Returns how many customers."""
@@ -719,6 +730,7 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     if rebuilt <= touched_limit:
                         touched = sorted(connection.execute(text("SELECT customer_id FROM touched_customers"))
                                          .scalars())
+                        _queue_rescores(connection)
                     refresh_statistics(connection, [*(KINDS_BY_NAME[name].table.name for name in staging),
                                                     "customer_months", "activity_months", "customer_windows"])
 

@@ -489,6 +489,18 @@ class ChurnAlertState(Base):
     churn_score: Mapped[float] = mapped_column(Float)
 
 
+class RescorePending(Base):
+    """Customers with new data committed (an import, the REST API) whose incremental
+    rescore has not run yet. Written with the data, removed with the rescore: a process
+    stopped in between leaves them here, and the service rescores them
+    (bot.rescore.rescore_pending); a full run takes them all."""
+
+    __tablename__ = "rescore_pending"
+
+    customer_id: Mapped[str] = mapped_column(ID, ForeignKey("customers.customer_id"), primary_key=True)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class JobState(Base):
     """One row per scheduled job: who runs it now (a lease, so several service processes
     sharing one database run each job in one of them only) and which slot ran last."""

@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from scoring.deferred import Deferred, column_values, decode_chunk, encode_chunk, paused_gc
 from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, window_starts
-from storage.models import ACTIVITY_KINDS, ScoreReasonChunk, ScoreRun, ScoreSnapshot, TierChange
+from storage.models import ACTIVITY_KINDS, RescorePending, ScoreReasonChunk, ScoreRun, ScoreSnapshot, TierChange
 from storage import windows as window_totals
 from storage.db import write_transaction
 from storage.columnar import ColumnarReadError, ColumnarReader
@@ -562,6 +562,8 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
     with paused_gc(), write_transaction(engine) as connection:
         _insert_snapshots(connection, run_id, scored, revenue_12m, deferred)
         finish = _start_early(connection, after_changes)
+        if read_at is not None:
+            _done_pending(connection, read_at)
         _record_pending(connection, scored, previous, read_at)
         changes, first = _record_tier_changes(connection, run_id, run_id, None, read_at,
                                               _value_matrix_reasons(scored, deferred))
@@ -576,12 +578,16 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
 
 def write_incremental(engine: Engine, full_run_id: int, run_id: int, scored: pd.DataFrame,
                       revenue_12m: pd.Series, after_changes: AfterChanges | None = None,
-                      deferred: dict | None = None, previous: pd.DataFrame | None = None) -> RunOutcome:
+                      deferred: dict | None = None, previous: pd.DataFrame | None = None,
+                      read_at: datetime | None = None) -> RunOutcome:
     """An incremental rescore: replace these customers' rows in the full run's snapshot
     (it stays the current picture; their reasons inputs go into a new chunk of that run),
-    record their tier changes under the incremental run."""
+    record their tier changes under the incremental run, and take them off rescore_pending
+    where they were queued before `read_at` (when the rescore read its data)."""
     ids = list(scored.index)
     with paused_gc(), write_transaction(engine) as connection:
+        if read_at is not None:
+            _done_pending(connection, read_at, ids)
         connection.execute(ScoreSnapshot.__table__.delete().where(ScoreSnapshot.run_id == full_run_id,
                                                                   ScoreSnapshot.customer_id.in_(ids)))
         _insert_snapshots(connection, full_run_id, scored, revenue_12m, deferred)
@@ -594,6 +600,16 @@ def write_incremental(engine: Engine, full_run_id: int, run_id: int, scored: pd.
         connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(
             status="succeeded", finished_at=_now(), customers=len(ids), tier_changes=changes, summary=summary))
     return RunOutcome(run_id, len(ids), changes, first, summary)
+
+
+def _done_pending(connection: Connection, read_at: datetime, customer_ids: list[str] | None = None) -> None:
+    """Rescores queued before a run read its data are done with it (all of them for a
+    full run); one queued since waits for its own."""
+    table = RescorePending.__table__
+    done = table.delete().where(table.c.queued_at <= read_at)
+    if customer_ids is not None:
+        done = done.where(table.c.customer_id.in_(customer_ids))
+    connection.execute(done)
 
 
 def _prune_snapshots(connection: Connection, keep_runs: int) -> None:

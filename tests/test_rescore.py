@@ -4,7 +4,7 @@ transaction; export; as-of dates; a crash leaves the previous state."""
 from __future__ import annotations
 
 import csv
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -134,3 +134,36 @@ def test_export_has_one_row_per_customer_with_reasons(company, config, tmp_path)
     assert (star["tier"], star["tier_name"], star["owner_userid"]) == ("star", "明星客户", "rep_a")
     assert star["reasons"].startswith("三年加权营收 ¥")
     assert float(star["current_value"]) > 90
+
+
+def test_a_rescore_stopped_after_its_import_is_caught_up_later(company, config, tmp_path):
+    """The import commits the orders and queues their customer; a process stopped before the
+    incremental rescore leaves it queued, and the service's sweep (rescore_pending) does it."""
+    from sqlalchemy import select
+
+    from bot.rescore import rescore_pending
+    from storage.models import RescorePending
+
+    full_rescore(company, config, AS_OF)
+    assert rescore_pending(company, config, AS_OF) is None  # nothing waiting
+    write_csv(tmp_path / "more" / "orders.csv", ORDERS_HEADER,
+              [[f"QM1-BIG{i}", "QM1", (AS_OF - timedelta(days=10 * i)).isoformat(), "3000000", "800000", "mes",
+                "upsell"] for i in range(1, 8)])
+    imported = run_import(company, [tmp_path / "more"])
+    assert imported.touched == ["QM1"]
+    with company.connect() as connection:
+        assert list(connection.execute(select(RescorePending.customer_id)).scalars()) == ["QM1"]
+        before = connection.execute(select(Customer.tier).where(Customer.customer_id == "QM1")).scalar_one()
+    # … and here the process stops: no incremental rescore was written.
+    outcome = rescore_pending(company, config, AS_OF)
+    assert outcome is not None and outcome.customers == 1 and outcome.tier_changes == 1
+    with company.connect() as connection:
+        after = connection.execute(select(Customer.tier).where(Customer.customer_id == "QM1")).scalar_one()
+        assert connection.execute(select(RescorePending.customer_id)).all() == []
+    assert (before, after) == ("question_mark", "star")
+    # A full run takes whatever still waits.
+    run_import(company, [], records={"orders": [{"order_id": "COW1-X", "customer_id": "COW1",
+                                                 "order_date": AS_OF.isoformat(), "amount": 10}]})
+    full_rescore(company, config, AS_OF)
+    with company.connect() as connection:
+        assert connection.execute(select(RescorePending.customer_id)).all() == []
