@@ -33,6 +33,22 @@ def _error(status: int, message: str, problems: list[str] | None = None) -> web.
     return web.json_response(body, status=status, dumps=lambda data: json.dumps(data, ensure_ascii=False))
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """Under /api/, aiohttp's own refusals (no such path, wrong method, body too large)
+    answer in the API's JSON shape too, as a client parses every other error."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not request.path.startswith("/api/"):
+            raise
+        refused = _error(exc.status, exc.reason.lower() if exc.reason else "refused")
+        for header in ("Allow", "WWW-Authenticate"):
+            if header in exc.headers:
+                refused.headers[header] = exc.headers[header]
+        return refused
+
+
 class IngestApi:
     def __init__(self, runtime):
         self.runtime = runtime

@@ -33,7 +33,7 @@ from handlers.services import Services
 from handlers.text import plain_text
 from notifications.dispatcher import Dispatcher
 from notifications.outbox import enqueue_once
-from bot.api import MAX_BODY_BYTES, IngestApi
+from bot.api import MAX_BODY_BYTES, IngestApi, json_errors
 from storage.db import make_async_engine, make_engine
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None, 
                              corp_id=identity.corp_id, router=router, services=services, metrics=metrics,
                              late_reply=late_reply)
     # As large as a REST ingest batch may be (bot.api); the callback keeps its own, smaller limit.
-    app = web.Application(middlewares=[_measure], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[_measure, json_errors], client_max_size=MAX_BODY_BYTES)
     runtime = Runtime(config, identity, services, metrics, client, dispatcher, callback, sandbox,
                       sync_db=make_engine(config.database.url))
     app[RUNTIME] = runtime

@@ -167,3 +167,10 @@ async def test_a_duplicate_id_in_a_batch_names_the_item_it_repeats(api):
     orders = [{"order_id": "DUP1", "customer_id": "QM1", "order_date": "2026-01-05", "amount": 10}] * 2
     body = await (await api.post("/api/v1/orders", json=orders, headers=_auth())).json()
     assert body["problems"] == ["item 2: order_id: duplicate id 'DUP1' (first at item 1)"]
+
+
+async def test_wrong_paths_and_methods_under_the_api_answer_in_json(api):
+    missing = await api.post("/api/v1/orders/extra", json=[], headers=_auth())
+    assert missing.status == 404 and (await missing.json())["error"] == "not found"
+    wrong = await api.get("/api/v1/orders", headers=_auth())
+    assert wrong.status == 405 and "POST" in wrong.headers["Allow"] and "error" in await wrong.json()
