@@ -92,7 +92,7 @@ def percent(share: float | None, signed: bool = False) -> str:
 
 def _reason_value(reason: dict[str, Any], lang: str, phrases: dict[str, Any]) -> dict[str, Any]:
     factor, value = reason["factor"], reason.get("value")
-    fields: dict[str, Any] = {"score": _whole(reason.get("score")), "percentile": _whole(reason.get("percentile"))}
+    fields: dict[str, Any] = {"score": _whole(reason.get("score")), "percentile": _share_below(reason.get("percentile"))}
     if factor in ("revenue", "revenue_12m", "gross_margin_12m", "contract_value", "weighted_revenue"):
         fields["value"] = money(value, lang)
         fields["revenue_12m"] = money(reason.get("revenue_12m"), lang)
@@ -122,6 +122,13 @@ def _whole(number: float | None) -> int | None:
     if number is None or (isinstance(number, float) and math.isnan(number)):
         return None
     return int(math.floor(number + 1e-9))
+
+
+def _share_below(percentile: float | None) -> int | None:
+    """A percentile as "above N% of them": rounded down, and never 100, since a customer is
+    never above all of them (itself included); a stored 99.96 must not read as 100."""
+    whole = _whole(percentile)
+    return None if whole is None else min(whole, 99)
 
 
 def reason_text(reason: dict[str, Any], lang: str = "zh", catalogue_size: int | None = None) -> str:
@@ -182,14 +189,20 @@ def _format_field(key: str, value: Any, lang: str) -> Any:
         if key in ("value", "monetary_value", "weighted_revenue") and abs(value) >= 100:
             return money(value, lang)
         if key == "percentile":
-            return f"{value:.0f}"
+            return str(_share_below(value))
         if key in ("p_alive", "share", "growth"):
             return percent(value, signed=(key == "growth"))
         return f"{value:.1f}".rstrip("0").rstrip(".")
     if isinstance(value, dict):
-        return "、".join(f"{k}×{v}" for k, v in value.items()) if lang == "zh" else ", ".join(
-            f"{k}×{v}" for k, v in value.items())
+        return ("、" if lang == "zh" else ", ").join(f"{_activity_name(k, lang)}×{v}" for k, v in value.items())
     return value
+
+
+def _activity_name(condition: str, lang: str) -> str:
+    """An intent condition, "page_view /products/mes", in words: 页面浏览 /products/mes."""
+    kind, _, contains = condition.partition(" ")
+    names = _yaml("tiers.yaml").get("activity", {}).get(kind)
+    return f"{names[lang] if names else kind} {contains}".strip()
 
 
 def reasons_text(reasons: list[dict[str, Any]], lang: str = "zh", catalogue_size: int | None = None) -> str:

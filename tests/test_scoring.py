@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from handlers.text import duration, reasons_text, score_points
+from handlers.text import duration, model_reasons_text, reason_text, reasons_text, score_points
 from scoring import score_customers
 from scoring.features import build_features, window_starts
 from scoring.params import Boundaries, ValueMatrixParams
@@ -100,6 +100,25 @@ def test_scores_are_shown_rounded_down_so_none_reads_as_the_boundary_it_missed()
     # Value 69.97 under a boundary at 70 is a Dog or Question Mark: "70" would read as a mistake.
     assert [score_points(v) for v in (69.97, 70.0, 70.4, 0.2, 100.0)] == ["69", "70", "70", "0", "100"]
     assert score_points(None) == "—"
+
+
+def test_shares_read_rounded_down_and_never_above_everyone():
+    # 99.72% of buyers below: "above 99%", not "above 100%" (nobody is above all, itself included).
+    rfm = model_reasons_text("rfm", [{"factor": "avg_repeat_value", "value": 182000.0, "score": 5,
+                                      "percentile": 99.7}], "zh")
+    assert "高于99%的购买客户" in rfm
+    assert "好于19%" in model_reasons_text("rfm", [{"factor": "recency_days", "value": 12, "score": 5,
+                                                   "percentile": 19.5}], "zh")
+    top = reason_text({"factor": "revenue", "value": 3.2e6, "percentile": 100.0, "axis": "current",
+                       "direction": "high"}, "zh")
+    assert "高于99%的客户" in top
+
+
+def test_behaviour_reasons_name_activities_in_words():
+    fired = [{"factor": "intent_rule", "value": "smart_manufacturing", "intent": "high", "within_days": 7,
+              "detail": {"page_view /products/mes": 6, "download": 1}}]
+    assert "页面浏览 /products/mes×6、下载×1" in model_reasons_text("intent", fired, "zh")
+    assert "page view /products/mes×6, download×1" in model_reasons_text("intent", fired, "en")
 
 
 def test_durations_read_in_the_units_people_use():
