@@ -129,16 +129,30 @@ def _weighted(scores: pd.DataFrame, weights: dict[str, float]) -> pd.Series:
     return pd.Series(matrix @ vector / total, index=scores.index)
 
 
-def _top_components(scores: pd.DataFrame, weights: dict[str, float], high: np.ndarray) -> np.ndarray:
-    """Per row, the indices (into `weights`) of the components behind the axis result."""
+def _top_components(scores: pd.DataFrame, weights: dict[str, float], high: np.ndarray,
+                    boundary: float | None = None) -> np.ndarray:
+    """Per row, the indices (into `weights`) of the components behind the axis result: the
+    most weight times distance on the result's side of the `boundary`, so that a high axis
+    is never explained by a component below it (nor a low one by one above it); -1 for a
+    slot no such component fills (the first slot always holds the strongest). Without a
+    boundary (reasons stored before it was kept), distance from 0 or 100."""
     names = list(weights)
     matrix = scores[names].to_numpy(dtype=float)
     vector = np.array([weights[n] for n in names], dtype=float)
-    pull = np.where(high[:, None], matrix * vector, (100.0 - matrix) * vector)
+    if boundary is None:
+        pull = np.where(high[:, None], matrix * vector, (100.0 - matrix) * vector)
+        usable = np.ones(matrix.shape, dtype=bool)
+    else:
+        pull = np.where(high[:, None], matrix - boundary, boundary - matrix) * vector
+        usable = pull >= 0
     # A zero-weight component never explains anything.
-    pull = np.where(vector[None, :] > 0, pull, -1.0)
+    usable &= vector[None, :] > 0
+    pull = np.where(vector[None, :] > 0, pull, -np.inf)
     # Stable ordering: ties fall back to the configured order of components.
-    return np.argsort(-pull, axis=1, kind="stable")[:, :REASONS_PER_AXIS]
+    order = np.argsort(-pull, axis=1, kind="stable")[:, :REASONS_PER_AXIS]
+    chosen = np.take_along_axis(usable, order, axis=1)
+    chosen[:, 0] = True
+    return np.where(chosen, order, -1)
 
 
 _RAW_VALUE = {
@@ -176,21 +190,23 @@ def score_value_matrix(features: pd.DataFrame, params: ValueMatrixParams, refere
                           index=features.index)
     for name in scores.columns:
         result[f"c_{name}"] = scores[name].round(2)
+    boundaries = [params.boundaries.current_value, params.boundaries.potential_value]
     if deferred is None:
         result["reasons"] = _reasons(features, scores, percentiles, current_weights, potential_weights, high_x,
-                                     high_y)
+                                     high_y, boundaries)
     else:
         deferred["reasons"] = Deferred(
             "value_matrix", {"features": features[_REASON_INPUTS], "scores": scores, "percentiles": percentiles,
                              "high_x": high_x, "high_y": high_y},
-            len(features), {"current_weights": current_weights, "potential_weights": potential_weights})
+            len(features), {"current_weights": current_weights, "potential_weights": potential_weights,
+                            "boundaries": boundaries})
     return result
 
 
 @reasons_builder("value_matrix")
 def _deferred_reasons(inputs: dict, settings: dict) -> list[list[dict]]:
     return _reasons(inputs["features"], inputs["scores"], inputs["percentiles"], settings["current_weights"],
-                    settings["potential_weights"], inputs["high_x"], inputs["high_y"])
+                    settings["potential_weights"], inputs["high_x"], inputs["high_y"], settings.get("boundaries"))
 
 
 # The feature columns the reasons show.
@@ -221,15 +237,17 @@ def _raw_values(features: pd.DataFrame, name: str, rows: np.ndarray, revenue: np
     return values
 
 
-def _reasons(features, scores, percentiles, current_weights, potential_weights, high_x, high_y) -> list[list[dict]]:
+def _reasons(features, scores, percentiles, current_weights, potential_weights, high_x, high_y,
+             boundaries: list[float] | None = None) -> list[list[dict]]:
     """Per customer, REASONS_PER_AXIS entries per axis. Built column by column (one pass per
     component and slot), not row by row: a full run explains a million customers."""
     count = len(features)
     revenue = features["revenue_12m"].to_numpy()
     slots: list[list[dict | None]] = []
-    for axis, weights, high in (("current", current_weights, high_x), ("potential", potential_weights, high_y)):
+    for axis, weights, high, boundary in (("current", current_weights, high_x, (boundaries or [None, None])[0]),
+                                          ("potential", potential_weights, high_y, (boundaries or [None, None])[1])):
         names = list(weights)
-        top = _top_components(scores, weights, high)
+        top = _top_components(scores, weights, high, boundary)
         direction = np.where(high, "high", "low").tolist()
         for slot in range(top.shape[1]):
             entries: list[dict | None] = [None] * count
@@ -251,7 +269,7 @@ def _reasons(features, scores, percentiles, current_weights, potential_weights, 
                         entry["percentile"] = percentile_list[i]
                     entries[row] = entry
             slots.append(entries)
-    return [list(row) for row in zip(*slots)]
+    return [[entry for entry in row if entry is not None] for row in zip(*slots)]
 
 
 def stabilise(raw: pd.DataFrame, previous: pd.DataFrame, params: ValueMatrixParams) -> pd.DataFrame:

@@ -96,6 +96,26 @@ def test_low_axis_reasons_name_what_holds_the_customer_back():
     assert all(r["score"] <= 25 for r in cow_potential)
 
 
+def test_an_axis_is_never_explained_by_a_component_on_the_other_side_of_its_boundary():
+    from scoring.value_matrix import _top_components
+
+    # Just under 70 on the whole, though revenue (the heaviest) scores 71: "low" is explained
+    # by what lies below 70, not by revenue.
+    scores = pd.DataFrame({"revenue": [71.0, 90.0], "margin": [60.0, 95.0], "upsell": [66.0, 40.0]})
+    weights = {"revenue": 0.5, "margin": 0.3, "upsell": 0.2}
+    top = _top_components(scores, weights, np.array([False, True]), boundary=70.0)
+    assert top[0].tolist() == [1, 2]   # margin (10 under × 0.3), then upsell (4 under × 0.2)
+    assert top[1].tolist() == [0, 1]   # high: revenue (20 over × 0.5), margin (25 over × 0.3)
+    # With only one component on its side, the axis gets one reason, not a contradicting second.
+    one = _top_components(pd.DataFrame({"revenue": [69.0], "margin": [90.0]}), {"revenue": 0.9, "margin": 0.1},
+                          np.array([False]), boundary=70.0)
+    assert one.tolist() == [[0, -1]]
+    for customer, reasons in _score()["reasons"].items():
+        for reason in reasons:
+            side = reason["score"] >= 70 if reason["axis"] == "current" else reason["score"] >= 50
+            assert side == (reason["direction"] == "high"), (customer, reason)
+
+
 def test_scores_are_shown_rounded_down_so_none_reads_as_the_boundary_it_missed():
     # Value 69.97 under a boundary at 70 is a Dog or Question Mark: "70" would read as a mistake.
     assert [score_points(v) for v in (69.97, 70.0, 70.4, 0.2, 100.0)] == ["69", "70", "70", "0", "100"]
