@@ -160,20 +160,24 @@ def score_lifecycle(features: pd.DataFrame, as_of: date, params: LifecycleParams
     churn_high = (churn_label == "high").to_numpy() if churn_label is not None else np.zeros(len(features), bool)
     dormant = (days_since_last > params.dormant_days).fillna(False).to_numpy()
     new = (days_since_first <= params.new_days).fillna(False).to_numpy()
-    growing = (features["growth"] >= params.growing_growth).fillna(False).to_numpy()
+    # Revenue this year after none the year before counts as growing (back, or new): its
+    # growth has no ratio, and "mature" would call a revived customer settled.
+    revived = (features["growth"].isna() & (features["revenue_12m"] > 0)).to_numpy()
+    growing = (features["growth"] >= params.growing_growth).fillna(False).to_numpy() | revived
     labels = np.select([no_orders, churn_high | dormant, new, growing],
                        ["potential", "churn_risk", "new", "growing"], "mature")
     score = pd.Series(labels).map({label: i for i, label in enumerate(LIFECYCLE_LABELS)}).to_numpy()
     result = pd.DataFrame({"lifecycle_label": labels, "lifecycle_score": score}, index=features.index)
     return _with_reasons(result, "lifecycle_reasons", _lifecycle_reasons, deferred, labels,
                          days_since_first.to_numpy(), days_since_last.to_numpy(), features["growth"].to_numpy(),
-                         churn_high)
+                         churn_high, revived)
 
 
-def _lifecycle_reasons(labels, days_since_first, days_since_last, growths, churn_high) -> list:
+def _lifecycle_reasons(labels, days_since_first, days_since_last, growths, churn_high, revived=None) -> list:
     reasons = []
-    for label, since_first, since_last, growth, is_churn in zip(labels, days_since_first, days_since_last,
-                                                                growths, churn_high):
+    revived = np.zeros(len(labels), dtype=bool) if revived is None else revived
+    for label, since_first, since_last, growth, is_churn, is_revived in zip(labels, days_since_first, days_since_last,
+                                                                            growths, churn_high, revived):
         if label == "potential":
             reasons.append([{"factor": "no_orders"}])
         elif label == "churn_risk":
@@ -181,6 +185,8 @@ def _lifecycle_reasons(labels, days_since_first, days_since_last, growths, churn
                            [{"factor": "days_since_last_order", "value": int(since_last)}])
         elif label == "new":
             reasons.append([{"factor": "days_since_first_order", "value": int(since_first)}])
+        elif is_revived and label == "growing":
+            reasons.append([{"factor": "revenue_back"}])
         else:
             reasons.append([{"factor": "growth", "value": None if pd.isna(growth) else round(float(growth), 4)}])
     return reasons

@@ -116,6 +116,19 @@ def test_an_axis_is_never_explained_by_a_component_on_the_other_side_of_its_boun
             assert side == (reason["direction"] == "high"), (customer, reason)
 
 
+def test_revenue_back_after_a_year_without_is_growing_not_mature():
+    from scoring.segments import LifecycleParams, score_lifecycle
+
+    # Three years a customer: bought 30 months ago, nothing the year after, now buying again.
+    features = pd.DataFrame({
+        "first_order_date": pd.to_datetime(["2023-12-01", "2023-12-01"]),
+        "last_order_date": pd.to_datetime(["2026-10-01", "2026-10-01"]),
+        "growth": [np.nan, 0.05], "revenue_12m": [32_388.0, 50_000.0]}, index=["BACK", "STEADY"])
+    result = score_lifecycle(features, AS_OF, LifecycleParams())
+    assert result["lifecycle_label"].tolist() == ["growing", "mature"]
+    assert model_reasons_text("lifecycle", result.loc["BACK", "lifecycle_reasons"], "zh") == "近12个月有营收，上一年度没有"
+
+
 def test_scores_are_shown_rounded_down_so_none_reads_as_the_boundary_it_missed():
     # Value 69.97 under a boundary at 70 is a Dog or Question Mark: "70" would read as a mistake.
     assert [score_points(v) for v in (69.97, 70.0, 70.4, 0.2, 100.0)] == ["69", "70", "70", "0", "100"]
