@@ -162,6 +162,8 @@ def model_reasons_text(model: str, reasons: list[dict[str, Any]], lang: str = "z
             fields["value"] = percent(reason["value"], signed=reason["factor"] == "growth")
         if model != "intent":
             fields.update({key: _format_field(key, value, lang) for key, value in (reason.get("detail") or {}).items()})
+        elif fields.get("title"):
+            fields["value"] = fields["title"]  # a rule's title, where it has one, rather than its name
         if entry is None:
             parts.append(f"{reason.get('factor')}={reason.get('value')}")
             continue
@@ -185,6 +187,8 @@ class _Missing(dict):
 def _format_field(key: str, value: Any, lang: str) -> Any:
     if key == "direction" and lang == "zh":
         return {"high": "高", "low": "低"}.get(value, value)
+    if key == "title" and isinstance(value, dict):  # {"zh": …, "en": …}
+        return value.get(lang) or value.get("zh")
     if isinstance(value, float):
         if key in ("value", "monetary_value", "weighted_revenue") and abs(value) >= 100:
             return money(value, lang)

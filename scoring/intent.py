@@ -45,12 +45,19 @@ class IntentCondition(_Params):
         return kind
 
 
+class RuleTitle(_Params):
+    zh: str = Field(min_length=1, max_length=40)
+    en: str = Field(min_length=1, max_length=60)
+
+
 class IntentRule(_Params):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_]+$")
     within_days: int = Field(7, ge=1, le=365)
     all: list[IntentCondition] = Field(min_length=1)
     intent: str = "high"
     tag: str | None = None
+    # What reasons call the rule; without one, its name.
+    title: RuleTitle | None = None
 
     @field_validator("intent")
     @classmethod
@@ -64,12 +71,13 @@ def _default_rules() -> list[IntentRule]:
     return [
         IntentRule(name="smart_manufacturing", within_days=7,
                    all=[IntentCondition(kind="page_view", detail_contains="/products/mes", at_least=4),
-                        IntentCondition(kind="download", at_least=1)], intent="high", tag="智能制造"),
+                        IntentCondition(kind="download", at_least=1)], intent="high", tag="智能制造",
+                   title=RuleTitle(zh="关注智能制造", en="looking into smart manufacturing")),
         IntentRule(name="engaged_evaluator", within_days=14,
                    all=[IntentCondition(kind="download", at_least=2), IntentCondition(kind="event", at_least=1)],
-                   intent="medium", tag="活跃评估"),
+                   intent="medium", tag="活跃评估", title=RuleTitle(zh="积极评估", en="evaluating actively")),
         IntentRule(name="browsing", within_days=30, all=[IntentCondition(kind="page_view", at_least=5)],
-                   intent="low"),
+                   intent="low", title=RuleTitle(zh="频繁浏览产品", en="browsing products often")),
     ]
 
 
@@ -112,10 +120,14 @@ def score_intent(counts: pd.DataFrame, index: pd.Index, params: IntentParams) ->
         level[rows] = np.maximum(level[rows], rank)
         # Python values only for the customers the rule fired for (a few percent).
         counted = [values[rows].astype(np.int64).tolist() for values in columns]
+        title = rule.title.model_dump() if rule.title is not None else None
         for position, row in enumerate(rows.tolist()):
             detail = {name: values[position] for name, values in zip(names, counted)}
-            fired[row].append({"factor": "intent_rule", "value": rule.name, "intent": rule.intent,
-                               "within_days": rule.within_days, "detail": detail})
+            reason = {"factor": "intent_rule", "value": rule.name, "intent": rule.intent,
+                      "within_days": rule.within_days, "detail": detail}
+            if title is not None:
+                reason["title"] = title
+            fired[row].append(reason)
             if rule.tag and rule.tag not in tags[row]:
                 tags[row].append(rule.tag)
     labels = np.array(INTENT_LEVELS, dtype=object)[level]

@@ -152,6 +152,10 @@ def test_behaviour_reasons_name_activities_in_words():
               "detail": {"page_view /products/mes": 6, "download": 1}}]
     assert "页面浏览 /products/mes×6、下载×1" in model_reasons_text("intent", fired, "zh")
     assert "page view /products/mes×6, download×1" in model_reasons_text("intent", fired, "en")
+    # A rule's title, where config gives one, rather than its name.
+    titled = [{**fired[0], "title": {"zh": "关注智能制造", "en": "looking into smart manufacturing"}}]
+    assert model_reasons_text("intent", titled, "zh").startswith("行为规则「关注智能制造」")
+    assert model_reasons_text("intent", titled, "en").startswith('behaviour rule "looking into smart manufacturing"')
 
 
 def test_durations_read_in_the_units_people_use():
