@@ -29,7 +29,7 @@ from notifications.outbox import outbox_row, queue_rows, quiet_until
 from notifications.settings import PlaybookConfig, PushesConfig, TaskRule, parse_hh_mm
 from notifications.workdays import WorkCalendar
 from scoring.deferred import column_values
-from scoring.pipeline import RULE_FIELDS, rule_view
+from scoring.pipeline import RULE_FIELDS, reasons_column, rule_view
 from scoring.rules import BusinessRule, RuleAction, RuleError, RulesParams, apply_rules, compile_rules
 from storage.models import ChurnAlertState, FollowUpTask
 from storage.sql import insert_rows
@@ -315,10 +315,6 @@ def _new_tasks(settings: PlaybookSettings, run_id: int, features: pd.DataFrame, 
             row["reasons"] = tops.get(row["customer_id"], [])
     return new_rows
 
-
-def reasons_column(model: str) -> str:
-    """The column of a scored frame holding a model's reasons."""
-    return "reasons" if model == "value_matrix" else f"{model}_reasons"
 
 
 def _insert_tasks(connection: Connection, run_id: int, new_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

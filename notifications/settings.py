@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from scoring.pipeline import MODELS
 from scoring.value_matrix import TIERS
 
 _HH_MM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -135,7 +136,7 @@ class TaskRule(_Section):
     cooldown_days: int = Field(30, ge=0)
     enabled: bool = True
     # The model whose top reasons the task's card gives: the one the rule is about.
-    reasons: Literal["value_matrix", "rfm", "sabc", "pyramid", "lifecycle", "churn", "intent"] = "value_matrix"
+    reasons: Literal[MODELS] = "value_matrix"
 
     @field_validator("assign_to")
     @classmethod

@@ -29,6 +29,11 @@ from scoring.value_matrix import TIERS, add_reference, score_value_matrix, stabi
 MODELS = ("value_matrix", "rfm", "sabc", "pyramid", "lifecycle", "churn", "intent")
 
 
+def reasons_column(model: str) -> str:
+    """The column of a scored frame holding a model's reasons."""
+    return "reasons" if model == "value_matrix" else f"{model}_reasons"
+
+
 CHURN_LABELS = ("high", "medium", "low", "none")
 
 # What a business rule (config `scoring.rules`) may test: feature or model output → type.

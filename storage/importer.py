@@ -367,7 +367,6 @@ def _encoding_problem(path: Path) -> Problem:
     return Problem(str(path), 1, "(file)", "not UTF-8 text")
 
 
-_PARSER_LINE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 _SKIPPED_LINE = re.compile(r"Skipping line (\d+): expected (\d+) fields, saw (\d+)")
 
 
@@ -391,10 +390,7 @@ def _record_numbers(after: int, count: int, skipped: set[int]) -> np.ndarray:
 
 
 def _parser_problem(name: str, exc: Exception) -> Problem:
-    match = _PARSER_LINE.search(str(exc))
-    if match:
-        expected, line, saw = match.groups()
-        return Problem(name, int(line), "(row)", f"has {saw} fields, the header has {expected}")
+    # A row with too many cells is a warning (_skipped_rows); what still raises is the file.
     return Problem(name, 1, "(file)", f"not a readable CSV file: {str(exc).strip()[:200]}")
 
 
@@ -486,17 +482,23 @@ def _reference_problems(connection: Connection, kind: FileKind, names: list[str]
     return problems
 
 
-def _problems_across_rows(connection: Connection, kinds: list[FileKind], staging: dict[str, Table], names: list[str],
-                          log: "_ProblemLog", flawed: frozenset[str]) -> None:
-    """Once the import is bound to fail, the duplicate ids and unknown references of these
-    kinds' staged rows too, without writing them: the whole list in one attempt. A
-    reference into a file with bad rows is not judged (its row may be one of them)."""
+def _problems_across_rows(connection: Connection, kind: FileKind, names: list[str],
+                          staged: frozenset[str] = frozenset(), unknowable: frozenset[str] = frozenset()
+                          ) -> list[Problem]:
+    """A staged kind's duplicate ids and unknown references (see _reference_problems)."""
+    connection.execute(text(f"CREATE INDEX ix_stage_{kind.name}_key ON stage_{kind.name} ({kind.key})"))
+    return [*_duplicate_problems(connection, kind, names),
+            *_reference_problems(connection, kind, names, staged, unknowable)]
+
+
+def _problems_before_writing(connection: Connection, kinds: list[FileKind], staging: dict[str, Table],
+                             names: list[str], log: "_ProblemLog", flawed: frozenset[str]) -> None:
+    """Once the import is bound to fail, the problems across rows of these kinds too,
+    without writing them: the whole list in one attempt. A reference into a file with bad
+    rows is not judged (its row may be one of them)."""
     for kind in kinds:
-        if kind.name not in staging:
-            continue
-        connection.execute(text(f"CREATE INDEX ix_stage_{kind.name}_key ON stage_{kind.name} ({kind.key})"))
-        log.add(_duplicate_problems(connection, kind, names))
-        log.add(_reference_problems(connection, kind, names, frozenset(staging), flawed))
+        if kind.name in staging:
+            log.add(_problems_across_rows(connection, kind, names, frozenset(staging), flawed))
 
 
 def _count_changes(connection: Connection, kind: FileKind, columns: list[str]) -> tuple[int, int]:
@@ -689,18 +691,17 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     flawed.add(kind.name)
 
             if log:
-                _problems_across_rows(connection, list(FILE_KINDS), staging, names, log, frozenset(flawed))
+                _problems_before_writing(connection, list(FILE_KINDS), staging, names, log, frozenset(flawed))
             else:
                 connection.execute(text("CREATE TEMPORARY TABLE touched_customers (customer_id VARCHAR(64) PRIMARY KEY)"))
                 for kind in FILE_KINDS:
                     if kind.name not in staging:
                         continue
-                    connection.execute(text(f"CREATE INDEX ix_stage_{kind.name}_key ON stage_{kind.name} ({kind.key})"))
-                    log.add(_duplicate_problems(connection, kind, names))
-                    log.add(_reference_problems(connection, kind, names))
+                    # The kinds before this one are written already: their references resolve in their tables.
+                    log.add(_problems_across_rows(connection, kind, names))
                     if log:
                         later = list(FILE_KINDS[FILE_KINDS.index(kind) + 1:])
-                        _problems_across_rows(connection, later, staging, names, log, frozenset())
+                        _problems_before_writing(connection, later, staging, names, log, frozenset())
                         break
                     columns = [c.name for c in kind.columns
                                if c.upsert and (c.name in columns_seen[kind.name] or c.name == kind.key)]

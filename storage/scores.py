@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from scoring.deferred import Deferred, column_values, decode_chunk, encode_chunk, paused_gc
 from scoring.features import ACTIVITY_COLUMNS, AGGREGATE_COLUMNS, CUSTOMER_COLUMNS, window_starts
+from scoring.pipeline import reasons_column
 from storage.models import ACTIVITY_KINDS, RescorePending, ScoreReasonChunk, ScoreRun, ScoreSnapshot, TierChange
 from storage import windows as window_totals
 from storage.db import write_transaction
@@ -666,7 +667,7 @@ def _json_rows(frame: pd.DataFrame) -> list[str]:
 # The models whose reasons a snapshot holds, in the order they are shown; and the
 # column of a scored frame each one's reasons are in.
 REASON_MODELS = ("value_matrix", "rfm", "sabc", "pyramid", "lifecycle", "churn", "intent", "rules")
-_MODEL_OF_COLUMN = {"reasons": "value_matrix", **{f"{model}_reasons": model for model in REASON_MODELS[1:]}}
+_MODEL_OF_COLUMN = {reasons_column(model): model for model in REASON_MODELS}
 
 # (customer id, a document's JSON as stored, reasons_chunk) of a snapshot row.
 SnapshotPart = tuple[str, "dict | str | None", "int | None"]
