@@ -38,9 +38,12 @@ def normalise(text: str, keep_case: bool = False) -> str:
     return folded.strip(_TRAILING_PUNCTUATION).strip()
 
 
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
 def guess_language(text: str) -> str:
     """Answer in Chinese unless the message is written in Latin letters only."""
-    return "zh" if re.search(r"[\u4e00-\u9fff]", text) or not re.search(r"[a-z]", text, re.I) else "en"
+    return "zh" if _CJK.search(text) or not re.search(r"[a-z]", text, re.I) else "en"
 
 
 def command_language(text: str, match: re.Match) -> str:
@@ -50,9 +53,6 @@ def command_language(text: str, match: re.Match) -> str:
     if not _CJK.search(match.re.pattern):
         return "en"
     return guess_language(text)
-
-
-_CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ ticket report (managers) — and the 接单 / 解决 buttons on ticket cards.
 Routing, assignment and the SLA clock live in notifications.tickets; here are only
 parsing, permission and text. Who may act on a ticket: its assignee; an agent of its
 queue while nobody is assigned; for a ticket still on self-service, or one no queue holds
-(imported open but too old to route), whoever may see its customer may mark it solved. Anyone else gets the same answer as for a number that does
-not exist. Times: opened_at is naive local time (config time zone), every other ticket
-time is UTC.
+(imported open but too old to route), whoever may see its customer may mark it solved.
+Anyone else gets the same answer as for a number that does not exist. Times: opened_at is
+naive local time (config time zone), every other ticket time is UTC.
 """
 
 from __future__ import annotations

@@ -244,8 +244,9 @@ def _reasons(features, scores, percentiles, current_weights, potential_weights, 
     count = len(features)
     revenue = features["revenue_12m"].to_numpy()
     slots: list[list[dict | None]] = []
-    for axis, weights, high, boundary in (("current", current_weights, high_x, (boundaries or [None, None])[0]),
-                                          ("potential", potential_weights, high_y, (boundaries or [None, None])[1])):
+    boundary_x, boundary_y = boundaries or (None, None)  # None: reasons stored before boundaries were kept
+    for axis, weights, high, boundary in (("current", current_weights, high_x, boundary_x),
+                                          ("potential", potential_weights, high_y, boundary_y)):
         names = list(weights)
         top = _top_components(scores, weights, high, boundary)
         direction = np.where(high, "high", "low").tolist()
