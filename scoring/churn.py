@@ -26,8 +26,14 @@ overdue           own purchase cycle = t_x / x (mean days between purchase days)
                   when x >= `min_cycle_intervals`; ratio = days since last order / cycle;
                   c = clip((ratio − overdue_grace) / (overdue_full − overdue_grace), 0, 1),
                   i.e. with the defaults 0 up to 1× the cycle, rising linearly to 1 at 3×.
+                  A buyer without an own cycle (one purchase day: most B2B customers)
+                  is measured against the *typical* cycle instead, the median own cycle
+                  of the population's repeat buyers, when `typical_cycle` is on and at
+                  least `min_typical_cycle_customers` have one: a one-time buyer silent
+                  for years is overdue, not riskless. Its reason says so
+                  ("overdue_typical_cycle").
                   Days overdue (`churn_days_overdue`, the reason's value) =
-                  max(0, days since last order − cycle); NaN when the cycle is unknown.
+                  max(0, days since last order − cycle); NaN when no cycle is known.
 complaints        c = clip((complaints_90d − complaints_prev_90d) / complaints_full_rise, 0, 1):
                   only a rise counts, and a rise of `complaints_full_rise` is full risk.
 not_alive         c = 1 − P(alive) from a BG/NBD model (see `p_alive`), used where
@@ -36,10 +42,15 @@ not_alive         c = 1 − P(alive) from a BG/NBD model (see `p_alive`), used w
 Score
 -----
 A component is *applicable* to a customer when it can be judged at all: activity_decline
-when the baseline is thick enough, complaints always, overdue when the own cycle is known,
-not_alive when P(alive) is used. Inapplicable components hand their weight to the applicable ones:
+when the baseline is thick enough, complaints always, overdue when an own or typical cycle
+is known, not_alive when P(alive) is used. Inapplicable components hand their weight to the
+applicable ones:
 
     churn_score = 100 × Σ w_i·a_i·c_i / Σ w_i·a_i     (a_i = 1 if applicable, else 0)
+
+except when complaints are all there is to judge (no order, too little activity): then
+the denominator is the sum of all weights, so complaints alone weigh what they weigh
+beside the other signals and cannot make a prospect's risk 100.
 
 rounded to 0.1; 0 when no weighted component applies. A component's *points* are its
 share of that sum (100 × w_i·a_i·c_i / Σ w·a); before rounding they add up to the score.
@@ -56,6 +67,7 @@ descending (ties in the order activity_decline, overdue, complaints, not_alive):
    "detail": {"last_30d": 2, "baseline_30d": 10.0}}
   {"factor": "overdue", "value": 45, "points": 25.0,
    "detail": {"cycle_days": 30.0, "days_since_last_order": 75, "cycles_since_last_order": 2.5}}
+  {"factor": "overdue_typical_cycle", ...}  (the same, against the typical cycle)
   {"factor": "complaints_rising", "value": 3, "points": 15.0,
    "detail": {"last_90d": 4, "previous_90d": 1}}
   {"factor": "p_alive", "value": 0.12, "points": 17.6,
@@ -74,7 +86,9 @@ written for a cohort that includes customers with no repeat purchase, so fitting
 repeat buyers would bias it), and only if at least `min_fit_customers` customers have
 x >= `min_repeat_purchases`; otherwise the component is skipped. The parameters used (or
 None) are returned in `result.attrs["bgnbd"]` and where they came from ("given",
-"fitted", "skipped", "disabled") in `result.attrs["bgnbd_source"]`.
+"fitted", "skipped", "disabled") in `result.attrs["bgnbd_source"]`. Likewise the typical
+cycle: pass `typical_cycle` to use a stored one (NaN: none known); with None it is taken
+from this population, and returned in `result.attrs["typical_cycle"]` (NaN when unknown).
 """
 
 from __future__ import annotations
@@ -135,6 +149,10 @@ class ChurnParams(_Strict):
     overdue_full: float = Field(3.0, gt=0, description="overdue risk is full at this many cycles")
     min_cycle_intervals: int = Field(
         1, ge=1, description="repeat purchase days (frequency) needed to know the own purchase cycle")
+    typical_cycle: bool = Field(
+        True, description="judge buyers without an own cycle against the repeat buyers' median cycle")
+    min_typical_cycle_customers: int = Field(
+        20, ge=1, description="repeat buyers with an own cycle needed to take their median as the typical cycle")
     complaints_full_rise: float = Field(
         3.0, gt=0, description="rise in complaints (last 90 days − previous 90) that is full risk")
     min_repeat_purchases: int = Field(
@@ -307,10 +325,12 @@ def _empty_result(index: pd.Index, source: str, bgnbd: BgNbdParams | None) -> pd
 
 
 def score_churn(features: pd.DataFrame, as_of: date, params: ChurnParams,
-                bgnbd: BgNbdParams | None = None, deferred: dict | None = None) -> pd.DataFrame:
+                bgnbd: BgNbdParams | None = None, deferred: dict | None = None,
+                typical_cycle: float | None = None) -> pd.DataFrame:
     """Churn risk per customer, indexed like `features`: churn_score (0–100, 0.1),
     churn_label, churn_p_alive (NaN where not used), churn_days_overdue (NaN without an
-    own cycle), churn_reasons. BG/NBD parameters used: `result.attrs["bgnbd"]`.
+    own or typical cycle), churn_reasons. BG/NBD parameters used: `result.attrs["bgnbd"]`,
+    the typical cycle `result.attrs["typical_cycle"]`.
     With `params.enabled` false every column is empty (NaN / None / [])."""
     missing = [name for name in REQUIRED_COLUMNS if name not in features.columns]
     if missing:
@@ -341,10 +361,15 @@ def score_churn(features: pd.DataFrame, as_of: date, params: ChurnParams,
     decline = np.zeros(n)
     decline[judged] = np.clip(1.0 - act_30d[judged] / baseline[judged], 0.0, 1.0)
 
-    # overdue against the own purchase cycle
-    has_cycle = has_order & (np.nan_to_num(frequency) >= params.min_cycle_intervals)
+    # overdue against the own purchase cycle, or the typical one
+    own_cycle = has_order & (np.nan_to_num(frequency) >= params.min_cycle_intervals)
     cycle = np.full(n, np.nan)
-    cycle[has_cycle] = np.maximum(recency[has_cycle] / frequency[has_cycle], 1.0)
+    cycle[own_cycle] = np.maximum(recency[own_cycle] / frequency[own_cycle], 1.0)
+    if typical_cycle is None:
+        typical_cycle = _typical_cycle(cycle[own_cycle], params)
+    if params.typical_cycle and np.isfinite(typical_cycle):
+        cycle[has_order & ~own_cycle] = typical_cycle
+    has_cycle = ~np.isnan(cycle)
     cycles_since = since_last / cycle
     overdue = np.zeros(n)
     span = params.overdue_full - params.overdue_grace
@@ -373,6 +398,8 @@ def score_churn(features: pd.DataFrame, as_of: date, params: ChurnParams,
     w = np.array([weights.activity_decline, weights.overdue, weights.complaints, weights.not_alive])
     applied = applicable * w[None, :]
     total = applied.sum(axis=1)
+    complaints_only = (applied[:, 2] > 0) & ((applied > 0).sum(axis=1) == 1)
+    total[complaints_only] = w.sum()
     safe_total = np.where(total > 0, total, 1.0)
     points = 100.0 * applied * risks / safe_total[:, None]
     points[no_history] = 0.0
@@ -383,6 +410,7 @@ def score_churn(features: pd.DataFrame, as_of: date, params: ChurnParams,
                            "churn_days_overdue": np.round(days_overdue, 1)}, index=features.index)
     thin_note = (w[0] > 0) & ~judged & ~no_history
     values = dict(decline=decline, act_30d=act_30d, baseline=baseline, days_overdue=days_overdue, cycle=cycle,
+                  own_cycle=own_cycle,
                   since_last=since_last, cycles_since=cycles_since, complaints=complaints,
                   complaints_prev=complaints_prev, alive=alive, frequency=frequency, recency=recency, age=age)
     if deferred is None:
@@ -394,7 +422,15 @@ def score_churn(features: pd.DataFrame, as_of: date, params: ChurnParams,
             params.model_dump(mode="json"))
     result.attrs["bgnbd"] = model if (model is not None and weights.not_alive > 0) else None
     result.attrs["bgnbd_source"] = source if weights.not_alive > 0 else "disabled"
+    result.attrs["typical_cycle"] = float(typical_cycle)
     return result
+
+
+def _typical_cycle(own_cycles: np.ndarray, params: ChurnParams) -> float:
+    """The median own purchase cycle of the repeat buyers; NaN when too few have one."""
+    if not params.typical_cycle or len(own_cycles) < params.min_typical_cycle_customers:
+        return float("nan")
+    return round(float(np.median(own_cycles)), 1)
 
 
 def _counts(values: np.ndarray) -> list:
@@ -418,12 +454,14 @@ def _component_entries(component: int, rows: np.ndarray, points: np.ndarray, v: 
                 for value, p, last, base in zip(np.round(v["decline"][rows], 3).tolist(), pts,
                                                 _counts(v["act_30d"][rows]), np.round(v["baseline"][rows], 2).tolist())]
     if component == 1:
-        return [{"factor": "overdue", "value": value, "points": p,
+        # Chunks stored before the typical cycle existed have own cycles only.
+        own = v["own_cycle"][rows].tolist() if "own_cycle" in v else [True] * len(rows)
+        return [{"factor": "overdue" if is_own else "overdue_typical_cycle", "value": value, "points": p,
                  "detail": {"cycle_days": cycle, "days_since_last_order": since, "cycles_since_last_order": ratio}}
-                for value, p, cycle, since, ratio in zip(_ints(v["days_overdue"][rows]), pts,
-                                                         np.round(v["cycle"][rows], 1).tolist(),
-                                                         _ints(v["since_last"][rows]),
-                                                         np.round(v["cycles_since"][rows], 2).tolist())]
+                for value, p, cycle, since, ratio, is_own in zip(_ints(v["days_overdue"][rows]), pts,
+                                                                 np.round(v["cycle"][rows], 1).tolist(),
+                                                                 _ints(v["since_last"][rows]),
+                                                                 np.round(v["cycles_since"][rows], 2).tolist(), own)]
     if component == 2:
         now, before = v["complaints"][rows], v["complaints_prev"][rows]
         return [{"factor": "complaints_rising", "value": value, "points": p,

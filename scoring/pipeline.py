@@ -145,9 +145,12 @@ def _score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date 
         result = result.join(score_pyramid(features, params.pyramid, given, deferred))
     if params.churn.enabled:
         bgnbd = BgNbdParams(**reference.bgnbd) if given is not None and reference.bgnbd else None
-        churn = score_churn(features, as_of, params.churn, bgnbd, deferred)
+        churn = score_churn(features, as_of, params.churn, bgnbd, deferred,
+                            typical_cycle=None if built else reference.churn_typical_cycle)
         if built and churn.attrs.get("bgnbd") is not None:
             reference.bgnbd = dataclasses.asdict(churn.attrs["bgnbd"])
+        if built:
+            reference.churn_typical_cycle = churn.attrs.get("typical_cycle", float("nan"))
         churn.attrs.clear()
         result = result.join(churn)
     if params.lifecycle.enabled:

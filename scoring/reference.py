@@ -36,6 +36,9 @@ class PopulationReference:
     population: int = 0
     rfm: str | None = None  # scoring.rfm.RfmReference.to_json()
     bgnbd: dict | None = None  # scoring.churn.BgNbdParams fields
+    # scoring.churn's typical purchase cycle in days; NaN: none known (or a reference
+    # stored before it existed).
+    churn_typical_cycle: float = float("nan")
 
     def add(self, name: str, values: pd.Series) -> None:
         self.grids[name] = _grid(values)
@@ -60,12 +63,16 @@ class PopulationReference:
 
     def to_json(self) -> str:
         grids = {name: grid.tolist() for name, grid in self.grids.items()}
+        typical = self.churn_typical_cycle
         return json.dumps({"grids": grids, "exact": self.exact, "population": self.population,
-                           "rfm": self.rfm, "bgnbd": self.bgnbd}, separators=(",", ":"))
+                           "rfm": self.rfm, "bgnbd": self.bgnbd,
+                           "churn_typical_cycle": typical if np.isfinite(typical) else None}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> "PopulationReference":
         data = json.loads(text)
         grids = {name: np.asarray(grid, dtype=float) for name, grid in data["grids"].items()}
+        typical = data.get("churn_typical_cycle")
         return cls(grids=grids, exact=data.get("exact", {}), population=data["population"],
-                   rfm=data.get("rfm"), bgnbd=data.get("bgnbd"))
+                   rfm=data.get("rfm"), bgnbd=data.get("bgnbd"),
+                   churn_typical_cycle=float("nan") if typical is None else float(typical))

@@ -282,3 +282,48 @@ def test_too_few_repeat_buyers_skip_p_alive():
     result = score_churn(features, AS_OF, ChurnParams())
     assert result.attrs["bgnbd"] is None and result.attrs["bgnbd_source"] == "skipped"
     assert result["churn_p_alive"].isna().all()
+
+
+def test_one_time_buyers_are_overdue_against_the_repeat_buyers_typical_cycle():
+    repeat_buyers = [_row(f"R{i:02d}", orders=_regular(10, cycle=30 + i % 3)) for i in range(25)]
+    rows = repeat_buyers + [_row("GONE", orders=[400], act_30d=0, baseline=0.0),
+                            _row("FRESH", orders=[20], act_30d=0, baseline=0.0)]
+    result = _score(rows, bgnbd=None)
+    assert result.attrs["typical_cycle"] == 31.0
+    gone = result.loc["GONE"]
+    assert gone["churn_days_overdue"] == 400 - 31
+    assert gone["churn_reasons"][0] == {"factor": "overdue_typical_cycle", "value": 369, "points": gone["churn_score"],
+                                        "detail": {"cycle_days": 31.0, "days_since_last_order": 400,
+                                                   "cycles_since_last_order": 12.9}}
+    # Full overdue risk beside complaints: its share of those two weights, not 0 as before.
+    weights = ChurnParams().weights
+    assert gone["churn_score"] == pytest.approx(round(100 * weights.overdue / (weights.overdue + weights.complaints), 1))
+    assert gone["churn_label"] == "medium"
+    fresh = result.loc["FRESH"]
+    assert fresh["churn_score"] == 0.0 and fresh["churn_days_overdue"] == 0
+    # Repeat buyers keep their own cycle.
+    assert all(r["factor"] != "overdue_typical_cycle" for r in result.loc["R00", "churn_reasons"])
+
+
+def test_the_typical_cycle_needs_enough_repeat_buyers_and_can_be_switched_off_or_given():
+    few = [_row(f"R{i}", orders=_regular(10)) for i in range(3)] + [_row("GONE", orders=[400])]
+    result = _score(few, bgnbd=None)
+    assert np.isnan(result.attrs["typical_cycle"]) and result.loc["GONE", "churn_score"] == 0.0
+    many = [_row(f"R{i:02d}", orders=_regular(10)) for i in range(25)] + [_row("GONE", orders=[400])]
+    off = _score(many, ChurnParams(typical_cycle=False), bgnbd=None)
+    assert np.isnan(off.loc["GONE", "churn_days_overdue"]) and off.loc["GONE", "churn_score"] == 0.0
+    # Given (an incremental rescore against the last full run): used whatever the rows are.
+    alone = score_churn(_features([_row("GONE", orders=[400])]), AS_OF, ChurnParams(), typical_cycle=100.0)
+    assert alone.loc["GONE", "churn_days_overdue"] == 300
+    unknown = score_churn(_features([_row("GONE", orders=[400])]), AS_OF, ChurnParams(), typical_cycle=float("nan"))
+    assert np.isnan(unknown.loc["GONE", "churn_days_overdue"])
+
+
+def test_complaints_alone_weigh_only_their_share():
+    # A prospect: no order and too little activity to judge, three more complaints.
+    result = _score([_row("PROSPECT", act_30d=0, baseline=1.0, complaints=3, complaints_prev=0)], bgnbd=None)
+    weights = ChurnParams().weights
+    total = weights.activity_decline + weights.overdue + weights.complaints + weights.not_alive
+    assert result.loc["PROSPECT", "churn_score"] == pytest.approx(round(100 * weights.complaints / total, 1))
+    assert result.loc["PROSPECT", "churn_reasons"][0]["factor"] == "complaints_rising"
+    assert result.loc["PROSPECT", "churn_label"] == "low"

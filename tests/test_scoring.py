@@ -231,3 +231,27 @@ def test_customer_without_orders_is_scored_with_zero_revenue():
     assert features.loc["B", "revenue_12m"] == 0.0 and np.isnan(features.loc["B", "margin_rate"])
     scored = score_customers(features, ScoringParams())
     assert scored.loc["B", "c_revenue"] == 0.0 and scored.loc["A", "c_revenue"] == 50.0
+
+
+def test_an_incremental_rescore_judges_a_one_time_buyer_by_the_last_full_runs_typical_cycle():
+    from scoring.reference import PopulationReference
+
+    customers, aggregates = _population()
+    # The forty ordinary customers buy every 30 days; the Dog bought once, 400 days ago.
+    ordinary = aggregates["customer_id"].str.startswith("N")
+    aggregates.loc[ordinary, "first_order_date"] = pd.Timestamp(AS_OF) - pd.Timedelta(days=190)
+    aggregates.loc[ordinary, "last_order_date"] = pd.Timestamp(AS_OF) - pd.Timedelta(days=10)
+    aggregates.loc[ordinary, "purchase_days"] = 7
+    dog = aggregates["customer_id"] == "DOG"
+    aggregates.loc[dog, ["first_order_date", "last_order_date"]] = pd.Timestamp(AS_OF) - pd.Timedelta(days=400)
+    aggregates.loc[dog, "purchase_days"] = 1
+    features = build_features(customers, aggregates, AS_OF)
+    full = score_customers(features, ScoringParams(), AS_OF)
+    stored = full.attrs["reference"].to_json()
+    assert full.loc["DOG", "churn_days_overdue"] == 370
+    assert full.loc["DOG", "churn_reasons"][0]["factor"] == "overdue_typical_cycle"
+    # Alone, the Dog has no repeat buyers beside it to learn a cycle from: the stored one is used.
+    alone = score_customers(features.loc[["DOG"]], ScoringParams(), AS_OF,
+                            reference=PopulationReference.from_json(stored))
+    assert alone.loc["DOG", "churn_score"] == full.loc["DOG", "churn_score"] > 0
+    assert alone.loc["DOG", "churn_days_overdue"] == 370
