@@ -7,7 +7,8 @@ Input columns (one row per customer, index customer_id, every customer):
   purchase_days                       distinct days with orders up to as_of
   act_30d                             activities (every kind but complaints), last 30 days
   act_baseline_30d                    the customer's own mean activities per 30 days over
-                                      the 180 days before those 30 (0 when none)
+                                      the six whole months before the as-of month, up to
+                                      where those 30 days begin (0 when none)
   complaints_90d, complaints_prev_90d complaints in the last 90 days, and the 90 before
 Missing numbers count as 0.
 

@@ -10,7 +10,7 @@ the 11 whole months before M plus M up to and including the as-of day; "12–24"
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
@@ -36,8 +36,12 @@ AGGREGATE_COLUMNS = (
 RECENT_MONTHS = 4
 
 # Columns of the activity frame (customers without activity may be absent).
-ACTIVITY_COLUMNS = ("act_30d", "baseline_events_6m", "complaints_90d", "complaints_prev_90d", "last_activity_ts")
-BASELINE_DAYS = 182.5  # six calendar months, the span of baseline_events_6m
+# baseline_events_6m: activities in the six whole months before the as-of month;
+# act_30d_before_month: those of the last 30 days that fall in those months. The baseline
+# leaves them out (scoring.churn compares the last 30 days with what came before them).
+ACTIVITY_COLUMNS = ("act_30d", "baseline_events_6m", "act_30d_before_month", "complaints_90d", "complaints_prev_90d",
+                    "last_activity_ts")
+BASELINE_MONTHS = 6
 
 CUSTOMER_COLUMNS = (
     "customer_id",
@@ -73,6 +77,14 @@ def window_starts(as_of: date) -> dict[str, date]:
             **{f"m{k}": add_months(current, -k) for k in range(1, RECENT_MONTHS + 1)}}
 
 
+def baseline_days(as_of: date) -> int:
+    """Days of the activity baseline: from the first of the six whole months before the
+    as-of month up to the last 30 days (or the as-of month, when those start in it)."""
+    current = month_start(as_of)
+    recent_from = as_of + timedelta(days=1) - timedelta(days=30)
+    return (min(current, recent_from) - add_months(current, -BASELINE_MONTHS)).days
+
+
 def build_features(customers: pd.DataFrame, aggregates: pd.DataFrame, as_of: date,
                    activity: pd.DataFrame | None = None) -> pd.DataFrame:
     """Join attributes, order aggregates and activity windows; derive what the models use.
@@ -89,9 +101,11 @@ def build_features(customers: pd.DataFrame, aggregates: pd.DataFrame, as_of: dat
         activity = pd.DataFrame(columns=["customer_id", *ACTIVITY_COLUMNS])
     frame = frame.join(activity.set_index("customer_id"), how="left")
     for column in ACTIVITY_COLUMNS[:-1]:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce").fillna(0.0).astype(float)
+        values = frame[column] if column in frame else pd.Series(0.0, index=frame.index)
+        frame[column] = pd.to_numeric(values, errors="coerce").fillna(0.0).astype(float)
     frame["last_activity_ts"] = pd.to_datetime(frame["last_activity_ts"], errors="coerce")
-    frame["act_baseline_30d"] = frame["baseline_events_6m"] / BASELINE_DAYS * 30
+    before_recent = (frame["baseline_events_6m"] - frame["act_30d_before_month"]).clip(lower=0.0)
+    frame["act_baseline_30d"] = before_recent / baseline_days(as_of) * 30
     for column in AGGREGATE_COLUMNS:
         values = frame[column] if column in frame else pd.Series(0.0, index=frame.index)
         frame[column] = pd.to_numeric(values, errors="coerce").fillna(0.0).astype(float)

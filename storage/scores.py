@@ -46,7 +46,8 @@ GROUP BY customer_id, order_date
 # "Active" kinds exclude complaints, which are counted on their own.
 # Every kind named so that the (kind, ts, ...) covering index serves the window.
 _RECENT_ACTIVITY_SQL = f"""
-SELECT customer_id, SUM(CASE WHEN kind <> 'complaint' THEN 1 ELSE 0 END), MAX(ts)
+SELECT customer_id, SUM(CASE WHEN kind <> 'complaint' THEN 1 ELSE 0 END),
+       SUM(CASE WHEN kind <> 'complaint' AND ts < :m0 THEN 1 ELSE 0 END), MAX(ts)
 FROM activities WHERE kind IN ({", ".join(f"'{kind}'" for kind in ACTIVITY_KINDS)})
   AND ts >= :since_30d AND ts < :until {{scope}}
 GROUP BY customer_id
@@ -118,9 +119,9 @@ def _aggregates_from(windows: pd.DataFrame, days: pd.DataFrame) -> pd.DataFrame:
 
 def load_activity(connection: Connection, as_of: date, customer_ids: list[str] | None = None,
                   windows: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per customer: activities in the 30 days to as_of, the six whole months before the
-    as-of month (the baseline, from storage.windows), complaints in the last 90 days and
-    the 90 before."""
+    """Per customer: activities in the 30 days to as_of (and how many of them fall before
+    the as-of month), the six whole months before the as-of month (the baseline, from
+    storage.windows), complaints in the last 90 days and the 90 before."""
     if windows is None:
         windows = window_totals.read_month(connection, window_starts(as_of)["m0"], customer_ids)
     return _activity_from(_recent_activity(connection, as_of, customer_ids),
@@ -130,7 +131,8 @@ def load_activity(connection: Connection, as_of: date, customer_ids: list[str] |
 def _activity_windows(as_of: date) -> dict[str, datetime]:
     until = datetime.combine(as_of + timedelta(days=1), datetime.min.time())
     return {"until": until, "since_30d": until - timedelta(days=30), "since_90d": until - timedelta(days=90),
-            "since_180d": until - timedelta(days=180)}
+            "since_180d": until - timedelta(days=180),
+            "m0": datetime.combine(window_starts(as_of)["m0"], datetime.min.time())}
 
 
 def _activity_counts(connection: Connection, as_of: date, customer_ids: list[str] | None, sql: str,
@@ -140,8 +142,8 @@ def _activity_counts(connection: Connection, as_of: date, customer_ids: list[str
 
 
 def _recent_activity(connection: Connection, as_of: date, customer_ids: list[str] | None) -> pd.DataFrame:
-    return _activity_counts(connection, as_of, customer_ids, _RECENT_ACTIVITY_SQL, ["act_30d", "last_recent_ts"],
-                            ("act_30d",))
+    return _activity_counts(connection, as_of, customer_ids, _RECENT_ACTIVITY_SQL,
+                            ["act_30d", "act_30d_before_month", "last_recent_ts"], ("act_30d", "act_30d_before_month"))
 
 
 def _complaints(connection: Connection, as_of: date, customer_ids: list[str] | None) -> pd.DataFrame:
@@ -155,7 +157,7 @@ def _activity_from(recent: pd.DataFrame, complaints: pd.DataFrame, windows: pd.D
                            ["customer_id", "baseline_events", "baseline_last_ts"]]
     frame = recent.join(complaints, how="outer").join(
         baseline.set_index("customer_id").rename(columns={"baseline_events": "baseline_events_6m"}), how="outer")
-    for column in ("act_30d", "baseline_events_6m", "complaints_90d", "complaints_prev_90d"):
+    for column in ("act_30d", "baseline_events_6m", "act_30d_before_month", "complaints_90d", "complaints_prev_90d"):
         frame[column] = frame[column].fillna(0.0)
     frame["last_activity_ts"] = pd.to_datetime(frame["last_recent_ts"].fillna(frame["baseline_last_ts"]),
                                                errors="coerce")

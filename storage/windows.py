@@ -22,11 +22,10 @@ from datetime import date, datetime, timezone
 import pandas as pd
 from sqlalchemy import Connection, Date, Engine, bindparam, text
 
-from scoring.features import add_months, window_starts
+from scoring.features import BASELINE_MONTHS, add_months, window_starts
 from storage.db import write_transaction
 from storage.sql import execute_named, query_frame
 
-BASELINE_MONTHS = 6
 # Months kept: the newest two, so a run just after midnight on the 1st and a late import
 # of last month's data both find theirs.
 KEPT_MONTHS = 2

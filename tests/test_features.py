@@ -67,3 +67,22 @@ def test_activity_windows_match_raw_activities(engine, company):
     baseline = activities[(activities["kind"] != "complaint") & (activities["ts"] >= pd.Timestamp(2025, 12, 1))
                           & (activities["ts"] < pd.Timestamp(2026, 6, 1))]
     assert found["baseline_events_6m"].sum() == len(baseline)
+
+
+def test_the_activity_baseline_ends_where_the_last_30_days_begin(engine, company):
+    # AS_OF is 17 June: the last 30 days begin on 19 May, inside the baseline's months.
+    from scoring.features import baseline_days, build_features
+
+    with engine.connect() as connection:
+        activity = store.load_activity(connection, AS_OF)
+        aggregates = store.load_aggregates(connection, AS_OF)
+        customers = store.load_customers(connection)
+    features = build_features(customers, aggregates, AS_OF, activity)
+    activities = pd.read_csv(company / "activities.csv", parse_dates=["ts"])
+    before = activities[(activities["kind"] != "complaint") & (activities["ts"] >= pd.Timestamp(2025, 12, 1))
+                        & (activities["ts"] < pd.Timestamp(2026, 5, 19))]
+    assert baseline_days(AS_OF) == 169
+    expected = (before.groupby("customer_id").size() / 169 * 30).reindex(features.index, fill_value=0.0)
+    pd.testing.assert_series_equal(features["act_baseline_30d"], expected.astype(float), check_names=False)
+    # Early in a month the last 30 days start in it: the baseline is the six months whole.
+    assert baseline_days(date(2026, 6, 30)) == (date(2026, 6, 1) - date(2025, 12, 1)).days
