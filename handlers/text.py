@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -85,9 +86,12 @@ def money(value: float | None, lang: str = "zh") -> str:
 
 
 def percent(share: float | None, signed: bool = False) -> str:
+    """A share as a whole percent, half away from zero as people round (1.505 → 151%;
+    float formatting would give 150%, from 150.49999…)."""
     if share is None or (isinstance(share, float) and math.isnan(share)):
         return "—"
-    return f"{share * 100:+.0f}%" if signed else f"{share * 100:.0f}%"
+    whole = int((Decimal(repr(float(share))) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return f"{whole:+d}%" if signed else f"{whole:d}%"
 
 
 def _reason_value(reason: dict[str, Any], lang: str, phrases: dict[str, Any]) -> dict[str, Any]:

@@ -188,7 +188,7 @@ def _lifecycle_reasons(labels, days_since_first, days_since_last, growths, churn
         elif is_revived and label == "growing":
             reasons.append([{"factor": "revenue_back"}])
         else:
-            reasons.append([{"factor": "growth", "value": None if pd.isna(growth) else round(float(growth), 4)}])
+            reasons.append([{"factor": "growth", "value": None if pd.isna(growth) else round(float(growth), 6)}])
     return reasons
 
 

@@ -215,10 +215,11 @@ _REASON_INPUTS = sorted({"revenue_12m", "is_benchmark", "is_listed", "is_partner
 
 
 def _plain_list(values) -> list:
-    """A column as a JSON-ready list: Python scalars, NaN → None, floats to 4 places."""
+    """A column as a JSON-ready list: Python scalars, NaN → None, floats to 6 places (a
+    share shown as a whole percent is then rounded once, not twice)."""
     array = np.asarray(values)
     if array.dtype.kind == "f":
-        return [None if v != v else v for v in np.round(array, 4).tolist()]
+        return [None if v != v else v for v in np.round(array, 6).tolist()]
     if array.dtype.kind == "b":
         return array.tolist()
     return [None if (v is None or (isinstance(v, float) and v != v)) else

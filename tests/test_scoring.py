@@ -129,6 +129,20 @@ def test_revenue_back_after_a_year_without_is_growing_not_mature():
     assert model_reasons_text("lifecycle", result.loc["BACK", "lifecycle_reasons"], "zh") == "近12个月有营收，上一年度没有"
 
 
+def test_growth_reads_rounded_once_as_people_round():
+    from scoring.segments import LifecycleParams, score_lifecycle
+
+    # Revenue up 150.504%: stored to four places (1.505) and formatted, it read +150%.
+    features = pd.DataFrame({
+        "first_order_date": pd.to_datetime(["2023-12-01", "2023-12-01"]),
+        "last_order_date": pd.to_datetime(["2026-10-01", "2026-10-01"]),
+        "growth": [1.50504, 1.50496], "revenue_12m": [250_504.0, 250_496.0]}, index=["UP", "JUST_UNDER"])
+    result = score_lifecycle(features, AS_OF, LifecycleParams())
+    assert model_reasons_text("lifecycle", result.loc["UP", "lifecycle_reasons"], "zh") == "营收同比 +151%"
+    assert model_reasons_text("lifecycle", result.loc["JUST_UNDER", "lifecycle_reasons"], "en") == \
+        "revenue +150% year on year"
+
+
 def test_scores_are_shown_rounded_down_so_none_reads_as_the_boundary_it_missed():
     # Value 69.97 under a boundary at 70 is a Dog or Question Mark: "70" would read as a mistake.
     assert [score_points(v) for v in (69.97, 70.0, 70.4, 0.2, 100.0)] == ["69", "70", "70", "0", "100"]
