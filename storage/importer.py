@@ -28,8 +28,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import (Column as SAColumn, Connection, DateTime, Engine, Integer, MetaData, Table, Text, bindparam,
-                        case, func, text)
+from sqlalchemy import (Column as SAColumn, Connection, Date, DateTime, Engine, Integer, MetaData, Table, Text,
+                        bindparam, case, func, text)
 from tqdm import tqdm
 
 from storage.schema_files import (
@@ -561,6 +561,19 @@ def _upsert(connection: Connection, kind: FileKind, columns: list[str], stamp: s
                        {"stamp": stamp} if kind.stamped else {})
 
 
+def _future_orders(connection: Connection, timezone_name: str) -> list[str]:
+    """A warning for orders dated after today. They are loaded (a CRM may hold contracts
+    that start later) but count only from their date on, which a mistyped year hides."""
+    today = datetime.now(ZoneInfo(timezone_name)).date()
+    count, first, last = connection.execute(text(
+        "SELECT COUNT(*), MIN(order_date), MAX(order_date) FROM stage_orders WHERE order_date > :today")
+        .bindparams(bindparam("today", type_=Date)), {"today": today}).one()
+    if not count:
+        return []
+    dates = str(first)[:10] if first == last else f"{str(first)[:10]} … {str(last)[:10]}"
+    return [f"orders: {count} dated after today ({dates}); they count from their date on"]
+
+
 def _resolve_tickets(connection: Connection, timezone_name: str) -> int:
     """Staged tickets with a resolved_at that are not resolved here yet become resolved at
     that moment (stored in UTC, like a resolution in chat). None is reopened: a ticket an
@@ -693,6 +706,8 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
             if log:
                 _problems_before_writing(connection, list(FILE_KINDS), staging, names, log, frozenset(flawed))
             else:
+                if ORDERS.name in staging:
+                    warnings.extend(_future_orders(connection, timezone_name))
                 connection.execute(text("CREATE TEMPORARY TABLE touched_customers (customer_id VARCHAR(64) PRIMARY KEY)"))
                 for kind in FILE_KINDS:
                     if kind.name not in staging:

@@ -184,7 +184,7 @@ ACTIVITIES = FileKind(
     (
         _id("activity_id", "活动编号", "记录编号", "记录ID", required=True),
         _id("customer_id", "客户编号", "客户ID", "客户id", required=True),
-        Column("ts", "datetime", True, ("时间", "发生时间", "活动时间")),
+        Column("ts", "datetime", True, ("时间", "发生时间", "活动时间"), not_future=True),
         Column(
             "kind",
             "enum",
@@ -208,7 +208,7 @@ TICKETS = FileKind(
     (
         _id("ticket_id", "工单编号", "工单号", "工单ID", required=True),
         _id("customer_id", "客户编号", "客户ID", "客户id", required=True),
-        Column("opened_at", "datetime", True, ("创建时间", "提交时间", "开单时间")),
+        Column("opened_at", "datetime", True, ("创建时间", "提交时间", "开单时间"), not_future=True),
         Column("subject", "text", True, ("标题", "问题", "问题描述", "主题"), max_length=512),
         Column("severity", "enum", False, ("级别", "严重程度", "优先级"), choices=TICKET_SEVERITIES,
                value_aliases={"p1": "P1", "p2": "P2", "p3": "P3", "p4": "P4"}),

@@ -322,3 +322,23 @@ def test_bulk_load_of_an_empty_table_rebuilds_its_indexes(engine, tmp_path, monk
     assert {index["name"] for index in inspect(engine).get_indexes("orders")} == before
     again = run_import(engine, [folder])
     assert again.kinds["orders"].unchanged == 914
+
+
+def test_activities_and_tickets_from_the_future_are_refused_and_future_orders_warned_of(engine, tmp_path: Path):
+    folder = write_company(tmp_path / "crm")
+    run_import(engine, [folder])
+    later = tmp_path / "later"
+    write_csv(later / "activities.csv", ["activity_id", "customer_id", "ts", "kind"],
+              [["A1", "STAR1", "2026-11-01T09:30:00", "visit"], ["A2", "STAR1", "2062-11-02T10:00:00", "visit"]])
+    write_csv(later / "tickets.csv", ["ticket_id", "customer_id", "opened_at", "subject"],
+              [["T1", "STAR1", "2062-11-03T08:00:00", "系统无法登录"]])
+    problems = _import_fails(engine, [later])
+    assert any("activities.csv:3" in p and "ts: in the future: '2062-11-02T10:00:00'" in p for p in problems)
+    assert any("tickets.csv:2" in p and "opened_at: in the future" in p for p in problems)
+    # A contract that starts next year loads, with a word that it counts from then on.
+    write_csv(tmp_path / "next" / "orders.csv", ORDERS_HEADER,
+              [["STAR1-NEXT", "STAR1", "2062-01-01", "80000.00", "", "crm", "renewal"],
+               ["STAR1-NEXT2", "STAR1", "2062-03-01", "10000.00", "", "crm", "upsell"]])
+    result = run_import(engine, [tmp_path / "next"])
+    assert result.kinds["orders"].new == 2
+    assert result.warnings == ["orders: 2 dated after today (2062-01-01 … 2062-03-01); they count from their date on"]
