@@ -18,7 +18,7 @@ import signal
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 from sqlalchemy import text
@@ -276,8 +276,10 @@ def build_scheduler(runtime: Runtime):
 SHUTDOWN_GRACE_SECONDS = 30
 
 
-async def serve(config: Config, host: str, port: int, sandbox_users: list[str] | None = None) -> None:
-    """Run until interrupted. Without WeCom credentials: the sandbox."""
+async def serve(config: Config, host: str, port: int, sandbox_users: list[str] | None = None,
+                sandbox_directory: Callable[[str], bool] | None = None) -> None:
+    """Run until interrupted. Without WeCom credentials: the sandbox (see bot.sandbox.Sandbox
+    for its users and directory)."""
     from bot.sandbox import Sandbox
 
     sandbox = None
@@ -285,7 +287,7 @@ async def serve(config: Config, host: str, port: int, sandbox_users: list[str] |
         identity = configured_identity(config)
     else:
         identity = sandbox_identity()
-        sandbox = Sandbox(identity, sandbox_users or [])
+        sandbox = Sandbox(identity, sandbox_users or [], sandbox_directory)
         identity.api_base = await sandbox.start_emulator()
     app = create_app(config, identity, sandbox=sandbox)
     if sandbox is not None:

@@ -213,22 +213,26 @@ def serve_command(ctx: click.Context) -> None:
     from sqlalchemy import select
 
     from bot.app import serve
+    from bot.sandbox import database_directory
     from storage.models import User
 
     config = _config(ctx)
     engine = _engine(ctx)
     with engine.connect() as connection:
         users = list(connection.execute(select(User.userid)).scalars())
-    engine.dispose()
+
     if not config.wecom.has_credentials:
         click.echo(f"sandbox mode (no WeCom credentials set): open http://127.0.0.1:{config.http.port}/sandbox")
     try:
-        asyncio.run(serve(config, config.http.host, config.http.port, sandbox_users=users))
+        asyncio.run(serve(config, config.http.host, config.http.port, sandbox_users=users,
+                          sandbox_directory=database_directory(engine)))
         click.echo("stopped")
     except KeyboardInterrupt:
         click.echo("stopped")
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {config.http.host}:{config.http.port}: {exc.strerror}") from None
+    finally:
+        engine.dispose()
 
 
 @main.command("migrate")

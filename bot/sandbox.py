@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import urlencode
 
 import aiohttp
@@ -102,11 +103,25 @@ class WeComPeer:
         return parse_flat_xml(plain)
 
 
+def database_directory(engine) -> Callable[[str], bool]:
+    """Sandbox's `directory` over a (sync) engine: whether the users table holds a userid."""
+
+    def in_database(userid: str) -> bool:
+        # Asked only about userids the sandbox has not met yet: rare, one indexed read.
+        with engine.connect() as connection:
+            return connection.execute(select(User.userid).where(User.userid == userid)).first() is not None
+
+    return in_database
+
+
 class Sandbox:
-    def __init__(self, identity, known_users: list[str]):
+    def __init__(self, identity, known_users: list[str], directory: Callable[[str], bool] | None = None):
+        """`directory`: whether a userid is in the database now. People an import run by
+        another process (the CLI) added are then members too, as they would be in WeCom."""
         self.identity = identity
         self.peer = WeComPeer(identity.token, identity.encoding_aes_key, identity.corp_id, identity.agent_id)
         self.known_users = set(known_users)
+        self.directory = directory
         self.service_url = ""
         self.emulator_app: web.Application | None = None
         self._emulator_runner: web.AppRunner | None = None
@@ -121,12 +136,20 @@ class Sandbox:
             for userid in userids:
                 self.emulator_app[EMULATOR].add_user(userid)
 
+    def is_member(self, userid: str) -> bool:
+        if userid in self.known_users:
+            return True
+        if self.directory is not None and self.directory(userid):
+            self.known_users.add(userid)
+            return True
+        return False
+
     async def start_emulator(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve the WeCom emulator; returns its base URL."""
         from bot.emulator import RedactingAccessLogger, create_emulator_app
 
         self.emulator_app = create_emulator_app(self.identity.corp_id, self.identity.secret,
-                                                self.identity.agent_id, known_users=self.known_users)
+                                                self.identity.agent_id, known_users=self.is_member)
         self._emulator_runner = web.AppRunner(self.emulator_app, access_log_class=RedactingAccessLogger)
         await self._emulator_runner.setup()
         site = web.TCPSite(self._emulator_runner, host, port)

@@ -262,3 +262,28 @@ async def test_a_user_added_through_the_api_can_be_messaged_in_the_sandbox(datab
         assert result.errcode == 0 and not result.invaliduser
     finally:
         await sandbox.stop_emulator()
+
+
+async def test_a_user_a_cli_import_added_while_the_sandbox_serves_can_be_messaged(database_url, engine,
+                                                                                  aiohttp_client, tmp_path):
+    from bot.sandbox import database_directory
+    from storage.importer import run_import
+
+    identity = sandbox_identity()
+    sandbox = Sandbox(identity, ["rep_a"], database_directory(engine))
+    identity.api_base = await sandbox.start_emulator()
+    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
+    service = await aiohttp_client(create_app(config, identity, sandbox=sandbox, dispatch=False))
+    try:
+        client = service.app[RUNTIME].client
+        from bot.wecom_client import WeComError
+
+        with pytest.raises(WeComError) as unknown:
+            await client.send_text(["rep_later"], "你好")
+        assert unknown.value.errcode == 81013
+        # Another process (python -m bot import) adds them to the database.
+        run_import(engine, [], records={"users": [{"userid": "rep_later", "name": "后来者", "role": "rep"}]})
+        result = await client.send_text(["rep_later"], "欢迎加入")
+        assert result.errcode == 0 and not result.invaliduser
+    finally:
+        await sandbox.stop_emulator()
