@@ -1,7 +1,8 @@
-"""For managers and admins: 流失预警 / churn alerts, and 团队 / team (a summary per rep).
+"""流失预警 / churn alerts, and 团队 / team (a summary per rep, for managers and admins).
 
 Scope is the asker's reporting tree (storage.queries.visible_owners): a manager sees
-their team, an admin everyone. Reps and agents get a polite "for managers" answer —
+their team, an admin everyone, anyone else their own customers (a rep's at-risk list
+is theirs to work). Reps and agents asking for 团队 get a polite "for managers" answer —
 the same for every rep, so it tells nothing about anyone's customers.
 """
 
@@ -19,7 +20,8 @@ TEAM_PAGE = 20
 # Churn reasons shown per customer: the two that add the most risk.
 CHURN_REASONS = 2
 LEADS = ("manager", "admin")
-SCOPE = {"zh": {"manager": "您团队", "admin": "全公司"}, "en": {"manager": "Your team's", "admin": "Company-wide"}}
+SCOPE = {"zh": {"manager": "您团队", "admin": "全公司", "own": "您名下"},
+         "en": {"manager": "Your team's", "admin": "Company-wide", "own": "Your"}}
 
 
 def _refused(ctx: CommandContext) -> Reply | None:
@@ -60,11 +62,8 @@ def _top_reasons(reasons: list[dict]) -> list[dict]:
 
 
 async def _churn_page(ctx: CommandContext, offset: int) -> Reply:
-    refused = _refused(ctx)
-    if refused:
-        return refused
     threshold = ctx.services.config.playbook.churn_alerts.threshold
-    scope = SCOPE[ctx.lang][ctx.asker.role]
+    scope = SCOPE[ctx.lang][ctx.asker.role if ctx.asker.role in LEADS else "own"]
     async with ctx.services.db.begin() as connection:
         run_id = await _latest_run(ctx, connection)
         if run_id is None:
@@ -82,7 +81,8 @@ async def _churn_page(ctx: CommandContext, offset: int) -> Reply:
             item["why"] = model_reasons_text("churn", _top_reasons(item["churn_reasons"]), ctx.lang)
         text, shown = fit_page(lambda n, more: render(
             f"chat/churn_list.{ctx.lang}.j2", scope=scope, threshold=threshold, items=items[:n], first=offset + 1,
-            last=offset + n, total=total, more=more, as_of=as_of), len(items), offset, total)
+            last=offset + n, total=total, more=more, as_of=as_of, show_owner=ctx.asker.role in LEADS),
+            len(items), offset, total)
         await remember(ctx, connection, "churn", {}, offset, shown, total)
     return Reply(text)
 

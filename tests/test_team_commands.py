@@ -56,12 +56,20 @@ def company(engine, database_url, tmp_path):
     return config
 
 
-async def test_reps_are_told_politely_that_team_commands_are_for_managers(bot, peer):
-    for command in ("团队", "流失预警"):
-        reply = await say(bot, peer, "rep_a", command)
-        assert reply.startswith("「流失预警」和「团队」是给销售经理的功能")
-        assert "星辰" not in reply and "张三" not in reply
-    assert "are for sales managers" in await say(bot, peer, "rep_b", "team")
+async def test_reps_are_told_politely_that_the_team_summary_is_for_managers(bot, peer):
+    reply = await say(bot, peer, "rep_a", "团队")
+    assert reply.startswith("「团队」是给销售经理的功能")
+    assert "星辰" not in reply and "张三" not in reply
+    assert "is for sales managers" in await say(bot, peer, "rep_b", "team")
+
+
+async def test_a_rep_sees_the_churn_alerts_of_their_own_customers_only(bot, peer):
+    reply = await say(bot, peer, "rep_a", "流失预警")
+    assert "您名下的流失预警（风险 ≥ 70，1–1 / 1）" in reply
+    assert "星辰半导体" in reply and "街角建材" not in reply and "南方机械" not in reply
+    assert "负责人" not in reply  # they are the owner
+    other = await say(bot, peer, "rep_b", "my churn risks")
+    assert "Your churn alerts (risk ≥ 70, 1–1 of 1)" in other and "街角建材" in other and "星辰" not in other
 
 
 async def test_churn_lists_only_the_managers_team_at_or_above_the_threshold(bot, peer):
