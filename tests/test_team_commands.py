@@ -68,6 +68,7 @@ async def test_a_rep_sees_the_churn_alerts_of_their_own_customers_only(bot, peer
     assert "您名下的流失预警（风险 ≥ 70，1–1 / 1）" in reply
     assert "星辰半导体" in reply and "街角建材" not in reply and "南方机械" not in reply
     assert "负责人" not in reply  # they are the owner
+    assert await say(bot, peer, "rep_a", "我的高流失风险客户") == reply
     other = await say(bot, peer, "rep_b", "my churn risks")
     assert "Your churn alerts (risk ≥ 70, 1–1 of 1)" in other and "街角建材" in other and "星辰" not in other
 
