@@ -107,6 +107,7 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
         scored.attrs.clear()
         summary = summarise_tiers(features, scored)
         summary["as_of"] = as_of.isoformat()
+        summary["coded_labels"] = config.scoring.coded_labels()
         score_done = time.perf_counter()
         outcome = store.write_run(engine, run_id, scored, features["revenue_12m"], summary,
                                   config.retention.score_runs, reference.to_json() if reference else None,
@@ -158,7 +159,8 @@ def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str],
         return store.write_incremental(engine, full.id, run_id, scored, features["revenue_12m"],
                                        after_changes=_playbook(config, run_id, features, scored, customers, now,
                                                                deferred),
-                                       deferred=deferred, previous=previous, read_at=read_at)
+                                       deferred=deferred, previous=previous, read_at=read_at,
+                                       coded_labels=(full.summary or {}).get("coded_labels"))
     except BaseException as exc:
         store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+from handlers.paging import fit_page, remember
 from handlers.registry import CommandContext, Reply
 from handlers.router import router
 from handlers.services import MESSAGE_BYTES
@@ -94,6 +95,91 @@ async def _tier_page(ctx: CommandContext, tier: str, offset: int) -> Reply:
             shown -= 1
         await queries.save_listing(connection, ctx.asker.userid, "my_tier", {"tier": tier},
                                    offset + shown if more else None, ctx.services.now())
+    return Reply(text)
+
+
+# "my <label> customers" for the other models: RFM segments, S/A/B/C, pyramid, lifecycle
+# and intent levels, in either language. Churn has its own list (流失预警), and a label
+# no one would list ("none") is left out.
+LISTED_MODELS = ("rfm", "sabc", "pyramid", "lifecycle", "intent")
+_UNLISTED = {("lifecycle", "churn_risk"), ("intent", "none")}
+# Words other commands answer ("at risk": 流失预警) or too vague alone ("high": intent?).
+_NOT_LABEL_WORDS = {"at risk", "high", "medium", "low"}
+_MODEL_NAMES = {"zh": {"rfm": "RFM", "sabc": "S/A/B/C", "pyramid": "金字塔", "lifecycle": "生命周期", "intent": "意向"},
+                "en": {"rfm": "RFM", "sabc": "S/A/B/C", "pyramid": "pyramid", "lifecycle": "lifecycle",
+                       "intent": "intent"}}
+
+
+def _label_words() -> dict[str, tuple[str, str]]:
+    """Every spelling of every listed label → (model, label); the first model to claim a
+    word keeps it (RFM's "new" before lifecycle's)."""
+    words: dict[str, tuple[str, str]] = {}
+
+    def claim(word: str, model: str, label: str) -> None:
+        word = word.strip().lower()
+        if word and word not in _TIER_WORDS and word not in _NOT_LABEL_WORDS:
+            words.setdefault(word, (model, label))
+
+    for model in LISTED_MODELS:
+        for label, names in tier_names(model).items():
+            if (model, label) in _UNLISTED:
+                continue
+            zh, en = names["zh"], names["en"]
+            claim(zh.removesuffix("客户"), model, label)
+            claim(en, model, label)
+            claim(label.replace("_", " "), model, label)
+            if model == "sabc":  # "S 战略客户": also S类, S级, 战略客户
+                claim(f"{label}类", model, label)
+                claim(f"{label}级", model, label)
+                claim(zh.split(" ", 1)[1].removesuffix("客户"), model, label)
+    return words
+
+
+_LABEL_WORDS = _label_words()
+_ZH_LABELS = "|".join(sorted((w for w in _LABEL_WORDS if not w.isascii()), key=len, reverse=True))
+_EN_LABELS = "|".join(sorted((w for w in _LABEL_WORDS if w.isascii()), key=len, reverse=True))
+
+
+@router.command("my_segment", rf"(?:我的|我名下的?|团队的?)?(?P<label>{_ZH_LABELS})(?:的?客户)?",
+                rf"(?:show |list )?(?:me )?(?:my |team )(?P<label>{_EN_LABELS})(?: customers| accounts)?",
+                rf"(?:show |list )?(?:me )?(?P<label>{_EN_LABELS}) (?:customers|accounts)")
+async def my_segment(ctx: CommandContext) -> Reply:
+    model, label = _LABEL_WORDS[ctx.match.group("label").strip()]
+    return await _segment_page(ctx, model, label, offset=0)
+
+
+@router.pager("my_segment")
+async def next_segment_page(ctx: CommandContext, arguments: dict, offset: int) -> Reply:
+    return await _segment_page(ctx, arguments["model"], arguments["label"], offset=offset)
+
+
+async def _segment_page(ctx: CommandContext, model: str, label: str, offset: int) -> Reply:
+    label_name = tier_name(label, ctx.lang, model)
+    if ctx.lang == "zh" and not label_name.endswith("客户"):
+        label_name += "客户"  # 铂金 → 铂金客户, as 冠军客户 reads
+    names = {"model": _MODEL_NAMES[ctx.lang][model], "label": label_name}
+    async with ctx.services.db.begin() as connection:
+        run_id = await _latest_run(ctx, connection)
+        if run_id is None:
+            return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
+        coded = await queries.coded_labels(connection, run_id)
+        if coded is None:
+            return Reply(render(f"chat/segment_needs_run.{ctx.lang}.j2", **names), msgtype="text")
+        if label not in coded.get(model, []):  # the configuration no longer has it
+            return Reply(render(f"chat/segment_empty.{ctx.lang}.j2", scope=_scope(ctx), **names), msgtype="text")
+        owners = await _owners(ctx, connection)
+        items, total = await queries.customers_with_label(connection, owners, run_id, coded, model, label, offset,
+                                                          PAGE_SIZE)
+        arguments = {"model": model, "label": label}
+        if not items:
+            await remember(ctx, connection, "my_segment", arguments, offset, 0, 0)
+            if offset:
+                return Reply(render(f"chat/no_more.{ctx.lang}.j2", ended=True), msgtype="text")
+            return Reply(render(f"chat/segment_empty.{ctx.lang}.j2", scope=_scope(ctx), **names), msgtype="text")
+        text, shown = fit_page(lambda n, more: render(
+            f"chat/segment_list.{ctx.lang}.j2", scope=_scope(ctx), items=items[:n], first=offset + 1,
+            last=offset + n, total=total, more=more, **names), len(items), offset, total)
+        await remember(ctx, connection, "my_segment", arguments, offset, shown, total)
     return Reply(text)
 
 

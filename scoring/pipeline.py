@@ -73,6 +73,12 @@ class ScoringParams(BaseModel):
                 "sabc": SABC_LABELS, "pyramid": PYRAMID_LABELS, "lifecycle": LIFECYCLE_LABELS,
                 "churn": CHURN_LABELS}
 
+    def coded_labels(self) -> dict[str, list[str]]:
+        """The labels of every model but the value matrix, in a fixed order: snapshot rows
+        keep them as codes (storage.scores.label_codes) so that lists can filter by them."""
+        return {**{model: list(labels) for model, labels in self.model_labels().items() if model != "value_matrix"},
+                "intent": list(INTENT_LEVELS)}
+
     @model_validator(mode="after")
     def _rules_are_sound(self) -> "ScoringParams":
         problems = check_rules(self.rules, RULE_FIELDS, self.model_labels())

@@ -319,6 +319,9 @@ class ScoreSnapshot(Base):
     pending_runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The churn risk score, a column for the churn list to filter and sort by.
     churn_score: Mapped[float | None] = mapped_column(Float)
+    # Every other model's label as a small code (storage.scores.label_codes), for lists
+    # by RFM segment, S/A/B/C, pyramid, lifecycle or intent; NULL in runs before 0010.
+    label_codes: Mapped[int | None] = mapped_column(Integer)
     # {"rfm": "champions", "sabc": "S", "pyramid": "gold", ...}: every model's label, and
     # {"revenue": 92.9, ..., "rfm": 545, "churn": 12.5}: component and model scores. Rows
     # written since migration 0007 hold {} here: both are in the row's chunk

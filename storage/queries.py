@@ -82,18 +82,40 @@ async def customers_in_tier(connection: AsyncConnection, owners: list[str] | Non
                             offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
     """A page of one tier's visible customers, most valuable first; and the total count.
     Driven from customers (owner, tier) — the current tier is kept there by every run."""
+    return await _listed_customers(connection, owners, run_id, Customer.tier == tier, offset, limit)
+
+
+async def customers_with_label(connection: AsyncConnection, owners: list[str] | None, run_id: int,
+                               coded_labels: dict[str, list[str]], model: str, label: str, offset: int,
+                               limit: int) -> tuple[list[dict[str, Any]], int]:
+    """customers_in_tier for another model's label (an RFM segment, S/A/B/C, ...), from
+    the run's label codes (storage.scores.label_codes)."""
+    from storage.scores import label_condition
+
+    condition = label_condition(ScoreSnapshot.label_codes, coded_labels, model, label)
+    return await _listed_customers(connection, owners, run_id, condition, offset, limit)
+
+
+async def _listed_customers(connection: AsyncConnection, owners: list[str] | None, run_id: int, condition,
+                            offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
     joined = (select(Customer.customer_id).select_from(Customer)
               .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id,
                                         ScoreSnapshot.customer_id == Customer.customer_id))
-              .where(Customer.tier == tier, _owned_by(owners)))
+              .where(condition, _owned_by(owners)))
     total = (await connection.execute(select(func.count()).select_from(joined.subquery()))).scalar_one()
     rows = await connection.execute(
-        joined.with_only_columns(Customer.customer_id, Customer.name, Customer.owner_userid,
+        joined.with_only_columns(Customer.customer_id, Customer.name, Customer.owner_userid, Customer.tier,
                                  ScoreSnapshot.current_value, ScoreSnapshot.potential_value,
                                  ScoreSnapshot.revenue_12m)
         .order_by(ScoreSnapshot.current_value.desc(), ScoreSnapshot.revenue_12m.desc(), Customer.customer_id)
         .offset(offset).limit(limit))
     return [dict(row._mapping) for row in rows], total
+
+
+async def coded_labels(connection: AsyncConnection, run_id: int) -> dict[str, list[str]] | None:
+    """How the run coded its labels (ScoringParams.coded_labels); None for runs before that."""
+    summary = (await connection.execute(select(ScoreRun.summary).where(ScoreRun.id == run_id))).scalar()
+    return (summary or {}).get("coded_labels")
 
 
 def _like_escape(term: str) -> str:

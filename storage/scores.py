@@ -345,8 +345,38 @@ class RunOutcome:
     summary: dict
 
 
+# The models whose labels a snapshot row keeps as codes, CODE_BITS each, in this order
+# from the lowest bits: code = 1 + the label's position in the run's coded labels
+# (ScoringParams.coded_labels, kept in the run's summary); 0 = none, or not one of them.
+CODED_MODELS = ("rfm", "sabc", "pyramid", "lifecycle", "churn", "intent")
+CODE_BITS = 5
+_CODE_MASK = (1 << CODE_BITS) - 1
+
+
+def label_codes(scored: pd.DataFrame, coded_labels: dict[str, list[str]]) -> np.ndarray:
+    """Each row's labels of CODED_MODELS packed into one integer (see CODED_MODELS)."""
+    codes = np.zeros(len(scored), dtype=np.int64)
+    for position, model in enumerate(CODED_MODELS):
+        column, labels = f"{model}_label", list(coded_labels.get(model, []))[:_CODE_MASK]
+        if column not in scored or not labels:
+            continue
+        # Categorical codes: a label's position, −1 when it is none of them (→ 0).
+        model_codes = pd.Categorical(scored[column], categories=labels).codes.astype(np.int64) + 1
+        codes |= model_codes << (CODE_BITS * position)
+    return codes
+
+
+def label_condition(column, coded_labels: dict[str, list[str]], model: str, label: str):
+    """A SQL condition on a label_codes column: this model gave this label."""
+    labels = list(coded_labels.get(model, []))[:_CODE_MASK]
+    if model not in CODED_MODELS or label not in labels:
+        raise KeyError(f"no code for {model} label {label!r}")
+    shifted = column.op(">>")(CODE_BITS * CODED_MODELS.index(model)).self_group()
+    return shifted.op("&")(_CODE_MASK).self_group() == labels.index(label) + 1
+
+
 def _snapshot_frame(snapshot_run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series, reasons: pd.DataFrame,
-                    reasons_chunk: int) -> pd.DataFrame:
+                    reasons_chunk: int, coded_labels: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """The snapshot rows of `scored`: what lists sort and filter by as columns; the labels
     and scores are in the chunk (their JSON columns hold {}), and so are the reasons but
     for those in `reasons` (stored as JSON)."""
@@ -364,6 +394,7 @@ def _snapshot_frame(snapshot_run_id: int, scored: pd.DataFrame, revenue_12m: pd.
         "pending_tier": text(scored["pending_tier"].to_numpy(dtype=object)) if "pending_tier" in scored else None,
         "pending_runs": scored["pending_runs"].to_numpy() if "pending_runs" in scored else 0,
         "churn_score": scored["churn_score"].to_numpy() if "churn_score" in scored else None,
+        "label_codes": label_codes(scored, coded_labels) if coded_labels else None,
         "labels": "{}",
         "scores": "{}",
         "reasons": text(_json_rows(reasons)),
@@ -377,7 +408,8 @@ SNAPSHOT_CHUNK = 10_000
 
 
 def _insert_snapshots(connection: Connection, snapshot_run_id: int, scored: pd.DataFrame,
-                      revenue_12m: pd.Series, deferred: dict | None = None) -> None:
+                      revenue_12m: pd.Series, deferred: dict | None = None,
+                      coded_labels: dict[str, list[str]] | None = None) -> None:
     """Snapshot rows for every customer of `scored`, and a score_reason_chunks row per
     SNAPSHOT_CHUNK customers holding their labels and scores and the inputs of the
     `deferred` reasons columns (scoring.deferred), in customer-id order (an export reads
@@ -407,7 +439,7 @@ def _insert_snapshots(connection: Connection, snapshot_run_id: int, scored: pd.D
         part = scored.iloc[positions]
         chunk = first_chunk + start // SNAPSHOT_CHUNK
         rows = _snapshot_frame(snapshot_run_id, part, revenue_12m.iloc[positions],
-                               frames["reasons"].iloc[positions], chunk)
+                               frames["reasons"].iloc[positions], chunk, coded_labels)
         payload = encode_chunk(stored, positions, list(part.index))
         return rows, {"run_id": snapshot_run_id, "chunk": chunk, "customers": len(part), "payload": payload}
 
@@ -558,12 +590,13 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
     succeeded — all in one transaction, so a crash leaves the previous state untouched.
     `deferred`: reasons columns `scored` lacks, built a chunk at a time (scoring.deferred).
     `previous`: the hysteresis state the run started from (pending_tier, pending_runs).
+    The labels are coded by `summary["coded_labels"]` (ScoringParams.coded_labels).
 
     The cyclic garbage collector is paused until the commit, as while scoring: the
     playbook's burst of row dicts would otherwise set off full collections that rescan
     the run's frames (0.1 s or more at 100k customers)."""
     with paused_gc(), write_transaction(engine) as connection:
-        _insert_snapshots(connection, run_id, scored, revenue_12m, deferred)
+        _insert_snapshots(connection, run_id, scored, revenue_12m, deferred, summary.get("coded_labels"))
         finish = _start_early(connection, after_changes)
         if read_at is not None:
             _done_pending(connection, read_at)
@@ -582,18 +615,20 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
 def write_incremental(engine: Engine, full_run_id: int, run_id: int, scored: pd.DataFrame,
                       revenue_12m: pd.Series, after_changes: AfterChanges | None = None,
                       deferred: dict | None = None, previous: pd.DataFrame | None = None,
-                      read_at: datetime | None = None) -> RunOutcome:
+                      read_at: datetime | None = None, coded_labels: dict[str, list[str]] | None = None
+                      ) -> RunOutcome:
     """An incremental rescore: replace these customers' rows in the full run's snapshot
     (it stays the current picture; their reasons inputs go into a new chunk of that run),
     record their tier changes under the incremental run, and take them off rescore_pending
-    where they were queued before `read_at` (when the rescore read its data)."""
+    where they were queued before `read_at` (when the rescore read its data).
+    `coded_labels`: the full run's (its summary's), so that its rows share one coding."""
     ids = list(scored.index)
     with paused_gc(), write_transaction(engine) as connection:
         if read_at is not None:
             _done_pending(connection, read_at, ids)
         connection.execute(ScoreSnapshot.__table__.delete().where(ScoreSnapshot.run_id == full_run_id,
                                                                   ScoreSnapshot.customer_id.in_(ids)))
-        _insert_snapshots(connection, full_run_id, scored, revenue_12m, deferred)
+        _insert_snapshots(connection, full_run_id, scored, revenue_12m, deferred, coded_labels)
         finish = _start_early(connection, after_changes)
         _record_pending(connection, scored, previous, None)
         changes, first = _record_tier_changes(connection, full_run_id, run_id, ids,

@@ -75,6 +75,18 @@ async def test_new_order_moves_customer_into_star_within_the_request(api, engine
     assert kinds == ["full", "incremental"]
     assert snapshot.tier == "star" and snapshot.revenue_12m > 20_000_000
     assert rows == 28  # the full run's picture is updated in place, nobody lost
+    # Its labels are coded as the full run coded them: the lists by label find it.
+    from storage.scores import label_condition
+
+    with engine.connect() as connection:
+        coded = connection.execute(select(ScoreRun.summary).where(ScoreRun.id == 1)).scalar_one()["coded_labels"]
+        row = [("QM1", "{}", stored.reasons_chunk)]
+        labels = StoredSnapshot().fetch(connection, 1, row).documents(row, "labels")[0]
+        for model in ("rfm", "sabc", "pyramid", "lifecycle"):
+            listed = connection.execute(select(ScoreSnapshot.customer_id).where(
+                ScoreSnapshot.run_id == 1,
+                label_condition(ScoreSnapshot.label_codes, coded, model, labels[model]))).scalars().all()
+            assert "QM1" in listed, (model, labels[model])
 
     again = await (await api.post("/api/v1/orders", json=orders, headers=_auth())).json()
     assert (again["new"], again["changed"], again["unchanged"]) == (0, 0, 7)

@@ -243,3 +243,52 @@ async def test_healthz_and_metrics(bot, peer):
     assert "tierbot_callback_dedupe_hits_total 1.0" in metrics
     assert 'tierbot_http_requests_total{route="/wecom/callback",status="200"} 2.0' in metrics
     assert "tierbot_http_request_seconds_bucket" in metrics
+
+
+async def test_lists_by_every_other_models_label_match_the_export(bot, peer, engine, tmp_path):
+    import pandas as pd
+    from sqlalchemy import select as sql_select
+
+    from bot.export import export_scores
+    from storage.models import ScoreRun, ScoreSnapshot
+    from storage.scores import label_condition
+
+    export_scores(engine, tmp_path / "scores.csv", lang="en")
+    exported = pd.read_csv(tmp_path / "scores.csv", dtype=str, keep_default_na=False).set_index("customer_id")
+    with engine.connect() as connection:
+        run_id, summary = connection.execute(sql_select(ScoreRun.id, ScoreRun.summary)
+                                             .where(ScoreRun.kind == "full")).one()
+        coded = summary["coded_labels"]
+        # Every label of every coded model selects exactly the customers the export gives it.
+        for model, labels in coded.items():
+            for label in labels:
+                found = set(connection.execute(sql_select(ScoreSnapshot.customer_id).where(
+                    ScoreSnapshot.run_id == run_id,
+                    label_condition(ScoreSnapshot.label_codes, coded, model, label))).scalars())
+                assert found == set(exported.index[exported[f"{model}_label"] == label]), (model, label)
+
+    mine = exported[exported["owner_userid"] == "rep_a"]
+    gold_ones = mine[mine["pyramid_label"] == "gold"]
+    _, gold = await _say(bot, peer, "rep_a", "我的黄金客户")
+    assert f"您的黄金客户（金字塔，1–{len(gold_ones)} / {len(gold_ones)}）" in gold
+    assert all(f"（{customer_id}）" in gold for customer_id in gold_ones.index)
+    champions = mine[mine["rfm_label"] == "champions"]
+    _, english = await _say(bot, peer, "rep_a", "show my champions")
+    assert f"Your Champions customers (RFM, 1–{len(champions)} of {len(champions)})" in english
+    # Another rep's customers never show.
+    _, theirs = await _say(bot, peer, "rep_b", "我的黄金客户")
+    assert not any(f"（{customer_id}）" in theirs for customer_id in gold_ones.index)
+    s_class = exported[exported["sabc_label"] == "S"]
+    _, admin = await _say(bot, peer, "admin", "S类客户")
+    assert f"全公司的S 战略客户（S/A/B/C，1–{len(s_class)} / {len(s_class)}）" in admin
+
+
+async def test_a_run_from_before_label_codes_asks_for_a_full_run(bot, peer, engine):
+    from sqlalchemy import update as sql_update
+
+    from storage.models import ScoreRun
+
+    with engine.begin() as connection:
+        connection.execute(sql_update(ScoreRun).values(summary={"customers": 28}))
+    _, reply = await _say(bot, peer, "rep_a", "我的冠军客户")
+    assert reply == "按 RFM 分组的名单要在下一次全量评分后才有（每晚自动运行，或 python -m bot score）。"
