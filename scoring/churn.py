@@ -62,7 +62,7 @@ for a customer with no order up to as_of and no activity or complaint in any win
 to lose and nothing to judge. Such a customer scores 0.0.
 
 Reasons (`churn_reasons`, a list of 1–3 dicts per customer, most important first):
-every component with at least 0.05 points (visible at the score's precision), by points
+every component with at least 0.5 points (visible in whole points), by points
 descending (ties in the order activity_decline, overdue, complaints, not_alive):
   {"factor": "activity_decline", "value": 0.8, "points": 28.0,
    "detail": {"last_30d": 2, "baseline_30d": 10.0}}
@@ -113,7 +113,9 @@ REASON_FACTORS = {"activity_decline": "activity_decline", "overdue": "overdue",
                   "complaints": "complaints_rising", "not_alive": "p_alive"}
 LABELS = ("high", "medium", "low", "none")
 MAX_REASONS = 3
-REASON_MIN_POINTS = 0.05
+# A reason adds at least half a point: scores are shown in whole points, and "probability
+# still active 100%" is no reason for a risk.
+REASON_MIN_POINTS = 0.5
 REQUIRED_COLUMNS = ("first_order_date", "last_order_date", "purchase_days", "act_30d", "act_baseline_30d",
                     "complaints_90d", "complaints_prev_90d")
 OUTPUT_COLUMNS = ("churn_score", "churn_label", "churn_p_alive", "churn_days_overdue", "churn_reasons")
@@ -452,8 +454,8 @@ def _component_entries(component: int, rows: np.ndarray, points: np.ndarray, v: 
     if component == 0:
         return [{"factor": "activity_decline", "value": value, "points": p,
                  "detail": {"last_30d": last, "baseline_30d": base}}
-                for value, p, last, base in zip(np.round(v["decline"][rows], 3).tolist(), pts,
-                                                _counts(v["act_30d"][rows]), np.round(v["baseline"][rows], 2).tolist())]
+                for value, p, last, base in zip(np.round(v["decline"][rows], 6).tolist(), pts,
+                                                _counts(v["act_30d"][rows]), np.round(v["baseline"][rows], 6).tolist())]
     if component == 1:
         # Chunks stored before the typical cycle existed have own cycles only.
         own = v["own_cycle"][rows].tolist() if "own_cycle" in v else [True] * len(rows)
@@ -470,7 +472,7 @@ def _component_entries(component: int, rows: np.ndarray, points: np.ndarray, v: 
                 for value, p, last, previous in zip(_counts(now - before), pts, _counts(now), _counts(before))]
     return [{"factor": "p_alive", "value": value, "points": p,
              "detail": {"repeat_purchases": x, "recency_days": recency, "age_days": age}}
-            for value, p, x, recency, age in zip(np.round(v["alive"][rows], 3).tolist(), pts,
+            for value, p, x, recency, age in zip(np.round(v["alive"][rows], 6).tolist(), pts,
                                                  _ints(v["frequency"][rows]), _ints(v["recency"][rows]),
                                                  _ints(v["age"][rows]))]
 
@@ -510,7 +512,7 @@ def _reasons(points: np.ndarray, no_history: np.ndarray, thin_note: np.ndarray, 
     notes = np.empty(n, dtype=object)
     thin_rows = np.flatnonzero(note == 2)
     if len(thin_rows):
-        baseline = np.round(values["baseline"][thin_rows], 2).tolist()
+        baseline = np.round(values["baseline"][thin_rows], 6).tolist()
         last = _counts(values["act_30d"][thin_rows])
         minimum = params.min_baseline_30d
         notes[thin_rows] = [{"factor": "activity_baseline_thin", "value": base, "points": 0.0,

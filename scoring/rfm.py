@@ -347,7 +347,8 @@ class _Scale:
         if self.total == 0:
             return np.full(len(raw), np.nan)
         below = self.cum_below[np.searchsorted(self.goodness, self._goodness_of(raw), side="left")]
-        return np.round(below / self.total * 100.0, 1)
+        # Six places: reasons show it rounded down, and 89.98 kept as 90.0 would read "above 90%".
+        return np.round(below / self.total * 100.0, 6)
 
     def bins(self) -> dict[int, tuple[float, float]]:
         """score → (lowest, highest) population value in raw units (worst → best order)."""

@@ -327,3 +327,13 @@ def test_complaints_alone_weigh_only_their_share():
     assert result.loc["PROSPECT", "churn_score"] == pytest.approx(round(100 * weights.complaints / total, 1))
     assert result.loc["PROSPECT", "churn_reasons"][0]["factor"] == "complaints_rising"
     assert result.loc["PROSPECT", "churn_label"] == "low"
+
+
+def test_a_reason_worth_less_than_half_a_point_is_not_given():
+    # Buying every 30 days, last 10 days ago: P(alive) just under 1 adds a sliver of risk,
+    # which read as "probability still active 100%" among the reasons for churn risk.
+    hardly_anyone_leaves = BgNbdParams(r=0.25, alpha=30.0, a=0.8, b=131.0)  # as fitted on the demo company
+    result = _score([_row("STEADY", orders=_regular(10), act_30d=5, baseline=5.0)], bgnbd=hardly_anyone_leaves)
+    steady = result.loc["STEADY"]
+    assert 0 < 1 - steady["churn_p_alive"] < 0.01
+    assert _factors(steady["churn_reasons"]) == ["no_risk_signal"]
