@@ -13,7 +13,8 @@ from storage.scores import StoredSnapshot, latest_run
 
 SCORE_COLUMNS = ("customer_id", "name", "owner_userid", "tier", "tier_name", "current_value", "potential_value",
                  "reasons")
-# Per model after the value matrix: label, score, reasons (in words).
+# Per model after the value matrix: label (its code), name (in the export's language),
+# score, reasons (in words).
 MODEL_COLUMNS = ("rfm", "sabc", "pyramid", "lifecycle", "churn", "intent")
 
 
@@ -55,11 +56,13 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
                         component_names = [c for c in scores if c not in MODEL_COLUMNS]
                         models = [m for m in MODEL_COLUMNS if m in labels]
                         writer.writerow([*SCORE_COLUMNS,
-                                         *(f"{m}_{part}" for m in models for part in ("label", "score", "reasons")),
+                                         *(f"{m}_{part}" for m in models
+                                           for part in ("label", "name", "score", "reasons")),
                                          "tags", "as_of", "run_id", *(f"score_{c}" for c in component_names)])
                     model_cells = []
                     for model in models:
-                        model_cells += [labels.get(model) or "", _cell(scores.get(model)),
+                        label = labels.get(model) or ""
+                        model_cells += [label, tier_name(label, lang, model) if label else "", _cell(scores.get(model)),
                                         model_reasons_text(model, reasons.get(model) or [], lang)]
                     writer.writerow([customer_id, name, owner or "", tier, tier_name(tier, lang), f"{current:.2f}",
                                      f"{potential:.2f}", reasons_text(reasons.get("value_matrix") or [], lang,

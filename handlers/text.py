@@ -106,6 +106,8 @@ def _reason_value(reason: dict[str, Any], lang: str, phrases: dict[str, Any]) ->
         fields["value"] = percent(value, signed=True) if isinstance(value, (int, float)) else value
     elif factor == "company_size":
         fields["value"] = f"{int(value):,}" if value is not None else None
+    elif factor == "digital_maturity" and isinstance(value, float) and value.is_integer():
+        fields["value"] = int(value)  # 1/5, not 1.0/5
     elif factor == "expansion_plan":
         plan = phrases["expansion_plans"].get(str(value).lower()) if value else None
         fields["value"] = plan[lang] if plan else value
@@ -164,6 +166,8 @@ def model_reasons_text(model: str, reasons: list[dict[str, Any]], lang: str = "z
         fields = {key: _format_field(key, value, lang) for key, value in reason.items()}
         if reason.get("factor") in _SHARE_FACTORS and isinstance(reason.get("value"), (int, float)):
             fields["value"] = percent(reason["value"], signed=reason["factor"] == "growth")
+        elif reason.get("factor") in _MONEY_FACTORS and isinstance(reason.get("value"), (int, float)):
+            fields["value"] = money(reason["value"], lang)
         if model != "intent":
             fields.update({key: _format_field(key, value, lang) for key, value in (reason.get("detail") or {}).items()})
         elif fields.get("title"):
@@ -172,6 +176,8 @@ def model_reasons_text(model: str, reasons: list[dict[str, Any]], lang: str = "z
             parts.append(f"{reason.get('factor')}={reason.get('value')}")
             continue
         template = entry.get(f"{lang}_none") if reason.get("value") is None and f"{lang}_none" in entry else entry[lang]
+        if _share_below(reason.get("percentile")) == 0 and f"{lang}_lowest" in entry:  # not "more than 0%"
+            template = entry[f"{lang}_lowest"]
         try:
             parts.append(template.format_map(_Missing(fields)))
         except (ValueError, TypeError):
@@ -179,8 +185,9 @@ def model_reasons_text(model: str, reasons: list[dict[str, Any]], lang: str = "z
     return separator.join(parts)
 
 
-# Factors whose value is a share (0.8 → 80%).
+# Factors whose value is a share (0.8 → 80%), or an amount of money (even ¥0).
 _SHARE_FACTORS = {"growth", "activity_decline", "p_alive"}
+_MONEY_FACTORS = {"weighted_revenue", "no_weighted_revenue", "volume", "avg_repeat_value"}
 
 
 class _Missing(dict):

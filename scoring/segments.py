@@ -17,7 +17,8 @@ Pyramid (金字塔)
 
 Lifecycle (生命周期), first match wins:
   potential   no order up to the as-of day
-  churn_risk  churn label high, or no order for `dormant_days`
+  churn_risk  churn label high, no order for `dormant_days`, or revenue down by at least
+              `declining_growth` (12 months over the 12 before; e.g. −0.5: halved or worse)
   new         first order within `new_days`
   growing     revenue growth (12 months over the 12 before) >= `growing_growth`
   mature      otherwise
@@ -79,6 +80,8 @@ class LifecycleParams(_Params):
     new_days: int = Field(180, ge=1)
     dormant_days: int = Field(365, ge=1)
     growing_growth: float = Field(0.2, ge=0)
+    declining_growth: float | None = Field(-0.5, ge=-1, le=0,
+                                           description="revenue growth at or below this is churn_risk; null: never")
 
 
 def score_pyramid(features: pd.DataFrame, params: PyramidParams, reference=None,
@@ -90,16 +93,21 @@ def score_pyramid(features: pd.DataFrame, params: PyramidParams, reference=None,
         order = np.lexsort((features.index.to_numpy(dtype=str), -value.to_numpy()))
         position = np.empty(len(value), dtype=float)
         position[order] = (np.arange(len(value)) + 1) / max(len(value), 1)
+        # The reason's "in the top N%": the share at or above the value, so that equal
+        # values read alike (the cut points above break ties by id, to stay exact).
+        ascending = np.sort(value.to_numpy())
+        at_or_above = (len(ascending) - np.searchsorted(ascending, value.to_numpy(), side="left")) / max(len(value), 1)
     else:
         # Against the last full run: the share of that population at or above this value.
         position = np.maximum(reference.share_at_or_above("weighted_revenue", value).to_numpy(),
                               1 / max(reference.population, 1))
+        at_or_above = position
     labels = np.select([position <= params.platinum, position <= params.gold, position <= params.iron],
                        ["platinum", "gold", "iron"], "lead")
     labels = np.where(value.to_numpy() > 0, labels, "lead")
     percentile = population_percentile(features.assign(weighted_revenue=value), "weighted_revenue",
                                        reference).round(2)
-    top_share = np.round(position * 100, 2)
+    top_share = np.round(at_or_above * 100, 2)
     result = pd.DataFrame({"pyramid_label": labels, "pyramid_score": percentile}, index=features.index)
     return _with_reasons(result, "pyramid_reasons", _pyramid_reasons, deferred,
                          value.to_numpy(), percentile.to_numpy(), top_share)
@@ -121,7 +129,8 @@ def _positional(build):
 
 def _pyramid_reasons(value, percentile, top_share) -> list:
     return [[{"factor": "weighted_revenue", "value": round(float(v), 2), "percentile": float(p),
-              "top_share": float(t)}] for v, p, t in zip(value, percentile, top_share)]
+              "top_share": float(t)} if v > 0 else {"factor": "no_weighted_revenue", "value": round(float(v), 2)}]
+            for v, p, t in zip(value, percentile, top_share)]
 
 
 def score_sabc(features: pd.DataFrame, params: SabcParams, strategic: pd.Series, outlook: pd.Series,
@@ -164,25 +173,34 @@ def score_lifecycle(features: pd.DataFrame, as_of: date, params: LifecycleParams
     # growth has no ratio, and "mature" would call a revived customer settled.
     revived = (features["growth"].isna() & (features["revenue_12m"] > 0)).to_numpy()
     growing = (features["growth"] >= params.growing_growth).fillna(False).to_numpy() | revived
-    labels = np.select([no_orders, churn_high | dormant, new, growing],
+    declining = np.zeros(len(features), bool) if params.declining_growth is None else \
+        (features["growth"] <= params.declining_growth).fillna(False).to_numpy()
+    labels = np.select([no_orders, churn_high | dormant | declining, new, growing],
                        ["potential", "churn_risk", "new", "growing"], "mature")
     score = pd.Series(labels).map({label: i for i, label in enumerate(LIFECYCLE_LABELS)}).to_numpy()
     result = pd.DataFrame({"lifecycle_label": labels, "lifecycle_score": score}, index=features.index)
     return _with_reasons(result, "lifecycle_reasons", _lifecycle_reasons, deferred, labels,
                          days_since_first.to_numpy(), days_since_last.to_numpy(), features["growth"].to_numpy(),
-                         churn_high, revived)
+                         churn_high, revived, np.full(len(features), params.dormant_days))
 
 
-def _lifecycle_reasons(labels, days_since_first, days_since_last, growths, churn_high, revived=None) -> list:
+def _lifecycle_reasons(labels, days_since_first, days_since_last, growths, churn_high, revived=None,
+                       dormant_days=None) -> list:
     reasons = []
+    # Reasons stored before declining revenue counted had only the dormant case.
+    dormant_days = -1 if dormant_days is None else int(dormant_days[0]) if len(dormant_days) else -1
     revived = np.zeros(len(labels), dtype=bool) if revived is None else revived
     for label, since_first, since_last, growth, is_churn, is_revived in zip(labels, days_since_first, days_since_last,
                                                                             growths, churn_high, revived):
         if label == "potential":
             reasons.append([{"factor": "no_orders"}])
         elif label == "churn_risk":
-            reasons.append([{"factor": "churn_high"}] if is_churn else
-                           [{"factor": "days_since_last_order", "value": int(since_last)}])
+            if is_churn:
+                reasons.append([{"factor": "churn_high"}])
+            elif since_last > dormant_days or pd.isna(growth):
+                reasons.append([{"factor": "days_since_last_order", "value": int(since_last)}])
+            else:  # revenue fell by at least declining_growth
+                reasons.append([{"factor": "growth", "value": round(float(growth), 6)}])
         elif label == "new":
             reasons.append([{"factor": "days_since_first_order", "value": int(since_first)}])
         elif is_revived and label == "growing":

@@ -235,6 +235,9 @@ def _raw_values(features: pd.DataFrame, name: str, rows: np.ndarray, revenue: np
         # Revenue this year and none the year before: "new" rather than "unknown".
         new = (revenue[rows] > 0).tolist()
         values = ["new" if value is None and is_new else value for value, is_new in zip(values, new)]
+    elif name == "repurchase_upsell":
+        # No revenue: no share of it to speak of (the score counts it as 0).
+        values = [value if has_revenue else None for value, has_revenue in zip(values, (revenue[rows] > 0).tolist())]
     return values
 
 

@@ -46,6 +46,15 @@ def test_import_score_export_round_trip(cli, tmp_path):
     text = (tmp_path / "out.csv").read_text(encoding="utf-8-sig")
     assert "STAR1,星辰半导体股份有限公司,rep_a,star,Star," in text
     assert "multi-year revenue" in text and "sabc_label" in text and "pyramid_reasons" in text
+    # Each model's label also by its name, in the export's language.
+    import pandas as pd
+
+    chinese = cli("export", "scores", "--out", str(tmp_path / "zh.csv"))
+    assert chinese.exit_code == 0
+    frame = pd.read_csv(tmp_path / "zh.csv", encoding="utf-8-sig", dtype=str).set_index("customer_id")
+    assert frame.loc["STAR1", "sabc_name"] == "S 战略客户" and frame.loc["STAR1", "sabc_label"] == "S"
+    names = {"platinum": "铂金", "gold": "黄金", "iron": "铁质", "lead": "铅质"}
+    assert (frame["pyramid_label"].map(names) == frame["pyramid_name"]).all()
 
 
 def test_bad_rows_exit_2_listing_each_and_nothing_is_imported(cli, tmp_path):

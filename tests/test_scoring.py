@@ -269,3 +269,54 @@ def test_an_incremental_rescore_judges_a_one_time_buyer_by_the_last_full_runs_ty
                             reference=PopulationReference.from_json(stored))
     assert alone.loc["DOG", "churn_score"] == full.loc["DOG", "churn_score"] > 0
     assert alone.loc["DOG", "churn_days_overdue"] == 370
+
+
+def test_reasons_read_right_at_the_edges_people_notice():
+    # ¥ even for nothing; a whole maturity; no "more than 0% of buyers"; no share of no revenue.
+    assert model_reasons_text("sabc", [{"factor": "volume", "value": 0.0, "score": 0.0}], "zh") == \
+        "业务量 0/100（三年加权营收 ¥0）"
+    assert model_reasons_text("rfm", [{"factor": "repeat_purchases", "value": 0, "score": 1, "percentile": 0.0}],
+                              "en") == "0 repeat purchases (F=1, among the fewest of buyers)"
+    assert model_reasons_text("rfm", [{"factor": "repeat_purchases", "value": 29, "score": 5,
+                                       "percentile": 89.98}], "zh") == "复购 29 次（F=5，多于89%的购买客户）"
+    assert reason_text({"factor": "digital_maturity", "value": 1.0, "axis": "potential", "direction": "low",
+                        "score": 0.0}, "zh") == "数字化成熟度 1/5"
+
+
+def test_customers_without_revenue_read_alike_in_every_model():
+    from scoring.value_matrix import _raw_values
+
+    customers, aggregates = _population()
+    money_columns = ["revenue_12m", "cost_12m", "repeat_revenue_12m", "revenue_12_24m", "revenue_24_36m"]
+    aggregates.loc[aggregates["customer_id"].isin(["N03", "N04"]), money_columns] = 0.0
+    aggregates.loc[aggregates["customer_id"].isin(["N01", "N02"]), ["revenue_12m", "revenue_12_24m",
+                                                                     "revenue_24_36m"]] = 77_777.0
+    features = build_features(customers, aggregates, AS_OF)
+    scored = score_customers(features, ScoringParams())
+    # No revenue: said so, not "in the top 93% of customers" depending on the customer id.
+    for customer_id in ("N03", "N04"):
+        assert scored.loc[customer_id, "pyramid_reasons"] == [{"factor": "no_weighted_revenue", "value": 0.0}]
+        assert model_reasons_text("pyramid", scored.loc[customer_id, "pyramid_reasons"], "en") == \
+            "no revenue in the last three years"
+    # Equal revenue, equal standing.
+    assert scored.loc["N01", "pyramid_reasons"][0]["top_share"] == scored.loc["N02", "pyramid_reasons"][0]["top_share"]
+    # No revenue in the last 12 months: no "renewals and upsells are 0% of it".
+    rows = np.flatnonzero(features.index.isin(["N03", "N05"]))
+    shares = _raw_values(features, "repurchase_upsell", rows, features["revenue_12m"].to_numpy())
+    assert shares[0] is None and shares[1] == 0.5
+    assert reason_text({"factor": "repurchase_upsell", "value": None, "axis": "current", "direction": "low",
+                        "score": 0.0}, "zh") == "近12个月无营收，也就没有续费与增购"
+
+
+def test_revenue_halved_year_on_year_is_churn_risk_not_mature():
+    from scoring.segments import LifecycleParams, score_lifecycle
+
+    features = pd.DataFrame({
+        "first_order_date": pd.to_datetime(["2023-12-01", "2023-12-01", "2023-12-01"]),
+        "last_order_date": pd.to_datetime(["2026-10-01", "2026-10-01", "2026-10-01"]),
+        "growth": [-1.0, -0.62, -0.3], "revenue_12m": [0.0, 38_000.0, 70_000.0]}, index=["GONE", "HALVED", "DIP"])
+    result = score_lifecycle(features, AS_OF, LifecycleParams())
+    assert result["lifecycle_label"].tolist() == ["churn_risk", "churn_risk", "mature"]
+    assert model_reasons_text("lifecycle", result.loc["HALVED", "lifecycle_reasons"], "zh") == "营收同比 -62%"
+    never = score_lifecycle(features, AS_OF, LifecycleParams(declining_growth=None))
+    assert never["lifecycle_label"].tolist() == ["mature", "mature", "mature"]
