@@ -44,14 +44,21 @@ Score
 -----
 A component is *applicable* to a customer when it can be judged at all: activity_decline
 when the baseline is thick enough, complaints always, overdue when an own or typical cycle
-is known, not_alive when P(alive) is used. Inapplicable components hand their weight to the
-applicable ones:
+is known, not_alive when P(alive) is used.
 
-    churn_score = 100 × Σ w_i·a_i·c_i / Σ w_i·a_i     (a_i = 1 if applicable, else 0)
+overdue and not_alive are two readings of one signal, purchase silence: where either
+applies, silence = max(c_overdue, c_not_alive) over those that apply, with the weight
+w_overdue + w_not_alive. So a one-time buyer (no P(alive)) and a repeat buyer are judged
+on one scale, and a fitted P(alive) near 1 cannot talk down a silence of three cycles.
+Inapplicable components hand their weight to the applicable ones:
+
+    churn_score = 100 × Σ w_j·a_j·c_j / Σ w_j·a_j     (j: activity_decline, silence,
+                                                       complaints; a_j = 1 if applicable)
 
 except when complaints are all there is to judge (no order, too little activity): then
 the denominator is the sum of all weights, so complaints alone weigh what they weigh
-beside the other signals and cannot make a prospect's risk 100.
+beside the other signals and cannot make a prospect's risk 100. Silence's points go to
+the reading that counted (overdue on a tie), which is the one its reason names.
 
 rounded to 0.1; 0 when no weighted component applies. A component's *points* are its
 share of that sum (100 × w_i·a_i·c_i / Σ w·a); before rounding they add up to the score.
@@ -396,15 +403,28 @@ def score_churn(features: pd.DataFrame, as_of: date, params: ChurnParams,
         alive[use_alive] = p_alive(model, frequency[use_alive], recency[use_alive], age[use_alive])
     not_alive = np.where(use_alive, 1.0 - np.nan_to_num(alive), 0.0)
 
-    risks = np.column_stack([decline, overdue, complaint_risk, not_alive])
-    applicable = np.column_stack([judged, has_cycle, np.ones(n, bool), use_alive])
     w = np.array([weights.activity_decline, weights.overdue, weights.complaints, weights.not_alive])
-    applied = applicable * w[None, :]
-    total = applied.sum(axis=1)
-    complaints_only = (applied[:, 2] > 0) & ((applied > 0).sum(axis=1) == 1)
+    # Purchase silence, read two ways: overdue and not_alive. The larger counts, with both
+    # weights, wherever either applies — a one-time buyer (no P(alive)) and a repeat buyer
+    # are judged on one scale, and a P(alive) near 1 cannot talk down a long silence.
+    overdue_on = has_cycle & (w[1] > 0)
+    alive_on = use_alive & (w[3] > 0)
+    silence_on = overdue_on | alive_on
+    overdue_risk = np.where(overdue_on, overdue, 0.0)
+    alive_risk = np.where(alive_on, not_alive, 0.0)
+    silence = np.maximum(overdue_risk, alive_risk)
+    silence_weight = np.where(silence_on, w[1] + w[3], 0.0)
+    decline_weight = np.where(judged, w[0], 0.0)
+    total = decline_weight + silence_weight + w[2]
+    complaints_only = (w[2] > 0) & (decline_weight == 0) & (silence_weight == 0)
     total[complaints_only] = w.sum()
     safe_total = np.where(total > 0, total, 1.0)
-    points = 100.0 * applied * risks / safe_total[:, None]
+    silence_points = 100.0 * silence_weight * silence / safe_total
+    by_overdue = overdue_risk >= alive_risk  # the reading that counted gets the points
+    points = np.column_stack([100.0 * decline_weight * decline / safe_total,
+                              np.where(by_overdue, silence_points, 0.0),
+                              100.0 * w[2] * complaint_risk / safe_total,
+                              np.where(by_overdue, 0.0, silence_points)])
     points[no_history] = 0.0
     score = np.round(points.sum(axis=1), 1)
     label = np.select([no_history, score >= params.high, score >= params.medium], ["none", "high", "medium"], "low")

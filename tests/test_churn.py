@@ -109,9 +109,11 @@ def test_overdue_against_own_cycle():
     reason = result.loc["LATE", "churn_reasons"][0]
     assert reason["factor"] == "overdue" and reason["value"] == 90
     assert reason["detail"] == {"cycle_days": 30.0, "days_since_last_order": 120, "cycles_since_last_order": 4.0}
-    # Full overdue risk (≥ 3 cycles) with activity and complaints at 0: its share of the weight.
+    # Full overdue risk (≥ 3 cycles) with activity and complaints at 0: purchase silence's
+    # share of the weight (overdue's and not_alive's together: two readings of one signal).
     weights = ChurnParams().weights
-    share = weights.overdue / (weights.activity_decline + weights.overdue + weights.complaints)
+    silence = weights.overdue + weights.not_alive
+    share = silence / (weights.activity_decline + silence + weights.complaints)
     assert result.loc["LATE", "churn_score"] == pytest.approx(round(100 * share, 1))
     # A single order day has no own cycle: nothing is overdue.
     single = _score([_row("ONCE", orders=[400])], bgnbd=None)
@@ -295,10 +297,12 @@ def test_one_time_buyers_are_overdue_against_the_repeat_buyers_typical_cycle():
     assert gone["churn_reasons"][0] == {"factor": "overdue_typical_cycle", "value": 369, "points": gone["churn_score"],
                                         "detail": {"cycle_days": 31.0, "days_since_last_order": 400,
                                                    "cycles_since_last_order": 12.9}}
-    # Full overdue risk beside complaints: its share of those two weights, not 0 as before.
+    # Full silence beside complaints (too little activity to judge): silence's share of those
+    # weights, as for a repeat buyer as silent; not 0 as before.
     weights = ChurnParams().weights
-    assert gone["churn_score"] == pytest.approx(round(100 * weights.overdue / (weights.overdue + weights.complaints), 1))
-    assert gone["churn_label"] == "medium"
+    silence = weights.overdue + weights.not_alive
+    assert gone["churn_score"] == pytest.approx(round(100 * silence / (silence + weights.complaints), 1))
+    assert gone["churn_label"] == "high"
     fresh = result.loc["FRESH"]
     assert fresh["churn_score"] == 0.0 and fresh["churn_days_overdue"] == 0
     # Repeat buyers keep their own cycle.
@@ -337,3 +341,18 @@ def test_a_reason_worth_less_than_half_a_point_is_not_given():
     steady = result.loc["STEADY"]
     assert 0 < 1 - steady["churn_p_alive"] < 0.01
     assert _factors(steady["churn_reasons"]) == ["no_risk_signal"]
+
+
+def test_a_long_silence_is_not_talked_down_by_a_p_alive_near_one():
+    # The demo company's fit: hardly anyone ever leaves, so P(alive) is near 1 for all.
+    hardly_anyone_leaves = BgNbdParams(r=0.25, alpha=30.0, a=0.8, b=131.0)
+    rows = [_row("SLOW", orders=_regular(553, cycle=183, count=3), act_30d=0, baseline=0.0),
+            _row("ONCE", orders=[553], act_30d=0, baseline=0.0)]
+    result = score_churn(_features(rows), AS_OF, ChurnParams(), bgnbd=hardly_anyone_leaves, typical_cycle=52.1)
+    slow, once = result.loc["SLOW"], result.loc["ONCE"]
+    assert slow["churn_p_alive"] > 0.9
+    # Three own cycles silent: high, like the one-time buyer as silent; not "low" at 39.
+    assert slow["churn_label"] == once["churn_label"] == "high"
+    assert slow["churn_score"] == once["churn_score"]
+    assert _factors(slow["churn_reasons"]) == ["overdue", "activity_baseline_thin"]
+    assert slow["churn_reasons"][0]["points"] == slow["churn_score"]

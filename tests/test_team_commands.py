@@ -138,7 +138,9 @@ async def test_team_summary_counts_tiers_revenue_and_tasks_per_rep(bot, peer, en
 
 
 async def test_churn_reads_the_latest_full_run(bot, peer, engine, company):
-    # A later full run in which nobody is at risk replaces the earlier picture.
+    # A later full run replaces the hand-set picture (STAR1 at 85): only the corner shop,
+    # silent for 994 days after its one order, is at risk in it.
     full_rescore(engine, company, AS_OF + timedelta(days=1))
     reply = await say(bot, peer, "boss", "流失预警")
-    assert reply == "您团队目前没有流失风险 ≥ 70 的客户。"
+    assert "您团队的流失预警（风险 ≥ 70，1–1 / 1）" in reply and "街角建材商行" in reply
+    assert "星辰" not in reply and "已 994 天未下单" in reply
