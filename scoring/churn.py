@@ -28,11 +28,13 @@ overdue           own purchase cycle = t_x / x (mean days between purchase days)
                   c = clip((ratio − overdue_grace) / (overdue_full − overdue_grace), 0, 1),
                   i.e. with the defaults 0 up to 1× the cycle, rising linearly to 1 at 3×.
                   A buyer without an own cycle (one purchase day: most B2B customers)
-                  is measured against the *typical* cycle instead, the median own cycle
-                  of the population's repeat buyers, when `typical_cycle` is on and at
-                  least `min_typical_cycle_customers` have one: a one-time buyer silent
-                  for years is overdue, not riskless. Its reason says so
-                  ("overdue_typical_cycle").
+                  is measured against the *typical* cycle instead: the own cycle that
+                  `typical_cycle_quantile` of the population's repeat buyers come back
+                  within (default the upper quartile: a first repurchase takes longer
+                  than the ones after it, so the median would rush a new customer),
+                  when `typical_cycle` is on and at least `min_typical_cycle_customers`
+                  have one. A one-time buyer silent for years is overdue, not riskless.
+                  Its reason says so ("overdue_typical_cycle").
                   Days overdue (`churn_days_overdue`, the reason's value) =
                   max(0, days since last order − cycle); NaN when no cycle is known.
 complaints        c = clip((complaints_90d − complaints_prev_90d) / complaints_full_rise, 0, 1):
@@ -55,7 +57,8 @@ Inapplicable components hand their weight to the applicable ones:
     churn_score = 100 × Σ w_j·a_j·c_j / Σ w_j·a_j     (j: activity_decline, silence,
                                                        complaints; a_j = 1 if applicable)
 
-except when complaints are all there is to judge (no order, too little activity): then
+except when complaints are all there is to judge (too little activity, and no order or no
+cycle to judge one by): then
 the denominator is the sum of all weights, so complaints alone weigh what they weigh
 beside the other signals and cannot make a prospect's risk 100. Silence's points go to
 the reading that counted (overdue on a tie), which is the one its reason names.
@@ -69,7 +72,8 @@ for a customer with no order up to as_of and no activity or complaint in any win
 to lose and nothing to judge. Such a customer scores 0.0.
 
 Reasons (`churn_reasons`, a list of 1–3 dicts per customer, most important first):
-every component with at least 0.5 points (visible in whole points), by points
+every component with at least 0.5 points (visible in whole points; a score made only of
+smaller bits, say 0.9, shows "no_risk_signal"), by points
 descending (ties in the order activity_decline, overdue, complaints, not_alive):
   {"factor": "activity_decline", "value": 0.8, "points": 28.0,
    "detail": {"last_30d": 2, "baseline_30d": 10.0}}
@@ -160,9 +164,11 @@ class ChurnParams(_Strict):
     min_cycle_intervals: int = Field(
         1, ge=1, description="repeat purchase days (frequency) needed to know the own purchase cycle")
     typical_cycle: bool = Field(
-        True, description="judge buyers without an own cycle against the repeat buyers' median cycle")
+        True, description="judge buyers without an own cycle against the repeat buyers' typical cycle")
+    typical_cycle_quantile: float = Field(
+        0.75, gt=0, le=1, description="the typical cycle: this quantile of the repeat buyers' own cycles")
     min_typical_cycle_customers: int = Field(
-        20, ge=1, description="repeat buyers with an own cycle needed to take their median as the typical cycle")
+        20, ge=1, description="repeat buyers with an own cycle needed to take a typical cycle from them")
     complaints_full_rise: float = Field(
         3.0, gt=0, description="rise in complaints (last 90 days − previous 90) that is full risk")
     min_repeat_purchases: int = Field(
@@ -450,10 +456,10 @@ def score_churn(features: pd.DataFrame, as_of: date, params: ChurnParams,
 
 
 def _typical_cycle(own_cycles: np.ndarray, params: ChurnParams) -> float:
-    """The median own purchase cycle of the repeat buyers; NaN when too few have one."""
+    """The repeat buyers' own cycle at `typical_cycle_quantile`; NaN when too few have one."""
     if not params.typical_cycle or len(own_cycles) < params.min_typical_cycle_customers:
         return float("nan")
-    return round(float(np.median(own_cycles)), 1)
+    return round(float(np.quantile(own_cycles, params.typical_cycle_quantile)), 1)
 
 
 def _counts(values: np.ndarray) -> list:
