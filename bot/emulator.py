@@ -226,11 +226,14 @@ class EmulatorState:
         corp_id: str = SANDBOX_CORP_ID,
         secret: str = SANDBOX_SECRET,
         agent_id: int = SANDBOX_AGENT_ID,
-        known_users: Iterable[str] | Callable[[str], bool] = (),
+        known_users: Iterable[str] = (),
         token_ttl: int = 7200,
         clock: Callable[[], float] = time.monotonic,
         webhook_keys: Iterable[str] = (SANDBOX_WEBHOOK_KEY,),
+        directory: Callable[[str], bool] | None = None,
     ):
+        """`directory`: asked about a userid not among `known_users` (the sandbox asks its
+        database, where an import may have added people); a yes makes them a member."""
         self.corp_id = corp_id
         self.secret = secret
         self.agent_id = int(agent_id)
@@ -238,12 +241,8 @@ class EmulatorState:
         self.clock = clock
         if isinstance(known_users, str):
             known_users = [known_users]
-        if callable(known_users):
-            self._known_user_check: Callable[[str], bool] | None = known_users
-            self.known_users: set[str] = set()
-        else:
-            self._known_user_check = None
-            self.known_users = set(known_users)
+        self.known_users: set[str] = set(known_users)
+        self._directory = directory
         self.webhook_keys: set[str] = set(webhook_keys)
         # Live data that survives clear(): tokens (token → expires at), uploaded media.
         self.tokens: dict[str, float] = {}
@@ -318,7 +317,10 @@ class EmulatorState:
     def is_known_user(self, userid: str) -> bool:
         if userid in self.known_users:
             return True
-        return self._known_user_check is not None and bool(self._known_user_check(userid))
+        if self._directory is not None and self._directory(userid):
+            self.known_users.add(userid)
+            return True
+        return False
 
     def add_webhook_key(self, key: str) -> None:
         self.webhook_keys.add(key)
@@ -832,14 +834,15 @@ def create_emulator_app(
     corp_id: str = SANDBOX_CORP_ID,
     secret: str = SANDBOX_SECRET,
     agent_id: int = SANDBOX_AGENT_ID,
-    known_users: Iterable[str] | Callable[[str], bool] = (),
+    known_users: Iterable[str] = (),
     token_ttl: int = 7200,
     clock: Callable[[], float] = time.monotonic,
     webhook_keys: Iterable[str] = (SANDBOX_WEBHOOK_KEY,),
+    directory: Callable[[str], bool] | None = None,
 ) -> web.Application:
     """The WeCom emulator app; its state is `app[EMULATOR]`. Mount it anywhere or serve it alone."""
     app = web.Application(middlewares=[_record_and_inject_faults], client_max_size=CLIENT_MAX_SIZE)
-    app[EMULATOR] = EmulatorState(corp_id, secret, agent_id, known_users, token_ttl, clock, webhook_keys)
+    app[EMULATOR] = EmulatorState(corp_id, secret, agent_id, known_users, token_ttl, clock, webhook_keys, directory)
     app.router.add_get("/cgi-bin/gettoken", _gettoken)
     app.router.add_post("/cgi-bin/message/send", _message_send)
     app.router.add_post("/cgi-bin/message/update_template_card", _update_template_card)

@@ -136,20 +136,13 @@ class Sandbox:
             for userid in userids:
                 self.emulator_app[EMULATOR].add_user(userid)
 
-    def is_member(self, userid: str) -> bool:
-        if userid in self.known_users:
-            return True
-        if self.directory is not None and self.directory(userid):
-            self.known_users.add(userid)
-            return True
-        return False
-
     async def start_emulator(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve the WeCom emulator; returns its base URL."""
         from bot.emulator import RedactingAccessLogger, create_emulator_app
 
         self.emulator_app = create_emulator_app(self.identity.corp_id, self.identity.secret,
-                                                self.identity.agent_id, known_users=self.is_member)
+                                                self.identity.agent_id, known_users=self.known_users,
+                                                directory=self.directory)
         self._emulator_runner = web.AppRunner(self.emulator_app, access_log_class=RedactingAccessLogger)
         await self._emulator_runner.setup()
         site = web.TCPSite(self._emulator_runner, host, port)

@@ -285,5 +285,8 @@ async def test_a_user_a_cli_import_added_while_the_sandbox_serves_can_be_message
         run_import(engine, [], records={"users": [{"userid": "rep_later", "name": "后来者", "role": "rep"}]})
         result = await client.send_text(["rep_later"], "欢迎加入")
         assert result.errcode == 0 and not result.invaliduser
+        # The people known at start-up are members from the first moment: @all reaches them.
+        assert (await client.send_text(["@all"], "全员通知")).errcode == 0
+        assert sandbox.emulator.messages_for("rep_a")
     finally:
         await sandbox.stop_emulator()
