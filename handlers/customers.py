@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 from handlers.paging import fit_page, remember
 from handlers.registry import CommandContext, Reply
@@ -103,22 +104,24 @@ async def _tier_page(ctx: CommandContext, tier: str, offset: int) -> Reply:
 # no one would list ("none") is left out.
 LISTED_MODELS = ("rfm", "sabc", "pyramid", "lifecycle", "intent")
 _UNLISTED = {("lifecycle", "churn_risk"), ("intent", "none")}
-# Words other commands answer ("at risk": 流失预警) or too vague alone ("high": intent?).
-_NOT_LABEL_WORDS = {"at risk", "high", "medium", "low"}
+# Words other commands answer (流失预警: "at risk", 有流失风险) or too vague alone ("high": intent?).
+_NOT_LABEL_WORDS = {"at risk", "有流失风险", "high", "medium", "low"}
 _MODEL_NAMES = {"zh": {"rfm": "RFM", "sabc": "S/A/B/C", "pyramid": "金字塔", "lifecycle": "生命周期", "intent": "意向"},
                 "en": {"rfm": "RFM", "sabc": "S/A/B/C", "pyramid": "pyramid", "lifecycle": "lifecycle",
                        "intent": "intent"}}
 
 
-def _label_words() -> dict[str, tuple[str, str]]:
-    """Every spelling of every listed label → (model, label); the first model to claim a
-    word keeps it (RFM's "new" before lifecycle's)."""
-    words: dict[str, tuple[str, str]] = {}
+def _label_words() -> dict[str, list[tuple[str, str]]]:
+    """Every spelling of every listed label → the (model, label)s it may mean, in model
+    order: 「新客户」 is RFM's "new" or "new_customers", whichever the configuration has."""
+    words: dict[str, list[tuple[str, str]]] = {}
 
     def claim(word: str, model: str, label: str) -> None:
         word = word.strip().lower()
         if word and word not in _TIER_WORDS and word not in _NOT_LABEL_WORDS:
-            words.setdefault(word, (model, label))
+            meanings = words.setdefault(word, [])
+            if (model, label) not in meanings:
+                meanings.append((model, label))
 
     for model in LISTED_MODELS:
         for label, names in tier_names(model).items():
@@ -127,46 +130,69 @@ def _label_words() -> dict[str, tuple[str, str]]:
             zh, en = names["zh"], names["en"]
             claim(zh.removesuffix("客户"), model, label)
             claim(en, model, label)
+            claim(en.lower().removesuffix(" customers"), model, label)
             claim(label.replace("_", " "), model, label)
             if model == "sabc":  # "S 战略客户": also S类, S级, 战略客户
                 claim(f"{label}类", model, label)
                 claim(f"{label}级", model, label)
                 claim(zh.split(" ", 1)[1].removesuffix("客户"), model, label)
+    # "new customers" may be said of RFM's "new" too ("my new customers" is read whole).
+    for word, meanings in words.items():
+        for other in words.get(word.removesuffix(" customers"), []) if word.endswith(" customers") else []:
+            if other not in meanings:
+                meanings.append(other)
     return words
 
 
+def _alternatives(words) -> str:
+    return "|".join(re.escape(word) for word in sorted(words, key=len, reverse=True))
+
+
 _LABEL_WORDS = _label_words()
-_ZH_LABELS = "|".join(sorted((w for w in _LABEL_WORDS if not w.isascii()), key=len, reverse=True))
-_EN_LABELS = "|".join(sorted((w for w in _LABEL_WORDS if w.isascii()), key=len, reverse=True))
+_ZH_LABELS = _alternatives(w for w in _LABEL_WORDS if not w.isascii())
+_EN_LABELS = _alternatives(w for w in _LABEL_WORDS if w.isascii())
 
 
-@router.command("my_segment", rf"(?:我的|我名下的?|团队的?)?(?P<label>{_ZH_LABELS})(?:的?客户)?",
+# With 我的/团队 before the label or 客户 after it: a bare 「成长」 or 「一般」 is not a command.
+@router.command("my_segment", rf"(?:我的|我名下的?|团队的?)(?P<label>{_ZH_LABELS})(?:的?客户)?",
+                rf"(?P<label>{_ZH_LABELS})的?客户",
                 rf"(?:show |list )?(?:me )?(?:my |team )(?P<label>{_EN_LABELS})(?: customers| accounts)?",
                 rf"(?:show |list )?(?:me )?(?P<label>{_EN_LABELS}) (?:customers|accounts)")
 async def my_segment(ctx: CommandContext) -> Reply:
-    model, label = _LABEL_WORDS[ctx.match.group("label").strip()]
-    return await _segment_page(ctx, model, label, offset=0)
+    return await _segment_page(ctx, _LABEL_WORDS[ctx.match.group("label").strip()], offset=0)
 
 
 @router.pager("my_segment")
 async def next_segment_page(ctx: CommandContext, arguments: dict, offset: int) -> Reply:
-    return await _segment_page(ctx, arguments["model"], arguments["label"], offset=offset)
+    return await _segment_page(ctx, [(arguments["model"], arguments["label"])], offset=offset)
 
 
-async def _segment_page(ctx: CommandContext, model: str, label: str, offset: int) -> Reply:
+def _segment_names(ctx: CommandContext, model: str, label: str) -> dict[str, str]:
     label_name = tier_name(label, ctx.lang, model)
     if ctx.lang == "zh" and not label_name.endswith("客户"):
         label_name += "客户"  # 铂金 → 铂金客户, as 冠军客户 reads
-    names = {"model": _MODEL_NAMES[ctx.lang][model], "label": label_name}
+    return {"model": _MODEL_NAMES[ctx.lang][model], "label": label_name}
+
+
+async def _segment_page(ctx: CommandContext, meanings: list[tuple[str, str]], offset: int) -> Reply:
+    """The list of the first of `meanings` (model, label) the latest run gave labels for."""
     async with ctx.services.db.begin() as connection:
         run_id = await _latest_run(ctx, connection)
         if run_id is None:
             return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
         coded = await queries.coded_labels(connection, run_id)
         if coded is None:
-            return Reply(render(f"chat/segment_needs_run.{ctx.lang}.j2", **names), msgtype="text")
-        if label not in coded.get(model, []):  # the configuration no longer has it
-            return Reply(render(f"chat/segment_empty.{ctx.lang}.j2", scope=_scope(ctx), **names), msgtype="text")
+            return Reply(render(f"chat/segment_needs_run.{ctx.lang}.j2", **_segment_names(ctx, *meanings[0])),
+                         msgtype="text")
+        found = [(model, label) for model, label in meanings if label in coded.get(model, [])]
+        if not found:
+            model, label = meanings[0]
+            # Switched off, or a label the configuration does not have (a custom RFM table).
+            template = "segment_model_off" if model not in coded else "segment_empty"
+            return Reply(render(f"chat/{template}.{ctx.lang}.j2", scope=_scope(ctx),
+                                **_segment_names(ctx, model, label)), msgtype="text")
+        model, label = found[0]
+        names = _segment_names(ctx, model, label)
         owners = await _owners(ctx, connection)
         items, total = await queries.customers_with_label(connection, owners, run_id, coded, model, label, offset,
                                                           PAGE_SIZE)

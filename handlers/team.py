@@ -42,7 +42,7 @@ async def _latest_run(ctx: CommandContext, connection) -> int | None:
 # ------------------------------------------------------------------ 流失预警 / churn
 
 
-@router.command("churn", r"(?:团队|我的|我名下的?)?(?:高)?(?:流失预警|流失风险|流失客户|流失名单|风险客户|预警)(?:的?客户|名单)?",
+@router.command("churn", r"(?:团队|我的|我名下的?)?(?:高|有)?(?:流失预警|流失风险|流失客户|流失名单|风险客户|预警)(?:的?客户|名单)?",
                 r"(?:show |list )?(?:my |team )?"
                 r"(?:churn(?: alerts?| risks?| risk customers| list)?|at[- ]risk(?: customers)?)")
 async def churn(ctx: CommandContext) -> Reply:

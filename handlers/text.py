@@ -88,8 +88,10 @@ def money(value: float | None, lang: str = "zh") -> str:
 def percent(share: float | None, signed: bool = False) -> str:
     """A share as a whole percent, half away from zero as people round (1.505 → 151%;
     float formatting would give 150%, from 150.49999…)."""
-    if share is None or (isinstance(share, float) and math.isnan(share)):
+    if share is None or not math.isfinite(float(share)):
         return "—"
+    if abs(share) >= 1e12:  # a near-zero prior year: a ratio no one can read (and Decimal's limit)
+        return f"{share * 100:+.3g}%" if signed else f"{share * 100:.3g}%"
     whole = int((Decimal(repr(float(share))) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
     return f"{whole:+d}%" if signed else f"{whole:d}%"
 

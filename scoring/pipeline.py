@@ -35,6 +35,7 @@ def reasons_column(model: str) -> str:
 
 
 CHURN_LABELS = ("high", "medium", "low", "none")
+MAX_RFM_SEGMENTS = 30
 
 # What a business rule (config `scoring.rules`) may test: feature or model output → type.
 RULE_FIELDS: dict[str, str] = {
@@ -74,16 +75,19 @@ class ScoringParams(BaseModel):
                 "churn": CHURN_LABELS}
 
     def coded_labels(self) -> dict[str, list[str]]:
-        """The labels of every model but the value matrix, in a fixed order: snapshot rows
-        keep them as codes (storage.scores.label_codes) so that lists can filter by them."""
-        return {**{model: list(labels) for model, labels in self.model_labels().items() if model != "value_matrix"},
-                "intent": list(INTENT_LEVELS)}
+        """The labels of every enabled model but the value matrix, in a fixed order: snapshot
+        rows keep them as codes (storage.scores.label_codes) so that lists can filter by them."""
+        labels = {**self.model_labels(), "intent": INTENT_LEVELS}
+        return {model: list(labels[model]) for model in MODELS[1:] if getattr(self, model).enabled}
 
     @model_validator(mode="after")
     def _rules_are_sound(self) -> "ScoringParams":
         problems = check_rules(self.rules, RULE_FIELDS, self.model_labels())
         if problems:
             raise ValueError("; ".join(problems))
+        # Lists code a label in 5 bits (storage.scores.CODE_BITS): 31 of them, no_purchase included.
+        if len(self.rfm.segments) > MAX_RFM_SEGMENTS:
+            raise ValueError(f"rfm.segments: at most {MAX_RFM_SEGMENTS} segments, got {len(self.rfm.segments)}")
         return self
 
 

@@ -292,3 +292,43 @@ async def test_a_run_from_before_label_codes_asks_for_a_full_run(bot, peer, engi
         connection.execute(sql_update(ScoreRun).values(summary={"customers": 28}))
     _, reply = await _say(bot, peer, "rep_a", "我的冠军客户")
     assert reply == "按 RFM 分组的名单要在下一次全量评分后才有（每晚自动运行，或 python -m bot score）。"
+
+
+async def test_a_label_word_means_what_the_configuration_has_and_a_bare_word_is_no_command(bot, peer, engine):
+    from sqlalchemy import select as sql_select, update as sql_update
+
+    from storage.models import ScoreRun
+
+    # 「新客户」 is RFM's "new" here (the default table has no "new_customers").
+    _, new = await _say(bot, peer, "admin", "我的新客户")
+    assert new.startswith("全公司的新客户（RFM") or new == "全公司目前没有新客户（RFM）。"
+    _, english = await _say(bot, peer, "admin", "my new customers")
+    assert "(RFM" in english and "New Customers" not in english
+    # A bare word is not a list: 「成长」 alone gets the hint.
+    _, bare = await _say(bot, peer, "rep_a", "成长")
+    assert bare.startswith("没听懂「成长」")
+    # 有流失风险 is the churn list, as "at risk" is.
+    _, churn = await _say(bot, peer, "rep_a", "我的有流失风险客户")
+    assert "流失" in churn and "RFM" not in churn
+    # A model switched off for the run: said so, not "none right now".
+    with engine.begin() as connection:
+        summary = connection.execute(sql_select(ScoreRun.summary).where(ScoreRun.kind == "full")).scalar_one()
+        coded = {model: labels for model, labels in summary["coded_labels"].items() if model != "intent"}
+        connection.execute(sql_update(ScoreRun).values(summary={**summary, "coded_labels": coded}))
+    _, off = await _say(bot, peer, "rep_a", "我的高意向客户")
+    assert off == "意向 没有启用，所以没有按它分组的名单。"
+
+
+def test_coded_labels_leave_out_switched_off_models_and_the_rfm_table_fits_the_code():
+    from pydantic import ValidationError
+
+    from scoring.intent import IntentParams
+    from scoring.pipeline import ScoringParams
+    from scoring.rfm import RfmParams, SegmentRule
+
+    assert "intent" not in ScoringParams(intent=IntentParams(enabled=False)).coded_labels()
+    cells = [(r, f, m) for r in range(1, 6) for f in range(1, 6) for m in range(1, 6)][:30]
+    many = tuple(SegmentRule(name=f"s{i}", r_min=r, r_max=r, f_min=f, f_max=f, m_min=m, m_max=m)
+                 for i, (r, f, m) in enumerate(cells)) + (SegmentRule(name="rest"),)
+    with pytest.raises(ValidationError, match="rfm.segments: at most 30 segments, got 31"):
+        ScoringParams(rfm=RfmParams(segments=many))

@@ -84,5 +84,5 @@ def test_the_activity_baseline_ends_where_the_last_30_days_begin(engine, company
     assert baseline_days(AS_OF) == 169
     expected = (before.groupby("customer_id").size() / 169 * 30).reindex(features.index, fill_value=0.0)
     pd.testing.assert_series_equal(features["act_baseline_30d"], expected.astype(float), check_names=False)
-    # Early in a month the last 30 days start in it: the baseline is the six months whole.
+    # On the last day of a 30-day month the last 30 days lie within it: the six months are whole.
     assert baseline_days(date(2026, 6, 30)) == (date(2026, 6, 1) - date(2025, 12, 1)).days
