@@ -7,7 +7,6 @@ import re
 from handlers.paging import fit_page, remember
 from handlers.registry import CommandContext, Reply
 from handlers.router import router
-from handlers.services import MESSAGE_BYTES
 from handlers.text import model_reasons_text, reasons_text, render, tier_name, tier_names
 from scoring import TIERS
 from storage import queries
@@ -82,20 +81,13 @@ async def _tier_page(ctx: CommandContext, tier: str, offset: int) -> Reply:
         items, total = await queries.customers_in_tier(connection, owners, run_id, tier, offset, PAGE_SIZE)
         if not items:
             if offset:
-                await queries.save_listing(connection, ctx.asker.userid, "none", {}, 0, ctx.services.now())
+                await remember(ctx, connection, "my_tier", {"tier": tier}, offset, 0, 0)
                 return Reply(render(f"chat/no_more.{ctx.lang}.j2", ended=True), msgtype="text")
             return Reply(render(f"chat/tier_empty.{ctx.lang}.j2", scope=_scope(ctx), tier=tier), msgtype="text")
-        # WeCom cuts app messages at 2048 bytes: show fewer rows rather than lose the end.
-        shown = len(items)
-        while True:
-            more = offset + shown < total
-            text = render(f"chat/tier_list.{ctx.lang}.j2", scope=_scope(ctx), tier=tier, items=items[:shown],
-                          first=offset + 1, last=offset + shown, total=total, more=more)
-            if len(text.encode("utf-8")) <= MESSAGE_BYTES or shown == 1:
-                break
-            shown -= 1
-        await queries.save_listing(connection, ctx.asker.userid, "my_tier", {"tier": tier},
-                                   offset + shown if more else None, ctx.services.now())
+        text, shown = fit_page(lambda n, more: render(
+            f"chat/tier_list.{ctx.lang}.j2", scope=_scope(ctx), tier=tier, items=items[:n], first=offset + 1,
+            last=offset + n, total=total, more=more), len(items), offset, total)
+        await remember(ctx, connection, "my_tier", {"tier": tier}, offset, shown, total)
     return Reply(text)
 
 
