@@ -63,8 +63,9 @@ class Stability(_Strict):
 
 
 class RevenueYears(Weights):
-    """Weights of each year's revenue in the multi-year revenue (normalised by their sum),
-    so that a single big year does not decide a tier (seed 004)."""
+    """Weights of each year's revenue in the multi-year revenue (normalised by the sum of
+    the years the customer has been buying in), so that a single big year does not decide
+    a tier (seed 004), and a new customer is not held down by years before it bought."""
 
     last_12m: float = Field(0.6, ge=0)
     months_12_24: float = Field(0.3, ge=0)

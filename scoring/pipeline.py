@@ -15,6 +15,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from scoring.deferred import paused_gc
+from scoring.features import window_starts
 from scoring.churn import BgNbdParams, ChurnParams, score_churn
 from scoring.intent import INTENT_LEVELS, IntentParams, score_intent
 from scoring.params import RevenueYears, ValueMatrixParams
@@ -91,11 +92,27 @@ class ScoringParams(BaseModel):
         return self
 
 
-def with_weighted_revenue(features: pd.DataFrame, years: RevenueYears) -> pd.DataFrame:
-    total = years.last_12m + years.months_12_24 + years.months_24_36
-    weighted = (features["revenue_12m"] * years.last_12m + features["revenue_12_24m"] * years.months_12_24
-                + features["revenue_24_36m"] * years.months_24_36) / total
-    return features.assign(weighted_revenue=weighted)
+def with_weighted_revenue(features: pd.DataFrame, years: RevenueYears, as_of: date) -> pd.DataFrame:
+    """The multi-year revenue: each year's revenue by its weight, over the years the
+    customer has been buying (first order before the year began). A customer won eight
+    months ago is judged on its one year, not on two more years of zeros before it."""
+    starts = window_starts(as_of)
+    first = pd.to_datetime(features["first_order_date"])
+    unknown = first.isna()  # no order: every year is 0 anyway
+
+    def bought_by(start) -> pd.Series:
+        return unknown | (first < pd.Timestamp(start))
+
+    counts = {"revenue_12m": pd.Series(True, index=features.index),
+              "revenue_12_24m": bought_by(starts["m12"]) | (features["revenue_12_24m"] != 0),
+              "revenue_24_36m": bought_by(starts["m24"]) | (features["revenue_24_36m"] != 0)}
+    weights = {"revenue_12m": years.last_12m, "revenue_12_24m": years.months_12_24,
+               "revenue_24_36m": years.months_24_36}
+    total = sum(counts[column] * weight for column, weight in weights.items())
+    weighted = sum(features[column] * counts[column] * weight for column, weight in weights.items())
+    # A year of weight 0 alone (last_12m: 0) leaves nothing to divide by: fall back to all years.
+    everything = sum(features[column] * weight for column, weight in weights.items()) / sum(weights.values())
+    return features.assign(weighted_revenue=(weighted / total.where(total > 0)).fillna(everything))
 
 
 def score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date | None = None,
@@ -124,7 +141,8 @@ def score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date |
 def _score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date | None,
                      previous: pd.DataFrame | None, intent_counts: pd.DataFrame | None,
                      reference: PopulationReference | None, deferred: dict | None) -> pd.DataFrame:
-    features = with_weighted_revenue(features, params.revenue_years)
+    as_of = as_of or date.today()
+    features = with_weighted_revenue(features, params.revenue_years, as_of)
     built = reference is None
     if built:
         reference = PopulationReference(population=len(features))
@@ -139,7 +157,6 @@ def _score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date 
     else:
         result["pending_tier"] = None
         result["pending_runs"] = 0
-    as_of = as_of or date.today()
     given = None if built else reference
     if params.rfm.enabled:
         rfm_reference = RfmReference.from_json(reference.rfm) if given is not None and reference.rfm else None

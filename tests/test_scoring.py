@@ -320,3 +320,20 @@ def test_revenue_halved_year_on_year_is_churn_risk_not_mature():
     assert model_reasons_text("lifecycle", result.loc["HALVED", "lifecycle_reasons"], "zh") == "营收同比 -62%"
     never = score_lifecycle(features, AS_OF, LifecycleParams(declining_growth=None))
     assert never["lifecycle_label"].tolist() == ["mature", "mature", "mature"]
+
+
+def test_multi_year_revenue_counts_only_the_years_a_customer_has_been_buying():
+    from scoring.params import RevenueYears
+    from scoring.pipeline import with_weighted_revenue
+
+    features = pd.DataFrame({
+        "first_order_date": pd.to_datetime(["2026-03-10", "2025-05-10", "2021-01-01", None]),
+        "revenue_12m": [57_000.0, 100_000.0, 100_000.0, 0.0],
+        "revenue_12_24m": [0.0, 40_000.0, 40_000.0, 0.0],
+        "revenue_24_36m": [0.0, 0.0, 10_000.0, 0.0]}, index=["NEW", "SECOND_YEAR", "OLD", "NONE"])
+    weighted = with_weighted_revenue(features, RevenueYears(), AS_OF)["weighted_revenue"]
+    # Won eight months ago: its one year, not a third of it ("¥3.4万 (12 months ¥5.7万)").
+    assert weighted["NEW"] == pytest.approx(57_000.0)
+    assert weighted["SECOND_YEAR"] == pytest.approx((0.6 * 100_000 + 0.3 * 40_000) / 0.9)
+    assert weighted["OLD"] == pytest.approx(0.6 * 100_000 + 0.3 * 40_000 + 0.1 * 10_000)
+    assert weighted["NONE"] == 0.0
