@@ -62,14 +62,16 @@ def _top_reasons(reasons: list[dict]) -> list[dict]:
 
 
 async def _churn_page(ctx: CommandContext, offset: int) -> Reply:
-    threshold = ctx.services.config.playbook.churn_alerts.threshold
+    alerts = ctx.services.config.playbook.churn_alerts
+    threshold = alerts.threshold
     scope = SCOPE[ctx.lang][ctx.asker.role if ctx.asker.role in LEADS else "own"]
     async with ctx.services.db.begin() as connection:
         run_id = await _latest_run(ctx, connection)
         if run_id is None:
             return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
         owners = await _owners(ctx, connection)
-        items, total = await queries.churn_risks(connection, owners, run_id, threshold, offset, CHURN_PAGE)
+        items, total = await queries.churn_risks(connection, owners, run_id, threshold, offset, CHURN_PAGE,
+                                                 alerts.min_revenue_12m)
         if not items:
             await remember(ctx, connection, "churn", {}, offset, 0, 0)
             if offset:

@@ -407,15 +407,16 @@ class _ChurnAlerts:
 
 def _churn_alerts(settings: PlaybookSettings, scored: pd.DataFrame, people: dict[str, tuple[str, str | None]],
                   alerted: set[str], run_id: int, now: datetime, hold: Hold, reasons: _TopReasons) -> _ChurnAlerts:
-    """Alert the owner's manager once when a customer's churn risk reaches the threshold;
-    re-arm when it falls back by the margin."""
+    """Alert the owner's manager once when a customer's churn risk reaches the threshold
+    (with at least `min_revenue_12m` at stake); re-arm when it falls back by the margin."""
     alerts = settings.playbook.churn_alerts
     if not alerts.enabled or "churn_score" not in scored or scored.empty:
         return _ChurnAlerts([], [], [])
     score = scored["churn_score"]
     alerted_scores = score.reindex(list(alerted))
     rearmed = list(alerted_scores.index[alerted_scores < alerts.threshold - alerts.rearm_margin])
-    rising = score[(score >= alerts.threshold) & ~score.index.isin(list(alerted))]
+    at_stake = (scored["revenue_12m"] >= alerts.min_revenue_12m) if "revenue_12m" in scored else True
+    rising = score[(score >= alerts.threshold) & at_stake & ~score.index.isin(list(alerted))]
     if rising.empty:
         return _ChurnAlerts(rearmed, [], [])
     every = alerts.every_minutes * 60

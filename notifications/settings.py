@@ -190,6 +190,10 @@ class ChurnAlerts(_Section):
     every_minutes: int = Field(60, ge=1)
     # Also post the alerts to the team group robot (needs WECOM_WEBHOOK_KEY).
     group_robot: bool = False
+    # Only customers with at least this much revenue in the last 12 months are alerted on
+    # and listed by 流失预警: one with none is past saving, not at risk (RFM's lost and
+    # hibernating lists are for winning them back).
+    min_revenue_12m: float = Field(1.0, ge=0)
 
 
 class PlaybookConfig(_Section):

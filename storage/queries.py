@@ -204,14 +204,17 @@ async def load_listing(connection: AsyncConnection, userid: str) -> dict[str, An
 
 
 async def churn_risks(connection: AsyncConnection, owners: list[str] | None, run_id: int, threshold: float,
-                      offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+                      offset: int, limit: int, min_revenue_12m: float = 0.0) -> tuple[list[dict[str, Any]], int]:
     """A page of visible customers whose churn score in run `run_id` is at least
-    `threshold`, highest first, with their owner's name and the churn reasons; and the
-    total count. Driven from customers (owner index) like tier_totals."""
+    `threshold` (and 12-month revenue at least `min_revenue_12m`), highest first, with
+    their owner's name and the churn reasons; and the total count. Driven from customers
+    (owner index) like tier_totals."""
+    at_risk_where = and_(_owned_by(owners), ScoreSnapshot.churn_score >= threshold,
+                         ScoreSnapshot.revenue_12m >= min_revenue_12m)
     at_risk = (select(Customer.customer_id).select_from(Customer)
                .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id,
                                          ScoreSnapshot.customer_id == Customer.customer_id))
-               .where(_owned_by(owners), ScoreSnapshot.churn_score >= threshold))
+               .where(at_risk_where))
     total = (await connection.execute(select(func.count()).select_from(at_risk.subquery()))).scalar_one()
     if not total:
         return [], 0
@@ -222,7 +225,7 @@ async def churn_risks(connection: AsyncConnection, owners: list[str] | None, run
         .select_from(Customer)
         .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id, ScoreSnapshot.customer_id == Customer.customer_id))
         .outerjoin(User, User.userid == Customer.owner_userid)
-        .where(_owned_by(owners), ScoreSnapshot.churn_score >= threshold)
+        .where(at_risk_where)
         .order_by(ScoreSnapshot.churn_score.desc(), ScoreSnapshot.revenue_12m.desc(), Customer.customer_id)
         .offset(offset).limit(limit))
     rows = rows.all()

@@ -205,6 +205,17 @@ def test_churn_alerts_fire_once_per_rise_and_rearm_after_a_fall(engine, settings
         assert len(connection.execute(select(OutboxMessage.id).where(OutboxMessage.kind == "churn_alert")).all()) == 2
 
 
+def test_no_churn_alert_for_a_customer_with_nothing_bought_in_12_months(engine, settings):
+    features, scored = frames({}, churn={"COW1": 85.0, "DOG1": 95.0})
+    features.loc["DOG1", "revenue_12m"] = 0.0  # silent for years: past saving, not at risk
+    run_playbook(engine, settings, features, scored, {}, MORNING)
+    with engine.connect() as connection:
+        told = connection.execute(select(ChurnAlertState.customer_id)).scalars().all()
+        items = connection.execute(select(OutboxMessage.batch_item)
+                                   .where(OutboxMessage.kind == "churn_alert")).scalars().all()
+    assert told == ["COW1"] and [item["customer_id"] for item in items] == ["COW1"]
+
+
 async def test_churn_alerts_reach_a_manager_at_most_once_an_hour(engine, settings, make_dispatcher, emulator, clock):
     dispatcher = await make_dispatcher()
     await dispatcher.drain()

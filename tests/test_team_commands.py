@@ -26,9 +26,10 @@ OVERDUE = {"factor": "overdue", "value": 45, "points": 25.0,
            "detail": {"days_since_last_order": 120, "cycle_days": 75}}
 DECLINE = {"factor": "activity_decline", "value": 0.8, "points": 28.0, "detail": {"last_30d": 2, "baseline_30d": 10}}
 COMPLAINTS = {"factor": "complaints_rising", "value": 3, "points": 15.0, "detail": {"last_90d": 4, "previous_90d": 1}}
-# customer → (churn score, churn reasons) written into the latest run's snapshot.
-RISKS = {"STAR1": (85.0, [OVERDUE, DECLINE]), "DOG1": (72.0, [COMPLAINTS]), "COW1": (69.9, [DECLINE]),
-         "OTHER1": (90.0, [OVERDUE])}
+# customer → (churn score, churn reasons, 12-month revenue or None to keep the run's)
+# written into the latest run's snapshot.
+RISKS = {"STAR1": (85.0, [OVERDUE, DECLINE], None), "DOG1": (72.0, [COMPLAINTS], 8_000.0),
+         "COW1": (69.9, [DECLINE], None), "OTHER1": (90.0, [OVERDUE], 300_000.0)}
 
 
 @pytest.fixture
@@ -46,13 +47,15 @@ def company(engine, database_url, tmp_path):
     with engine.begin() as connection:
         connection.execute(delete(FollowUpTask))
         run_id = connection.execute(select(func.max(snapshots.c.run_id))).scalar_one()
-        for customer_id, (score, reasons) in RISKS.items():
-            scores, why = connection.execute(select(snapshots.c.scores, snapshots.c.reasons).where(
+        for customer_id, (score, reasons, revenue) in RISKS.items():
+            scores, why, kept = connection.execute(select(snapshots.c.scores, snapshots.c.reasons,
+                                                          snapshots.c.revenue_12m).where(
                 snapshots.c.run_id == run_id, snapshots.c.customer_id == customer_id)).one()
             connection.execute(snapshots.update().where(snapshots.c.run_id == run_id,
                                                         snapshots.c.customer_id == customer_id)
                                .values(churn_score=score, scores={**scores, "churn": score},
-                                       reasons={**why, "churn": reasons}))
+                                       reasons={**why, "churn": reasons},
+                                       revenue_12m=kept if revenue is None else revenue))
     return config
 
 
@@ -138,9 +141,18 @@ async def test_team_summary_counts_tiers_revenue_and_tasks_per_rep(bot, peer, en
 
 
 async def test_churn_reads_the_latest_full_run(bot, peer, engine, company):
-    # A later full run replaces the hand-set picture (STAR1 at 85): only the corner shop,
-    # silent for 994 days after its one order, is at risk in it.
+    # A later full run replaces the hand-set picture (STAR1 at 85). In it only the corner
+    # shop is at risk, silent for 994 days after its one order: past saving, with nothing
+    # bought in 12 months, so not listed.
     full_rescore(engine, company, AS_OF + timedelta(days=1))
     reply = await say(bot, peer, "boss", "流失预警")
-    assert "您团队的流失预警（风险 ≥ 70，1–1 / 1）" in reply and "街角建材商行" in reply
-    assert "星辰" not in reply and "已 994 天未下单" in reply
+    assert reply == "您团队目前没有流失风险 ≥ 70 的客户（近12个月没有营收的客户不计在内）。"
+
+
+async def test_a_customer_with_nothing_bought_in_12_months_is_past_saving_not_listed(bot, peer, engine):
+    with engine.begin() as connection:
+        connection.execute(ScoreSnapshot.__table__.update().where(ScoreSnapshot.customer_id == "DOG1")
+                           .values(revenue_12m=0.0))
+    reply = await say(bot, peer, "boss", "流失预警")
+    assert "您团队的流失预警（风险 ≥ 70，1–1 / 1）" in reply and "街角建材" not in reply
+    assert "近12个月没有营收的客户不在此列" in reply
