@@ -7,13 +7,14 @@ import re
 from handlers.paging import fit_page, remember
 from handlers.registry import CommandContext, Reply
 from handlers.router import router
-from handlers.text import model_reasons_text, reasons_text, render, tier_name, tier_names
+from handlers.text import model_reasons_text, reasons_text, render, risk_reasons, tier_name, tier_names
 from scoring import TIERS
 from storage import queries
 
 PAGE_SIZE = 10
 # Shown under the value matrix in the customer card, in this order.
 OTHER_MODELS = ("churn", "rfm", "sabc", "pyramid", "lifecycle", "intent")
+CARD_REASONS = {"rfm": 3}  # reasons per model on the card; 2 where not named
 DID_YOU_MEAN = 8
 # A name or id is short; a longer "query" is pasted text, and echoing it back would
 # break WeCom's 2048-byte limit.
@@ -45,6 +46,11 @@ def _scope(ctx: CommandContext) -> str:
     return SCOPE[ctx.lang].get(ctx.asker.role, SCOPE[ctx.lang]["rep"])
 
 
+def _sees_others(ctx: CommandContext) -> bool:
+    """Managers and admins see other people's customers: lists name each one's owner."""
+    return ctx.asker.role in ("manager", "admin")
+
+
 @router.command("my_customers", r"我的客户|我的全部客户|客户概览", r"(show )?my customers|my accounts|customers")
 async def my_customers(ctx: CommandContext) -> Reply:
     async with ctx.services.db.connect() as connection:
@@ -60,7 +66,8 @@ async def my_customers(ctx: CommandContext) -> Reply:
                         as_of=as_of))
 
 
-@router.command("my_tier", rf"(?:我的)?({_ZH_TIERS})(客户)?", rf"(show |list )?(me )?(my )?({_EN_TIERS})( customers| accounts)?")
+@router.command("my_tier", rf"(?:我的|团队的?|我名下的?)?({_ZH_TIERS})(的?客户)?",
+                rf"(show |list )?(me )?(my |team |my team's )?({_EN_TIERS})( customers| accounts)?")
 async def my_tier(ctx: CommandContext) -> Reply:
     words = [group for group in ctx.match.groups() if group and group.strip() in _TIER_WORDS]
     tier = _TIER_WORDS[words[0].strip()]
@@ -86,7 +93,7 @@ async def _tier_page(ctx: CommandContext, tier: str, offset: int) -> Reply:
             return Reply(render(f"chat/tier_empty.{ctx.lang}.j2", scope=_scope(ctx), tier=tier), msgtype="text")
         text, shown = fit_page(lambda n, more: render(
             f"chat/tier_list.{ctx.lang}.j2", scope=_scope(ctx), tier=tier, items=items[:n], first=offset + 1,
-            last=offset + n, total=total, more=more), len(items), offset, total)
+            last=offset + n, total=total, more=more, show_owner=_sees_others(ctx)), len(items), offset, total)
         await remember(ctx, connection, "my_tier", {"tier": tier}, offset, shown, total)
     return Reply(text)
 
@@ -95,9 +102,12 @@ async def _tier_page(ctx: CommandContext, tier: str, offset: int) -> Reply:
 # and intent levels, in either language. Churn has its own list (流失预警), and a label
 # no one would list ("none") is left out.
 LISTED_MODELS = ("rfm", "sabc", "pyramid", "lifecycle", "intent")
+# Words people use beyond the display names; claimed first ("new customers" are those won lately).
+_SYNONYMS = {("lifecycle", "new"): ("新", "新签", "new"), ("lifecycle", "growing"): ("成长期",),
+             ("lifecycle", "mature"): ("成熟期",), ("rfm", "champions"): ("champion",)}
 _UNLISTED = {("lifecycle", "churn_risk"), ("intent", "none")}
 # Words other commands answer (流失预警: "at risk", 有流失风险) or too vague alone ("high": intent?).
-_NOT_LABEL_WORDS = {"at risk", "有流失风险", "high", "medium", "low"}
+_NOT_LABEL_WORDS = {"at risk", "high", "medium", "low"}
 _MODEL_NAMES = {"zh": {"rfm": "RFM", "sabc": "S/A/B/C", "pyramid": "金字塔", "lifecycle": "生命周期", "intent": "意向"},
                 "en": {"rfm": "RFM", "sabc": "S/A/B/C", "pyramid": "pyramid", "lifecycle": "lifecycle",
                        "intent": "intent"}}
@@ -115,6 +125,9 @@ def _label_words() -> dict[str, list[tuple[str, str]]]:
             if (model, label) not in meanings:
                 meanings.append((model, label))
 
+    for (model, label), synonyms in _SYNONYMS.items():
+        for word in synonyms:
+            claim(word, model, label)
     for model in LISTED_MODELS:
         for label, names in tier_names(model).items():
             if (model, label) in _UNLISTED:
@@ -124,7 +137,7 @@ def _label_words() -> dict[str, list[tuple[str, str]]]:
             claim(en, model, label)
             claim(en.lower().removesuffix(" customers"), model, label)
             claim(label.replace("_", " "), model, label)
-            if model == "sabc":  # "S 战略客户": also S类, S级, 战略客户
+            if model == "sabc":  # "S 战略客户": also S类, S级, S客户 (below), 战略客户
                 claim(f"{label}类", model, label)
                 claim(f"{label}级", model, label)
                 claim(zh.split(" ", 1)[1].removesuffix("客户"), model, label)
@@ -148,7 +161,8 @@ _EN_LABELS = _alternatives(w for w in _LABEL_WORDS if w.isascii())
 # With 我的/团队 before the label or 客户 after it: a bare 「成长」 or 「一般」 is not a command.
 @router.command("my_segment", rf"(?:我的|我名下的?|团队的?)(?P<label>{_ZH_LABELS})(?:的?客户)?",
                 rf"(?P<label>{_ZH_LABELS})的?客户",
-                rf"(?:show |list )?(?:me )?(?:my |team )(?P<label>{_EN_LABELS})(?: customers| accounts)?",
+                rf"(?:我的|我名下的?|团队的?)?(?P<label>[sabc])的?客户",
+                rf"(?:show |list )?(?:me )?(?:my |team |my team's )(?P<label>{_EN_LABELS})(?: customers| accounts)?",
                 rf"(?:show |list )?(?:me )?(?P<label>{_EN_LABELS}) (?:customers|accounts)")
 async def my_segment(ctx: CommandContext) -> Reply:
     return await _segment_page(ctx, _LABEL_WORDS[ctx.match.group("label").strip()], offset=0)
@@ -196,7 +210,8 @@ async def _segment_page(ctx: CommandContext, meanings: list[tuple[str, str]], of
             return Reply(render(f"chat/segment_empty.{ctx.lang}.j2", scope=_scope(ctx), **names), msgtype="text")
         text, shown = fit_page(lambda n, more: render(
             f"chat/segment_list.{ctx.lang}.j2", scope=_scope(ctx), items=items[:n], first=offset + 1,
-            last=offset + n, total=total, more=more, **names), len(items), offset, total)
+            last=offset + n, total=total, more=more, show_owner=_sees_others(ctx), **names),
+            len(items), offset, total)
         await remember(ctx, connection, "my_segment", arguments, offset, shown, total)
     return Reply(text)
 
@@ -231,8 +246,10 @@ async def customer(ctx: CommandContext) -> Reply:
         reasons = [reasons_text([reason], ctx.lang, catalogue) for reason in raw.get("value_matrix", [])]
         for model in OTHER_MODELS:
             if labels.get(model):
+                shown = raw.get(model) or []
+                # Churn: what adds risk (not "too little activity" beside it); RFM: R, F and M.
+                shown = risk_reasons(shown, 2) if model == "churn" else shown[:CARD_REASONS.get(model, 2)]
                 models.append({"model": model, "label": tier_name(labels[model], ctx.lang, model),
-                               "score": scores.get(model),
-                               "why": model_reasons_text(model, (raw.get(model) or [])[:2], ctx.lang)})
+                               "score": scores.get(model), "why": model_reasons_text(model, shown, ctx.lang)})
         snapshot["as_of"] = str(snapshot["as_of"])[:10]
     return Reply(render(f"chat/customer.{ctx.lang}.j2", c=detail, s=snapshot, reasons=reasons, models=models))

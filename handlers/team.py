@@ -11,7 +11,7 @@ from __future__ import annotations
 from handlers.paging import fit_page, remember
 from handlers.registry import CommandContext, Reply
 from handlers.router import router
-from handlers.text import model_reasons_text, render, tier_names
+from handlers.text import model_reasons_text, render, risk_reasons, tier_names
 from scoring import TIERS
 from storage import queries
 
@@ -42,8 +42,8 @@ async def _latest_run(ctx: CommandContext, connection) -> int | None:
 # ------------------------------------------------------------------ 流失预警 / churn
 
 
-@router.command("churn", r"(?:团队|我的|我名下的?)?(?:高|有)?(?:流失预警|流失风险|流失客户|流失名单|风险客户|预警)(?:的?客户|名单)?",
-                r"(?:show |list )?(?:my |team )?"
+@router.command("churn", r"(?:团队的?|我的|我名下的?)?(?:高|有)?(?:流失预警|流失风险|流失客户|流失名单|风险客户|预警)(?:的?客户|名单)?",
+                r"(?:show |list )?(?:my |team |my team's )?(?:high )?"
                 r"(?:churn(?: alerts?| risks?| risk customers| list)?|at[- ]risk(?: customers)?)")
 async def churn(ctx: CommandContext) -> Reply:
     return await _churn_page(ctx, 0)
@@ -52,13 +52,6 @@ async def churn(ctx: CommandContext) -> Reply:
 @router.pager("churn")
 async def next_churn_page(ctx: CommandContext, arguments: dict, offset: int) -> Reply:
     return await _churn_page(ctx, offset)
-
-
-def _top_reasons(reasons: list[dict]) -> list[dict]:
-    """The reasons that add risk, most first; else the first note (e.g. "too little activity")."""
-    adding = sorted((r for r in reasons if isinstance(r, dict) and (r.get("points") or 0) > 0),
-                    key=lambda r: -(r.get("points") or 0))
-    return adding[:CHURN_REASONS] or [r for r in reasons if isinstance(r, dict)][:1]
 
 
 async def _churn_page(ctx: CommandContext, offset: int) -> Reply:
@@ -80,7 +73,7 @@ async def _churn_page(ctx: CommandContext, offset: int) -> Reply:
         as_of = await queries.run_as_of(connection, run_id)
         for item in items:
             item["owner_name"] = item["owner_name"] or item["owner_userid"] or "—"
-            item["why"] = model_reasons_text("churn", _top_reasons(item["churn_reasons"]), ctx.lang)
+            item["why"] = model_reasons_text("churn", risk_reasons(item["churn_reasons"], CHURN_REASONS), ctx.lang)
         text, shown = fit_page(lambda n, more: render(
             f"chat/churn_list.{ctx.lang}.j2", scope=scope, threshold=threshold, items=items[:n], first=offset + 1,
             last=offset + n, total=total, more=more, as_of=as_of, show_owner=ctx.asker.role in LEADS),

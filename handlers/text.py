@@ -157,6 +157,14 @@ def reason_text(reason: dict[str, Any], lang: str = "zh", catalogue_size: int | 
     return (template or entry[lang]).format(**fields)
 
 
+def risk_reasons(reasons: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """Churn reasons to show: those that add risk, most first; else the first note (such
+    as "too little activity to judge"), which says why there is none."""
+    adding = sorted((r for r in reasons if isinstance(r, dict) and (r.get("points") or 0) > 0),
+                    key=lambda r: -(r.get("points") or 0))
+    return adding[:count] or [r for r in reasons if isinstance(r, dict)][:1]
+
+
 def model_reasons_text(model: str, reasons: list[dict[str, Any]], lang: str = "zh") -> str:
     """The reasons of one of the other models (RFM, S/A/B/C, …) in words, from
     templates/model_reasons.yaml; an unknown factor shows as factor=value."""
@@ -180,6 +188,8 @@ def model_reasons_text(model: str, reasons: list[dict[str, Any]], lang: str = "z
         template = entry.get(f"{lang}_none") if reason.get("value") is None and f"{lang}_none" in entry else entry[lang]
         if _share_below(reason.get("percentile")) == 0 and f"{lang}_lowest" in entry:  # not "more than 0%"
             template = entry[f"{lang}_lowest"]
+        elif (reason.get("top_share") or 0) > 50 and f"{lang}_lower_half" in entry:  # not "in the top 71%"
+            template = entry[f"{lang}_lower_half"]
         try:
             parts.append(template.format_map(_Missing(fields)))
         except (ValueError, TypeError):

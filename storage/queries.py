@@ -105,8 +105,10 @@ async def _listed_customers(connection: AsyncConnection, owners: list[str] | Non
     total = (await connection.execute(select(func.count()).select_from(joined.subquery()))).scalar_one()
     rows = await connection.execute(
         joined.with_only_columns(Customer.customer_id, Customer.name, Customer.owner_userid, Customer.tier,
+                                 func.coalesce(User.name, Customer.owner_userid).label("owner_name"),
                                  ScoreSnapshot.current_value, ScoreSnapshot.potential_value,
                                  ScoreSnapshot.revenue_12m)
+        .outerjoin(User, User.userid == Customer.owner_userid)
         .order_by(ScoreSnapshot.current_value.desc(), ScoreSnapshot.revenue_12m.desc(), Customer.customer_id)
         .offset(offset).limit(limit))
     return [dict(row._mapping) for row in rows], total

@@ -274,7 +274,8 @@ async def test_lists_by_every_other_models_label_match_the_export(bot, peer, eng
     assert all(f"（{customer_id}）" in gold for customer_id in gold_ones.index)
     champions = mine[mine["rfm_label"] == "champions"]
     _, english = await _say(bot, peer, "rep_a", "show my champions")
-    assert f"Your Champions customers (RFM, 1–{len(champions)} of {len(champions)})" in english
+    assert f"Your customers: Champions (RFM, 1–{len(champions)} of {len(champions)})" in english
+    assert english.count("\n") >= len(champions)  # one line each
     # Another rep's customers never show.
     _, theirs = await _say(bot, peer, "rep_b", "我的黄金客户")
     assert not any(f"（{customer_id}）" in theirs for customer_id in gold_ones.index)
@@ -299,17 +300,25 @@ async def test_a_label_word_means_what_the_configuration_has_and_a_bare_word_is_
 
     from storage.models import ScoreRun
 
-    # 「新客户」 is RFM's "new" here (the default table has no "new_customers").
+    # 「新客户」 are customers won lately (lifecycle 新增); RFM's "new" is 新近首购.
     _, new = await _say(bot, peer, "admin", "我的新客户")
-    assert new.startswith("全公司的新客户（RFM") or new == "全公司目前没有新客户（RFM）。"
+    assert new.startswith("全公司的新增客户（生命周期") or new == "全公司目前没有新增客户（生命周期）。"
     _, english = await _say(bot, peer, "admin", "my new customers")
-    assert "(RFM" in english and "New Customers" not in english
+    # The default RFM table has no "new_customers": the word falls to lifecycle's "new".
+    assert "(lifecycle" in english and "New Customers" not in english
+    _, recent = await _say(bot, peer, "admin", "新近首购客户")
+    assert "RFM" in recent
     # A bare word is not a list: 「成长」 alone gets the hint.
     _, bare = await _say(bot, peer, "rep_a", "成长")
     assert bare.startswith("没听懂「成长」")
-    # 有流失风险 is the churn list, as "at risk" is.
+    # 有流失风险 is the churn list, as "at risk" is; RFM's At Risk is 流失边缘.
     _, churn = await _say(bot, peer, "rep_a", "我的有流失风险客户")
     assert "流失" in churn and "RFM" not in churn
+    _, verge = await _say(bot, peer, "rep_a", "我的流失边缘客户")
+    assert "流失边缘客户（RFM" in verge
+    # Sibling phrasings a manager uses.
+    for phrase in ("团队的明星客户", "team star customers", "my team's champions"):
+        assert not (await _say(bot, peer, "boss", phrase))[1].startswith(("没听懂", "I did not"))
     # A model switched off for the run: said so, not "none right now".
     with engine.begin() as connection:
         summary = connection.execute(sql_select(ScoreRun.summary).where(ScoreRun.kind == "full")).scalar_one()

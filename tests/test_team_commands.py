@@ -81,8 +81,8 @@ async def test_churn_lists_only_the_managers_team_at_or_above_the_threshold(bot,
     assert "您团队的流失预警（风险 ≥ 70，1–2 / 2）" in reply
     assert "南方机械" not in reply  # boss2's team
     assert "老牌纺织" not in reply  # 69.9 is below 70
-    star = reply.index("1. 星辰半导体股份有限公司 风险 85 · 负责人 张三 · 涉及金额 ¥")
-    dog = reply.index("2. 街角建材商行 风险 72 · 负责人 李四")
+    star = reply.index("1. 星辰半导体股份有限公司（STAR1）风险 85 · 负责人 张三 · 涉及金额 ¥")
+    dog = reply.index("2. 街角建材商行（DOG1）风险 72 · 负责人 李四")
     assert star < dog
     # The reasons in words, the one adding most risk first.
     assert "近30天活跃 2 次，自身基线 10 次/30天（下降 80%）；已 120 天未下单" in reply
@@ -91,7 +91,7 @@ async def test_churn_lists_only_the_managers_team_at_or_above_the_threshold(bot,
 
     other = await say(bot, peer, "boss2", "churn alerts")
     assert "Your team's churn alerts (risk ≥ 70, 1–1 of 1)" in other
-    assert "南方机械制造有限公司 risk 90 · owner 王五" in other and "星辰" not in other
+    assert "南方机械制造有限公司 (OTHER1) risk 90 · owner 王五" in other and "星辰" not in other
 
     everyone = await say(bot, peer, "admin", "流失预警")
     assert "全公司的流失预警（风险 ≥ 70，1–3 / 3）" in everyone
