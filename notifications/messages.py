@@ -73,8 +73,12 @@ def digest(name: str, today: Any, tasks: list, total_tasks: int, changes: list, 
 
 
 def churn_alert(items: list[dict[str, Any]], lang: str) -> str:
-    ordered = sorted(items, key=lambda item: (-item["churn_score"], -(item.get("revenue_12m") or 0)))
-    return _fitted(f"push/churn_alert.{lang}.j2", ordered, items=ordered)
+    """Customers named, riskiest first; items {"more": n} count customers a run did not
+    name (notifications.playbook.ALERT_NAMED)."""
+    named = [item for item in items if "more" not in item]
+    ordered = sorted(named, key=lambda item: (-item["churn_score"], -(item.get("revenue_12m") or 0)))
+    total = len(named) + sum(int(item["more"]) for item in items if "more" in item)
+    return _fitted(f"push/churn_alert.{lang}.j2", ordered, items=ordered, total=total)
 
 
 def delivery_failures(items: list[dict[str, Any]], lang: str) -> str:

@@ -405,10 +405,17 @@ class _ChurnAlerts:
     told: list[dict[str, Any]]     # alert state to add
 
 
+# A churn alert names at most this many customers (WeCom's 2048 bytes hold about that
+# many): a run that puts more of one manager's customers at risk at once (the first run
+# after a bulk import) queues these by name and one row counting the rest.
+ALERT_NAMED = 20
+
+
 def _churn_alerts(settings: PlaybookSettings, scored: pd.DataFrame, people: dict[str, tuple[str, str | None]],
                   alerted: set[str], run_id: int, now: datetime, hold: Hold, reasons: _TopReasons) -> _ChurnAlerts:
     """Alert the owner's manager once when a customer's churn risk reaches the threshold
-    (with at least `min_revenue_12m` at stake); re-arm when it falls back by the margin."""
+    (with at least `min_revenue_12m` at stake); re-arm when it falls back by the margin.
+    Per recipient and run, the ALERT_NAMED riskiest are named and the rest counted."""
     alerts = settings.playbook.churn_alerts
     if not alerts.enabled or "churn_score" not in scored or scored.empty:
         return _ChurnAlerts([], [], [])
@@ -423,34 +430,52 @@ def _churn_alerts(settings: PlaybookSettings, scored: pd.DataFrame, people: dict
     # Names and owners as the run read them (start_playbook put them on `scored`), not read
     # again with every rising customer bound into one IN list.
     mentioned = list(rising.index)
-    tops = reasons.of("churn_reasons", mentioned)
     revenue, names, owners = (column_values(scored, None, column, mentioned)
                               for column in ("revenue_12m", "name", "owner_userid"))
-    rising_score = rising.to_dict()
-    rows: list[dict[str, Any]] = []
-    told = []
+    # Riskiest first, then the most at stake: the order the message lists them in.
+    mentioned.sort(key=lambda customer_id: (-rising[customer_id], -float(revenue.get(customer_id) or 0.0),
+                                            customer_id))
+    recipients: dict[str, list[str]] = {}  # batch key → its customers
+    managers: dict[str, str] = {}
     for customer_id in mentioned:
-        name = names.get(customer_id)
         owner = owners.get(customer_id) if isinstance(owners.get(customer_id), str) else None
-        owner_name, manager = people.get(owner, (owner or "—", None))
-        item = {"customer_id": customer_id, "name": name if isinstance(name, str) else customer_id,
-                "owner_name": owner_name,
-                "churn_score": float(rising_score[customer_id]),
-                "reasons": tops.get(customer_id, []),
-                "revenue_12m": float(revenue.get(customer_id, 0.0))}
-        before = len(rows)
+        manager = people.get(owner, (owner or "—", None))[1]
         if manager:
-            rows.append(outbox_row([manager], "markdown", None, origin=f"churn:{customer_id}:{run_id}",
-                                   kind="churn_alert", not_before=hold(now, manager), batch_key=f"churn:{manager}",
-                                   batch_every=every, batch_item=item, now=now))
+            managers[f"churn:{manager}"] = manager
+            recipients.setdefault(f"churn:{manager}", []).append(customer_id)
         if alerts.group_robot and settings.group_robot:
-            rows.append(outbox_row([], "markdown", None, origin=f"churn-group:{customer_id}:{run_id}",
-                                   kind="churn_alert", channel="webhook", not_before=hold(now, "group robot"),
-                                   batch_key="churn:group", batch_every=every, batch_item=item, now=now))
-        if len(rows) > before:
-            told.append({"customer_id": customer_id, "alerted_at": now, "churn_score": item["churn_score"]})
-    # Only customers someone was told about count as alerted: a rep without a manager today
-    # still gets their manager told once one is set.
+            recipients.setdefault("churn:group", []).append(customer_id)
+    named = sorted({customer_id for listed in recipients.values() for customer_id in listed[:ALERT_NAMED]})
+    tops = reasons.of("churn_reasons", named)
+    rows: list[dict[str, Any]] = []
+
+    def queue(batch_key: str, origin: str, item: dict[str, Any]) -> None:
+        manager = managers.get(batch_key)
+        if manager:
+            rows.append(outbox_row([manager], "markdown", None, origin=f"churn:{origin}:{run_id}", kind="churn_alert",
+                                   not_before=hold(now, manager), batch_key=batch_key, batch_every=every,
+                                   batch_item=item, now=now))
+        else:
+            rows.append(outbox_row([], "markdown", None, origin=f"churn-group:{origin}:{run_id}", kind="churn_alert",
+                                   channel="webhook", not_before=hold(now, "group robot"), batch_key=batch_key,
+                                   batch_every=every, batch_item=item, now=now))
+
+    for batch_key, listed in recipients.items():
+        for customer_id in listed[:ALERT_NAMED]:
+            name = names.get(customer_id)
+            owner = owners.get(customer_id) if isinstance(owners.get(customer_id), str) else None
+            queue(batch_key, customer_id, {
+                "customer_id": customer_id, "name": name if isinstance(name, str) else customer_id,
+                "owner_name": people.get(owner, (owner or "—", None))[0],
+                "churn_score": float(rising[customer_id]), "reasons": tops.get(customer_id, []),
+                "revenue_12m": float(revenue.get(customer_id, 0.0))})
+        if len(listed) > ALERT_NAMED:
+            queue(batch_key, f"more:{batch_key}", {"more": len(listed) - ALERT_NAMED})
+    # Only customers someone was told about (by name or in the count) count as alerted: a
+    # rep without a manager today still gets their manager told once one is set.
+    told_ids = sorted({customer_id for listed in recipients.values() for customer_id in listed})
+    told = [{"customer_id": customer_id, "alerted_at": now, "churn_score": float(rising[customer_id])}
+            for customer_id in told_ids]
     return _ChurnAlerts(rearmed, rows, told)
 
 

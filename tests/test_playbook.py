@@ -278,3 +278,20 @@ def test_a_row_queued_without_its_message_must_carry_what_makes_it():
         outbox_row(["rep_a"], "markdown", None, kind="churn_alert")
     with pytest.raises(ValueError, match="a reply row needs its message written when it is queued"):
         message_for("reply", {"customer_id": "C1"}, "zh")
+
+
+def test_a_run_putting_many_at_risk_at_once_names_the_riskiest_and_counts_the_rest(engine, settings, monkeypatch):
+    from notifications.messages import churn_alert
+
+    monkeypatch.setattr("notifications.playbook.ALERT_NAMED", 2)
+    features, scored = frames({}, churn={"STAR1": 80.0, "COW1": 95.0, "QM1": 90.0, "DOG1": 85.0})
+    run_playbook(engine, settings, features, scored, {}, MORNING)
+    with engine.connect() as connection:
+        told = connection.execute(select(ChurnAlertState.customer_id)).scalars().all()
+        items = connection.execute(select(OutboxMessage.batch_item).where(OutboxMessage.kind == "churn_alert")
+                                   .order_by(OutboxMessage.id)).scalars().all()
+    assert sorted(told) == ["COW1", "DOG1", "QM1", "STAR1"]  # all four were told of: none again tomorrow
+    assert [item.get("customer_id", item.get("more")) for item in items] == ["COW1", "QM1", 2]
+    text = churn_alert(items, "zh")
+    assert text.startswith("**流失预警**：4 位团队客户流失风险高")
+    assert "老牌纺织" in text and "新锐新能源" in text and "…还有 2 位" in text
