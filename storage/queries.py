@@ -93,11 +93,13 @@ async def customers_with_label(connection: AsyncConnection, owners: list[str] | 
     from storage.scores import label_condition
 
     condition = label_condition(ScoreSnapshot.label_codes, coded_labels, model, label)
-    return await _listed_customers(connection, owners, run_id, condition, offset, limit)
+    # The pyramid ranks by revenue: its lists do too (the others by current value).
+    by_revenue = model == "pyramid"
+    return await _listed_customers(connection, owners, run_id, condition, offset, limit, by_revenue)
 
 
 async def _listed_customers(connection: AsyncConnection, owners: list[str] | None, run_id: int, condition,
-                            offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+                            offset: int, limit: int, by_revenue: bool = False) -> tuple[list[dict[str, Any]], int]:
     joined = (select(Customer.customer_id).select_from(Customer)
               .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id,
                                         ScoreSnapshot.customer_id == Customer.customer_id))
@@ -109,7 +111,8 @@ async def _listed_customers(connection: AsyncConnection, owners: list[str] | Non
                                  ScoreSnapshot.current_value, ScoreSnapshot.potential_value,
                                  ScoreSnapshot.revenue_12m)
         .outerjoin(User, User.userid == Customer.owner_userid)
-        .order_by(ScoreSnapshot.current_value.desc(), ScoreSnapshot.revenue_12m.desc(), Customer.customer_id)
+        .order_by(*((ScoreSnapshot.revenue_12m.desc(), ScoreSnapshot.current_value.desc()) if by_revenue else
+                    (ScoreSnapshot.current_value.desc(), ScoreSnapshot.revenue_12m.desc())), Customer.customer_id)
         .offset(offset).limit(limit))
     return [dict(row._mapping) for row in rows], total
 

@@ -341,3 +341,28 @@ def test_coded_labels_leave_out_switched_off_models_and_the_rfm_table_fits_the_c
                  for i, (r, f, m) in enumerate(cells)) + (SegmentRule(name="rest"),)
     with pytest.raises(ValidationError, match="rfm.segments: at most 30 segments, got 31"):
         ScoringParams(rfm=RfmParams(segments=many))
+
+
+async def test_a_pyramid_list_runs_by_revenue_the_others_by_value(bot, peer, engine):
+    from sqlalchemy import select as sql_select, update as sql_update
+
+    from storage.models import ScoreRun, ScoreSnapshot
+    from storage.scores import label_condition
+
+    with engine.begin() as connection:
+        run_id, summary = connection.execute(sql_select(ScoreRun.id, ScoreRun.summary)
+                                             .where(ScoreRun.kind == "full")).one()
+        iron = connection.execute(sql_select(ScoreSnapshot.customer_id).where(
+            ScoreSnapshot.run_id == run_id,
+            label_condition(ScoreSnapshot.label_codes, summary["coded_labels"], "pyramid", "iron"))
+            .order_by(ScoreSnapshot.current_value.desc(), ScoreSnapshot.customer_id)).scalars().all()
+        assert len(iron) >= 3
+        # The most valuable get the least revenue: the two orders disagree.
+        for rank, customer_id in enumerate(iron):
+            connection.execute(sql_update(ScoreSnapshot).where(ScoreSnapshot.run_id == run_id,
+                                                               ScoreSnapshot.customer_id == customer_id)
+                               .values(revenue_12m=1_000.0 * (rank + 1)))
+    _, listed = await _say(bot, peer, "admin", "铁质客户")
+    shown = [customer_id for customer_id in reversed(iron) if f"（{customer_id}）" in listed]
+    assert len(shown) == min(len(iron), 10)
+    assert [listed.index(f"（{c}）") for c in shown] == sorted(listed.index(f"（{c}）") for c in shown)
