@@ -203,6 +203,8 @@ async def _segment_page(ctx: CommandContext, meanings: list[tuple[str, str]], of
         items, total = await queries.customers_with_label(connection, owners, run_id, coded, model, label, offset,
                                                           PAGE_SIZE)
         arguments = {"model": model, "label": label}
+        for item in items:
+            item["why"] = model_reasons_text(model, item.pop("reasons")[:2], ctx.lang)
         if not items:
             await remember(ctx, connection, "my_segment", arguments, offset, 0, 0)
             if offset:

@@ -95,21 +95,30 @@ async def customers_with_label(connection: AsyncConnection, owners: list[str] | 
     condition = label_condition(ScoreSnapshot.label_codes, coded_labels, model, label)
     # The pyramid ranks by revenue: its lists do too (the others by current value).
     by_revenue = model == "pyramid"
-    return await _listed_customers(connection, owners, run_id, condition, offset, limit, by_revenue)
+    items, total = await _listed_customers(connection, owners, run_id, condition, offset, limit, by_revenue,
+                                           with_reasons=True)
+    # Why each is in the list: the model's own reasons, from the page's rows only.
+    every_reasons = await snapshot_reasons(connection, run_id, [(item["customer_id"], item.pop("stored_reasons"),
+                                                                  item.pop("reasons_chunk")) for item in items])
+    for item, reasons in zip(items, every_reasons):
+        item["reasons"] = reasons.get(model) or []
+    return items, total
 
 
 async def _listed_customers(connection: AsyncConnection, owners: list[str] | None, run_id: int, condition,
-                            offset: int, limit: int, by_revenue: bool = False) -> tuple[list[dict[str, Any]], int]:
+                            offset: int, limit: int, by_revenue: bool = False,
+                            with_reasons: bool = False) -> tuple[list[dict[str, Any]], int]:
     joined = (select(Customer.customer_id).select_from(Customer)
               .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id,
                                         ScoreSnapshot.customer_id == Customer.customer_id))
               .where(condition, _owned_by(owners)))
     total = (await connection.execute(select(func.count()).select_from(joined.subquery()))).scalar_one()
+    reasons = (ScoreSnapshot.reasons.label("stored_reasons"), ScoreSnapshot.reasons_chunk) if with_reasons else ()
     rows = await connection.execute(
         joined.with_only_columns(Customer.customer_id, Customer.name, Customer.owner_userid, Customer.tier,
                                  func.coalesce(User.name, Customer.owner_userid).label("owner_name"),
                                  ScoreSnapshot.current_value, ScoreSnapshot.potential_value,
-                                 ScoreSnapshot.revenue_12m)
+                                 ScoreSnapshot.revenue_12m, *reasons)
         .outerjoin(User, User.userid == Customer.owner_userid)
         .order_by(*((ScoreSnapshot.revenue_12m.desc(), ScoreSnapshot.current_value.desc()) if by_revenue else
                     (ScoreSnapshot.current_value.desc(), ScoreSnapshot.revenue_12m.desc())), Customer.customer_id)

@@ -276,6 +276,9 @@ async def test_lists_by_every_other_models_label_match_the_export(bot, peer, eng
     _, english = await _say(bot, peer, "rep_a", "show my champions")
     assert f"Your customers: Champions (RFM, 1–{len(champions)} of {len(champions)})" in english
     assert english.count("\n") >= len(champions)  # one line each
+    # Why each is in the list: the model's own reasons.
+    assert english.count("days since the last purchase (R=") == len(champions)
+    assert gold.count("三年加权营收") == len(gold_ones)
     # Another rep's customers never show.
     _, theirs = await _say(bot, peer, "rep_b", "我的黄金客户")
     assert not any(f"（{customer_id}）" in theirs for customer_id in gold_ones.index)
