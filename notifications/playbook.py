@@ -316,7 +316,6 @@ def _new_tasks(settings: PlaybookSettings, run_id: int, features: pd.DataFrame, 
     return new_rows
 
 
-
 def _insert_tasks(connection: Connection, run_id: int, new_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Write the run's new tasks; they come back with their ids, in id order."""
     if not new_rows:
@@ -430,10 +429,12 @@ def _churn_alerts(settings: PlaybookSettings, scored: pd.DataFrame, people: dict
     # Names and owners as the run read them (start_playbook put them on `scored`), not read
     # again with every rising customer bound into one IN list.
     mentioned = list(rising.index)
+    # Plain floats: a first run looks up hundreds of thousands, and a Series lookup each costs.
+    rising_score = {customer_id: float(value) for customer_id, value in rising.items()}
     revenue, names, owners = (column_values(scored, None, column, mentioned)
                               for column in ("revenue_12m", "name", "owner_userid"))
     # Riskiest first, then the most at stake: the order the message lists them in.
-    mentioned.sort(key=lambda customer_id: (-rising[customer_id], -float(revenue.get(customer_id) or 0.0),
+    mentioned.sort(key=lambda customer_id: (-rising_score[customer_id], -float(revenue.get(customer_id) or 0.0),
                                             customer_id))
     recipients: dict[str, list[str]] = {}  # batch key → its customers
     managers: dict[str, str] = {}
@@ -467,14 +468,14 @@ def _churn_alerts(settings: PlaybookSettings, scored: pd.DataFrame, people: dict
             queue(batch_key, customer_id, {
                 "customer_id": customer_id, "name": name if isinstance(name, str) else customer_id,
                 "owner_name": people.get(owner, (owner or "—", None))[0],
-                "churn_score": float(rising[customer_id]), "reasons": tops.get(customer_id, []),
+                "churn_score": rising_score[customer_id], "reasons": tops.get(customer_id, []),
                 "revenue_12m": float(revenue.get(customer_id, 0.0))})
         if len(listed) > ALERT_NAMED:
             queue(batch_key, f"more:{batch_key}", {"more": len(listed) - ALERT_NAMED})
     # Only customers someone was told about (by name or in the count) count as alerted: a
     # rep without a manager today still gets their manager told once one is set.
     told_ids = sorted({customer_id for listed in recipients.values() for customer_id in listed})
-    told = [{"customer_id": customer_id, "alerted_at": now, "churn_score": float(rising[customer_id])}
+    told = [{"customer_id": customer_id, "alerted_at": now, "churn_score": rising_score[customer_id]}
             for customer_id in told_ids]
     return _ChurnAlerts(rearmed, rows, told)
 
