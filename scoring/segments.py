@@ -181,26 +181,26 @@ def score_lifecycle(features: pd.DataFrame, as_of: date, params: LifecycleParams
     result = pd.DataFrame({"lifecycle_label": labels, "lifecycle_score": score}, index=features.index)
     return _with_reasons(result, "lifecycle_reasons", _lifecycle_reasons, deferred, labels,
                          days_since_first.to_numpy(), days_since_last.to_numpy(), features["growth"].to_numpy(),
-                         churn_high, revived, np.full(len(features), params.dormant_days))
+                         churn_high, revived, declining & ~dormant)
 
 
 def _lifecycle_reasons(labels, days_since_first, days_since_last, growths, churn_high, revived=None,
-                       dormant_days=None) -> list:
+                       declining=None) -> list:
     reasons = []
-    # Reasons stored before declining revenue counted had only the dormant case.
-    dormant_days = -1 if dormant_days is None else int(dormant_days[0]) if len(dormant_days) else -1
+    # Reasons stored before these inputs existed had neither case.
     revived = np.zeros(len(labels), dtype=bool) if revived is None else revived
-    for label, since_first, since_last, growth, is_churn, is_revived in zip(labels, days_since_first, days_since_last,
-                                                                            growths, churn_high, revived):
+    declining = np.zeros(len(labels), dtype=bool) if declining is None else declining
+    for label, since_first, since_last, growth, is_churn, is_revived, is_declining in zip(
+            labels, days_since_first, days_since_last, growths, churn_high, revived, declining):
         if label == "potential":
             reasons.append([{"factor": "no_orders"}])
         elif label == "churn_risk":
             if is_churn:
                 reasons.append([{"factor": "churn_high"}])
-            elif since_last > dormant_days or pd.isna(growth):
-                reasons.append([{"factor": "days_since_last_order", "value": int(since_last)}])
-            else:  # revenue fell by at least declining_growth
+            elif is_declining:  # revenue fell by at least declining_growth, orders not yet dormant
                 reasons.append([{"factor": "growth", "value": round(float(growth), 6)}])
+            else:
+                reasons.append([{"factor": "days_since_last_order", "value": int(since_last)}])
         elif label == "new":
             reasons.append([{"factor": "days_since_first_order", "value": int(since_first)}])
         elif is_revived and label == "growing":
