@@ -348,6 +348,7 @@ class RunOutcome:
 # The models whose labels a snapshot row keeps as codes, CODE_BITS each, in this order
 # from the lowest bits: code = 1 + the label's position in the run's coded labels
 # (ScoringParams.coded_labels, kept in the run's summary); 0 = none, or not one of them.
+# Its own tuple, not scoring.pipeline.MODELS: stored rows depend on these positions.
 CODED_MODELS = ("rfm", "sabc", "pyramid", "lifecycle", "churn", "intent")
 CODE_BITS = 5
 _CODE_MASK = (1 << CODE_BITS) - 1
