@@ -3,7 +3,7 @@
 Per size (customers, orders per customer, activities per customer):
 
 1. generate the company's CSV files (in this process, timed);
-2. `python -m bot import DIR` into a fresh database (a SQLite file under work_dir, or the
+2. `python -m bot import DIR --as-of 2026-11-20` into a fresh database (a SQLite file under work_dir, or the
    given PostgreSQL URL after dropping its public schema), as its own process;
 3. `python -m bot score --as-of 2026-11-20`: the full rescore end to end (read aggregates
    → all models → snapshot and events written), as its own process. The figure held to
@@ -50,6 +50,8 @@ from bench.venvs import venv_python
 from bot.config import PROJECT_ROOT
 
 DEFAULT_SIZES: list[tuple[int, float, float]] = [(100_000, 100, 100), (1_000_000, 20, 20)]
+
+
 AS_OF = date(2026, 11, 20)  # the generator's default "today"
 MIB = 1024
 
@@ -236,10 +238,10 @@ def run_duckdb(python: Path, orders_csv: Path, cwd: Path) -> dict:
     return {"process": asdict(process.phase()), **process.result()}
 
 
-def run_lifetimes(python: Path, orders_csv: Path, cwd: Path, *, rows: int, timeout: float, fraction: float,
-                  seed: int, seconds_per_row: float | None) -> dict:
+def run_lifetimes(python: Path, orders_csv: Path, cwd: Path, *, as_of: date, rows: int, timeout: float,
+                  fraction: float, seed: int, seconds_per_row: float | None) -> dict:
     """Full size first, unless an earlier size predicts it past `timeout`; a subset if it won't do."""
-    argv = [str(python), "-c", LIFETIMES_SCRIPT, str(orders_csv), AS_OF.isoformat()]
+    argv = [str(python), "-c", LIFETIMES_SCRIPT, str(orders_csv), as_of.isoformat()]
     note = None
     predicted = seconds_per_row * rows if seconds_per_row else None
     if predicted is not None and predicted > timeout:
@@ -267,7 +269,7 @@ def _lifetimes_figures(process: Process, note: str | None) -> dict:
     return figures
 
 
-def _rescore(env: dict[str, str], as_of: date = AS_OF) -> dict:
+def _rescore(env: dict[str, str], as_of: date) -> dict:
     process = _checked(run_process("score", [sys.executable, "-m", "bot", "score", "--as-of", as_of.isoformat()],
                                    env=env, cwd=PROJECT_ROOT))
     match = None
@@ -312,30 +314,38 @@ def run_scoring_bench(sizes: list[tuple[int, float, float]] | None, database_url
         folder = work_dir / f"scoring-{customers}"
         if folder.exists():
             shutil.rmtree(folder)
+        as_of = AS_OF
         generate, counts = _generate(folder, customers, orders_per_customer, activities_per_customer, seed)
         env = fresh_database_env(database_url, work_dir / f"scoring-{customers}.db")
-        imported = _checked(run_process("import", [sys.executable, "-m", "bot", "import", str(folder), "--no-progress"],
-                                        env=env, cwd=PROJECT_ROOT)).phase()
-        rescore = _rescore(env)
+        # As if on the data's last day, whatever the clock says: the import then builds the
+        # whole-month totals (storage.windows) of the month the runs score in, as a
+        # production import does for its nightly run.
+        imported = _checked(run_process("import", [sys.executable, "-m", "bot", "import", str(folder), "--no-progress",
+                                                   "--as-of", as_of.isoformat()], env=env, cwd=PROJECT_ROOT)).phase()
+        notes = []
+        rescore = _rescore(env, as_of)
         # The next night's run on the same data: what the service does every night once the
         # first run (after a bulk load: every tier new, every due task and alert queued) is done.
-        nightly = _rescore(env, AS_OF + timedelta(days=1))
+        nightly_day = as_of + timedelta(days=1)
+        if nightly_day.month != as_of.month:
+            notes.append(f"the next night is in a new month: that run built {nightly_day:%Y-%m}'s totals")
+        nightly = _rescore(env, nightly_day)
         orders_csv = folder / "orders.csv"
         duckdb = run_duckdb(duckdb_python, orders_csv, work_dir)
-        lifetimes = run_lifetimes(lifetimes_python, orders_csv, work_dir, rows=counts["orders"],
+        lifetimes = run_lifetimes(lifetimes_python, orders_csv, work_dir, as_of=as_of, rows=counts["orders"],
                                   timeout=lifetimes_timeout, fraction=lifetimes_fraction, seed=seed,
                                   seconds_per_row=seconds_per_row)
         if lifetimes["fraction"] == 1:
             seconds_per_row = (lifetimes["read_seconds"] + lifetimes["summary_seconds"]) / max(1, counts["orders"])
         result = {
             "customers": customers, "orders_per_customer": orders_per_customer,
-            "activities_per_customer": activities_per_customer, "seed": seed, "as_of": AS_OF.isoformat(),
+            "activities_per_customer": activities_per_customer, "seed": seed, "as_of": as_of.isoformat(),
             "database": "PostgreSQL" if database_url else "SQLite", "counts": counts,
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
             "generate": asdict(generate), "import": asdict(imported), "rescore": rescore, "nightly": nightly,
             "duckdb": duckdb, "lifetimes": lifetimes,
             "checks": _checks(customers, rescore, duckdb, lifetimes),
-            "same_data": _same_data(counts, duckdb, lifetimes),
+            "same_data": _same_data(counts, duckdb, lifetimes), "notes": notes,
         }
         results.append(result)
         report_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
@@ -370,7 +380,7 @@ def print_result(result: dict) -> None:
     counts = result["counts"]
     rescore, duckdb, lifetimes = result["rescore"], result["duckdb"], result["lifetimes"]
     print(f"\n{result['customers']:,} customers · {counts['orders']:,} orders · {counts['activities']:,} activities"
-          f" · {result['database']} · {result['machine']['cpus']} CPUs")
+          f" · {result['database']} · {result['machine']['cpus']} CPUs · as of {result['as_of']}")
     print(f"  {'phase':<52} {'seconds':>11}  {'peak RSS':>11}")
     print(_row("generate CSV (in the runner)", result["generate"]["seconds"], result["generate"]["peak_rss_mb"]))
     print(_row("import (python -m bot import)", result["import"]["seconds"], result["import"]["peak_rss_mb"]))
@@ -418,6 +428,8 @@ def print_result(result: dict) -> None:
                                                                  else f"{value:,.1f} s")
         where = "bar at this size" if check["bar"] else "bar set at another size; for information"
         print(f"    {check['check']:<38} {shown:>12}  {'met' if check['met'] else 'NOT met':<8} ({where})")
+    for note in result.get("notes", []):
+        print(f"  note: {note}")
     for problem in result["same_data"]:
         print(f"  WARNING: {problem}")
     sys.stdout.flush()

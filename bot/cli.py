@@ -108,8 +108,12 @@ def _safe_url(url: str) -> str:
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--dry-run", is_flag=True, help="Validate only; write nothing.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
+@click.option("--as-of", "as_of", callback=_parse_day,
+              help="Import as if on this day (YYYY-MM-DD): later rows are in the future, and the month "
+                   "totals and rescores are that day's.")
 @click.pass_context
-def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, progress: bool | None) -> None:
+def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, progress: bool | None,
+                   as_of: date | None) -> None:
     """Import CSV/XLSX files or folders of them, all or nothing."""
     from storage.importer import ImportFailed, run_import, summarise
 
@@ -121,7 +125,7 @@ def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, pr
         result = run_import(engine, list(paths), timezone_name=config.timezone,
                             batch_rows=config.import_.batch_rows, max_errors=config.import_.max_errors_listed,
                             dry_run=dry_run, progress=_progress_default() if progress is None else progress,
-                            touched_limit=INCREMENTAL_LIMIT)
+                            touched_limit=INCREMENTAL_LIMIT, as_of=as_of)
     except ImportFailed as exc:
         for warning in exc.warnings:
             click.echo(f"warning: {warning}", err=True)
@@ -139,7 +143,7 @@ def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, pr
     if result.touched:
         from bot.rescore import incremental_rescore
 
-        outcome = incremental_rescore(engine, config, result.touched, _today(config))
+        outcome = incremental_rescore(engine, config, result.touched, as_of or _today(config))
         if outcome is not None:
             click.echo(f"rescored the {outcome.customers:,} customers this import touched: "
                        f"{outcome.tier_changes:,} tier change(s)")

@@ -561,10 +561,9 @@ def _upsert(connection: Connection, kind: FileKind, columns: list[str], stamp: s
                        {"stamp": stamp} if kind.stamped else {})
 
 
-def _future_orders(connection: Connection, timezone_name: str) -> list[str]:
+def _future_orders(connection: Connection, today: date) -> list[str]:
     """A warning for orders dated after today. They are loaded (a CRM may hold contracts
     that start later) but count only from their date on, which a mistyped year hides."""
-    today = datetime.now(ZoneInfo(timezone_name)).date()
     count, first, last = connection.execute(text(
         "SELECT COUNT(*), MIN(order_date), MAX(order_date) FROM stage_orders WHERE order_date > :today")
         .bindparams(bindparam("today", type_=Date)), {"today": today}).one()
@@ -650,9 +649,12 @@ def rebuild_rollups(connection: Connection, only_touched: bool = True) -> int:
 def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = "Asia/Shanghai",
                batch_rows: int = 50_000, max_errors: int = 50, dry_run: bool = False,
                progress: bool = False, records: dict[str, list[dict]] | None = None,
-               touched_limit: int = 5_000) -> ImportResult:
+               touched_limit: int = 5_000, as_of: date | None = None) -> ImportResult:
     """Validate and load files (or `records`: kind → list of row dicts, as the REST API
-    receives them) in one transaction. Raises ImportFailed (nothing written)."""
+    receives them) in one transaction. Raises ImportFailed (nothing written).
+    `as_of`: import as if on that day (a reproducible bench or back-test): what is dated
+    after it is in the future, and a bulk load builds that day's month's totals."""
+    today = as_of or datetime.now(ZoneInfo(timezone_name)).date()
     sources = collect_sources(paths) if paths else []
     for kind_name, rows in (records or {}).items():
         kind = KINDS_BY_NAME[kind_name]
@@ -686,7 +688,7 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     staging[kind.name] = _staging_table(kind, metadata)
                     staging[kind.name].create(connection)
                     columns_seen[kind.name] = []
-                validator = BatchValidator(kind, str(source.path), timezone_name)
+                validator = BatchValidator(kind, str(source.path), timezone_name, as_of)
                 reader = _FileReader(source, batch_rows, progress, log, warnings)
                 problems_before = log.total
                 for batch in reader.batches():
@@ -707,7 +709,7 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                 _problems_before_writing(connection, list(FILE_KINDS), staging, names, log, frozenset(flawed))
             else:
                 if ORDERS.name in staging:
-                    warnings.extend(_future_orders(connection, timezone_name))
+                    warnings.extend(_future_orders(connection, today))
                 connection.execute(text("CREATE TEMPORARY TABLE touched_customers (customer_id VARCHAR(64) PRIMARY KEY)"))
                 for kind in FILE_KINDS:
                     if kind.name not in staging:
@@ -740,7 +742,7 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     if rebuilt > touched_limit:
                         # A bulk load: the full rescore it calls for reads this month's
                         # totals, so they are built now, with the data they come from.
-                        this_month = datetime.now(ZoneInfo(timezone_name)).date().replace(day=1)
+                        this_month = today.replace(day=1)
                         if not window_totals.is_kept(connection, this_month):
                             window_totals.build_month(connection, this_month)
                     if rebuilt <= touched_limit:

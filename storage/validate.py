@@ -8,6 +8,7 @@ database stores, and one Problem per bad cell. Nothing here touches the database
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -74,10 +75,15 @@ def _number(bound: float) -> str:
 class BatchValidator:
     """Checks batches of one file kind; `problems` collects what was wrong."""
 
-    def __init__(self, kind: FileKind, source: str, timezone: str):
+    def __init__(self, kind: FileKind, source: str, timezone: str, as_of: date | None = None):
         self.kind = kind
         self.source = source
         self.timezone = timezone
+        # The latest moment a not_future column may hold: the end of `as_of` (an import as
+        # if on that day), else now with a few minutes' grace for clocks that disagree.
+        self.latest = (pd.Timestamp(as_of) + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
+                       if as_of is not None else
+                       pd.Timestamp.now(tz=timezone).tz_localize(None) + pd.Timedelta(minutes=10))
 
     def validate(self, raw: pd.DataFrame, lines: np.ndarray) -> tuple[pd.DataFrame, list[Problem]]:
         """Return (valid rows converted for the database, problems). `lines` gives each
@@ -110,9 +116,7 @@ class BatchValidator:
                 bound = converted[column.not_before]
                 checks.append((values.notna() & bound.notna() & (values < bound), f"before {column.not_before}"))
             if column.not_future:
-                # A few minutes' grace for clocks that disagree.
-                soon = pd.Timestamp.now(tz=self.timezone).tz_localize(None) + pd.Timedelta(minutes=10)
-                checks.append((values.notna() & (values > soon.strftime(DATETIME_FORMAT)), "in the future"))
+                checks.append((values.notna() & (values > self.latest.strftime(DATETIME_FORMAT)), "in the future"))
             for out_of_bounds, why in checks:
                 wrong = out_of_bounds.to_numpy(dtype=bool) & ~bad
                 bad |= wrong

@@ -157,3 +157,16 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
     # Stopped by its own shutdown (exit 0, "stopped"), not killed by the signal (-15).
     assert process.returncode == 0, output
     assert output.rstrip().endswith("stopped")
+
+
+def test_import_as_of_a_day_refuses_what_comes_after_it(cli, tmp_path):
+    write_csv(tmp_path / "users.csv", ["userid", "name", "role"], [["u1", "甲", "rep"]])
+    write_csv(tmp_path / "customers.csv", ["customer_id", "name", "owner_userid"], [["C1", "甲公司", "u1"]])
+    write_csv(tmp_path / "activities.csv", ["activity_id", "customer_id", "ts", "kind"],
+              [["A1", "C1", "2026-06-30T18:00:00", "visit"], ["A2", "C1", "2026-07-01T09:00:00", "visit"]])
+    result = cli("import", str(tmp_path), "--no-progress", "--as-of", "2026-06-30")
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'activities.csv'}:3: ts: in the future: '2026-07-01T09:00:00'" in result.stderr
+    assert cli("import", str(tmp_path), "--no-progress", "--as-of", "2026-07-01").exit_code == 0
+    bad = cli("import", str(tmp_path), "--no-progress", "--as-of", "2026-07-32")
+    assert bad.exit_code == 2 and "'2026-07-32' is not a date" in bad.output

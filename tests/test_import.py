@@ -342,3 +342,23 @@ def test_activities_and_tickets_from_the_future_are_refused_and_future_orders_wa
     result = run_import(engine, [tmp_path / "next"])
     assert result.kinds["orders"].new == 2
     assert result.warnings == ["orders: 2 dated after today (2062-01-01 … 2062-03-01); they count from their date on"]
+
+
+def test_an_import_as_of_a_day_takes_that_day_for_today(engine, tmp_path: Path):
+    from datetime import date
+
+    folder = write_company(tmp_path / "crm")
+    # A bulk load (past touched_limit) builds the month totals of its as-of day, not of the clock's.
+    run_import(engine, [folder], touched_limit=0, as_of=date(2026, 11, 20))
+    with engine.connect() as connection:
+        months = connection.execute(text("SELECT month FROM window_months")).scalars().all()
+    assert [str(month)[:10] for month in months] == ["2026-11-01"]
+    later = tmp_path / "later"
+    write_csv(later / "activities.csv", ["activity_id", "customer_id", "ts", "kind"],
+              [["A1", "STAR1", "2026-11-20T23:30:00", "visit"], ["A2", "STAR1", "2026-11-21T00:00:00", "visit"]])
+    problems = _import_fails(engine, [later], as_of=date(2026, 11, 20))
+    assert problems == [f"{later / 'activities.csv'}:3: ts: in the future: '2026-11-21T00:00:00'"]
+    write_csv(tmp_path / "next" / "orders.csv", ORDERS_HEADER,
+              [["STAR1-NEXT", "STAR1", "2026-11-21", "80000.00", "", "crm", "renewal"]])
+    result = run_import(engine, [tmp_path / "next"], as_of=date(2026, 11, 20))
+    assert result.warnings == ["orders: 1 dated after today (2026-11-21); they count from their date on"]
