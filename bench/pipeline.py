@@ -11,6 +11,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 from bot.config import PROJECT_ROOT
@@ -37,6 +38,10 @@ def _run(args: list[str], env: dict[str, str]) -> Phase:
     return Phase(args[0], process.seconds, process.peak_rss_mb)
 
 
+# The generator's default "today": the last day of the data it writes.
+DATA_ENDS = date(2026, 11, 20)
+
+
 def _generate(out: Path, customers: int, orders_per_customer: float, activities_per_customer: float,
               seed: int) -> tuple[Phase, dict]:
     from scoring.generator import generate_company
@@ -59,10 +64,13 @@ def run_pipeline(scales: dict[int, float], activities_per_customer: float, datab
             shutil.rmtree(folder)
         generate, counts = _generate(folder, customers, orders_per_customer, activities_per_customer, seed)
         env = fresh_database_env(database_url, work_dir / f"bench-{customers}.db")
-        imported = _run(["import", str(folder), "--no-progress"], env)
-        scored = _run(["score", "--as-of", "2026-11-20"], env)
-        rescored = _run(["score", "--as-of", "2026-11-20"], env)
-        reimported = _run(["import", str(folder), "--no-progress"], env)
+        # Everything as of the generated data's last day, whatever the clock says (see
+        # bench.scoring: the import builds the month totals of the month the runs score in).
+        as_of = ["--as-of", DATA_ENDS.isoformat()]
+        imported = _run(["import", str(folder), "--no-progress", *as_of], env)
+        scored = _run(["score", *as_of], env)
+        rescored = _run(["score", *as_of], env)
+        reimported = _run(["import", str(folder), "--no-progress", *as_of], env)
         results.append({"customers": customers, "counts": counts, "phases": [generate, imported, scored, rescored,
                                                                               reimported]})
         _print(results[-1], database_url)

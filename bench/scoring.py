@@ -45,14 +45,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from bench.pipeline import Phase, _generate, fresh_database_env
+from bench.pipeline import DATA_ENDS, Phase, _generate, fresh_database_env
 from bench.venvs import venv_python
 from bot.config import PROJECT_ROOT
 
 DEFAULT_SIZES: list[tuple[int, float, float]] = [(100_000, 100, 100), (1_000_000, 20, 20)]
 
 
-AS_OF = date(2026, 11, 20)  # the generator's default "today"
+AS_OF = DATA_ENDS
 MIB = 1024
 
 # DESIGN §6 bars, and the size each is set for.
