@@ -154,6 +154,8 @@ def collect_sources(paths: list[Path | str]) -> list[_Source]:
 class _Batch:
     frame: pd.DataFrame  # raw text cells, canonical column names
     lines: np.ndarray  # the line of each row in its file
+    # REST API records: per row, the columns its item left out (",name,industry,"), else None.
+    absent: pd.Series | None = None
 
 
 class _FileReader:
@@ -211,9 +213,13 @@ class _FileReader:
         mapping = self._map_header(list(frame.columns))
         if mapping is None:
             return
-        cells = frame[[frame.columns[p] for p in mapping]].map(_cell_text)
+        raw = frame[[frame.columns[p] for p in mapping]]
+        cells = raw.map(_cell_text)
         cells.columns = list(mapping.values())
-        yield _Batch(cells.reset_index(drop=True), np.arange(1, len(cells) + 1))
+        left_out = raw.map(lambda value: value is ABSENT).to_numpy()
+        absent = pd.Series([("," + ",".join(name for name, out in zip(cells.columns, row) if out) + ",")
+                            if row.any() else None for row in left_out], dtype=object)
+        yield _Batch(cells.reset_index(drop=True), np.arange(1, len(cells) + 1), absent)
 
     def _csv_batches(self) -> Iterator[_Batch]:
         path = self.source.path
@@ -337,8 +343,19 @@ class _CountingReader(io.RawIOBase):
         return count
 
 
+# A field an API item left out, unlike one it sent as null: its stored value stays.
+ABSENT = type("Absent", (), {"__repr__": lambda self: "ABSENT"})()
+
+
+def records_frame(rows: list[dict]) -> pd.DataFrame:
+    """REST API items as a frame of their values as sent (ints stay ints), a column per
+    field any item has; a field an item lacks is ABSENT."""
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    return pd.DataFrame({name: [row.get(name, ABSENT) for row in rows] for name in names}, dtype=object)
+
+
 def _cell_text(value) -> str:
-    if value is None:
+    if value is None or value is ABSENT:
         return ""
     if isinstance(value, datetime):
         return value.date().isoformat() if value.time() == time(0) else value.isoformat(sep="T")
@@ -433,7 +450,19 @@ def _staging_table(kind: FileKind, metadata: MetaData) -> Table:
     columns = [SAColumn(c.name, c.type if specs[c.name].upsert else Text) for c in kind.table.columns
                if c.name in specs]
     return Table(f"stage_{kind.name}", metadata, *columns, SAColumn("_file", Integer), SAColumn("_line", Integer),
-                 prefixes=["TEMPORARY"])
+                 SAColumn("_absent", Text), prefixes=["TEMPORARY"])
+
+
+def _keep_what_items_left_out(connection: Connection, kind: FileKind, columns: list[str]) -> None:
+    """A field an API item left out keeps its stored value (a new row gets none), as a
+    field no item sent does: its staged cell takes the stored value."""
+    for column in columns:
+        if column == kind.key:
+            continue
+        connection.execute(text(f"""
+            UPDATE stage_{kind.name} SET {column} = (
+                SELECT t.{column} FROM {kind.table.name} t WHERE t.{kind.key} = stage_{kind.name}.{kind.key})
+            WHERE _absent LIKE :marker""").bindparams(marker=f"%,{column},%"))
 
 
 def _duplicate_problems(connection: Connection, kind: FileKind, names: list[str]) -> list[Problem]:
@@ -658,7 +687,7 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
     sources = collect_sources(paths) if paths else []
     for kind_name, rows in (records or {}).items():
         kind = KINDS_BY_NAME[kind_name]
-        sources.append(_Source(Path(f"<{kind_name}>"), kind, len(sources), pd.DataFrame.from_records(rows)))
+        sources.append(_Source(Path(f"<{kind_name}>"), kind, len(sources), records_frame(rows)))
     order = {kind.name: i for i, kind in enumerate(FILE_KINDS)}
     sources.sort(key=lambda source: (order[source.kind.name], source.index))
     for position, source in enumerate(sources):
@@ -700,7 +729,8 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     for column in valid.columns:
                         if column not in columns_seen[kind.name]:
                             columns_seen[kind.name].append(column)
-                    valid = valid.assign(_file=source.index, _line=batch.lines[valid.index.to_numpy()])
+                    valid = valid.assign(_file=source.index, _line=batch.lines[valid.index.to_numpy()],
+                                         _absent=None if batch.absent is None else batch.absent[valid.index])
                     bulk_insert(connection, staging[kind.name].name, valid)
                 if log.total > problems_before:
                     flawed.add(kind.name)
@@ -722,6 +752,8 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                         break
                     columns = [c.name for c in kind.columns
                                if c.upsert and (c.name in columns_seen[kind.name] or c.name == kind.key)]
+                    if any(source.frame is not None and source.kind is kind for source in sources):
+                        _keep_what_items_left_out(connection, kind, columns)
                     rows = int(connection.execute(text(f"SELECT COUNT(*) FROM stage_{kind.name}")).scalar())
                     new, changed = _count_changes(connection, kind, columns)
                     results[kind.name] = KindResult(rows, new, changed)

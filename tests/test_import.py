@@ -362,3 +362,38 @@ def test_an_import_as_of_a_day_takes_that_day_for_today(engine, tmp_path: Path):
               [["STAR1-NEXT", "STAR1", "2026-11-21", "80000.00", "", "crm", "renewal"]])
     result = run_import(engine, [tmp_path / "next"], as_of=date(2026, 11, 20))
     assert result.warnings == ["orders: 1 dated after today (2026-11-21); they count from their date on"]
+
+
+def test_api_items_that_leave_a_field_out_keep_its_stored_value_and_never_store_nan(engine, tmp_path: Path):
+    run_import(engine, [write_company(tmp_path / "crm")])
+    with engine.connect() as connection:
+        before = dict(connection.execute(text("SELECT customer_id, industry FROM customers")).all())
+    result = run_import(engine, [], records={"customers": [
+        {"customer_id": "STAR1", "name": "星辰半导体股份有限公司", "owner_userid": "rep_a", "industry": "新行业"},
+        {"customer_id": "QM1", "name": "新名字", "owner_userid": "rep_a"},  # no industry: it stays
+        {"customer_id": "NEW1", "name": "新客户", "owner_userid": "rep_a", "industry": None}]})
+    assert (result.kinds["customers"].new, result.kinds["customers"].changed) == (1, 2)
+    with engine.connect() as connection:
+        rows = {row.customer_id: row for row in connection.execute(text(
+            "SELECT customer_id, name, industry FROM customers WHERE customer_id IN ('STAR1', 'QM1', 'NEW1')"))}
+    assert rows["STAR1"].industry == "新行业"
+    assert (rows["QM1"].name, rows["QM1"].industry) == ("新名字", before["QM1"])
+    assert rows["NEW1"].industry is None
+    # A required field one item leaves out is that item's missing value, not the text "nan".
+    problems = _import_fails(engine, [], records={"customers": [
+        {"customer_id": "NEW2", "name": "甲", "owner_userid": "rep_a"}, {"customer_id": "NEW3", "owner_userid": "rep_a"}]})
+    assert problems == ["<customers>:2: name: missing value"]
+    # Ids keep every digit, next to an item without one.
+    problems = _import_fails(engine, [], records={"orders": [
+        {"order_id": 9007199254740993, "customer_id": "STAR1", "order_date": "2026-11-01", "amount": 5},
+        {"customer_id": "STAR1", "order_date": "2026-11-02", "amount": 6}]})
+    assert problems == ["<orders>:2: order_id: missing value"]
+    run_import(engine, [], records={"orders": [
+        {"order_id": 9007199254740993, "customer_id": "STAR1", "order_date": "2026-11-01", "amount": 5},
+        {"order_id": "X2", "customer_id": "STAR1", "order_date": "2026-11-02", "amount": 6, "cost": 1}]})
+    with engine.connect() as connection:
+        ids = set(connection.execute(text("SELECT order_id FROM orders WHERE customer_id = 'STAR1'")).scalars())
+        costs = dict(connection.execute(text("SELECT order_id, cost FROM orders WHERE order_id IN "
+                                             "('9007199254740993', 'X2')")).all())
+    assert "9007199254740993" in ids and "nan" not in ids
+    assert costs == {"9007199254740993": None, "X2": 1.0}
