@@ -150,7 +150,7 @@ def _score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date 
     result = score_value_matrix(features, params.value_matrix, None if built else reference, deferred)
     result["tier_raw"] = result["tier"]
     if previous is not None and not previous.empty:
-        stable = stabilise(result, previous, params.value_matrix)
+        stable = stabilise(result, previous, params.value_matrix, counts_as_run=built)
         result["tier"] = stable["tier"]
         result["pending_tier"] = stable["pending_tier"]
         result["pending_runs"] = stable["pending_runs"]

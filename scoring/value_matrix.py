@@ -277,10 +277,15 @@ def _reasons(features, scores, percentiles, current_weights, potential_weights, 
     return [[entry for entry in row if entry is not None] for row in zip(*slots)]
 
 
-def stabilise(raw: pd.DataFrame, previous: pd.DataFrame, params: ValueMatrixParams) -> pd.DataFrame:
+def stabilise(raw: pd.DataFrame, previous: pd.DataFrame, params: ValueMatrixParams,
+              counts_as_run: bool = True) -> pd.DataFrame:
     """Hysteresis on the tier (see Stability). `raw`: tier, current_value, potential_value.
     `previous`: tier, pending_tier, pending_runs from the last run (NaN/None when new).
-    Returns tier, pending_tier, pending_runs, held (True where the raw tier was held back)."""
+    Returns tier, pending_tier, pending_runs, held (True where the raw tier was held back).
+
+    `counts_as_run` False (an incremental rescore): a clear move still switches at once,
+    but the rescore is not one of the runs a lasting move waits for: a CRM that sends
+    every login would otherwise confirm a borderline move within minutes."""
     previous = previous.reindex(raw.index)
     before = previous["tier"].to_numpy(dtype=object)
     now = raw["tier"].to_numpy(dtype=object)
@@ -298,7 +303,8 @@ def stabilise(raw: pd.DataFrame, previous: pd.DataFrame, params: ValueMatrixPara
     unchanged = now == before
     pending_before = previous["pending_tier"].to_numpy(dtype=object)
     runs_before = previous["pending_runs"].fillna(0).to_numpy(dtype=int)
-    runs = np.where(pending_before == now, runs_before + 1, 1)
+    runs = np.where(pending_before == now, runs_before + 1, 1) if counts_as_run else \
+        np.where(pending_before == now, runs_before, 0)
     confirmed = runs >= params.stability.confirm_runs
     switch = first_time | clear | confirmed
     tier = np.where(unchanged | ~switch, np.where(first_time, now, before), now)

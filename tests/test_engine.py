@@ -119,6 +119,51 @@ def test_hysteresis_state_survives_between_runs_in_the_database(engine, database
     assert heading() == (None, 0)
 
 
+def test_incremental_rescores_do_not_count_as_the_runs_a_borderline_move_waits_for(engine, database_url,
+                                                                                    tmp_path):
+    from bot.rescore import incremental_rescore
+
+    run_import(engine, [write_company(tmp_path / "crm")])
+    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
+    full_rescore(engine, config, AS_OF)
+    with engine.connect() as connection:
+        x = connection.execute(select(ScoreSnapshot.current_value).where(ScoreSnapshot.customer_id == "F023")
+                               ).scalar_one()
+    nudged = config.model_copy(update={"scoring": ScoringParams.model_validate(
+        {"value_matrix": {"boundaries": {"current_value": x + 1}}})})
+
+    def state() -> tuple:
+        with engine.connect() as connection:
+            return tuple(connection.execute(select(Customer.tier, Customer.pending_tier, Customer.pending_runs)
+                                            .where(Customer.customer_id == "F023")).one())
+
+    full_rescore(engine, nudged, AS_OF)
+    assert state() == ("cash_cow", "dog", 1)
+    # A CRM sending activity after activity: each rescores F023, none confirms the move.
+    for number in range(3):
+        run_import(engine, [], records={"activities": [{"activity_id": f"F023-LOGIN-{number}", "customer_id": "F023",
+                                                        "ts": f"{AS_OF.isoformat()}T0{number}:00:00",
+                                                        "kind": "login"}]})
+        outcome = incremental_rescore(engine, nudged, ["F023"], AS_OF)
+        assert outcome is not None and outcome.tier_changes == 0
+        assert state() == ("cash_cow", "dog", 1)
+    full_rescore(engine, nudged, AS_OF)  # the second full run in a row confirms it
+    assert state() == ("dog", None, 0)
+
+
+def test_a_rescore_that_is_not_a_run_holds_a_borderline_move_and_switches_a_clear_one():
+    params = ValueMatrixParams()
+    held = stabilise(_raw("question_mark", 68.5), _state("star", "question_mark", 1), params, counts_as_run=False)
+    assert (held.loc["C", "tier"], held.loc["C", "pending_tier"], held.loc["C", "pending_runs"]) == \
+        ("star", "question_mark", 1)
+    new_direction = stabilise(_raw("question_mark", 68.5), _state("star"), params, counts_as_run=False)
+    assert (new_direction.loc["C", "tier"], new_direction.loc["C", "pending_runs"]) == ("star", 0)
+    then = stabilise(_raw("question_mark", 68.5), new_direction[["tier", "pending_tier", "pending_runs"]], params)
+    assert (then.loc["C", "tier"], then.loc["C", "pending_runs"]) == ("star", 1)
+    assert stabilise(_raw("question_mark", 50.0), _state("star"), params, counts_as_run=False).loc["C", "tier"] == \
+        "question_mark"
+
+
 def test_export_has_every_models_label_score_and_reasons(engine, database_url, tmp_path):
     run_import(engine, [write_company(tmp_path / "crm")])
     config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
