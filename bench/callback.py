@@ -123,7 +123,7 @@ def run_callback_bench(concurrencies: list[int], seconds: float, customers: int,
 
     from bot.config import load_config
     from bot.rescore import full_rescore
-    from bot.demo import DEMO_AS_OF
+    from bench.pipeline import DATA_ENDS
     from scoring.generator import generate_company
     from storage.db import make_engine, upgrade_schema
     from storage.importer import run_import
@@ -138,9 +138,9 @@ def run_callback_bench(concurrencies: list[int], seconds: float, customers: int,
     engine = make_engine(url)
     data = work_dir / "callback-company"
     shutil.rmtree(data, ignore_errors=True)
-    counts = generate_company(data, customers=customers, seed=11, as_of=DEMO_AS_OF)
+    counts = generate_company(data, customers=customers, seed=11, as_of=DATA_ENDS)
     run_import(engine, [data])
-    full_rescore(engine, load_config(None, environ={"TIERBOT_DATABASE_URL": url}), DEMO_AS_OF)
+    full_rescore(engine, load_config(None, environ={"TIERBOT_DATABASE_URL": url}), DATA_ENDS)
     with engine.connect() as connection:
         users = list(connection.execute(select(User.userid).where(User.role.in_(("rep", "manager")))).scalars())
     engine.dispose()

@@ -1,12 +1,16 @@
 """The sandbox demo: a generated company, imported, scored, summarised, before
-`python -m bot demo` (what `make run` runs) starts the service on it. The data is
-generated once per (size, seed) under var/demo/ and reused.
+`python -m bot demo` (what `make run` runs) starts the service on it. The company's data
+runs up to yesterday and is scored as of today, as the nightly run does: the service's
+own clock (the incremental rescore of new data, tasks' due days, the digest) then agrees
+with the scores. It is generated once per (size, seed, day) under var/demo/ and reused
+that day.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import date
+import shutil
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -14,8 +18,17 @@ from sqlalchemy import select
 
 from bot.config import PROJECT_ROOT
 
-DEMO_AS_OF = date(2026, 11, 20)
 EXAMPLES_PER_TIER = 3
+
+
+def company_folder(data_root: Path, customers: int, seed: int, data_ends: date) -> Path:
+    """Where the demo company ending on `data_ends` is kept; other days' companies of the
+    same size and seed are removed."""
+    folder = data_root / f"company-{customers}-seed{seed}-{data_ends:%Y%m%d}"
+    for stale in data_root.glob(f"company-{customers}-seed{seed}*"):
+        if stale != folder and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    return folder
 
 
 def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | None = None) -> None:
@@ -32,12 +45,14 @@ def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | No
     engine = _engine(ctx)
     lang = config.language
     data_root = data_root or PROJECT_ROOT / "var" / "demo"
-    data_dir = data_root / f"company-{customers}-seed{seed}"
+    today = datetime.now(config.tz).date()
+    data_ends = today - timedelta(days=1)
+    data_dir = company_folder(data_root, customers, seed, data_ends)
     marker = data_dir / ".complete"
     if not marker.exists():
         click.echo(f"generating a demo company of {customers:,} customers in {data_dir} …")
         data_dir.mkdir(parents=True, exist_ok=True)
-        counts = generate_company(data_dir, customers=customers, seed=seed, as_of=DEMO_AS_OF,
+        counts = generate_company(data_dir, customers=customers, seed=seed, as_of=data_ends,
                                   progress=_progress_default())
         marker.write_text(json.dumps(counts.__dict__))
     click.echo(f"importing {data_dir} …")
@@ -45,7 +60,7 @@ def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | No
                         progress=_progress_default())
     for line in summarise(result):
         click.echo("  " + line)
-    outcome, _timings = full_rescore(engine, config, DEMO_AS_OF)
+    outcome, _timings = full_rescore(engine, config, today)
     click.echo()
     click.echo(render("cli/score_summary.j2", lang=lang, run_id=outcome.run_id, summary=outcome.summary,
                       changes=outcome.tier_changes, first=outcome.first_assignments))
