@@ -88,7 +88,8 @@ class IngestApi:
         if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
             return _error(400, "body must be a JSON array of objects")
         if not items:
-            return web.json_response({"kind": kind, "rows": 0, "new": 0, "changed": 0, "unchanged": 0})
+            return web.json_response({"kind": kind, "rows": 0, "new": 0, "changed": 0, "unchanged": 0,
+                                      "warnings": []})
         if len(items) > MAX_ITEMS:
             return _error(413, f"more than {MAX_ITEMS:,} items: send smaller batches")
         items, problems = flat_values(kind, items)

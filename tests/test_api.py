@@ -125,6 +125,8 @@ async def test_deeply_nested_json_is_a_clear_400_not_a_crash(api):
 async def test_bearer_scheme_in_any_case_and_a_challenge_on_refusal(api):
     ok = await api.post("/api/v1/orders", json=[], headers={"Authorization": f"bearer {TOKEN}"})
     assert ok.status == 200
+    # An empty batch answers in the shape of any other.
+    assert await ok.json() == {"kind": "orders", "rows": 0, "new": 0, "changed": 0, "unchanged": 0, "warnings": []}
     refused = await api.post("/api/v1/orders", json=[], headers=_auth("wrong"))
     assert refused.status == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer")
 
