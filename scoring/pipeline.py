@@ -84,6 +84,11 @@ class ScoringParams(BaseModel):
     @model_validator(mode="after")
     def _rules_are_sound(self) -> "ScoringParams":
         problems = check_rules(self.rules, RULE_FIELDS, self.model_labels())
+        for index, rule in enumerate(self.rules.rules):
+            for model in (rule.then.set_label or {}) if rule.enabled else ():
+                if model in MODELS[1:] and not getattr(self, model).enabled:
+                    problems.append(f'rules[{index}] "{rule.name}": set_label: {model} is switched off '
+                                    f'(scoring.{model}.enabled: false)')
         if problems:
             raise ValueError("; ".join(problems))
         # Lists code a label in 5 bits (storage.scores.CODE_BITS): 31 of them, no_purchase included.

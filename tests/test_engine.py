@@ -61,6 +61,16 @@ def test_a_misspelt_field_in_a_rule_is_refused_at_start_up_naming_the_rule(tmp_p
     assert "unknown field 'ltvv' (did you mean 'ltv'?)" in problem
 
 
+def test_a_rule_that_sets_the_label_of_a_switched_off_model_is_refused_at_start_up(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text('scoring:\n  rfm: {enabled: false}\n  rules:\n    rules:\n      - name: champions by hand\n'
+                    '        when: ltv > 1000000\n        then: {set_label: {rfm: champions}}\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as failure:
+        load_config(path, environ={})
+    assert failure.value.problems == [
+        'scoring: rules[0] "champions by hand": set_label: rfm is switched off (scoring.rfm.enabled: false)']
+
+
 def _state(tier, pending=None, runs=0):
     return pd.DataFrame({"tier": [tier], "pending_tier": [pending], "pending_runs": [runs]}, index=["C"])
 
