@@ -77,6 +77,14 @@ def test_broken_yaml_names_the_line(tmp_path):
     assert len(problems) == 1 and "not valid YAML" in problems[0] and "config.yaml:" in problems[0]
 
 
+def test_a_key_written_twice_is_an_error_not_the_last_one_silently(tmp_path):
+    problems = _problems(tmp_path, "scoring:\n  value_matrix:\n    boundaries: {current_value: 60}\n"
+                                   "http:\n  port: 8081\nscoring:\n  rules: {rules: []}\n")
+    assert problems == [f"{tmp_path / 'config.yaml'}:6: not valid YAML: duplicate key 'scoring' (first on line 1)"]
+    nested = _problems(tmp_path, "timezone: Asia/Shanghai\nhttp:\n  port: 8081\n  port: 8082\n")
+    assert nested == [f"{tmp_path / 'config.yaml'}:4: not valid YAML: duplicate key 'port' (first on line 3)"]
+
+
 def test_scoring_fingerprint_changes_with_scoring_settings_only():
     base = Config()
     other_port = Config.model_validate({"http": {"port": 9999}})
