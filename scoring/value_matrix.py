@@ -279,37 +279,39 @@ def _reasons(features, scores, percentiles, current_weights, potential_weights, 
 
 def stabilise(raw: pd.DataFrame, previous: pd.DataFrame, params: ValueMatrixParams,
               counts_as_run: bool = True) -> pd.DataFrame:
-    """Hysteresis on the tier (see Stability). `raw`: tier, current_value, potential_value.
-    `previous`: tier, pending_tier, pending_runs from the last run (NaN/None when new).
-    Returns tier, pending_tier, pending_runs, held (True where the raw tier was held back).
+    """Hysteresis on the tier, an axis at a time. `raw`: tier, current_value,
+    potential_value. `previous`: tier, pending_tier, pending_runs from the last run
+    (NaN/None when new). Returns tier, pending_tier, pending_runs, held (True where the
+    raw tier was held back).
 
-    `counts_as_run` False (an incremental rescore): a clear move still switches at once,
-    but the rescore is not one of the runs a lasting move waits for: a CRM that sends
-    every login would otherwise confirm a borderline move within minutes."""
+    An axis (current value X, potential value Y) that crossed its boundary by
+    `stability.margin` or more moves at once; one that crossed by less keeps its side
+    until the raw tier has come out `confirm_runs` runs in a row. A Star whose Y fell far
+    and whose X slipped just under the line becomes a Cash Cow now, and a Dog if the next
+    run says so too, rather than staying a Star because one axis was borderline.
+
+    `counts_as_run` False (an incremental rescore): clear moves still happen at once,
+    but the rescore is not one of the runs a borderline move waits for: a CRM that sends
+    every login would otherwise confirm it within minutes."""
     previous = previous.reindex(raw.index)
     before = previous["tier"].to_numpy(dtype=object)
     now = raw["tier"].to_numpy(dtype=object)
-    boundaries = params.boundaries
-    x_high_before = np.isin(before, ("star", "cash_cow"))
-    y_high_before = np.isin(before, ("star", "question_mark"))
-    x_high_now = np.isin(now, ("star", "cash_cow"))
-    y_high_now = np.isin(now, ("star", "question_mark"))
-    x_distance = np.abs(raw["current_value"].to_numpy() - boundaries.current_value)
-    y_distance = np.abs(raw["potential_value"].to_numpy() - boundaries.potential_value)
-    # The distance past the boundary on each axis that changed; an unchanged axis never blocks.
-    clear = np.minimum(np.where(x_high_now != x_high_before, x_distance, np.inf),
-                       np.where(y_high_now != y_high_before, y_distance, np.inf)) >= params.stability.margin
+    boundaries, margin = params.boundaries, params.stability.margin
     first_time = pd.isna(previous["tier"]).to_numpy()
-    unchanged = now == before
     pending_before = previous["pending_tier"].to_numpy(dtype=object)
     runs_before = previous["pending_runs"].fillna(0).to_numpy(dtype=int)
     runs = np.where(pending_before == now, runs_before + 1, 1) if counts_as_run else \
         np.where(pending_before == now, runs_before, 0)
-    confirmed = runs >= params.stability.confirm_runs
-    switch = first_time | clear | confirmed
-    tier = np.where(unchanged | ~switch, np.where(first_time, now, before), now)
-    tier = np.where(first_time, now, tier)
-    waiting = ~first_time & ~unchanged & ~switch
+    settled = first_time | (runs >= params.stability.confirm_runs)
+    sides = []
+    for high_tiers, value, boundary in ((("star", "cash_cow"), "current_value", boundaries.current_value),
+                                        (("star", "question_mark"), "potential_value", boundaries.potential_value)):
+        high_before, high_now = np.isin(before, high_tiers), np.isin(now, high_tiers)
+        clear = np.abs(raw[value].to_numpy() - boundary) >= margin
+        sides.append(np.where(settled | ((high_now != high_before) & clear), high_now, high_before))
+    x_high, y_high = sides
+    tier = np.select([x_high & y_high, x_high, y_high], ["star", "cash_cow", "question_mark"], "dog").astype(object)
+    waiting = tier != now
     return pd.DataFrame({"tier": tier, "pending_tier": np.where(waiting, now, None),
                          "pending_runs": np.where(waiting, runs, 0), "held": waiting}, index=raw.index)
 

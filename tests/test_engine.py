@@ -161,6 +161,20 @@ def test_incremental_rescores_do_not_count_as_the_runs_a_borderline_move_waits_f
     assert state() == ("dog", None, 0)
 
 
+def test_an_axis_that_crossed_clearly_moves_at_once_beside_a_borderline_one():
+    params = ValueMatrixParams()  # X boundary 70, Y boundary 50, margin 3
+    # A Star whose potential fell far (Y 40) while its current value slipped just under (X 69).
+    first = stabilise(_raw("dog", 69.0, 40.0), _state("star"), params)
+    assert (first.loc["C", "tier"], first.loc["C", "pending_tier"], first.loc["C", "pending_runs"]) == \
+        ("cash_cow", "dog", 1)
+    second = stabilise(_raw("dog", 69.0, 40.0), first[["tier", "pending_tier", "pending_runs"]], params)
+    assert (second.loc["C", "tier"], second.loc["C", "pending_tier"]) == ("dog", None)
+    # Back over the line on the borderline axis: the clear move stays, nothing waits.
+    back = stabilise(_raw("cash_cow", 70.5, 40.0), first[["tier", "pending_tier", "pending_runs"]], params)
+    assert (back.loc["C", "tier"], back.loc["C", "pending_tier"], back.loc["C", "pending_runs"]) == \
+        ("cash_cow", None, 0)
+
+
 def test_a_rescore_that_is_not_a_run_holds_a_borderline_move_and_switches_a_clear_one():
     params = ValueMatrixParams()
     held = stabilise(_raw("question_mark", 68.5), _state("star", "question_mark", 1), params, counts_as_run=False)
