@@ -143,7 +143,9 @@ def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, pr
     if result.touched:
         from bot.rescore import incremental_rescore
 
-        outcome = incremental_rescore(engine, config, result.touched, as_of or _today(config))
+        today = _today(config)
+        outcome = incremental_rescore(engine, config, result.touched, as_of or today,
+                                      push=as_of is None or as_of == today)
         if outcome is not None:
             click.echo(f"rescored the {outcome.customers:,} customers this import touched: "
                        f"{outcome.tier_changes:,} tier change(s)")
@@ -151,20 +153,26 @@ def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, pr
 
 @main.command("score")
 @click.option("--as-of", "as_of", callback=_parse_day, help="Score as if on this day (YYYY-MM-DD).")
+@click.option("--push/--no-push", default=None,
+              help="Send the run's tier-change cards, tasks and churn alerts (default: only for a run as of today).")
 @click.pass_context
-def score_command(ctx: click.Context, as_of: date | None) -> None:
+def score_command(ctx: click.Context, as_of: date | None, push: bool | None) -> None:
     """Full rescore now; prints customers and revenue per tier."""
     from bot.rescore import NothingToScore, full_rescore
     from handlers.text import render
 
     config = _config(ctx)
     engine = _engine(ctx)
+    today = _today(config)
+    # A back-test must not tell reps of tiers as of another day, nor give them tasks for it.
+    push = (as_of is None or as_of == today) if push is None else push
     try:
-        outcome, timings = full_rescore(engine, config, as_of or _today(config))
+        outcome, timings = full_rescore(engine, config, as_of or today, push=push)
     except NothingToScore as exc:
         raise BadInput([str(exc)]) from None
     click.echo(render("cli/score_summary.j2", lang=config.language, run_id=outcome.run_id,
-                      summary=outcome.summary, changes=outcome.tier_changes, first=outcome.first_assignments))
+                      summary=outcome.summary, changes=outcome.tier_changes, first=outcome.first_assignments,
+                      pushed=push))
     logger.info("rescore %.2fs in all: read %.2fs, score %.2fs, write %.2fs", timings.total, timings.read,
                 timings.score, timings.write)
 

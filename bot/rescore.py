@@ -74,10 +74,11 @@ def _playbook(config: Config, history_run_id: int, features: pd.DataFrame, score
     return start
 
 
-def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | None = None
+def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | None = None, push: bool = True
                  ) -> tuple[store.RunOutcome, Timings]:
     """Score every customer as of `as_of` and record the run, with its pushes (see
-    notifications.playbook). Raises NothingToScore."""
+    notifications.playbook) unless `push` is False (a back-test: tiers and history are
+    recorded, nobody is told and no task is made). Raises NothingToScore."""
     import time
 
     entered = time.perf_counter()
@@ -112,7 +113,7 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
         outcome = store.write_run(engine, run_id, scored, features["revenue_12m"], summary,
                                   config.retention.score_runs, reference.to_json() if reference else None,
                                   after_changes=_playbook(config, run_id, features, scored, customers, now,
-                                                          deferred),
+                                                          deferred) if push else None,
                                   read_at=read_at, deferred=deferred, previous=previous)
         finished = time.perf_counter()
     except BaseException as exc:
@@ -130,10 +131,11 @@ INCREMENTAL_LIMIT = 5_000
 
 
 def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str], as_of: date,
-                        now: datetime | None = None) -> store.RunOutcome | None:
+                        now: datetime | None = None, push: bool = True) -> store.RunOutcome | None:
     """Rescore only these customers, against the population of the last full run; their
-    rows in that run's snapshot are replaced and tier changes recorded. None when there
-    is no full run to compare against yet (run `score` first)."""
+    rows in that run's snapshot are replaced and tier changes recorded, and pushed unless
+    `push` is False. None when there is no full run to compare against yet (run `score`
+    first)."""
     from scoring.reference import PopulationReference
 
     with engine.connect() as connection:
@@ -158,7 +160,7 @@ def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str],
         scored.attrs.clear()
         return store.write_incremental(engine, full.id, run_id, scored, features["revenue_12m"],
                                        after_changes=_playbook(config, run_id, features, scored, customers, now,
-                                                               deferred),
+                                                               deferred) if push else None,
                                        deferred=deferred, previous=previous, read_at=read_at,
                                        coded_labels=(full.summary or {}).get("coded_labels"))
     except BaseException as exc:

@@ -170,3 +170,25 @@ def test_import_as_of_a_day_refuses_what_comes_after_it(cli, tmp_path):
     assert cli("import", str(tmp_path), "--no-progress", "--as-of", "2026-07-01").exit_code == 0
     bad = cli("import", str(tmp_path), "--no-progress", "--as-of", "2026-07-32")
     assert bad.exit_code == 2 and "'2026-07-32' is not a date" in bad.output
+
+
+def test_a_back_test_run_tells_nobody_unless_asked_to(cli, tmp_path, engine):
+    from sqlalchemy import func, select
+
+    from storage.models import FollowUpTask, OutboxMessage
+
+    def queued() -> tuple[int, int]:
+        with engine.connect() as connection:
+            return (connection.execute(select(func.count()).select_from(OutboxMessage)).scalar_one(),
+                    connection.execute(select(func.count()).select_from(FollowUpTask)).scalar_one())
+
+    assert cli("import", str(write_company(tmp_path / "crm")), "--no-progress").exit_code == 0
+    assert cli("score", "--as-of", "2026-11-20").exit_code == 0
+    # Half a year on, customers go quiet and churn risk rises; as a back-test nobody hears of it.
+    back_test = cli("score", "--as-of", "2027-05-20")
+    assert back_test.exit_code == 0
+    assert "未推送：层级变化卡片、跟进任务与流失预警均未发出" in back_test.stdout
+    assert queued() == (0, 0)
+    pushed = cli("score", "--as-of", "2027-05-21", "--push")
+    assert pushed.exit_code == 0 and "未推送" not in pushed.stdout
+    assert queued()[0] > 0
