@@ -58,7 +58,8 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
                         writer.writerow([*SCORE_COLUMNS,
                                          *(f"{m}_{part}" for m in models
                                            for part in ("label", "name", "score", "reasons")),
-                                         "tags", "as_of", "run_id", *(f"score_{c}" for c in component_names)])
+                                         "tags", "rules", "as_of", "run_id",
+                                         *(f"score_{c}" for c in component_names)])
                     model_cells = []
                     for model in models:
                         label = labels.get(model) or ""
@@ -67,7 +68,8 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
                     writer.writerow([customer_id, name, owner or "", tier, tier_name(tier, lang), f"{current:.2f}",
                                      f"{potential:.2f}", reasons_text(reasons.get("value_matrix") or [], lang,
                                                                       catalogue_size),
-                                     *model_cells, "|".join(labels.get("tags") or []), run.as_of, run.id,
+                                     *model_cells, "|".join(labels.get("tags") or []),
+                                     model_reasons_text("rules", reasons.get("rules") or [], lang), run.as_of, run.id,
                                      *(_cell(scores.get(c)) for c in component_names)])
                     written += 1
             if component_names is None:

@@ -254,4 +254,9 @@ async def customer(ctx: CommandContext) -> Reply:
                 models.append({"model": model, "label": tier_name(labels[model], ctx.lang, model),
                                "score": scores.get(model), "why": model_reasons_text(model, shown, ctx.lang)})
         snapshot["as_of"] = str(snapshot["as_of"])[:10]
-    return Reply(render(f"chat/customer.{ctx.lang}.j2", c=detail, s=snapshot, reasons=reasons, models=models))
+        # A label a business rule set has no reason among the models' own: the rule is it.
+        rules = model_reasons_text("rules", raw.get("rules") or [], ctx.lang)
+    else:
+        rules = ""
+    return Reply(render(f"chat/customer.{ctx.lang}.j2", c=detail, s=snapshot, reasons=reasons, models=models,
+                        rules=rules))

@@ -369,3 +369,24 @@ async def test_a_pyramid_list_runs_by_revenue_the_others_by_value(bot, peer, eng
     shown = [customer_id for customer_id in reversed(iron) if f"（{customer_id}）" in listed]
     assert len(shown) == min(len(iron), 10)
     assert [listed.index(f"（{c}）") for c in shown] == sorted(listed.index(f"（{c}）") for c in shown)
+
+
+async def test_the_card_names_the_business_rule_that_set_a_label(engine, database_url, tmp_path, wecom, peer,
+                                                                 aiohttp_client):
+    from scoring.pipeline import ScoringParams
+
+    run_import(engine, [write_company(tmp_path / "crm")])
+    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
+    config = config.model_copy(update={"scoring": ScoringParams.model_validate({"rules": {"rules": [
+        {"name": "key semiconductor accounts", "when": 'industry == "半导体"',
+         "then": {"set_label": {"sabc": "S"}}}]}})})
+    full_rescore(engine, config, AS_OF)
+    identity = WeComIdentity(VECTOR_CORP, 1000002, "vector-secret", VECTOR_TOKEN, VECTOR_AES_KEY,
+                             str(wecom.make_url("")).rstrip("/"))
+    bot = await aiohttp_client(create_app(config, identity))
+    _, star = await _say(bot, peer, "boss", "客户 STAR1")
+    assert "\n按规则：业务规则「key semiconductor accounts」\n" in star and "S/A/B/C：S 战略客户" in star
+    _, other = await _say(bot, peer, "boss", "客户 QM1")
+    assert "按规则" not in other
+    _, english = await _say(bot, peer, "boss", "customer STAR1")
+    assert "\nSet by rules: business rule \"key semiconductor accounts\"\n" in english

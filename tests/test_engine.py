@@ -201,3 +201,16 @@ def test_export_has_every_models_label_score_and_reasons(engine, database_url, t
     assert star["sabc_label"] == "S" and star["pyramid_label"] in ("platinum", "gold")
     assert star["rfm_label"] in ("champions", "loyal") and "距上次购买" in star["rfm_reasons"]
     assert rows["DOG1"]["lifecycle_label"] == "churn_risk" and rows["QM1"]["lifecycle_label"] == "new"
+
+
+def test_the_export_names_the_business_rules_that_fired(engine, database_url, tmp_path):
+    run_import(engine, [write_company(tmp_path / "crm")])
+    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
+    config = config.model_copy(update={"scoring": ScoringParams.model_validate({"rules": {"rules": [
+        {"name": "key semiconductor accounts", "when": 'industry == "半导体"', "then": {"set_label": {"sabc": "S"}}}]}})})
+    full_rescore(engine, config, AS_OF)
+    export_scores(engine, tmp_path / "scores.csv", "en", 8)
+    with open(tmp_path / "scores.csv", encoding="utf-8-sig") as handle:
+        rows = {row["customer_id"]: row for row in csv.DictReader(handle)}
+    assert rows["STAR1"]["rules"] == 'business rule "key semiconductor accounts"'
+    assert rows["STAR1"]["sabc_label"] == "S" and rows["QM1"]["rules"] == ""
