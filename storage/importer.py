@@ -590,16 +590,17 @@ def _upsert(connection: Connection, kind: FileKind, columns: list[str], stamp: s
                        {"stamp": stamp} if kind.stamped else {})
 
 
-def _future_orders(connection: Connection, today: date) -> list[str]:
-    """A warning for orders dated after today. They are loaded (a CRM may hold contracts
-    that start later) but count only from their date on, which a mistyped year hides."""
+def _future_orders(connection: Connection, today: date, said: str = "today") -> list[str]:
+    """A warning for orders dated after today (`said`: how the warning names that day).
+    They are loaded (a CRM may hold contracts that start later) but count only from their
+    date on, which a mistyped year hides."""
     count, first, last = connection.execute(text(
         "SELECT COUNT(*), MIN(order_date), MAX(order_date) FROM stage_orders WHERE order_date > :today")
         .bindparams(bindparam("today", type_=Date)), {"today": today}).one()
     if not count:
         return []
     dates = str(first)[:10] if first == last else f"{str(first)[:10]} … {str(last)[:10]}"
-    return [f"orders: {count} dated after today ({dates}); they count from their date on"]
+    return [f"orders: {count} dated after {said} ({dates}); they count from their date on"]
 
 
 def _resolve_tickets(connection: Connection, timezone_name: str) -> int:
@@ -739,7 +740,7 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                 _problems_before_writing(connection, list(FILE_KINDS), staging, names, log, frozenset(flawed))
             else:
                 if ORDERS.name in staging:
-                    warnings.extend(_future_orders(connection, today))
+                    warnings.extend(_future_orders(connection, today, "today" if as_of is None else as_of.isoformat()))
                 connection.execute(text("CREATE TEMPORARY TABLE touched_customers (customer_id VARCHAR(64) PRIMARY KEY)"))
                 for kind in FILE_KINDS:
                     if kind.name not in staging:

@@ -361,7 +361,7 @@ def test_an_import_as_of_a_day_takes_that_day_for_today(engine, tmp_path: Path):
     write_csv(tmp_path / "next" / "orders.csv", ORDERS_HEADER,
               [["STAR1-NEXT", "STAR1", "2026-11-21", "80000.00", "", "crm", "renewal"]])
     result = run_import(engine, [tmp_path / "next"], as_of=date(2026, 11, 20))
-    assert result.warnings == ["orders: 1 dated after today (2026-11-21); they count from their date on"]
+    assert result.warnings == ["orders: 1 dated after 2026-11-20 (2026-11-21); they count from their date on"]
 
 
 def test_api_items_that_leave_a_field_out_keep_its_stored_value_and_never_store_nan(engine, tmp_path: Path):
