@@ -68,8 +68,8 @@ def run_pipeline(scales: dict[int, float], activities_per_customer: float, datab
         # bench.scoring: the import builds the month totals of the month the runs score in).
         as_of = ["--as-of", DATA_ENDS.isoformat()]
         imported = _run(["import", str(folder), "--no-progress", *as_of], env)
-        scored = _run(["score", *as_of, "--push"], env)
-        rescored = _run(["score", *as_of, "--push"], env)
+        scored = _run(["score", *as_of, "--live"], env)
+        rescored = _run(["score", *as_of, "--live"], env)
         reimported = _run(["import", str(folder), "--no-progress", *as_of], env)
         results.append({"customers": customers, "counts": counts, "phases": [generate, imported, scored, rescored,
                                                                               reimported]})

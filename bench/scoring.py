@@ -5,7 +5,7 @@ Per size (customers, orders per customer, activities per customer):
 1. generate the company's CSV files (in this process, timed);
 2. `python -m bot import DIR --as-of 2026-11-20` into a fresh database (a SQLite file under work_dir, or the
    given PostgreSQL URL after dropping its public schema), as its own process;
-3. `python -m bot score --as-of 2026-11-20 --push`: the full rescore end to end (read aggregates
+3. `python -m bot score --as-of 2026-11-20 --live`: the full rescore end to end (read aggregates
    → all models → snapshot and events written), as its own process. The figure held to
    the bars is the job's own time from its log line (as the service's nightly run spends
    it, with the interpreter and libraries loaded), split into read / score / write; the
@@ -270,9 +270,9 @@ def _lifetimes_figures(process: Process, note: str | None) -> dict:
 
 
 def _rescore(env: dict[str, str], as_of: date) -> dict:
-    # --push: the whole job, tier-change cards, tasks and alerts queued, as the nightly run does.
+    # --live: the whole job (tiers, history, cards, tasks and alerts), as the nightly run does it.
     process = _checked(run_process("score", [sys.executable, "-m", "bot", "score", "--as-of", as_of.isoformat(),
-                                             "--push"], env=env, cwd=PROJECT_ROOT))
+                                             "--live"], env=env, cwd=PROJECT_ROOT))
     match = None
     for match in _TIMINGS.finditer(process.output):
         pass

@@ -143,20 +143,25 @@ def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, pr
     if result.touched:
         from bot.rescore import incremental_rescore
 
-        today = _today(config)
-        outcome = incremental_rescore(engine, config, result.touched, as_of or today,
-                                      push=as_of is None or as_of == today)
+        if as_of is not None and as_of != _today(config):
+            # Rescoring as of another day would put that day's picture into today's lists.
+            click.echo(f"the {len(result.touched):,} customers this import touched wait for the service's "
+                       f"rescore (as of today) or the next full run")
+            return
+        outcome = incremental_rescore(engine, config, result.touched, _today(config))
         if outcome is not None:
             click.echo(f"rescored the {outcome.customers:,} customers this import touched: "
                        f"{outcome.tier_changes:,} tier change(s)")
 
 
 @main.command("score")
-@click.option("--as-of", "as_of", callback=_parse_day, help="Score as if on this day (YYYY-MM-DD).")
-@click.option("--push/--no-push", default=None,
-              help="Send the run's tier-change cards, tasks and churn alerts (default: only for a run as of today).")
+@click.option("--as-of", "as_of", callback=_parse_day,
+              help="Score as if on this day (YYYY-MM-DD): a back-test, unless --live.")
+@click.option("--live", is_flag=True,
+              help="With --as-of: a full run as of that day that becomes the current picture and pushes "
+                   "its cards, tasks and alerts, as the nightly run does.")
 @click.pass_context
-def score_command(ctx: click.Context, as_of: date | None, push: bool | None) -> None:
+def score_command(ctx: click.Context, as_of: date | None, live: bool) -> None:
     """Full rescore now; prints customers and revenue per tier."""
     from bot.rescore import NothingToScore, full_rescore
     from handlers.text import render
@@ -164,15 +169,15 @@ def score_command(ctx: click.Context, as_of: date | None, push: bool | None) -> 
     config = _config(ctx)
     engine = _engine(ctx)
     today = _today(config)
-    # A back-test must not tell reps of tiers as of another day, nor give them tasks for it.
-    push = (as_of is None or as_of == today) if push is None else push
+    # Another day's scores must not become today's tiers, nor reach reps as changes and tasks.
+    backtest = as_of is not None and as_of != today and not live
     try:
-        outcome, timings = full_rescore(engine, config, as_of or today, push=push)
+        outcome, timings = full_rescore(engine, config, as_of or today, backtest=backtest)
     except NothingToScore as exc:
         raise BadInput([str(exc)]) from None
     click.echo(render("cli/score_summary.j2", lang=config.language, run_id=outcome.run_id,
                       summary=outcome.summary, changes=outcome.tier_changes, first=outcome.first_assignments,
-                      pushed=push))
+                      backtest=backtest))
     logger.info("rescore %.2fs in all: read %.2fs, score %.2fs, write %.2fs", timings.total, timings.read,
                 timings.score, timings.write)
 
@@ -185,15 +190,17 @@ def export_group() -> None:
 @export_group.command("scores")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
 @click.option("--lang", type=click.Choice(["zh", "en"]), default=None, help="Language of tier names and reasons.")
+@click.option("--run", "run_id", type=int, default=None,
+              help="The run to export, e.g. a back-test's (default: the latest full run).")
 @click.pass_context
-def export_scores(ctx: click.Context, out: str, lang: str | None) -> None:
+def export_scores(ctx: click.Context, out: str, lang: str | None, run_id: int | None) -> None:
     """One row per customer from the latest score run."""
     from bot.export import NoScoreRun, export_scores as write_scores
 
     config = _config(ctx)
     try:
         rows = write_scores(_engine(ctx), Path(out), lang or config.language,
-                            catalogue_size=len(config.scoring.value_matrix.module_catalogue))
+                            catalogue_size=len(config.scoring.value_matrix.module_catalogue), run_id=run_id)
     except NoScoreRun as exc:
         raise BadInput([str(exc)]) from None
     click.echo(f"wrote {rows:,} customers to {out}")

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, select
 
 from handlers.text import model_reasons_text, reasons_text, tier_name
 from storage.models import Customer, ScoreSnapshot
-from storage.scores import StoredSnapshot, latest_run
+from storage.scores import StoredSnapshot, exportable_run, latest_run
 
 SCORE_COLUMNS = ("customer_id", "name", "owner_userid", "tier", "tier_name", "current_value", "potential_value",
                  "reasons")
@@ -22,13 +22,18 @@ class NoScoreRun(Exception):
     pass
 
 
-def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: int | None = None) -> int:
-    """Write one row per customer of the latest succeeded run; returns the row count.
-    The file is written beside its final name and renamed, so a crash never leaves half a file."""
+def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: int | None = None,
+                  run_id: int | None = None) -> int:
+    """Write one row per customer of the latest succeeded full run (or of run `run_id`, a
+    full run or a back-test); returns the row count. The file is written beside its final
+    name and renamed, so a crash never leaves half a file."""
     partial = out.with_name(out.name + ".partial")
     written = 0
     with engine.connect() as connection:
-        run = latest_run(connection)
+        run = latest_run(connection) if run_id is None else exportable_run(connection, run_id)
+        if run is None and run_id is not None:
+            raise NoScoreRun(f"no full run or back-test #{run_id} that succeeded and is still kept "
+                             f"(the newest retention.score_runs full runs are)")
         if run is None:
             raise NoScoreRun("no score run yet: run `python -m bot score` first")
         query = (select(ScoreSnapshot.customer_id, Customer.name, Customer.owner_userid, ScoreSnapshot.tier,

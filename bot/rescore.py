@@ -74,16 +74,20 @@ def _playbook(config: Config, history_run_id: int, features: pd.DataFrame, score
     return start
 
 
-def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | None = None, push: bool = True
+def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | None = None, backtest: bool = False
                  ) -> tuple[store.RunOutcome, Timings]:
     """Score every customer as of `as_of` and record the run, with its pushes (see
-    notifications.playbook) unless `push` is False (a back-test: tiers and history are
-    recorded, nobody is told and no task is made). Raises NothingToScore."""
+    notifications.playbook). Raises NothingToScore.
+
+    `backtest`: the scores as if on that day, recorded as a run of kind "backtest" for
+    export and nothing else: no hysteresis (every tier is the raw one, so the same day,
+    data and config give the same result), no tier history, no customer's tier changed,
+    nothing pushed, and lists and incremental rescores go on reading the last full run."""
     import time
 
     entered = time.perf_counter()
     store.abandon_stale_runs(engine, STALE_RUN_AFTER)
-    run_id = store.start_run(engine, as_of, config.scoring_hash())
+    run_id = store.start_run(engine, as_of, config.scoring_hash(), kind="backtest" if backtest else "full")
     try:
         started = time.perf_counter()
         read_at = datetime.now(timezone.utc)
@@ -98,7 +102,7 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
         read_done = time.perf_counter()
         features = build_features(customers, inputs.aggregates, as_of, inputs.activity)
         del inputs
-        previous = customers.set_index("customer_id")[["tier", "pending_tier", "pending_runs"]]
+        previous = None if backtest else customers.set_index("customer_id")[["tier", "pending_tier", "pending_runs"]]
         # Reasons stay compact arrays until the writer builds them a chunk at a time.
         deferred: dict = {}
         scored = score_customers(features, config.scoring, as_of, previous=previous, intent_counts=intent_counts,
@@ -112,9 +116,9 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
         score_done = time.perf_counter()
         outcome = store.write_run(engine, run_id, scored, features["revenue_12m"], summary,
                                   config.retention.score_runs, reference.to_json() if reference else None,
-                                  after_changes=_playbook(config, run_id, features, scored, customers, now,
-                                                          deferred) if push else None,
-                                  read_at=read_at, deferred=deferred, previous=previous)
+                                  after_changes=None if backtest else _playbook(
+                                      config, run_id, features, scored, customers, now, deferred),
+                                  read_at=read_at, deferred=deferred, previous=previous, backtest=backtest)
         finished = time.perf_counter()
     except BaseException as exc:
         store.fail_run(engine, run_id, f"{exc.__class__.__name__}: {exc}")
@@ -131,11 +135,10 @@ INCREMENTAL_LIMIT = 5_000
 
 
 def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str], as_of: date,
-                        now: datetime | None = None, push: bool = True) -> store.RunOutcome | None:
+                        now: datetime | None = None) -> store.RunOutcome | None:
     """Rescore only these customers, against the population of the last full run; their
-    rows in that run's snapshot are replaced and tier changes recorded, and pushed unless
-    `push` is False. None when there is no full run to compare against yet (run `score`
-    first)."""
+    rows in that run's snapshot are replaced and tier changes recorded. None when there
+    is no full run to compare against yet (run `score` first)."""
     from scoring.reference import PopulationReference
 
     with engine.connect() as connection:
@@ -160,7 +163,7 @@ def incremental_rescore(engine: Engine, config: Config, customer_ids: list[str],
         scored.attrs.clear()
         return store.write_incremental(engine, full.id, run_id, scored, features["revenue_12m"],
                                        after_changes=_playbook(config, run_id, features, scored, customers, now,
-                                                               deferred) if push else None,
+                                                               deferred),
                                        deferred=deferred, previous=previous, read_at=read_at,
                                        coded_labels=(full.summary or {}).get("coded_labels"))
     except BaseException as exc:

@@ -586,7 +586,7 @@ def _finish(connection: Connection, after_changes: AfterChanges | None,
 def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd.Series, summary: dict,
               keep_runs: int, reference: str | None = None, after_changes: AfterChanges | None = None,
               read_at: datetime | None = None, deferred: dict | None = None,
-              previous: pd.DataFrame | None = None) -> RunOutcome:
+              previous: pd.DataFrame | None = None, backtest: bool = False) -> RunOutcome:
     """A full run: snapshot rows, tier history and current tiers, then the run marked
     succeeded — all in one transaction, so a crash leaves the previous state untouched.
     `deferred`: reasons columns `scored` lacks, built a chunk at a time (scoring.deferred).
@@ -595,16 +595,20 @@ def write_run(engine: Engine, run_id: int, scored: pd.DataFrame, revenue_12m: pd
 
     The cyclic garbage collector is paused until the commit, as while scoring: the
     playbook's burst of row dicts would otherwise set off full collections that rescan
-    the run's frames (0.1 s or more at 100k customers)."""
+    the run's frames (0.1 s or more at 100k customers).
+
+    `backtest`: the snapshot and the run only (see bot.rescore.full_rescore)."""
     with paused_gc(), write_transaction(engine) as connection:
         _insert_snapshots(connection, run_id, scored, revenue_12m, deferred, summary.get("coded_labels"))
-        finish = _start_early(connection, after_changes)
-        if read_at is not None:
-            _done_pending(connection, read_at)
-        _record_pending(connection, scored, previous, read_at)
-        changes, first = _record_tier_changes(connection, run_id, run_id, None, read_at,
-                                              _value_matrix_reasons(scored, deferred))
-        _finish(connection, after_changes, finish)
+        changes = first = 0
+        if not backtest:
+            finish = _start_early(connection, after_changes)
+            if read_at is not None:
+                _done_pending(connection, read_at)
+            _record_pending(connection, scored, previous, read_at)
+            changes, first = _record_tier_changes(connection, run_id, run_id, None, read_at,
+                                                  _value_matrix_reasons(scored, deferred))
+            _finish(connection, after_changes, finish)
         connection.execute(update(ScoreRun).where(ScoreRun.id == run_id).values(
             status="succeeded", finished_at=_now(), customers=len(scored), tier_changes=changes,
             summary=summary, reference=reference))
@@ -797,6 +801,18 @@ def latest_run(connection: Connection):
     runs = ScoreRun.__table__
     return connection.execute(select(runs).where(runs.c.status == "succeeded", runs.c.kind == "full")
                               .order_by(runs.c.id.desc()).limit(1)).first()
+
+
+def exportable_run(connection: Connection, run_id: int):
+    """Run `run_id` as a row, when it is a succeeded full run or back-test whose snapshot is
+    still kept; else None."""
+    runs = ScoreRun.__table__
+    run = connection.execute(select(runs).where(runs.c.id == run_id, runs.c.status == "succeeded",
+                                                runs.c.kind.in_(("full", "backtest")))).first()
+    if run is None:
+        return None
+    kept = connection.execute(select(ScoreSnapshot.run_id).where(ScoreSnapshot.run_id == run_id).limit(1)).first()
+    return run if kept is not None else None
 
 
 def _now() -> datetime:

@@ -35,7 +35,7 @@ def test_import_score_export_round_trip(cli, tmp_path):
     again = cli("import", str(folder), "--no-progress")
     assert "orders: 914 rows — 0 new, 0 changed, 914 unchanged" in again.stdout
 
-    scored = cli("score", "--as-of", "2026-11-20")
+    scored = cli("score", "--as-of", "2026-11-20", "--live")
     assert scored.exit_code == 0, scored.output
     assert "28 个客户" in scored.stdout
     assert "明星客户 Star" in scored.stdout and "瘦狗客户 Dog" in scored.stdout
@@ -172,23 +172,44 @@ def test_import_as_of_a_day_refuses_what_comes_after_it(cli, tmp_path):
     assert bad.exit_code == 2 and "'2026-07-32' is not a date" in bad.output
 
 
-def test_a_back_test_run_tells_nobody_unless_asked_to(cli, tmp_path, engine):
+def test_a_back_test_changes_no_tier_tells_nobody_and_is_exported_by_its_run(cli, tmp_path, engine):
+    import csv
+
     from sqlalchemy import func, select
 
-    from storage.models import FollowUpTask, OutboxMessage
+    from storage.models import Customer, FollowUpTask, OutboxMessage, TierChange
 
-    def queued() -> tuple[int, int]:
+    def live_state() -> tuple:
         with engine.connect() as connection:
-            return (connection.execute(select(func.count()).select_from(OutboxMessage)).scalar_one(),
-                    connection.execute(select(func.count()).select_from(FollowUpTask)).scalar_one())
+            return (dict(connection.execute(select(Customer.customer_id, Customer.tier)).all()),
+                    *(connection.execute(select(func.count()).select_from(table)).scalar_one()
+                      for table in (TierChange, OutboxMessage, FollowUpTask)))
+
+    def exported(*run: str) -> dict:
+        out = tmp_path / "scores.csv"
+        assert cli("export", "scores", "--out", str(out), "--lang", "en", *run).exit_code == 0
+        with open(out, encoding="utf-8-sig") as handle:
+            return {row["customer_id"]: (row["tier"], row["churn_label"], row["as_of"])
+                    for row in csv.DictReader(handle)}
 
     assert cli("import", str(write_company(tmp_path / "crm")), "--no-progress").exit_code == 0
-    assert cli("score", "--as-of", "2026-11-20").exit_code == 0
-    # Half a year on, customers go quiet and churn risk rises; as a back-test nobody hears of it.
+    assert cli("score", "--as-of", "2026-11-20", "--live").exit_code == 0
+    before, current = live_state(), exported()
+    # Half a year on, customers have gone quiet: as a back-test nobody hears of it.
     back_test = cli("score", "--as-of", "2027-05-20")
     assert back_test.exit_code == 0
-    assert "未推送：层级变化卡片、跟进任务与流失预警均未发出" in back_test.stdout
-    assert queued() == (0, 0)
-    pushed = cli("score", "--as-of", "2027-05-21", "--push")
-    assert pushed.exit_code == 0 and "未推送" not in pushed.stdout
-    assert queued()[0] > 0
+    assert "回测：客户当前层级与历史未改动，也未推送任何消息或任务" in back_test.stdout
+    run_id = back_test.stdout.split("#", 1)[1].split(":", 1)[0]
+    assert live_state() == before and exported() == current
+    then = exported("--run", run_id)
+    assert {as_of for _, _, as_of in then.values()} == {"2027-05-20"}
+    assert [churn for _, churn, _ in then.values()] != [churn for _, churn, _ in current.values()]
+    # The same day, data and config give the same scores, whatever ran in between.
+    again = cli("score", "--as-of", "2027-05-20")
+    assert exported("--run", again.stdout.split("#", 1)[1].split(":", 1)[0]) == then
+    # --live makes it a real run: it becomes the current picture and pushes.
+    live = cli("score", "--as-of", "2027-05-21", "--live")
+    assert live.exit_code == 0 and "回测" not in live.stdout
+    assert live_state()[2] > before[2]
+    missing = cli("export", "scores", "--out", str(tmp_path / "x.csv"), "--run", "999")
+    assert missing.exit_code == 2 and "no full run or back-test #999" in missing.stderr
