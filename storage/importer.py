@@ -23,7 +23,7 @@ import warnings as warnings_module
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -40,6 +40,7 @@ from storage.schema_files import (
     KINDS_BY_NAME,
     ORDERS,
     TICKETS,
+    USERS,
     FileKind,
     header_names,
     kind_of_file,
@@ -676,10 +677,25 @@ def rebuild_rollups(connection: Connection, only_touched: bool = True) -> int:
     return int(connection.execute(text("SELECT COUNT(*) FROM touched_customers")).scalar())
 
 
+def _unknown_queues(connection: Connection, known_queues: Collection[str]) -> list[str]:
+    """A warning for agents given a queue the config does not have (tickets.queues): no
+    ticket would ever reach them there. The import goes ahead: the config may follow."""
+    unknown: dict[str, list[str]] = {}
+    for userid, queues in connection.execute(text(
+            "SELECT userid, queues FROM stage_users WHERE queues IS NOT NULL AND queues <> '' ORDER BY _file, _line")):
+        for queue in str(queues).split("|"):
+            if queue and queue not in known_queues:
+                unknown.setdefault(queue, []).append(str(userid))
+    return [f"users: queue {queue!r} ({', '.join(users[:3])}{' …' if len(users) > 3 else ''}) is not one of "
+            f"tickets.queues ({', '.join(sorted(known_queues))}): no ticket reaches it"
+            for queue, users in unknown.items()]
+
+
 def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = "Asia/Shanghai",
                batch_rows: int = 50_000, max_errors: int = 50, dry_run: bool = False,
                progress: bool = False, records: dict[str, list[dict]] | None = None,
-               touched_limit: int = 5_000, as_of: date | None = None) -> ImportResult:
+               touched_limit: int = 5_000, as_of: date | None = None,
+               known_queues: Collection[str] | None = None) -> ImportResult:
     """Validate and load files (or `records`: kind → list of row dicts, as the REST API
     receives them) in one transaction. Raises ImportFailed (nothing written).
     `as_of`: import as if on that day (a reproducible bench or back-test): what is dated
@@ -741,6 +757,8 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
             else:
                 if ORDERS.name in staging:
                     warnings.extend(_future_orders(connection, today, "today" if as_of is None else as_of.isoformat()))
+                if USERS.name in staging and known_queues is not None:
+                    warnings.extend(_unknown_queues(connection, known_queues))
                 connection.execute(text("CREATE TEMPORARY TABLE touched_customers (customer_id VARCHAR(64) PRIMARY KEY)"))
                 for kind in FILE_KINDS:
                     if kind.name not in staging:

@@ -397,3 +397,12 @@ def test_api_items_that_leave_a_field_out_keep_its_stored_value_and_never_store_
                                              "('9007199254740993', 'X2')")).all())
     assert "9007199254740993" in ids and "nan" not in ids
     assert costs == {"9007199254740993": None, "X2": 1.0}
+
+
+def test_an_agent_given_a_queue_the_config_lacks_is_warned_of(engine):
+    result = run_import(engine, [], known_queues={"standard", "expert"}, records={"users": [
+        {"userid": "agent_1", "name": "客服一", "role": "agent", "queues": "standard|standrad"},
+        {"userid": "agent_2", "name": "客服二", "role": "agent", "queues": "expert"}]})
+    assert result.kinds["users"].new == 2
+    assert result.warnings == ["users: queue 'standrad' (agent_1) is not one of tickets.queues (expert, standard): "
+                               "no ticket reaches it"]
