@@ -87,6 +87,11 @@ descending (ties in the order activity_decline, overdue, complaints, not_alive):
 Then, only if there is room, notes with "points": 0.0 that explain what was not judged:
   {"factor": "activity_baseline_thin", "value": <baseline>, "points": 0.0,
    "detail": {"last_30d", "baseline_30d", "min_baseline_30d"}}   (activity weight > 0)
+and when no component adds risk but the customer has a purchase cycle (its own or the
+typical one), first what keeps the risk low, the last order against that cycle:
+  {"factor": "recent_order", "value": <days since the last order>, "points": 0.0,
+   "detail": {"cycle_days": 30.0, "days_since_last_order": 12}}
+  {"factor": "recent_order_typical_cycle", ...}  (the same, against the typical cycle)
 and when nothing else applies, exactly one of
   {"factor": "no_history", "value": None, "points": 0.0}        (label "none")
   {"factor": "no_risk_signal", "value": None, "points": 0.0}
@@ -524,7 +529,11 @@ def _reasons(points: np.ndarray, no_history: np.ndarray, thin_note: np.ndarray, 
     note = np.where(no_history, 1, np.where(count == 0, np.where(thin_note, 2, 3),
                                             np.where((count < MAX_REASONS) & thin_note, 2, 0)))
     # Pattern code: the ordered components shown (base n_components + 1, 0 = none), then the note.
-    code = note.astype(np.int64)
+    # Nothing adds risk, and there is a cycle to read the last order against: that is why.
+    cycle, since = values["cycle"], values["since_last"]
+    recent = (count == 0) & ~no_history & np.isfinite(cycle) & np.isfinite(since)
+    note = np.where(recent & (note == 3), 0, note)
+    code = note.astype(np.int64) * 2 + recent
     for position in range(MAX_REASONS):
         shown = np.where(position < count, order[:, position] + 1, 0)
         code = code * (n_components + 1) + shown
@@ -544,6 +553,15 @@ def _reasons(points: np.ndarray, no_history: np.ndarray, thin_note: np.ndarray, 
         notes[thin_rows] = [{"factor": "activity_baseline_thin", "value": base, "points": 0.0,
                              "detail": {"last_30d": act, "baseline_30d": base, "min_baseline_30d": minimum}}
                             for base, act in zip(baseline, last)]
+    leads = np.empty(n, dtype=object)
+    recent_rows = np.flatnonzero(recent)
+    if len(recent_rows):
+        # Chunks stored before the typical cycle existed have own cycles only.
+        own = values["own_cycle"][recent_rows].tolist() if "own_cycle" in values else [True] * len(recent_rows)
+        leads[recent_rows] = [{"factor": "recent_order" if is_own else "recent_order_typical_cycle", "value": days,
+                               "points": 0.0, "detail": {"cycle_days": days_in_cycle, "days_since_last_order": days}}
+                              for days, days_in_cycle, is_own in zip(_ints(since[recent_rows]),
+                                                                     np.round(cycle[recent_rows], 1).tolist(), own)]
     for kind, factor in ((1, "no_history"), (3, "no_risk_signal")):
         rows = np.flatnonzero(note == kind)
         if len(rows):
@@ -556,6 +574,8 @@ def _reasons(points: np.ndarray, no_history: np.ndarray, thin_note: np.ndarray, 
     for group, first_row in enumerate(first_rows.tolist()):
         rows = grouped[bounds[group]:bounds[group + 1]]
         columns = [entries[component, rows] for component in order[first_row, :count[first_row]].tolist()]
+        if recent[first_row]:
+            columns.append(leads[rows])
         if note[first_row]:
             columns.append(notes[rows])
         for row, items in zip(rows.tolist(), zip(*columns)):

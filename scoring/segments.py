@@ -195,8 +195,10 @@ def _lifecycle_reasons(labels, days_since_first, days_since_last, growths, churn
         if label == "potential":
             reasons.append([{"factor": "no_orders"}])
         elif label == "churn_risk":
-            if is_churn:
-                reasons.append([{"factor": "churn_high"}])
+            if is_churn:  # with the silence behind it, which the churn reasons weigh
+                reasons.append([{"factor": "churn_high"}] + ([] if pd.isna(since_last) else
+                                                             [{"factor": "days_since_last_order",
+                                                               "value": int(since_last)}]))
             elif is_declining:  # revenue fell by at least declining_growth, orders not yet dormant
                 reasons.append([{"factor": "growth", "value": round(float(growth), 6)}])
             else:

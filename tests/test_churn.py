@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 from scipy.special import betaln, gammaln
 
+from handlers.text import model_reasons_text
 from scoring.churn import (
     BgNbdParams,
     ChurnParams,
@@ -95,8 +96,10 @@ def test_thin_baseline_is_not_judged_and_says_so():
     result = _score([_row("THIN", orders=_regular(10), act_30d=0, baseline=1.0)], bgnbd=None)
     assert result.loc["THIN", "churn_score"] == 0.0
     reasons = result.loc["THIN", "churn_reasons"]
-    assert _factors(reasons) == ["activity_baseline_thin"]
-    assert reasons[0]["points"] == 0.0 and reasons[0]["detail"]["min_baseline_30d"] == 3.0
+    # Why the risk is low first (the last order against its cycle), then what was not judged.
+    assert _factors(reasons) == ["recent_order", "activity_baseline_thin"]
+    assert reasons[1]["points"] == 0.0 and reasons[1]["detail"]["min_baseline_30d"] == 3.0
+    assert model_reasons_text("churn", reasons) == "距上次下单 10 天，自身采购周期约 30 天；活跃记录太少，无法判断下降"
 
 
 def test_overdue_against_own_cycle():
@@ -341,7 +344,9 @@ def test_a_reason_worth_less_than_half_a_point_is_not_given():
     result = _score([_row("STEADY", orders=_regular(10), act_30d=5, baseline=5.0)], bgnbd=hardly_anyone_leaves)
     steady = result.loc["STEADY"]
     assert 0 < 1 - steady["churn_p_alive"] < 0.01
-    assert _factors(steady["churn_reasons"]) == ["no_risk_signal"]
+    assert _factors(steady["churn_reasons"]) == ["recent_order"]
+    assert model_reasons_text("churn", steady["churn_reasons"], "en") == \
+        "last order 10 days ago; its own purchase cycle is about 30 days"
 
 
 def test_a_long_silence_is_not_talked_down_by_a_p_alive_near_one():

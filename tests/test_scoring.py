@@ -129,6 +129,18 @@ def test_revenue_back_after_a_year_without_is_growing_not_mature():
     assert model_reasons_text("lifecycle", result.loc["BACK", "lifecycle_reasons"], "zh") == "近12个月有营收，上一年度没有"
 
 
+def test_a_churn_risk_stage_says_how_long_the_customer_has_been_silent():
+    from scoring.segments import LifecycleParams, score_lifecycle
+
+    features = pd.DataFrame({
+        "first_order_date": pd.to_datetime(["2024-06-01"]), "last_order_date": pd.to_datetime(["2026-05-14"]),
+        "growth": [0.1], "revenue_12m": [80_000.0]}, index=["QUIET"])
+    result = score_lifecycle(features, AS_OF, LifecycleParams(), churn_label=pd.Series(["high"], index=["QUIET"]))
+    assert result.loc["QUIET", "lifecycle_label"] == "churn_risk"
+    assert model_reasons_text("lifecycle", result.loc["QUIET", "lifecycle_reasons"], "zh") == \
+        "流失风险高；已 190 天没有下单"
+
+
 def test_growth_reads_rounded_once_as_people_round():
     from scoring.segments import LifecycleParams, score_lifecycle
 
