@@ -295,7 +295,8 @@ class TicketsConfig(_Section):
         problems = check_routes(self.routes)
         unknown = sorted({route.queue for route in self.routes} - set(self.queues))
         if unknown:
-            problems.append(f"routes use queue(s) {', '.join(unknown)} that are not under queues:")
+            problems.append(f"routes use queue(s) {', '.join(unknown)} that tickets.queues does not have "
+                            f"({', '.join(sorted(self.queues))})")
         for userid, hours in self.agent_hours.items():
             try:
                 if parse_hh_mm(hours[0]) >= parse_hh_mm(hours[1]):

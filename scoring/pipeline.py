@@ -48,7 +48,7 @@ RULE_FIELDS: dict[str, str] = {
         "act_baseline_30d", "complaints_90d", "complaints_prev_90d", "current_value", "potential_value",
         "churn_score", "rfm_r", "rfm_f", "rfm_m", "rfm_score", "sabc_influence", "sabc_volume", "pyramid_score")},
     **{name: "text" for name in ("industry", "region", "customer_type", "expansion_plan", "modules_owned",
-                                 "owner_userid", "name")},
+                                 "owner_userid", "name", "customer_id")},
     **{name: "bool" for name in ("is_listed", "is_benchmark", "is_partner")},
     **{name: "date" for name in ("first_order_date", "last_order_date", "created_at")},
 }
@@ -200,7 +200,7 @@ def _score_customers(features: pd.DataFrame, params: ScoringParams, as_of: date 
 
 def rule_view(features: pd.DataFrame, result: pd.DataFrame) -> pd.DataFrame:
     """Every RULE_FIELDS column, from the features or the models' output."""
-    view = features.assign(ltv=features["lifetime_revenue"])
+    view = features.assign(ltv=features["lifetime_revenue"], customer_id=features.index.astype(str))
     for column in RULE_FIELDS:
         if column not in view and column in result:
             view[column] = result[column]

@@ -517,7 +517,8 @@ class _Checker:
         if name in ("AND", "OR", "NOT", "And", "Or", "Not"):
             return self.fail(f"unknown field '{name}' (write '{name.lower()}' in lower case)", node)
         guess = _did_you_mean(name, self.fields)
-        hint = f" (did you mean '{guess}'?)" if guess else ""
+        # No close spelling: the fields themselves, rather than a search of the source.
+        hint = f" (did you mean '{guess}'?)" if guess else f" (fields: {', '.join(sorted(self.fields))})"
         return self.fail(f"unknown field '{name}'{hint}", node)
 
     # -- conditions

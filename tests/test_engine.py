@@ -48,6 +48,25 @@ def test_a_config_rule_changes_the_labels_it_should_and_nothing_else():
     assert ruled.loc["N05", "rules_reasons"] == [{"factor": "rule", "value": "big manufacturers"}]
 
 
+def test_a_rule_can_pin_key_accounts_by_id():
+    features = _features()
+    pinned = {"name": "key accounts", "when": 'customer_id in ["N05", "N12"]',
+              "then": {"set_label": {"sabc": "S"}}}
+    ruled = score_customers(features, ScoringParams.model_validate({"rules": {"rules": [pinned]}}), AS_OF)
+    assert set(ruled.index[ruled["rules_reasons"].map(bool)]) == {"N05", "N12"}
+    assert (ruled.loc[["N05", "N12"], "sabc_label"] == "S").all()
+
+
+def test_an_unknown_field_with_no_close_spelling_lists_the_fields(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text('scoring:\n  rules:\n    rules:\n      - name: grade\n        when: 客户等级 == "A"\n'
+                    '        then: {set_label: {sabc: S}}\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as failure:
+        load_config(path, environ={})
+    problem = failure.value.problems[0]
+    assert "unknown field '客户等级' (fields: act_30d, act_baseline_30d," in problem and "customer_id" in problem
+
+
 def test_a_misspelt_field_in_a_rule_is_refused_at_start_up_naming_the_rule(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text('scoring:\n  rules:\n    rules:\n      - name: big manufacturers\n'
