@@ -8,11 +8,11 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from handlers.text import model_reasons_text, reasons_text, tier_name
-from storage.models import Customer, ScoreSnapshot
+from storage.models import Customer, ScoreSnapshot, User
 from storage.scores import StoredSnapshot, exportable_run, latest_run
 
-SCORE_COLUMNS = ("customer_id", "name", "owner_userid", "tier", "tier_name", "current_value", "potential_value",
-                 "reasons")
+SCORE_COLUMNS = ("customer_id", "name", "owner_userid", "owner_name", "tier", "tier_name", "current_value",
+                 "potential_value", "revenue_12m", "reasons")
 # Per model after the value matrix: label (its code), name (in the export's language),
 # score, reasons (in words).
 MODEL_COLUMNS = ("rfm", "sabc", "pyramid", "lifecycle", "churn", "intent")
@@ -38,8 +38,10 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
             raise NoScoreRun("no score run yet: run `python -m bot score` first")
         query = (select(ScoreSnapshot.customer_id, Customer.name, Customer.owner_userid, ScoreSnapshot.tier,
                         ScoreSnapshot.current_value, ScoreSnapshot.potential_value, ScoreSnapshot.reasons,
-                        ScoreSnapshot.scores, ScoreSnapshot.labels, ScoreSnapshot.reasons_chunk)
+                        ScoreSnapshot.scores, ScoreSnapshot.labels, ScoreSnapshot.reasons_chunk,
+                        ScoreSnapshot.revenue_12m, User.name.label("owner_name"))
                  .join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
+                 .outerjoin(User, User.userid == Customer.owner_userid)
                  .where(ScoreSnapshot.run_id == run.id)
                  .order_by(ScoreSnapshot.customer_id))
         result = connection.execution_options(stream_results=True, yield_per=10_000).execute(query)
@@ -57,6 +59,7 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
                                 stored.documents([(row[0], row[8], row[9]) for row in page], "labels"))
                 for row, (reasons, scores, labels) in zip(page, documents):
                     customer_id, name, owner, tier, current, potential = row[:6]
+                    revenue, owner_name = row[10:12]
                     if component_names is None:
                         component_names = [c for c in scores if c not in MODEL_COLUMNS]
                         models = [m for m in MODEL_COLUMNS if m in labels]
@@ -70,9 +73,9 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
                         label = labels.get(model) or ""
                         model_cells += [label, tier_name(label, lang, model) if label else "", _cell(scores.get(model)),
                                         model_reasons_text(model, reasons.get(model) or [], lang)]
-                    writer.writerow([customer_id, name, owner or "", tier, tier_name(tier, lang), f"{current:.2f}",
-                                     f"{potential:.2f}", reasons_text(reasons.get("value_matrix") or [], lang,
-                                                                      catalogue_size),
+                    writer.writerow([customer_id, name, owner or "", owner_name or "", tier, tier_name(tier, lang),
+                                     f"{current:.2f}", f"{potential:.2f}", f"{revenue or 0:.2f}",
+                                     reasons_text(reasons.get("value_matrix") or [], lang, catalogue_size),
                                      *model_cells, "|".join(labels.get("tags") or []),
                                      model_reasons_text("rules", reasons.get("rules") or [], lang), run.as_of, run.id,
                                      *(_cell(scores.get(c)) for c in component_names)])

@@ -44,7 +44,7 @@ def test_import_score_export_round_trip(cli, tmp_path):
     assert exported.exit_code == 0 and "wrote 28 customers" in exported.stdout
     assert (tmp_path / "out.csv").read_bytes().startswith(b"\xef\xbb\xbfcustomer_id,")  # for Excel
     text = (tmp_path / "out.csv").read_text(encoding="utf-8-sig")
-    assert "STAR1,星辰半导体股份有限公司,rep_a,star,Star," in text
+    assert "STAR1,星辰半导体股份有限公司,rep_a,张三,star,Star," in text
     assert "multi-year revenue" in text and "sabc_label" in text and "pyramid_reasons" in text
     # Each model's label also by its name, in the export's language.
     import pandas as pd
