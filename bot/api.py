@@ -77,11 +77,16 @@ class IngestApi:
             return _error(404, f"unknown collection {kind!r}: one of {', '.join(API_KINDS)}")
         if (request.content_length or 0) > MAX_BODY_BYTES:
             return _error(413, f"body larger than {MAX_BODY_BYTES // (1024 * 1024)} MB: send smaller batches")
+        charset = request.charset
+        if charset and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
+            return _error(415, f"charset {charset!r}: send the JSON as UTF-8 (Content-Type: application/json)")
         try:
             items = json.loads(await request.read())
         except web.HTTPRequestEntityTooLarge:  # a chunked body, with no length given up front
             return _error(413, f"body larger than {MAX_BODY_BYTES // (1024 * 1024)} MB: send smaller batches")
-        except (ValueError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            return _error(400, f"body is not UTF-8 (byte {exc.start}): send the JSON as UTF-8")
+        except ValueError as exc:
             return _error(400, f"body is not JSON: {exc}")
         except RecursionError:
             return _error(400, "body is not JSON we take: nested too deeply")

@@ -111,6 +111,16 @@ async def test_malformed_bodies(api, body, status):
     assert response.status == status and "error" in json.loads(await response.text())
 
 
+async def test_a_body_not_in_utf8_is_refused_saying_so(api):
+    gbk = '[{"customer_id": "C1", "name": "星辰"}]'.encode("gbk")
+    declared = await api.post("/api/v1/customers", data=gbk,
+                              headers={**_auth(), "Content-Type": "application/json; charset=gbk"})
+    assert declared.status == 415
+    assert (await declared.json())["error"] == "charset 'gbk': send the JSON as UTF-8 (Content-Type: application/json)"
+    undeclared = await api.post("/api/v1/customers", data=gbk, headers={**_auth(), "Content-Type": "application/json"})
+    assert undeclared.status == 400 and (await undeclared.json())["error"].startswith("body is not UTF-8 (byte ")
+
+
 async def test_unknown_collection_is_404(api):
     response = await api.post("/api/v1/invoices", json=[], headers=_auth())
     assert response.status == 404
