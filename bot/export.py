@@ -11,8 +11,9 @@ from handlers.text import model_reasons_text, reasons_text, tier_name
 from storage.models import Customer, ScoreSnapshot, User
 from storage.scores import StoredSnapshot, exportable_run, latest_run
 
-SCORE_COLUMNS = ("customer_id", "name", "owner_userid", "owner_name", "tier", "tier_name", "current_value",
-                 "potential_value", "revenue_12m", "reasons")
+# pending_tier: the tier a borderline customer is heading for, held back until the runs confirm it.
+SCORE_COLUMNS = ("customer_id", "name", "owner_userid", "owner_name", "tier", "tier_name", "pending_tier",
+                 "current_value", "potential_value", "revenue_12m", "reasons")
 # Per model after the value matrix: label (its code), name (in the export's language),
 # score, reasons (in words).
 MODEL_COLUMNS = ("rfm", "sabc", "pyramid", "lifecycle", "churn", "intent")
@@ -39,7 +40,7 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
         query = (select(ScoreSnapshot.customer_id, Customer.name, Customer.owner_userid, ScoreSnapshot.tier,
                         ScoreSnapshot.current_value, ScoreSnapshot.potential_value, ScoreSnapshot.reasons,
                         ScoreSnapshot.scores, ScoreSnapshot.labels, ScoreSnapshot.reasons_chunk,
-                        ScoreSnapshot.revenue_12m, User.name.label("owner_name"))
+                        ScoreSnapshot.revenue_12m, User.name.label("owner_name"), ScoreSnapshot.pending_tier)
                  .join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
                  .outerjoin(User, User.userid == Customer.owner_userid)
                  .where(ScoreSnapshot.run_id == run.id)
@@ -59,7 +60,7 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
                                 stored.documents([(row[0], row[8], row[9]) for row in page], "labels"))
                 for row, (reasons, scores, labels) in zip(page, documents):
                     customer_id, name, owner, tier, current, potential = row[:6]
-                    revenue, owner_name = row[10:12]
+                    revenue, owner_name, pending = row[10:13]
                     if component_names is None:
                         component_names = [c for c in scores if c not in MODEL_COLUMNS]
                         models = [m for m in MODEL_COLUMNS if m in labels]
@@ -74,7 +75,7 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
                         model_cells += [label, tier_name(label, lang, model) if label else "", _cell(scores.get(model)),
                                         model_reasons_text(model, reasons.get(model) or [], lang)]
                     writer.writerow([customer_id, name, owner or "", owner_name or "", tier, tier_name(tier, lang),
-                                     f"{current:.2f}", f"{potential:.2f}", f"{revenue or 0:.2f}",
+                                     pending or "", f"{current:.2f}", f"{potential:.2f}", f"{revenue or 0:.2f}",
                                      reasons_text(reasons.get("value_matrix") or [], lang, catalogue_size),
                                      *model_cells, "|".join(labels.get("tags") or []),
                                      model_reasons_text("rules", reasons.get("rules") or [], lang), run.as_of, run.id,

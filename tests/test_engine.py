@@ -143,6 +143,12 @@ def test_hysteresis_state_survives_between_runs_in_the_database(engine, database
     full_rescore(engine, nudged, AS_OF)
     assert tier_now() == "cash_cow"  # one point past the boundary: held
     assert heading() == ("dog", 1)
+    # The export says where it is heading.
+    export_scores(engine, tmp_path / "held.csv", "en", 8)
+    with open(tmp_path / "held.csv", encoding="utf-8-sig") as handle:
+        held = {row["customer_id"]: row for row in csv.DictReader(handle)}
+    assert (held["F023"]["tier"], held["F023"]["pending_tier"]) == ("cash_cow", "dog")
+    assert held["STAR1"]["pending_tier"] == ""
     full_rescore(engine, nudged, AS_OF)
     assert tier_now() == "dog"  # the second run in a row confirms it
     assert heading() == (None, 0)
