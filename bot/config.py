@@ -290,7 +290,13 @@ def load_config(path: Path | str | None = None, environ: dict[str, str] | None =
         return Config.model_validate(raw)
     except ValidationError as exc:
         problems = []
-        for error in exc.errors():
+        errors = exc.errors()
+        for error in errors:
+            # A list whose items were all refused is also "too short": the items' problems say it.
+            if error["type"] == "too_short" and any(
+                    len(other["loc"]) > len(error["loc"]) and other["loc"][:len(error["loc"])] == error["loc"]
+                    for other in errors):
+                continue
             key = _format_path(error["loc"])
             source = f" (from {env_sources[key]})" if key in env_sources else ""
             problems.append(f"{key}{source}: {_describe(error)}")

@@ -85,6 +85,14 @@ def test_a_key_written_twice_is_an_error_not_the_last_one_silently(tmp_path):
     assert nested == [f"{tmp_path / 'config.yaml'}:4: not valid YAML: duplicate key 'port' (first on line 3)"]
 
 
+def test_a_list_whose_only_item_is_wrong_says_what_is_wrong_not_that_it_is_empty(tmp_path):
+    problems = _problems(tmp_path, "scoring:\n  rfm:\n    segments:\n      - {name: all, r_min: 0, r_max: 7, "
+                                   "f_min: 1, f_max: 5, m_min: 1, m_max: 5}\n")
+    assert problems == ["scoring.rfm.segments.0.r_min: must be a number >= 1",
+                        "scoring.rfm.segments.0.r_max: must be a number <= 5"]
+    assert _problems(tmp_path, "scoring:\n  rfm:\n    segments: []\n") == ["scoring.rfm.segments: must not be empty"]
+
+
 def test_scoring_fingerprint_changes_with_scoring_settings_only():
     base = Config()
     other_port = Config.model_validate({"http": {"port": 9999}})
