@@ -455,15 +455,17 @@ def _staging_table(kind: FileKind, metadata: MetaData) -> Table:
 
 
 def _keep_what_items_left_out(connection: Connection, kind: FileKind, columns: list[str]) -> None:
-    """A field an API item left out keeps its stored value (a new row gets none), as a
-    field no item sent does: its staged cell takes the stored value."""
+    """A field an API item left out keeps its stored value, as a field no item sent does:
+    its staged cell takes the stored value. A new row keeps what the validator made of the
+    blank (NULL, or false for yes/no)."""
+    table, key, stage = kind.table.name, kind.key, f"stage_{kind.name}"
     for column in columns:
-        if column == kind.key:
+        if column == key:
             continue
         connection.execute(text(f"""
-            UPDATE stage_{kind.name} SET {column} = (
-                SELECT t.{column} FROM {kind.table.name} t WHERE t.{kind.key} = stage_{kind.name}.{kind.key})
-            WHERE _absent LIKE :marker""").bindparams(marker=f"%,{column},%"))
+            UPDATE {stage} SET {column} = (SELECT t.{column} FROM {table} t WHERE t.{key} = {stage}.{key})
+            WHERE _absent LIKE :marker AND EXISTS (SELECT 1 FROM {table} t WHERE t.{key} = {stage}.{key})""")
+                           .bindparams(marker=f"%,{column},%"))
 
 
 def _duplicate_problems(connection: Connection, kind: FileKind, names: list[str]) -> list[Problem]:

@@ -379,6 +379,14 @@ def test_api_items_that_leave_a_field_out_keep_its_stored_value_and_never_store_
     assert rows["STAR1"].industry == "新行业"
     assert (rows["QM1"].name, rows["QM1"].industry) == ("新名字", before["QM1"])
     assert rows["NEW1"].industry is None
+    # A new customer without a yes/no field another item has: no, as in a file with a blank cell.
+    run_import(engine, [], records={"customers": [
+        {"customer_id": "NEW4", "name": "甲", "owner_userid": "rep_a", "is_listed": True},
+        {"customer_id": "NEW5", "name": "乙", "owner_userid": "rep_a"}]})
+    with engine.connect() as connection:
+        listed = dict(connection.execute(text(
+            "SELECT customer_id, is_listed FROM customers WHERE customer_id IN ('NEW4', 'NEW5')")).all())
+    assert {key: bool(value) for key, value in listed.items()} == {"NEW4": True, "NEW5": False}
     # A required field one item leaves out is that item's missing value, not the text "nan".
     problems = _import_fails(engine, [], records={"customers": [
         {"customer_id": "NEW2", "name": "甲", "owner_userid": "rep_a"}, {"customer_id": "NEW3", "owner_userid": "rep_a"}]})
