@@ -184,7 +184,7 @@ def score_value_matrix(features: pd.DataFrame, params: ValueMatrixParams, refere
     potential = _weighted(scores, potential_weights).round(2)
     high_x = (current >= params.boundaries.current_value).to_numpy()
     high_y = (potential >= params.boundaries.potential_value).to_numpy()
-    tier = np.select([high_x & high_y, high_x, high_y], ["star", "cash_cow", "question_mark"], "dog")
+    tier = tier_of(high_x, high_y)
 
     result = pd.DataFrame({"tier": tier, "current_value": current, "potential_value": potential},
                           index=features.index)
@@ -288,7 +288,10 @@ def stabilise(raw: pd.DataFrame, previous: pd.DataFrame, params: ValueMatrixPara
     `stability.margin` or more moves at once; one that crossed by less keeps its side
     until the raw tier has come out `confirm_runs` runs in a row. A Star whose Y fell far
     and whose X slipped just under the line becomes a Cash Cow now, and a Dog if the next
-    run says so too, rather than staying a Star because one axis was borderline.
+    run says so too, rather than staying a Star because one axis was borderline. When the
+    axes move opposite ways (a Question Mark heading for Cash Cow), a tier between the two
+    would be neither (Star or Dog): the move is then all or nothing, at once only when
+    every axis that moved is clear.
 
     `counts_as_run` False (an incremental rescore): clear moves still happen at once,
     but the rescore is not one of the runs a borderline move waits for: a CRM that sends
@@ -303,17 +306,26 @@ def stabilise(raw: pd.DataFrame, previous: pd.DataFrame, params: ValueMatrixPara
     runs = np.where(pending_before == now, runs_before + 1, 1) if counts_as_run else \
         np.where(pending_before == now, runs_before, 0)
     settled = first_time | (runs >= params.stability.confirm_runs)
-    sides = []
+    axes = []  # per axis: side before, side now, moved clear of the boundary
     for high_tiers, value, boundary in ((("star", "cash_cow"), "current_value", boundaries.current_value),
                                         (("star", "question_mark"), "potential_value", boundaries.potential_value)):
         high_before, high_now = np.isin(before, high_tiers), np.isin(now, high_tiers)
         clear = np.abs(raw[value].to_numpy() - boundary) >= margin
-        sides.append(np.where(settled | ((high_now != high_before) & clear), high_now, high_before))
-    x_high, y_high = sides
-    tier = np.select([x_high & y_high, x_high, y_high], ["star", "cash_cow", "question_mark"], "dog").astype(object)
+        axes.append((high_before, high_now, (high_now != high_before) & clear))
+    (x_before, x_now, x_clear), (y_before, y_now, y_clear) = axes
+    opposite = (x_now != x_before) & (y_now != y_before) & (x_now != y_now)
+    all_clear = (x_clear | (x_now == x_before)) & (y_clear | (y_now == y_before))
+    x_move = settled | np.where(opposite, all_clear, x_clear)
+    y_move = settled | np.where(opposite, all_clear, y_clear)
+    tier = tier_of(np.where(x_move, x_now, x_before), np.where(y_move, y_now, y_before))
     waiting = tier != now
     return pd.DataFrame({"tier": tier, "pending_tier": np.where(waiting, now, None),
                          "pending_runs": np.where(waiting, runs, 0), "held": waiting}, index=raw.index)
+
+
+def tier_of(high_x: np.ndarray, high_y: np.ndarray) -> np.ndarray:
+    """The quadrant of each customer's sides of the two boundaries."""
+    return np.select([high_x & high_y, high_x, high_y], ["star", "cash_cow", "question_mark"], "dog").astype(object)
 
 
 def add_reference(reference, features: pd.DataFrame) -> None:
