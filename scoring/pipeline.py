@@ -230,6 +230,13 @@ def _apply_business_rules(features: pd.DataFrame, result: pd.DataFrame, params: 
                              zip(result.get("intent_tags", pd.Series([[]] * len(result), index=result.index)),
                                  tags.reindex(result.index))]
     result["rules_reasons"] = outcome.reasons().reindex(result.index)
+    # A tier a rule set is not on its way anywhere: no borderline move waits for runs.
+    pinning = [rule.name for rule in params.rules.rules
+               if rule.enabled and "value_matrix" in (rule.then.set_label or {}) and rule.name in outcome.matched]
+    if pinning and "pending_tier" in result:
+        pinned = outcome.matched[pinning].any(axis=1).reindex(result.index, fill_value=False).to_numpy()
+        result["pending_tier"] = np.where(pinned, None, result["pending_tier"].to_numpy(dtype=object))
+        result["pending_runs"] = np.where(pinned, 0, result["pending_runs"].to_numpy())
     return result
 
 

@@ -48,6 +48,23 @@ def test_a_config_rule_changes_the_labels_it_should_and_nothing_else():
     assert ruled.loc["N05", "rules_reasons"] == [{"factor": "rule", "value": "big manufacturers"}]
 
 
+def test_a_tier_a_rule_sets_has_no_move_pending():
+    features = _features()
+    params = ScoringParams.model_validate({"rules": {"rules": [RULE]}})
+    raw = score_customers(features, params, AS_OF)
+    # N05 (pinned to Star by the rule) scored as if it had been a Dog last run and were
+    # borderline now: hysteresis would leave a move pending; the rule settles it.
+    previous = pd.DataFrame({"tier": "dog", "pending_tier": None, "pending_runs": 0}, index=features.index)
+    nudged = ScoringParams.model_validate({"rules": {"rules": [RULE]}, "value_matrix": {
+        "boundaries": {"current_value": float(raw.loc["N05", "current_value"]) - 1}}})
+    unruled = score_customers(features, nudged.model_copy(update={"rules": ScoringParams().rules}), AS_OF,
+                              previous=previous)
+    assert (unruled.loc["N05", "tier"], unruled.loc["N05", "pending_tier"]) == ("dog", "cash_cow")
+    ruled = score_customers(features, nudged, AS_OF, previous=previous)
+    assert ruled.loc["N05", "tier"] == "star"
+    assert pd.isna(ruled.loc["N05", "pending_tier"]) and ruled.loc["N05", "pending_runs"] == 0
+
+
 def test_a_rule_can_pin_key_accounts_by_id():
     features = _features()
     pinned = {"name": "key accounts", "when": 'customer_id in ["N05", "N12"]',
@@ -198,6 +215,18 @@ def test_an_axis_that_crossed_clearly_moves_at_once_beside_a_borderline_one():
     back = stabilise(_raw("cash_cow", 70.5, 40.0), first[["tier", "pending_tier", "pending_runs"]], params)
     assert (back.loc["C", "tier"], back.loc["C", "pending_tier"], back.loc["C", "pending_runs"]) == \
         ("cash_cow", None, 0)
+
+
+def test_axes_moving_opposite_ways_move_together_never_to_a_tier_neither_run_gave():
+    params = ValueMatrixParams()
+    # A Question Mark whose scores say Cash Cow: X up clearly (80), Y down just under (49).
+    # Moving X alone would make it a Star for a night; it waits as a whole instead.
+    first = stabilise(_raw("cash_cow", 80.0, 49.0), _state("question_mark"), params)
+    assert (first.loc["C", "tier"], first.loc["C", "pending_tier"]) == ("question_mark", "cash_cow")
+    second = stabilise(_raw("cash_cow", 80.0, 49.0), first[["tier", "pending_tier", "pending_runs"]], params)
+    assert second.loc["C", "tier"] == "cash_cow"
+    # Both clear: at once.
+    assert stabilise(_raw("cash_cow", 80.0, 40.0), _state("question_mark"), params).loc["C", "tier"] == "cash_cow"
 
 
 def test_a_rescore_that_is_not_a_run_holds_a_borderline_move_and_switches_a_clear_one():
