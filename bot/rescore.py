@@ -93,7 +93,8 @@ def full_rescore(engine: Engine, config: Config, as_of: date, now: datetime | No
         read_at = datetime.now(timezone.utc)
         # The whole-month totals are kept by the import; only the first run of a month builds them.
         month = window_starts(as_of)["m0"]
-        window_totals.ensure_month(engine, month)
+        if not backtest:  # a back-test keeps nothing: its month's totals are computed when not kept
+            window_totals.ensure_month(engine, month)
         with store.consistent_read(engine, columnar=True) as connection:
             inputs = store.load_inputs(connection, as_of, _intent_rules(config))
         customers, intent_counts = inputs.customers, inputs.intent_counts

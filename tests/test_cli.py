@@ -177,13 +177,14 @@ def test_a_back_test_changes_no_tier_tells_nobody_and_is_exported_by_its_run(cli
 
     from sqlalchemy import func, select
 
-    from storage.models import Customer, FollowUpTask, OutboxMessage, TierChange
+    from storage.models import Customer, FollowUpTask, OutboxMessage, TierChange, WindowMonth
 
     def live_state() -> tuple:
         with engine.connect() as connection:
             return (dict(connection.execute(select(Customer.customer_id, Customer.tier)).all()),
                     *(connection.execute(select(func.count()).select_from(table)).scalar_one()
-                      for table in (TierChange, OutboxMessage, FollowUpTask)))
+                      for table in (TierChange, OutboxMessage, FollowUpTask)),
+                    sorted(str(month) for month in connection.execute(select(WindowMonth.month)).scalars()))
 
     def exported(*run: str) -> dict:
         out = tmp_path / "scores.csv"
