@@ -246,6 +246,11 @@ def _mapping_of_unique_keys(loader: _UniqueKeyLoader, node: yaml.MappingNode, de
         if key_node.tag == "tag:yaml.org,2002:merge":
             continue
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, "a key must be a plain value, not a list or mapping",
+                                                    key_node.start_mark) from None
         if key in first_line:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r} (first on line {first_line[key] + 1})", key_node.start_mark)

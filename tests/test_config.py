@@ -81,6 +81,8 @@ def test_a_key_written_twice_is_an_error_not_the_last_one_silently(tmp_path):
     problems = _problems(tmp_path, "scoring:\n  value_matrix:\n    boundaries: {current_value: 60}\n"
                                    "http:\n  port: 8081\nscoring:\n  rules: {rules: []}\n")
     assert problems == [f"{tmp_path / 'config.yaml'}:6: not valid YAML: duplicate key 'scoring' (first on line 1)"]
+    listed = _problems(tmp_path, "http:\n  ? [a, b]\n  : 1\n")
+    assert listed == [f"{tmp_path / 'config.yaml'}:2: not valid YAML: a key must be a plain value, not a list or mapping"]
     nested = _problems(tmp_path, "timezone: Asia/Shanghai\nhttp:\n  port: 8081\n  port: 8082\n")
     assert nested == [f"{tmp_path / 'config.yaml'}:4: not valid YAML: duplicate key 'port' (first on line 3)"]
 
