@@ -73,7 +73,7 @@ to lose and nothing to judge. Such a customer scores 0.0.
 
 Reasons (`churn_reasons`, a list of 1–3 dicts per customer, most important first):
 every component with at least 0.5 points (visible in whole points; a score made only of
-smaller bits, say 0.9, shows "no_risk_signal"), by points
+smaller bits, say 0.9, shows "recent_order" or "no_risk_signal", below), by points
 descending (ties in the order activity_decline, overdue, complaints, not_alive):
   {"factor": "activity_decline", "value": 0.8, "points": 28.0,
    "detail": {"last_30d": 2, "baseline_30d": 10.0}}
@@ -88,7 +88,8 @@ Then, only if there is room, notes with "points": 0.0 that explain what was not 
   {"factor": "activity_baseline_thin", "value": <baseline>, "points": 0.0,
    "detail": {"last_30d", "baseline_30d", "min_baseline_30d"}}   (activity weight > 0)
 and when no component adds risk but the customer has a purchase cycle (its own or the
-typical one), first what keeps the risk low, the last order against that cycle:
+typical one) and overdue is weighted, first what keeps the risk low, the last order
+against that cycle:
   {"factor": "recent_order", "value": <days since the last order>, "points": 0.0,
    "detail": {"cycle_days": 30.0, "days_since_last_order": 12}}
   {"factor": "recent_order_typical_cycle", ...}  (the same, against the typical cycle)
@@ -531,7 +532,7 @@ def _reasons(points: np.ndarray, no_history: np.ndarray, thin_note: np.ndarray, 
     # Pattern code: the ordered components shown (base n_components + 1, 0 = none), then the note.
     # Nothing adds risk, and there is a cycle to read the last order against: that is why.
     cycle, since = values["cycle"], values["since_last"]
-    recent = (count == 0) & ~no_history & np.isfinite(cycle) & np.isfinite(since)
+    recent = (count == 0) & ~no_history & np.isfinite(cycle) & np.isfinite(since) & (params.weights.overdue > 0)
     note = np.where(recent & (note == 3), 0, note)
     code = note.astype(np.int64) * 2 + recent
     for position in range(MAX_REASONS):

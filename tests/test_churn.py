@@ -349,6 +349,13 @@ def test_a_reason_worth_less_than_half_a_point_is_not_given():
         "last order 10 days ago; its own purchase cycle is about 30 days"
 
 
+def test_the_last_order_is_no_reason_for_low_risk_when_overdue_is_not_weighed():
+    params = ChurnParams.model_validate({"weights": {"activity_decline": 0.5, "overdue": 0, "complaints": 0.5,
+                                                     "not_alive": 0}})
+    result = _score([_row("LONG_AGO", orders=_regular(700), act_30d=5, baseline=5.0)], params=params)
+    assert _factors(result.loc["LONG_AGO", "churn_reasons"]) == ["no_risk_signal"]
+
+
 def test_a_long_silence_is_not_talked_down_by_a_p_alive_near_one():
     # The demo company's fit: hardly anyone ever leaves, so P(alive) is near 1 for all.
     hardly_anyone_leaves = BgNbdParams(r=0.25, alpha=30.0, a=0.8, b=131.0)
