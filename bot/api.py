@@ -78,7 +78,7 @@ class IngestApi:
         if (request.content_length or 0) > MAX_BODY_BYTES:
             return _error(413, f"body larger than {MAX_BODY_BYTES // (1024 * 1024)} MB: send smaller batches")
         charset = request.charset
-        if charset and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        if charset and charset.lower().replace("_", "-") not in ("utf-8", "utf8", "us-ascii", "ascii"):
             return _error(415, f"charset {charset!r}: send the JSON as UTF-8 (Content-Type: application/json)")
         try:
             items = json.loads(await request.read())

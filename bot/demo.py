@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import click
@@ -25,14 +25,15 @@ def company_folder(data_root: Path, customers: int, seed: int, data_ends: date) 
     """Where the demo company ending on `data_ends` is kept; other days' companies of the
     same size and seed are removed."""
     folder = data_root / f"company-{customers}-seed{seed}-{data_ends:%Y%m%d}"
-    for stale in data_root.glob(f"company-{customers}-seed{seed}*"):
+    # Other days' (and the undated folder versions before 2026-11-30 kept), not other seeds'.
+    for stale in [*data_root.glob(f"company-{customers}-seed{seed}-*"), data_root / f"company-{customers}-seed{seed}"]:
         if stale != folder and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
     return folder
 
 
 def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | None = None) -> None:
-    from bot.cli import _config, _engine, _progress_default
+    from bot.cli import _config, _engine, _progress_default, _today
     from bot.rescore import full_rescore
     from handlers.text import reasons_text, render, score_points, tier_name
     from scoring.generator import generate_company
@@ -45,7 +46,7 @@ def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | No
     engine = _engine(ctx)
     lang = config.language
     data_root = data_root or PROJECT_ROOT / "var" / "demo"
-    today = datetime.now(config.tz).date()
+    today = _today(config)
     data_ends = today - timedelta(days=1)
     data_dir = company_folder(data_root, customers, seed, data_ends)
     marker = data_dir / ".complete"

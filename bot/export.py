@@ -82,7 +82,7 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
                                      *(_cell(scores.get(c)) for c in component_names)])
                     written += 1
             if component_names is None:
-                writer.writerow([*SCORE_COLUMNS, "as_of", "run_id"])
+                writer.writerow([*SCORE_COLUMNS, "tags", "rules", "as_of", "run_id"])
     partial.replace(out)
     return written
 

@@ -684,7 +684,8 @@ def _unknown_queues(connection: Connection, known_queues: Collection[str]) -> li
     ticket would ever reach them there. The import goes ahead: the config may follow."""
     unknown: dict[str, list[str]] = {}
     for userid, queues in connection.execute(text(
-            "SELECT userid, queues FROM stage_users WHERE queues IS NOT NULL AND queues <> '' ORDER BY _file, _line")):
+            "SELECT userid, queues FROM stage_users WHERE role = 'agent' AND queues IS NOT NULL AND queues <> '' "
+            "ORDER BY _file, _line")):
         for queue in str(queues).split("|"):
             if queue and queue not in known_queues:
                 unknown.setdefault(queue, []).append(str(userid))
