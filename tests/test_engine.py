@@ -74,36 +74,32 @@ def test_a_rule_can_pin_key_accounts_by_id():
     assert (ruled.loc[["N05", "N12"], "sabc_label"] == "S").all()
 
 
-def test_an_unknown_field_with_no_close_spelling_lists_the_fields(tmp_path):
+def _config_problems(tmp_path, text: str) -> list[str]:
     path = tmp_path / "config.yaml"
-    path.write_text('scoring:\n  rules:\n    rules:\n      - name: grade\n        when: 客户等级 == "A"\n'
-                    '        then: {set_label: {sabc: S}}\n', encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError) as failure:
         load_config(path, environ={})
-    problem = failure.value.problems[0]
+    return failure.value.problems
+
+
+def test_an_unknown_field_with_no_close_spelling_lists_the_fields(tmp_path):
+    [problem] = _config_problems(tmp_path, 'scoring:\n  rules:\n    rules:\n      - name: grade\n'
+                                           '        when: 客户等级 == "A"\n        then: {set_label: {sabc: S}}\n')
     assert "unknown field '客户等级' (fields: act_30d, act_baseline_30d," in problem and "customer_id" in problem
 
 
 def test_a_misspelt_field_in_a_rule_is_refused_at_start_up_naming_the_rule(tmp_path):
-    path = tmp_path / "config.yaml"
-    path.write_text('scoring:\n  rules:\n    rules:\n      - name: big manufacturers\n'
-                    '        when: ltvv > 1000000 and industry == "高端制造"\n'
-                    '        then: {set_label: {value_matrix: star}}\n', encoding="utf-8")
-    with pytest.raises(ConfigError) as failure:
-        load_config(path, environ={})
-    assert len(failure.value.problems) == 1
-    problem = failure.value.problems[0]
+    [problem] = _config_problems(tmp_path, 'scoring:\n  rules:\n    rules:\n      - name: big manufacturers\n'
+                                           '        when: ltvv > 1000000 and industry == "高端制造"\n'
+                                           '        then: {set_label: {value_matrix: star}}\n')
     assert problem.startswith("scoring: ") and '"big manufacturers"' in problem
     assert "unknown field 'ltvv' (did you mean 'ltv'?)" in problem
 
 
 def test_a_rule_that_sets_the_label_of_a_switched_off_model_is_refused_at_start_up(tmp_path):
-    path = tmp_path / "config.yaml"
-    path.write_text('scoring:\n  rfm: {enabled: false}\n  rules:\n    rules:\n      - name: champions by hand\n'
-                    '        when: ltv > 1000000\n        then: {set_label: {rfm: champions}}\n', encoding="utf-8")
-    with pytest.raises(ConfigError) as failure:
-        load_config(path, environ={})
-    assert failure.value.problems == [
+    assert _config_problems(tmp_path, 'scoring:\n  rfm: {enabled: false}\n  rules:\n    rules:\n'
+                                      '      - name: champions by hand\n        when: ltv > 1000000\n'
+                                      '        then: {set_label: {rfm: champions}}\n') == [
         'scoring: rules[0] "champions by hand": set_label: rfm is switched off (scoring.rfm.enabled: false)']
 
 
@@ -137,16 +133,22 @@ def test_a_clear_move_switches_at_once_and_a_lasting_one_after_the_runs():
     assert second.loc["C", "tier"] == "question_mark"
 
 
-def test_hysteresis_state_survives_between_runs_in_the_database(engine, database_url, tmp_path):
+def _scored_with_f023_just_under_the_line(engine, database_url, tmp_path):
+    """The test company scored once, and a config whose X boundary is one point above
+    F023, a cash cow just above the shipped boundary."""
     run_import(engine, [write_company(tmp_path / "crm")])
     config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
     full_rescore(engine, config, AS_OF)
     with engine.connect() as connection:
         x = connection.execute(select(ScoreSnapshot.current_value).where(ScoreSnapshot.customer_id == "F023")
                                ).scalar_one()
-    assert x >= 70  # a cash cow just above the boundary
-    nudged = config.model_copy(update={"scoring": ScoringParams.model_validate(
+    assert x >= 70
+    return config.model_copy(update={"scoring": ScoringParams.model_validate(
         {"value_matrix": {"boundaries": {"current_value": x + 1}}})})
+
+
+def test_hysteresis_state_survives_between_runs_in_the_database(engine, database_url, tmp_path):
+    nudged = _scored_with_f023_just_under_the_line(engine, database_url, tmp_path)
 
     def tier_now() -> str:
         with engine.connect() as connection:
@@ -175,14 +177,7 @@ def test_incremental_rescores_do_not_count_as_the_runs_a_borderline_move_waits_f
                                                                                     tmp_path):
     from bot.rescore import incremental_rescore
 
-    run_import(engine, [write_company(tmp_path / "crm")])
-    config = load_config(None, environ={"TIERBOT_DATABASE_URL": database_url})
-    full_rescore(engine, config, AS_OF)
-    with engine.connect() as connection:
-        x = connection.execute(select(ScoreSnapshot.current_value).where(ScoreSnapshot.customer_id == "F023")
-                               ).scalar_one()
-    nudged = config.model_copy(update={"scoring": ScoringParams.model_validate(
-        {"value_matrix": {"boundaries": {"current_value": x + 1}}})})
+    nudged = _scored_with_f023_just_under_the_line(engine, database_url, tmp_path)
 
     def state() -> tuple:
         with engine.connect() as connection:
