@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from handlers.paging import fit_page, remember
 from handlers.registry import CommandContext, Reply
@@ -10,6 +11,7 @@ from handlers.router import router
 from handlers.text import model_reasons_text, reasons_text, render, risk_reasons, tier_name, tier_names
 from scoring import TIERS
 from storage import queries
+from storage.db import as_utc
 
 PAGE_SIZE = 10
 # Shown under the value matrix in the customer card, in this order.
@@ -240,7 +242,11 @@ async def customer(ctx: CommandContext) -> Reply:
         detail = await queries.customer_detail(connection, owners, matches[0]["customer_id"], run_id)
     snapshot = detail.pop("snapshot")
     if detail.get("tier_since"):
-        detail["tier_since"] = str(detail["tier_since"])[:10]
+        # The day in the service's time zone, as the scoring day is: a run at 01:00 in Shanghai is still
+        # yesterday in UTC.
+        since = detail["tier_since"]
+        since = as_utc(datetime.fromisoformat(str(since)) if not isinstance(since, datetime) else since)
+        detail["tier_since"] = since.astimezone(ctx.services.config.tz).date().isoformat()
     reasons, models = [], []
     if snapshot:
         # Documents as queries.customer_detail merged them from the row and its chunk.

@@ -33,6 +33,7 @@ from notifications.outbox import outbox_row
 from notifications.tickets import ROUTE_WITHIN
 from scoring import TIERS
 from storage import queries
+from storage.db import as_utc
 from storage.models import AgentState, OutboxMessage, Ticket
 
 PAGE_SIZE = 15
@@ -64,15 +65,8 @@ def _utc_now(services: Any) -> datetime:
     return services.now().astimezone(timezone.utc)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    """tz-aware ticket columns come back naive (UTC) from SQLite."""
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment
-
-
 def _local(services: Any, moment: datetime | None) -> str | None:
-    moment = _aware(moment)
+    moment = as_utc(moment)
     return moment.astimezone(services.config.tz).strftime("%m-%d %H:%M") if moment is not None else None
 
 
@@ -202,7 +196,7 @@ async def _ticket_page(ctx: CommandContext, offset: int) -> Reply:
 
 
 def _list_row(services: Any, item: dict[str, Any], now: datetime) -> dict[str, Any]:
-    due = _aware(item["first_response_due"])
+    due = as_utc(item["first_response_due"])
     late = item["breached_at"] is not None or (item["status"] == "open" and due is not None and due <= now)
     return {**item, "due": _local(services, due), "until": _local(services, item["self_service_until"]),
             "late": late}
@@ -391,7 +385,7 @@ async def _accept(connection, ctx, typed: str) -> tuple[str, str]:
     if ticket["status"] in ("resolved", "closed"):
         return _result(ctx, "already_resolved", ticket=_item(ticket)), "resolved"
     now = _utc_now(ctx.services)
-    due = _aware(ticket["first_response_due"])
+    due = as_utc(ticket["first_response_due"])
     values: dict[str, Any] = {"status": "accepted", "accepted_at": now, "assignee_userid": ctx.asker.userid}
     if due is not None and now > due and ticket.get("breached_at") is None:
         # Late, but before the SLA sweep saw it: the breach is still recorded (its moment: the deadline).

@@ -38,6 +38,7 @@ from notifications import messages
 from notifications.limits import SlidingWindows, Window
 from notifications.outbox import message_payload, outbox_row, quiet_until
 from notifications.settings import PushesConfig, parse_hh_mm
+from storage.db import as_utc
 from storage.models import OutboxBatch, OutboxMessage, User
 
 logger = logging.getLogger(__name__)
@@ -64,13 +65,6 @@ WEBHOOK_KEY = "@webhook"
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC.
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment
 
 
 def backoff_seconds(attempts: int) -> float:
@@ -132,7 +126,7 @@ class Dispatcher:
             limits.forget()
         calls_seen = set()
         for row in sent:
-            at = _aware(row.sent_at).timestamp()
+            at = as_utc(row.sent_at).timestamp()
             if row.channel == "webhook":
                 self.robot.record([WEBHOOK_KEY], at)
                 continue
@@ -269,7 +263,7 @@ class Dispatcher:
         async with self.engine.connect() as connection:
             rows = (await connection.execute(select(batches.c.batch_key, batches.c.last_sent_at)
                                              .where(batches.c.batch_key.in_(keys)))).all()
-        return {row.batch_key: _aware(row.last_sent_at) for row in rows}
+        return {row.batch_key: as_utc(row.last_sent_at) for row in rows}
 
     # ------------------------------------------------------------------ sending
 
@@ -368,7 +362,7 @@ class Dispatcher:
                 if self.metrics:
                     self.metrics.outbox_retries.labels(errcode=code).inc(len(rows))
             return
-        oldest = min(_aware(row.created_at) for row in rows)
+        oldest = min(as_utc(row.created_at) for row in rows)
         if retry and now - oldest < RETRY_FOR:
             attempts = max(row.attempts for row in rows)
             pause = backoff_seconds(attempts)
@@ -442,7 +436,7 @@ class Dispatcher:
                                                  .where(outbox.c.status == "pending"))).scalar()
         if earliest is None:
             return ceiling
-        return max(0.0, min(ceiling, (_aware(earliest) - self.clock()).total_seconds()))
+        return max(0.0, min(ceiling, (as_utc(earliest) - self.clock()).total_seconds()))
 
 
 @dataclass

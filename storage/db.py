@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -54,6 +55,13 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA temp_store=FILE")
     cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """A timezone-aware column's value as an aware datetime: SQLite hands it back naive, in UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment
 
 
 def json_text(value) -> str:

@@ -390,3 +390,17 @@ async def test_the_card_names_the_business_rule_that_set_a_label(engine, databas
     assert "按规则" not in other
     _, english = await _say(bot, peer, "boss", "customer STAR1")
     assert "\nSet by rules: business rule \"key semiconductor accounts\"\n" in english
+
+
+async def test_the_card_gives_the_day_a_tier_was_assigned_in_the_service_time_zone(bot, peer, engine):
+    from datetime import datetime, timezone
+
+    from sqlalchemy import update
+
+    from storage.models import Customer
+
+    with engine.begin() as connection:  # 01:00 on 12-01 in Shanghai is still 11-30 in UTC
+        connection.execute(update(Customer).where(Customer.customer_id == "STAR1")
+                           .values(tier_since=datetime(2026, 11, 30, 17, 0, tzinfo=timezone.utc)))
+    _, card = await _say(bot, peer, "boss", "客户 STAR1")
+    assert "层级：明星客户（2026-12-01 定级）" in card
