@@ -138,7 +138,7 @@ def collect_sources(paths: list[Path | str]) -> list[_Source]:
             elif kind is None:
                 names = ", ".join(k.name for k in FILE_KINDS)
                 unknown.append(f"{candidate}: cannot tell what the file holds from its name "
-                               f"(name it after one of: {names})")
+                               f"(name it after one of: {names}; e.g. orders.csv, orders-2025.xlsx, 订单.csv)")
             else:
                 found.append((candidate, kind))
     if unknown:

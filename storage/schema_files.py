@@ -227,16 +227,22 @@ FILE_KINDS: tuple[FileKind, ...] = (USERS, CUSTOMERS, ORDERS, ACTIVITIES, TICKET
 KINDS_BY_NAME = {kind.name: kind for kind in FILE_KINDS}
 DATA_SUFFIXES = (".csv", ".xlsx")
 
-_NAME_SEPARATOR = re.compile(r"[-_ .]")
+# What may stand between a kind's name and the rest of a file name: a separator or a digit (a year).
+_NAME_SEPARATOR = re.compile(r"[-_ .0-9]")
 
 
 def kind_of_file(path: Path) -> FileKind | None:
-    """`orders.csv`, `orders_2025.xlsx`, `订单-华东.csv` → ORDERS; anything else → None."""
+    """`orders.csv`, `orders_2025.xlsx`, `orders2025.csv`, `订单-华东.csv`, `2025订单.xlsx`,
+    `华东-订单.csv` → ORDERS; anything else → None. A name at the start wins over one at
+    the end (`users-orders.csv` holds users)."""
     stem = path.stem.lower()
-    for kind in FILE_KINDS:
-        for name in (kind.name, *kind.file_aliases):
-            if stem == name or (stem.startswith(name) and _NAME_SEPARATOR.match(stem[len(name)])):
-                return kind
+    names = [(kind, name) for kind in FILE_KINDS for name in (kind.name, *kind.file_aliases)]
+    for kind, name in names:
+        if stem == name or (stem.startswith(name) and _NAME_SEPARATOR.match(stem[len(name)])):
+            return kind
+    for kind, name in names:
+        if len(stem) > len(name) and stem.endswith(name) and _NAME_SEPARATOR.match(stem[-len(name) - 1]):
+            return kind
     return None
 
 

@@ -211,8 +211,21 @@ def test_wrong_encoding_is_named_with_its_line(engine, tmp_path):
 def test_unrecognised_file_name_and_missing_path(engine, tmp_path):
     write_csv(tmp_path / "stuff.csv", ["a"], [["1"]])
     problems = _import_fails(engine, [tmp_path / "stuff.csv", tmp_path / "nope"])
-    assert problems[0].startswith(f"{tmp_path / 'stuff.csv'}: cannot tell what the file holds from its name")
+    assert problems[0] == (f"{tmp_path / 'stuff.csv'}: cannot tell what the file holds from its name (name it after "
+                           "one of: users, customers, orders, activities, tickets; e.g. orders.csv, orders-2025.xlsx, "
+                           "订单.csv)")
     assert problems[1] == f"{tmp_path / 'nope'}: no such file or folder"
+
+
+def test_a_file_is_known_by_its_kind_at_either_end_of_its_name_beside_a_year():
+    from storage.schema_files import kind_of_file
+
+    named = {name: getattr(kind_of_file(Path(name)), "name", None)
+             for name in ("orders2025.csv", "订单2025.xlsx", "2025订单.csv", "华东-订单.csv", "orders_2025.xlsx",
+                          "users-orders.csv", "preorders.csv", "stuff.csv", "orderstuff.csv")}
+    assert named == {"orders2025.csv": "orders", "订单2025.xlsx": "orders", "2025订单.csv": "orders",
+                     "华东-订单.csv": "orders", "orders_2025.xlsx": "orders", "users-orders.csv": "users",
+                     "preorders.csv": None, "stuff.csv": None, "orderstuff.csv": None}
 
 
 def test_chinese_headers_and_values_are_accepted(engine, tmp_path):
