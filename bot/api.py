@@ -119,7 +119,8 @@ class IngestApi:
         try:
             result = run_import(engine, [], timezone_name=config.timezone, records={kind: items},
                                 max_errors=config.import_.max_errors_listed, touched_limit=INCREMENTAL_LIMIT,
-                                known_queues=set(config.tickets.queues))
+                                known_queues=set(config.tickets.queues),
+                                known_modules=config.scoring.value_matrix.module_catalogue)
         except ImportFailed as failure:
             problems = [f"item {p.line}: {p.column}: {p.reason}" for p in failure.details] or failure.problems
             if failure.more:

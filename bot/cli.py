@@ -125,7 +125,8 @@ def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, pr
         result = run_import(engine, list(paths), timezone_name=config.timezone,
                             batch_rows=config.import_.batch_rows, max_errors=config.import_.max_errors_listed,
                             dry_run=dry_run, progress=_progress_default() if progress is None else progress,
-                            touched_limit=INCREMENTAL_LIMIT, as_of=as_of, known_queues=set(config.tickets.queues))
+                            touched_limit=INCREMENTAL_LIMIT, as_of=as_of, known_queues=set(config.tickets.queues),
+                            known_modules=config.scoring.value_matrix.module_catalogue)
     except ImportFailed as exc:
         for warning in exc.warnings:
             click.echo(f"warning: {warning}", err=True)

@@ -58,7 +58,8 @@ def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | No
         marker.write_text(json.dumps(counts.__dict__))
     click.echo(f"importing {data_dir} …")
     result = run_import(engine, [data_dir], timezone_name=config.timezone, batch_rows=config.import_.batch_rows,
-                        progress=_progress_default(), known_queues=set(config.tickets.queues))
+                        progress=_progress_default(), known_queues=set(config.tickets.queues),
+                        known_modules=config.scoring.value_matrix.module_catalogue)
     for line in summarise(result):
         click.echo("  " + line)
     outcome, _timings = full_rescore(engine, config, today)

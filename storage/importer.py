@@ -679,26 +679,29 @@ def rebuild_rollups(connection: Connection, only_touched: bool = True) -> int:
     return int(connection.execute(text("SELECT COUNT(*) FROM touched_customers")).scalar())
 
 
-def _unknown_queues(connection: Connection, known_queues: Collection[str]) -> list[str]:
-    """A warning for agents given a queue the config does not have (tickets.queues): no
-    ticket would ever reach them there. The import goes ahead: the config may follow."""
+def _unknown_list_values(connection: Connection, kind: FileKind, column: str, known: Collection[str], noun: str,
+                         setting: str, consequence: str, where: str = "") -> list[str]:
+    """Warnings for values of a `|`-separated column that the config does not know
+    (`setting`), one per value with the first rows that have it. The import goes ahead:
+    the config may follow."""
+    known_lower = {value.lower() for value in known}
     unknown: dict[str, list[str]] = {}
-    for userid, queues in connection.execute(text(
-            "SELECT userid, queues FROM stage_users WHERE role = 'agent' AND queues IS NOT NULL AND queues <> '' "
-            "ORDER BY _file, _line")):
-        for queue in str(queues).split("|"):
-            if queue and queue not in known_queues:
-                unknown.setdefault(queue, []).append(str(userid))
-    return [f"users: queue {queue!r} ({', '.join(users[:3])}{' …' if len(users) > 3 else ''}) is not one of "
-            f"tickets.queues ({', '.join(sorted(known_queues))}): no ticket reaches it"
-            for queue, users in unknown.items()]
+    for key, values in connection.execute(text(
+            f"SELECT {kind.key}, {column} FROM stage_{kind.name} WHERE {column} IS NOT NULL AND {column} <> '' "
+            f"{where} ORDER BY _file, _line")):
+        for value in str(values).split("|"):
+            if value and value.lower() not in known_lower:
+                unknown.setdefault(value, []).append(str(key))
+    return [f"{kind.name}: {noun} {value!r} ({', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}) is not one of "
+            f"{setting} ({', '.join(sorted(known))}): {consequence}" for value, keys in unknown.items()]
 
 
 def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = "Asia/Shanghai",
                batch_rows: int = 50_000, max_errors: int = 50, dry_run: bool = False,
                progress: bool = False, records: dict[str, list[dict]] | None = None,
                touched_limit: int = 5_000, as_of: date | None = None,
-               known_queues: Collection[str] | None = None) -> ImportResult:
+               known_queues: Collection[str] | None = None, known_modules: Collection[str] | None = None
+               ) -> ImportResult:
     """Validate and load files (or `records`: kind → list of row dicts, as the REST API
     receives them) in one transaction. Raises ImportFailed (nothing written).
     `as_of`: import as if on that day (a reproducible bench or back-test): what is dated
@@ -761,7 +764,13 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                 if ORDERS.name in staging:
                     warnings.extend(_future_orders(connection, today, "today" if as_of is None else as_of.isoformat()))
                 if USERS.name in staging and known_queues is not None:
-                    warnings.extend(_unknown_queues(connection, known_queues))
+                    warnings.extend(_unknown_list_values(connection, USERS, "queues", known_queues, "queue",
+                                                         "tickets.queues", "no ticket reaches it",
+                                                         where="AND role = 'agent'"))
+                if CUSTOMERS.name in staging and known_modules is not None:
+                    warnings.extend(_unknown_list_values(
+                        connection, CUSTOMERS, "modules_owned", known_modules, "module",
+                        "scoring.value_matrix.module_catalogue", "it counts for nothing in cross-selling"))
                 connection.execute(text("CREATE TEMPORARY TABLE touched_customers (customer_id VARCHAR(64) PRIMARY KEY)"))
                 for kind in FILE_KINDS:
                     if kind.name not in staging:

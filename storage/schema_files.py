@@ -145,7 +145,7 @@ CUSTOMERS = FileKind(
         Column("digital_maturity", "int", False, ("数字化成熟度",), minimum=1, maximum=5),
         Column("expansion_plan", "text", False, ("扩张计划", "发展计划"), max_length=64),
         Column("modules_owned", "list", False, ("已购模块", "已有模块"), max_length=512, lowercase=True),
-        Column("created_at", "date", False, ("创建日期", "创建时间", "建档日期")),
+        Column("created_at", "date", False, ("创建日期", "创建时间", "建档日期"), not_future=True),
     ),
     references=(Reference("owner_userid", "users", "user"),),
     file_aliases=("客户",),

@@ -427,3 +427,15 @@ def test_an_agent_given_a_queue_the_config_lacks_is_warned_of(engine):
     assert result.kinds["users"].new == 2
     assert result.warnings == ["users: queue 'standrad' (agent_1) is not one of tickets.queues (expert, standard): "
                                "no ticket reaches it"]
+
+
+def test_modules_outside_the_catalogue_are_warned_of_and_a_customer_created_in_the_future_is_refused(engine):
+    users = {"users": [{"userid": "rep_x", "name": "销售", "role": "rep"}]}
+    result = run_import(engine, [], known_modules=("mes", "crm"), records={**users, "customers": [
+        {"customer_id": "M1", "name": "甲", "owner_userid": "rep_x", "modules_owned": "MES|nosuch"},
+        {"customer_id": "M2", "name": "乙", "owner_userid": "rep_x", "modules_owned": "crm"}]})
+    assert result.warnings == ["customers: module 'nosuch' (M1) is not one of scoring.value_matrix.module_catalogue "
+                               "(crm, mes): it counts for nothing in cross-selling"]
+    problems = _import_fails(engine, [], records={"customers": [
+        {"customer_id": "M3", "name": "丙", "owner_userid": "rep_x", "created_at": "2099-01-01"}]})
+    assert problems == ["<customers>:1: created_at: in the future: '2099-01-01'"]
