@@ -606,6 +606,19 @@ def _future_orders(connection: Connection, today: date, said: str = "today") -> 
     return [f"orders: {count} dated after {said} ({dates}); they count from their date on"]
 
 
+def _not_reopened(connection: Connection) -> list[str]:
+    """A warning for tickets resolved here that the file or API sends without resolved_at:
+    they stay resolved (an import never reopens one), which a blank cell might have meant to."""
+    still = connection.execute(text("""
+        SELECT s.ticket_id FROM stage_tickets s JOIN tickets t ON t.ticket_id = s.ticket_id
+        WHERE s.resolved_at IS NULL AND t.status IN ('resolved', 'closed') ORDER BY s._file, s._line""")).scalars().all()
+    if not still:
+        return []
+    shown = ", ".join(still[:3]) + (" …" if len(still) > 3 else "")
+    return [f"tickets: {len(still)} resolved here came without resolved_at ({shown}); they stay resolved: "
+            f"an import never reopens a ticket"]
+
+
 def _resolve_tickets(connection: Connection, timezone_name: str) -> int:
     """Staged tickets with a resolved_at that are not resolved here yet become resolved at
     that moment (stored in UTC, like a resolution in chat). None is reopened: a ticket an
@@ -798,6 +811,7 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     for index in deferred:
                         index.create(connection)
                     if kind is TICKETS and "resolved_at" in columns_seen[kind.name]:
+                        warnings.extend(_not_reopened(connection))
                         results[kind.name] = replace(results[kind.name],
                                                      resolved=_resolve_tickets(connection, timezone_name))
                 if not log:

@@ -229,6 +229,13 @@ def test_an_import_never_reopens_a_ticket_and_takes_no_resolution_earlier_than_t
     assert ticket(engine, "T-KEEP").status == "resolved"
     open_tickets(engine, ("T-KEEP", "STAR1", "接口报错"))
     assert ticket(engine, "T-KEEP").status == "resolved"
+    # A blank resolved_at where the column is sent: it stays resolved, and the answer says so.
+    blank = run_import(engine, [], records={"tickets": [{"ticket_id": "T-KEEP", "customer_id": "STAR1",
+                                                         "subject": "接口报错", "opened_at": "2026-11-23T10:00:00",
+                                                         "resolved_at": None}]})
+    assert ticket(engine, "T-KEEP").status == "resolved"
+    assert blank.warnings == ["tickets: 1 resolved here came without resolved_at (T-KEEP); they stay resolved: "
+                              "an import never reopens a ticket"]
     with pytest.raises(ImportFailed) as failure:
         run_import(engine, [], records={"tickets": [{"ticket_id": "T-ODD", "customer_id": "STAR1", "subject": "x",
                                                      "opened_at": "2026-11-23T10:00:00",
