@@ -606,12 +606,26 @@ def _future_orders(connection: Connection, today: date, said: str = "today") -> 
     return [f"orders: {count} dated after {said} ({dates}); they count from their date on"]
 
 
+def _moved_tickets(connection: Connection) -> list[str]:
+    """A warning for tickets sent under another customer than they have here: they move,
+    and their routing follows the new customer's tier; a mistyped id would hide that."""
+    moved = connection.execute(text("""
+        SELECT s.ticket_id, t.customer_id, s.customer_id
+        FROM stage_tickets s JOIN tickets t ON t.ticket_id = s.ticket_id
+        WHERE s.customer_id <> t.customer_id ORDER BY s._file, s._line""")).all()
+    if not moved:
+        return []
+    shown = ", ".join(f"{ticket} {before} → {after}" for ticket, before, after in moved[:3])
+    return [f"tickets: {len(moved)} moved to another customer ({shown}{' …' if len(moved) > 3 else ''})"]
+
+
 def _not_reopened(connection: Connection) -> list[str]:
     """A warning for tickets resolved here that the file or API sends without resolved_at:
     they stay resolved (an import never reopens one), which a blank cell might have meant to."""
     still = connection.execute(text("""
         SELECT s.ticket_id FROM stage_tickets s JOIN tickets t ON t.ticket_id = s.ticket_id
-        WHERE s.resolved_at IS NULL AND t.status IN ('resolved', 'closed') ORDER BY s._file, s._line""")).scalars().all()
+        WHERE s.resolved_at IS NULL AND t.status IN ('resolved', 'closed')
+        ORDER BY s._file, s._line""")).scalars().all()
     if not still:
         return []
     shown = ", ".join(still[:3]) + (" …" if len(still) > 3 else "")
@@ -776,6 +790,8 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
             else:
                 if ORDERS.name in staging:
                     warnings.extend(_future_orders(connection, today, "today" if as_of is None else as_of.isoformat()))
+                if TICKETS.name in staging:
+                    warnings.extend(_moved_tickets(connection))
                 if USERS.name in staging and known_queues is not None:
                     warnings.extend(_unknown_list_values(connection, USERS, "queues", known_queues, "queue",
                                                          "tickets.queues", "no ticket reaches it",

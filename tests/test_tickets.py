@@ -236,6 +236,9 @@ def test_an_import_never_reopens_a_ticket_and_takes_no_resolution_earlier_than_t
     assert ticket(engine, "T-KEEP").status == "resolved"
     assert blank.warnings == ["tickets: 1 resolved here came without resolved_at (T-KEEP); they stay resolved: "
                               "an import never reopens a ticket"]
+    moved = run_import(engine, [], records={"tickets": [{"ticket_id": "T-KEEP", "customer_id": "QM1",
+                                                         "subject": "接口报错", "opened_at": "2026-11-23T10:00:00"}]})
+    assert moved.warnings == ["tickets: 1 moved to another customer (T-KEEP STAR1 → QM1)"]
     with pytest.raises(ImportFailed) as failure:
         run_import(engine, [], records={"tickets": [{"ticket_id": "T-ODD", "customer_id": "STAR1", "subject": "x",
                                                      "opened_at": "2026-11-23T10:00:00",
