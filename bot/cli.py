@@ -167,6 +167,8 @@ def score_command(ctx: click.Context, as_of: date | None, live: bool) -> None:
     from bot.rescore import NothingToScore, full_rescore
     from handlers.text import render
 
+    if live and as_of is None:
+        raise click.UsageError("--live goes with --as-of DAY (a run as of today is live anyway)")
     config = _config(ctx)
     engine = _engine(ctx)
     today = _today(config)

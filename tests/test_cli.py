@@ -212,5 +212,7 @@ def test_a_back_test_changes_no_tier_tells_nobody_and_is_exported_by_its_run(cli
     live = cli("score", "--as-of", "2027-05-21", "--live")
     assert live.exit_code == 0 and "回测" not in live.stdout
     assert live_state()[2] > before[2]
+    alone = cli("score", "--live")
+    assert alone.exit_code == 2 and "--live goes with --as-of DAY" in alone.output
     missing = cli("export", "scores", "--out", str(tmp_path / "x.csv"), "--run", "999")
     assert missing.exit_code == 2 and "no full run or back-test #999" in missing.stderr
