@@ -37,7 +37,7 @@ def test_import_score_export_round_trip(cli, tmp_path):
 
     scored = cli("score", "--as-of", "2026-11-20", "--live")
     assert scored.exit_code == 0, scored.output
-    assert "28 个客户" in scored.stdout
+    assert "28 个客户, 基准日 2026-11-20, 28 个首次定级\n\n层级 / Tier" in scored.stdout
     assert "明星客户 Star" in scored.stdout and "瘦狗客户 Dog" in scored.stdout
 
     exported = cli("export", "scores", "--out", str(tmp_path / "out.csv"), "--lang", "en")
@@ -199,7 +199,7 @@ def test_a_back_test_changes_no_tier_tells_nobody_and_is_exported_by_its_run(cli
     # Half a year on, customers have gone quiet: as a back-test nobody hears of it.
     back_test = cli("score", "--as-of", "2027-05-20")
     assert back_test.exit_code == 0
-    assert "回测：客户当前层级与历史未改动，也未推送任何消息或任务" in back_test.stdout
+    assert "基准日 2027-05-20\n回测：客户当前层级与历史未改动，也未推送任何消息或任务" in back_test.stdout
     run_id = back_test.stdout.split("#", 1)[1].split(":", 1)[0]
     assert live_state() == before and exported() == current
     then = exported("--run", run_id)
