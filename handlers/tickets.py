@@ -416,7 +416,10 @@ async def _resolve(connection, ctx, typed: str, note: str) -> tuple[str, str]:
     by_owner = (agent is None and ticket["assignee_userid"] is None
                 and (ticket["status"] in ("self_service", "resolved", "closed") or never_routed)
                 and await _visible(connection, ctx, ticket))
-    if not (by_agent or by_owner):
+    # A service lead closes what their queues hold, whoever has it: they see those tickets in 我的工单.
+    by_lead = (not (by_agent or by_owner) and ticket["queue"] is not None
+               and ticket["queue"] in await _led_queues(ctx, connection))
+    if not (by_agent or by_owner or by_lead):
         return _result(ctx, "not_found", ticket_id=typed), "gone"
     if ticket["status"] in ("resolved", "closed"):
         return _result(ctx, "already_resolved", ticket=_item(ticket)), "resolved"
@@ -425,6 +428,8 @@ async def _resolve(connection, ctx, typed: str, note: str) -> tuple[str, str]:
     if by_agent:
         # Resolving an open ticket is its first response too.
         values.update(assignee_userid=ctx.asker.userid, accepted_at=ticket["accepted_at"] or now)
+    elif by_lead:  # the agent keeps it in the report; the customer has had an answer
+        values.update(accepted_at=ticket["accepted_at"] or now)
     changed = (await connection.execute(
         update(Ticket).where(Ticket.ticket_id == ticket["ticket_id"], Ticket.status == ticket["status"],
                              _assigned_to(ticket["assignee_userid"])).values(**values))).rowcount

@@ -293,6 +293,17 @@ async def test_resolve_stores_the_note_and_counts_as_the_first_response(bot, pee
     assert "请带上工单编号" in await say(bot, peer, agent, "解决")
 
 
+async def test_a_service_lead_resolves_a_ticket_of_their_queue_that_an_agent_holds(bot, peer, company, engine):
+    ticket_id, agent, _ = await assigned_star_ticket(bot, peer, company, engine)
+    bot.services.moment = MONDAY_10 + timedelta(minutes=20)
+    assert "没有找到" in await say(bot, peer, "rep_b", f"解决 {ticket_id} 不是我的")  # no lead, not its customer
+    reply = await say(bot, peer, "lead", f"解决 {ticket_id} 已远程处理")
+    assert reply == f"已解决工单 #{ticket_id}（星辰半导体股份有限公司）：已远程处理"
+    row = ticket_row(engine, ticket_id)
+    assert (row["status"], row["assignee_userid"]) == ("resolved", agent)
+    assert aware(row["accepted_at"]) == MONDAY_10 + timedelta(minutes=20)
+
+
 async def test_the_rep_closes_a_dog_ticket_the_knowledge_base_answered(bot, peer, company, engine):
     dog = TICKET_ID.search(await say(bot, peer, "rep_b", "工单 街角建材 发票怎么开")).group(1)
     route(engine, company)
