@@ -55,15 +55,19 @@ def _parse_datetimes(values: pd.Series, timezone: str) -> pd.Series:
     return parsed
 
 
-def _numbers(values: pd.Series) -> pd.Series:
+def _numbers(values: pd.Series, money: bool = False) -> pd.Series:
     numbers = pd.to_numeric(values, errors="coerce").astype("float64")
     # Exports from finance systems write ¥1,234.50; the separators carry no meaning. Only
     # the cells that did not parse pay for the clean-up.
     retry = (values.notna() & numbers.isna()).to_numpy(dtype=bool)
     if retry.any():
         stripped = values[retry].str.replace(r"[¥￥,，\s]", "", regex=True)
+        scale = np.ones(len(stripped))
+        if money:  # 1000元, 12.5万, 12.5万元: Chinese sales sheets write amounts so
+            scale[stripped.str.contains("万元?$", regex=True).to_numpy(dtype=bool)] = 10_000.0
+            stripped = stripped.str.replace("(万元?|元)$", "", regex=True)
         cleaned = numbers.to_numpy(copy=True)
-        cleaned[retry] = pd.to_numeric(stripped, errors="coerce").astype("float64").to_numpy()
+        cleaned[retry] = pd.to_numeric(stripped, errors="coerce").astype("float64").to_numpy() * scale
         numbers = pd.Series(cleaned, index=values.index)
     return numbers
 
@@ -150,7 +154,7 @@ class BatchValidator:
             too_long = present & (items.str.len() > (column.max_length or 10**9))
             return items, too_long, f"longer than {column.max_length} characters"
         if column.kind in ("int", "money"):
-            numbers = _numbers(values)
+            numbers = _numbers(values, money=column.kind == "money")
             invalid = present & (numbers.isna() | ~np.isfinite(numbers.fillna(0)))
             reason = "not a number"
             if column.kind == "int":

@@ -233,14 +233,17 @@ def test_chinese_headers_and_values_are_accepted(engine, tmp_path):
                                                                           ["rep1", "张三", "销售", "boss"]])
     write_csv(tmp_path / "客户.csv", ["客户编号", "客户名称", "负责人", "是否上市", "客户类型", "已购模块"],
               [["K1", "华东机械", "rep1", "是", "经销商", "Finance｜CRM"]])
-    write_csv(tmp_path / "订单.csv", ["订单编号", "客户编号", "下单日期", "金额", "订单类型"],
-              [["D1", "K1", "2025/03/01", "¥1,200.50", "续费"]])
+    write_csv(tmp_path / "订单.csv", ["订单编号", "客户编号", "下单日期", "金额", "订单类型", "成本"],
+              [["D1", "K1", "2025/03/01", "¥1,200.50", "续费", "800元"],
+               ["D2", "K1", "2025/04/01", "12.5万", "增购", "3万元"]])
     run_import(engine, [tmp_path])
     with engine.connect() as connection:
         customer = connection.execute(select(Customer.is_listed, Customer.customer_type, Customer.modules_owned)).one()
-        order = connection.execute(select(Order.order_date, Order.amount, Order.kind)).one()
+        orders = connection.execute(select(Order.order_date, Order.amount, Order.cost, Order.kind)
+                                    .order_by(Order.order_id)).all()
     assert tuple(customer) == (True, "dealer", "finance|crm")
-    assert (str(order.order_date), order.amount, order.kind) == ("2025-03-01", 1200.5, "renewal")
+    assert [(str(o.order_date), o.amount, o.cost, o.kind) for o in orders] == [
+        ("2025-03-01", 1200.5, 800.0, "renewal"), ("2025-04-01", 125_000.0, 30_000.0, "upsell")]
 
 
 def test_xlsx_files_import_like_csv(engine, tmp_path):
