@@ -109,8 +109,8 @@ def _safe_url(url: str) -> str:
 @click.option("--dry-run", is_flag=True, help="Validate only; write nothing.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars (default: on a terminal).")
 @click.option("--as-of", "as_of", callback=_parse_day,
-              help="Import as if on this day (YYYY-MM-DD): later rows are in the future, and the month "
-                   "totals and rescores are that day's.")
+              help="Import as if on this day (YYYY-MM-DD): later rows are in the future and a bulk load "
+                   "builds that day's month totals; the customers it touches are rescored by the service.")
 @click.pass_context
 def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, progress: bool | None,
                    as_of: date | None) -> None:
