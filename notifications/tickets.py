@@ -140,7 +140,7 @@ def process_tickets(engine: Engine, settings: TicketSettings, now: datetime) -> 
 
 _TICKET_SQL = """
 SELECT t.ticket_id, t.customer_id, t.opened_at, t.subject, t.severity, t.product_line, t.status, t.source,
-       t.opened_by, t.tier AS routed_tier, t.route, t.queue, t.priority, t.assignee_userid,
+       t.opened_by, t.tier AS routed_tier, t.routed_severity, t.route, t.queue, t.priority, t.assignee_userid,
        t.first_response_due, t.accepted_at,
        c.name, c.owner_userid, c.tier, c.industry, c.region, c.customer_type
 FROM tickets t JOIN customers c ON c.customer_id = t.customer_id
@@ -220,7 +220,7 @@ def _route_values(ticket: Any, route: TicketRoute, settings: TicketSettings, now
     a queue never goes back to it."""
     opened = _aware(ticket.opened_at, settings.tz)
     values: dict[str, Any] = {"route": route.name, "queue": route.queue, "tier": ticket.tier,
-                              "priority": route.priority or ticket.severity or "P3", "warned_at": None}
+                              "routed_severity": ticket.severity, "priority": route.priority or ticket.severity or "P3", "warned_at": None}
     if route.self_service_hours and self_service:
         values.update(status="self_service", first_response_due=None,
                       self_service_until=settings.after_working_hours(max(opened, now), route.self_service_hours))
@@ -258,9 +258,11 @@ def _route_new(connection: Connection, settings: TicketSettings, now: datetime, 
 
 def _reroute_changed(connection: Connection, settings: TicketSettings, now: datetime, outcome: TicketOutcome,
                      rows: list) -> None:
-    """A customer's tier change re-prioritises its open tickets."""
+    """A customer's tier change, or a ticket re-sent with another severity, re-prioritises
+    its open tickets."""
     frame = _tickets(connection, "t.routed_at IS NOT NULL AND t.status IN ('self_service', 'open', 'accepted') "
-                                 "AND c.tier IS NOT NULL AND (t.tier IS NULL OR t.tier <> c.tier)", {})
+                                 "AND ((c.tier IS NOT NULL AND (t.tier IS NULL OR t.tier <> c.tier)) "
+                                 "OR COALESCE(t.routed_severity, '') <> COALESCE(t.severity, ''))", {})
     if frame.empty:
         return
     chosen = _decide(connection, settings, frame)
@@ -272,7 +274,8 @@ def _reroute_changed(connection: Connection, settings: TicketSettings, now: date
         values = _route_values(ticket, route, settings, now, self_service=ticket.status == "self_service")
         if ticket.status == "accepted":
             # Already in an agent's hands: the new priority counts, the queue and clock stay.
-            values = {"tier": ticket.tier, "route": route.name, "priority": values["priority"]}
+            values = {"tier": ticket.tier, "routed_severity": ticket.severity, "route": route.name,
+                      "priority": values["priority"]}
         else:
             if values.get("first_response_due") is not None:
                 # Never backdated (the new clock starts now at the latest), never later than

@@ -162,6 +162,8 @@ class Ticket(Base):
     opened_by: Mapped[str | None] = mapped_column(ID)
     # The customer's tier the route was chosen for; a different current tier re-routes it.
     tier: Mapped[str | None] = mapped_column(String(16))
+    # The severity the route was chosen for; a ticket re-sent with another one re-routes too.
+    routed_severity: Mapped[str | None] = mapped_column(String(4))
     route: Mapped[str | None] = mapped_column(String(64))
     queue: Mapped[str | None] = mapped_column(String(32))
     priority: Mapped[str | None] = mapped_column(String(4))

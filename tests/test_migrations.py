@@ -116,3 +116,21 @@ def test_json_the_json_module_wrote_before_still_reads(tmp_path):
         item = connection.execute(select(OutboxMessage.batch_item)).scalar_one()
     engine.dispose()
     assert item["name"] == "星辰" and math.isnan(item["revenue_12m"])
+
+
+def test_upgrading_to_routed_severity_does_not_route_existing_tickets_again(tmp_path):
+    """0011: tickets routed before it were routed for the severity they have now."""
+    from sqlalchemy import text
+
+    url, engine = database_at(tmp_path, "0010")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO customers (customer_id, name, updated_at) VALUES ('C1', 'a', '2026-11-01')"))
+        connection.execute(text(
+            "INSERT INTO tickets (ticket_id, customer_id, opened_at, subject, severity, status, source, routed_at) "
+            "VALUES ('ROUTED', 'C1', '2026-11-01', 's', 'P2', 'open', 'import', '2026-11-01'), "
+            "       ('WAITING', 'C1', '2026-11-01', 's', 'P2', 'open', 'import', NULL)"))
+    upgrade_schema(url)
+    with engine.connect() as connection:
+        routed = dict(connection.execute(text("SELECT ticket_id, routed_severity FROM tickets")).all())
+    engine.dispose()
+    assert routed == {"ROUTED": "P2", "WAITING": None}

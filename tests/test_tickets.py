@@ -167,6 +167,27 @@ def test_a_tier_change_reprioritises_open_tickets(engine, config):
     assert aware(after.first_response_due) == MONDAY_10 + timedelta(minutes=5, hours=1)
 
 
+def test_a_ticket_sent_again_with_another_severity_is_routed_again(engine, config):
+    settings = TicketSettings.from_config(config)
+    open_tickets(engine, ("T-SEV", "COW1", "报表慢"))
+    process_tickets(engine, settings, MONDAY_10)
+    before = ticket(engine, "T-SEV")
+    assert (before.route, before.priority) == ("cash_cow", "P3")
+    # The CRM sends the same ticket again, now as P1: production is down.
+    opened = MONDAY_10.astimezone(timezone(timedelta(hours=8))).replace(tzinfo=None).isoformat(timespec="seconds")
+    run_import(engine, [], records={"tickets": [{"ticket_id": "T-SEV", "customer_id": "COW1", "subject": "报表慢",
+                                                 "opened_at": opened, "severity": "P1"}]})
+    outcome = process_tickets(engine, settings, MONDAY_10 + timedelta(minutes=10))
+    after = ticket(engine, "T-SEV")
+    assert outcome.rerouted == 1
+    assert (after.route, after.priority, after.assignee_userid) == ("urgent", "P1", before.assignee_userid)
+    # The urgent route's two hours from the re-send, sooner than the four hours first promised.
+    assert aware(after.first_response_due) == MONDAY_10 + timedelta(minutes=10, hours=2)
+    assert [m.kind for m in messages_to(engine, before.assignee_userid)] == ["ticket", "ticket_reprioritised"]
+    # Routed for what it is now: the next pass leaves it alone.
+    assert process_tickets(engine, settings, MONDAY_10 + timedelta(minutes=11)).rerouted == 0
+
+
 def test_a_queued_ticket_never_goes_back_to_self_service(engine, config):
     settings = TicketSettings.from_config(config)
     open_tickets(engine, ("T-FALL", "COW1", "接口报错"))
