@@ -533,9 +533,17 @@ def _problems_before_writing(connection: Connection, kinds: list[FileKind], stag
             log.add(_problems_across_rows(connection, kind, names, frozenset(staging), flawed))
 
 
-def _count_changes(connection: Connection, kind: FileKind, columns: list[str]) -> tuple[int, int]:
+# A staged resolved_at resolves an open ticket after the upsert (_resolve_tickets): that
+# ticket changed, even when every column the upsert writes is the same.
+_TICKET_RESOLVED_HERE = "(s.resolved_at IS NOT NULL AND t.status IN ('self_service', 'open', 'accepted'))"
+
+
+def _count_changes(connection: Connection, kind: FileKind, columns: list[str],
+                   also_changed: str | None = None) -> tuple[int, int]:
     table, key = kind.table.name, kind.key
     differs = null_safe_differs(connection.dialect.name, "t", "s", [c for c in columns if c != key])
+    if also_changed:
+        differs = f"{differs} OR {also_changed}"
     new, changed = connection.execute(text(f"""
         SELECT SUM(CASE WHEN t.{key} IS NULL THEN 1 ELSE 0 END),
                SUM(CASE WHEN t.{key} IS NOT NULL AND ({differs}) THEN 1 ELSE 0 END)
@@ -815,7 +823,9 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     if any(source.frame is not None and source.kind is kind for source in sources):
                         _keep_what_items_left_out(connection, kind, columns)
                     rows = int(connection.execute(text(f"SELECT COUNT(*) FROM stage_{kind.name}")).scalar())
-                    new, changed = _count_changes(connection, kind, columns)
+                    resolves = kind is TICKETS and "resolved_at" in columns_seen[kind.name]
+                    new, changed = _count_changes(connection, kind, columns,
+                                                  _TICKET_RESOLVED_HERE if resolves else None)
                     results[kind.name] = KindResult(rows, new, changed)
                     if kind in (CUSTOMERS, ORDERS, ACTIVITIES):
                         _collect_touched_customers(connection, kind, columns)
@@ -826,7 +836,7 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     _upsert(connection, kind, columns, stamp, ordered=bulk)
                     for index in deferred:
                         index.create(connection)
-                    if kind is TICKETS and "resolved_at" in columns_seen[kind.name]:
+                    if resolves:
                         warnings.extend(_not_reopened(connection))
                         results[kind.name] = replace(results[kind.name],
                                                      resolved=_resolve_tickets(connection, timezone_name))

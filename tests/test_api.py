@@ -157,13 +157,17 @@ async def test_a_batch_over_one_megabyte_is_taken_and_json_arrays_fill_list_colu
     assert (await refused.json())["problems"] == ["item 1: product_line: a JSON object, not a single value"]
 
 
-async def test_tickets_the_api_resolves_are_counted_as_resolved(api):
+async def test_tickets_the_api_resolves_are_counted_as_resolved_and_changed(api):
     ticket = {"ticket_id": "RT1", "customer_id": "STAR1", "opened_at": "2026-11-23T09:00:00", "subject": "接口报错"}
     await api.post("/api/v1/tickets", json=[ticket], headers=_auth())
     response = await api.post("/api/v1/tickets", json=[{**ticket, "resolved_at": "2026-11-23T10:00:00"}],
                               headers=_auth())
     body = await response.json()
-    assert response.status == 200 and body["resolved"] == 1
+    assert response.status == 200
+    assert (body["changed"], body["unchanged"], body["resolved"]) == (1, 0, 1)
+    again = await (await api.post("/api/v1/tickets", json=[{**ticket, "resolved_at": "2026-11-23T10:00:00"}],
+                                  headers=_auth())).json()
+    assert (again["changed"], again["unchanged"], "resolved" in again) == (0, 1, False)
 
 
 async def test_amounts_past_a_trillion_and_nul_characters_are_refused_on_every_database(api, engine):
