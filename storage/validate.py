@@ -41,9 +41,19 @@ def _text(series: pd.Series) -> pd.Series:
     return cleaned.mask(cleaned == "")
 
 
+# Excel's day numbers (a date cell formatted as General): 10000 is 1927-05-18, 99999 is
+# 2173-10-14; day 0 is 1899-12-30 because Excel counts 1900 as a leap year.
+_EXCEL_SERIAL = r"^\d{5}(?:\.\d+)?$"
+_EXCEL_EPOCH = pd.Timestamp("1899-12-30")
+
+
 def _parse_datetimes(values: pd.Series, timezone: str) -> pd.Series:
-    """ISO-8601 (also YYYY/MM/DD). Stamps with an offset are turned into local time."""
+    """ISO-8601 (also YYYY/MM/DD and 2025年3月5日), or an Excel day number. Stamps with an
+    offset are turned into local time."""
     text = values.str.replace("/", "-", regex=False)
+    if text.str.contains("年", regex=False, na=False).any():
+        text = text.str.replace(r"^(\d{4})\s*年\s*(\d{1,2})\s*月\s*(\d{1,2})\s*[日号]?\s*", r"\1-\2-\3 ",
+                                regex=True).str.strip()
     with_offset = text.str.contains(_OFFSET_SUFFIX, regex=True, na=False)
     parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
     naive = ~with_offset & text.notna()
@@ -52,6 +62,10 @@ def _parse_datetimes(values: pd.Series, timezone: str) -> pd.Series:
     if with_offset.any():
         aware = pd.to_datetime(text[with_offset], format="ISO8601", errors="coerce", utc=True)
         parsed[with_offset] = aware.dt.tz_convert(timezone).dt.tz_localize(None)
+    serial = parsed.isna() & text.str.fullmatch(_EXCEL_SERIAL).fillna(False).astype(bool)
+    if serial.any():
+        days = pd.to_timedelta(text[serial].astype("float64"), unit="D").dt.round("s")
+        parsed[serial] = _EXCEL_EPOCH + days
     return parsed
 
 
@@ -175,7 +189,8 @@ class BatchValidator:
             return numbers.where(~invalid).round(2), invalid, reason
         if column.kind in ("date", "datetime"):
             stamps = _parse_datetimes(values, self.timezone)
-            invalid = present & stamps.isna()
+            # ISO-8601 reads a bare year as its 1 January: a year is not a day.
+            invalid = present & (stamps.isna() | values.str.fullmatch(r"\d{4}").fillna(False).astype(bool))
             if column.kind == "date":
                 return stamps.dt.strftime(DATE_FORMAT), invalid, "not a date (expected YYYY-MM-DD)"
             return (stamps.dt.strftime(DATETIME_FORMAT), invalid,

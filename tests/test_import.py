@@ -235,7 +235,8 @@ def test_chinese_headers_and_values_are_accepted(engine, tmp_path):
               [["K1", "华东机械", "rep1", "是", "经销商", "Finance｜CRM"]])
     write_csv(tmp_path / "订单.csv", ["订单编号", "客户编号", "下单日期", "金额", "订单类型", "成本"],
               [["D1", "K1", "2025/03/01", "¥1,200.50", "续费", "800元"],
-               ["D2", "K1", "2025/04/01", "12.5万", "增购", "3万元"]])
+               ["D2", "K1", "2025/04/01", "12.5万", "增购", "3万元"],
+               ["D3", "K1", "2025年5月6日", "100", "新购", ""]])
     run_import(engine, [tmp_path])
     with engine.connect() as connection:
         customer = connection.execute(select(Customer.is_listed, Customer.customer_type, Customer.modules_owned)).one()
@@ -243,7 +244,8 @@ def test_chinese_headers_and_values_are_accepted(engine, tmp_path):
                                     .order_by(Order.order_id)).all()
     assert tuple(customer) == (True, "dealer", "finance|crm")
     assert [(str(o.order_date), o.amount, o.cost, o.kind) for o in orders] == [
-        ("2025-03-01", 1200.5, 800.0, "renewal"), ("2025-04-01", 125_000.0, 30_000.0, "upsell")]
+        ("2025-03-01", 1200.5, 800.0, "renewal"), ("2025-04-01", 125_000.0, 30_000.0, "upsell"),
+        ("2025-05-06", 100.0, None, "new")]
 
 
 def test_xlsx_files_import_like_csv(engine, tmp_path):
@@ -261,17 +263,23 @@ def test_xlsx_files_import_like_csv(engine, tmp_path):
     sheet.append(["C1", "甲公司", "rep_a", "物流", "华东", 120, "end_user", True, False, None, 3, None, None,
                   datetime(2024, 5, 6)])
     sheet.append(["C2", "乙公司", "rep_b", "物流", "华东", 1.5, "end_user", None, None, None, None, None, None, None])
+    sheet.append(["C3", "丙公司", "rep_b", "物流", "华东", 8, "end_user", None, None, None, None, None, None, 2024])
+    # A date cell formatted as General holds Excel's day number.
+    sheet.append(["C4", "丁公司", "rep_b", "物流", "华东", 9, "end_user", None, None, None, None, None, None, 45418])
     book.save(tmp_path / "customers.xlsx")
 
     problems = _import_fails(engine, [tmp_path])
-    assert problems == [f"{tmp_path / 'customers.xlsx'}:3: employees: not a whole number: '1.5'"]
+    assert problems == [f"{tmp_path / 'customers.xlsx'}:3: employees: not a whole number: '1.5'",
+                        f"{tmp_path / 'customers.xlsx'}:4: created_at: not a date (expected YYYY-MM-DD): '2024'"]
 
-    sheet.delete_rows(3)
+    sheet.delete_rows(3, 2)
     book.save(tmp_path / "customers.xlsx")
     run_import(engine, [tmp_path])
     with engine.connect() as connection:
-        row = connection.execute(select(Customer.employees, Customer.is_listed, Customer.created_at)).one()
-    assert (row.employees, row.is_listed, str(row.created_at)) == (120, True, "2024-05-06")
+        rows = connection.execute(select(Customer.employees, Customer.is_listed, Customer.created_at)
+                                  .order_by(Customer.customer_id)).all()
+    assert [(row.employees, row.is_listed, str(row.created_at)) for row in rows] == [
+        (120, True, "2024-05-06"), (9, False, "2024-05-06")]
 
 
 def test_record_spanning_lines_reports_its_real_line(engine, tmp_path):
