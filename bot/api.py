@@ -1,4 +1,5 @@
-"""REST ingest: POST /api/v1/{customers,orders,activities,tickets}.
+"""REST ingest: POST /api/v1/{customers,orders,activities,tickets}; and the scores back:
+GET /api/v1/scores.
 
 A JSON array of objects with the fields of the data files (DESIGN §4), bearer token
 (TIERBOT_API_TOKEN), idempotent by id. The rows go through the same validation and
@@ -24,6 +25,10 @@ logger = logging.getLogger(__name__)
 API_KINDS = ("customers", "orders", "activities", "tickets", "users")
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_ITEMS = 20_000
+# GET /api/v1/scores: customers per page, and ids per request.
+MAX_SCORES_PAGE = 5_000
+MAX_SCORES_IDS = 1_000
+SCORES_PARAMETERS = ("customer_id", "after", "limit", "lang", "run_id")
 
 
 def _error(status: int, message: str, problems: list[str] | None = None) -> web.Response:
@@ -54,7 +59,7 @@ class IngestApi:
         self.runtime = runtime
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/api/v1/{kind}", self.ingest)]
+        return [web.get("/api/v1/scores", self.scores), web.post("/api/v1/{kind}", self.ingest)]
 
     def _authorised(self, request: web.Request) -> web.Response | None:
         token = self.runtime.config.api.token
@@ -139,6 +144,65 @@ class IngestApi:
         elif result.touched is None:
             body["rescored"] = {"customers": 0, "note": "too many customers touched: the next full run scores them"}
         return web.json_response(body, dumps=lambda data: json.dumps(data, ensure_ascii=False))
+
+
+    async def scores(self, request: web.Request) -> web.Response:
+        """The latest full run's scores (incremental rescores included), a page at a time in
+        customer order, or for the customers named; the export's fields, as JSON."""
+        refused = self._authorised(request)
+        if refused is not None:
+            return refused
+        query = request.query
+        problems = [f"{name}: unknown parameter (one of {', '.join(SCORES_PARAMETERS)})"
+                    for name in dict.fromkeys(query) if name not in SCORES_PARAMETERS]
+        for name in ("after", "limit", "lang", "run_id"):
+            if len(query.getall(name, [])) > 1:
+                problems.append(f"{name}: given more than once")
+        ids = list(dict.fromkeys(part.strip() for value in query.getall("customer_id", [])
+                                 for part in value.split(",") if part.strip()))
+        if len(ids) > MAX_SCORES_IDS:
+            problems.append(f"customer_id: more than {MAX_SCORES_IDS:,} ids: ask in smaller batches")
+        limit = _whole_number(query.get("limit", str(MAX_SCORES_PAGE // 5)), "limit", 1, MAX_SCORES_PAGE, problems)
+        run_id = _whole_number(query["run_id"], "run_id", 1, None, problems) if "run_id" in query else None
+        lang = query.get("lang", self.runtime.config.language)
+        if lang not in ("zh", "en"):
+            problems.append(f"lang: one of zh, en: {lang!r}")
+        if problems:
+            return _error(400, "bad query", problems)
+        return await asyncio.to_thread(self._scores_blocking, ids or None, query.get("after"), limit, lang, run_id)
+
+    def _scores_blocking(self, ids: list[str] | None, after: str | None, limit: int, lang: str,
+                         run_id: int | None) -> web.Response:
+        from bot.export import score_records
+        from storage.scores import exportable_run, latest_run
+
+        config = self.runtime.config
+        with self.runtime.sync_db.connect() as connection:
+            run = latest_run(connection) if run_id is None else exportable_run(connection, run_id)
+            if run is None:
+                return _error(404, "no score run yet: the nightly run (or `python -m bot score`) makes one"
+                              if run_id is None else f"no full run or back-test #{run_id} that is still kept")
+            items = list(score_records(connection, run, lang, len(config.scoring.value_matrix.module_catalogue),
+                                       customer_ids=ids, after=after, limit=None if ids else limit))
+        body: dict = {"run_id": run.id, "as_of": str(run.as_of), "items": items}
+        if ids:
+            found = {item["customer_id"] for item in items}
+            body["not_found"] = [customer_id for customer_id in ids if customer_id not in found]
+        else:
+            body["next_after"] = items[-1]["customer_id"] if len(items) == limit else None
+        return web.json_response(body, dumps=lambda data: json.dumps(data, ensure_ascii=False))
+
+
+def _whole_number(text: str, name: str, low: int, high: int | None, problems: list[str]) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high:,}" if high is not None else f">= {low}"
+        problems.append(f"{name}: must be a whole number {bounds}: {text!r}")
+        return low
+    return value
 
 
 def flat_values(kind: str, items: list[dict]) -> tuple[list[dict], list[str]]:

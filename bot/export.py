@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from handlers.text import model_reasons_text, reasons_text, tier_name
 from storage.models import Customer, ScoreSnapshot, User
@@ -23,6 +25,56 @@ class NoScoreRun(Exception):
     pass
 
 
+def score_records(connection: Connection, run, lang: str = "zh", catalogue_size: int | None = None,
+                  customer_ids: list[str] | None = None, after: str | None = None,
+                  limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """One record per customer of run `run` in customer order: every model's label, its
+    name in `lang`, score and reasons in words. The export writes them as CSV rows, the
+    REST API as JSON. `customer_ids` / `after` / `limit` pick a page of them."""
+    query = (select(ScoreSnapshot.customer_id, Customer.name, Customer.owner_userid, ScoreSnapshot.tier,
+                    ScoreSnapshot.current_value, ScoreSnapshot.potential_value, ScoreSnapshot.reasons,
+                    ScoreSnapshot.scores, ScoreSnapshot.labels, ScoreSnapshot.reasons_chunk,
+                    ScoreSnapshot.revenue_12m, User.name.label("owner_name"), ScoreSnapshot.pending_tier)
+             .join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
+             .outerjoin(User, User.userid == Customer.owner_userid)
+             .where(ScoreSnapshot.run_id == run.id)
+             .order_by(ScoreSnapshot.customer_id))
+    if customer_ids is not None:
+        query = query.where(ScoreSnapshot.customer_id.in_(customer_ids))
+    if after is not None:
+        query = query.where(ScoreSnapshot.customer_id > after)
+    if limit is not None:
+        query = query.limit(limit)
+    result = connection.execution_options(stream_results=True, yield_per=10_000).execute(query)
+    # Reasons are put into words a page at a time; the run's chunks follow customer order.
+    stored = StoredSnapshot()
+    for page in result.partitions():
+        stored.fetch(connection, run.id, [(row[0], None, row[9]) for row in page])
+        documents = zip(stored.of([(row[0], row[6], row[9]) for row in page]),
+                        stored.documents([(row[0], row[7], row[9]) for row in page], "scores"),
+                        stored.documents([(row[0], row[8], row[9]) for row in page], "labels"))
+        for row, (reasons, scores, labels) in zip(page, documents):
+            customer_id, name, owner, tier, current, potential = row[:6]
+            revenue, owner_name, pending = row[10:13]
+            models = {}
+            for model in MODEL_COLUMNS:
+                if model not in labels:
+                    continue
+                label = labels.get(model) or ""
+                models[model] = {"label": label, "name": tier_name(label, lang, model) if label else "",
+                                 "score": scores.get(model),
+                                 "reasons": model_reasons_text(model, reasons.get(model) or [], lang)}
+            yield {"customer_id": customer_id, "name": name, "owner_userid": owner or "",
+                   "owner_name": owner_name or "", "tier": tier, "tier_name": tier_name(tier, lang),
+                   "pending_tier": pending or "", "current_value": round(float(current), 2),
+                   "potential_value": round(float(potential), 2), "revenue_12m": round(float(revenue or 0), 2),
+                   "reasons": reasons_text(reasons.get("value_matrix") or [], lang, catalogue_size),
+                   "models": models, "tags": list(labels.get("tags") or []),
+                   "rules": model_reasons_text("rules", reasons.get("rules") or [], lang),
+                   "components": {c: value for c, value in scores.items() if c not in MODEL_COLUMNS},
+                   "as_of": str(run.as_of), "run_id": run.id}
+
+
 def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: int | None = None,
                   run_id: int | None = None) -> int:
     """Write one row per customer of the latest succeeded full run (or of run `run_id`, a
@@ -37,51 +89,29 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
                              f"(the newest retention.score_runs full runs are)")
         if run is None:
             raise NoScoreRun("no score run yet: run `python -m bot score` first")
-        query = (select(ScoreSnapshot.customer_id, Customer.name, Customer.owner_userid, ScoreSnapshot.tier,
-                        ScoreSnapshot.current_value, ScoreSnapshot.potential_value, ScoreSnapshot.reasons,
-                        ScoreSnapshot.scores, ScoreSnapshot.labels, ScoreSnapshot.reasons_chunk,
-                        ScoreSnapshot.revenue_12m, User.name.label("owner_name"), ScoreSnapshot.pending_tier)
-                 .join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
-                 .outerjoin(User, User.userid == Customer.owner_userid)
-                 .where(ScoreSnapshot.run_id == run.id)
-                 .order_by(ScoreSnapshot.customer_id))
-        result = connection.execution_options(stream_results=True, yield_per=10_000).execute(query)
-        # Reasons are put into words a page at a time; the run's chunks follow customer order.
-        stored = StoredSnapshot()
         out.parent.mkdir(parents=True, exist_ok=True)
         # With a BOM: Excel, which most sales teams open it in, reads UTF-8 only so.
         with open(partial, "w", encoding="utf-8-sig", newline="") as handle:
             writer = csv.writer(handle)
-            component_names: list[str] | None = None
-            for page in result.partitions():
-                stored.fetch(connection, run.id, [(row[0], None, row[9]) for row in page])
-                documents = zip(stored.of([(row[0], row[6], row[9]) for row in page]),
-                                stored.documents([(row[0], row[7], row[9]) for row in page], "scores"),
-                                stored.documents([(row[0], row[8], row[9]) for row in page], "labels"))
-                for row, (reasons, scores, labels) in zip(page, documents):
-                    customer_id, name, owner, tier, current, potential = row[:6]
-                    revenue, owner_name, pending = row[10:13]
-                    if component_names is None:
-                        component_names = [c for c in scores if c not in MODEL_COLUMNS]
-                        models = [m for m in MODEL_COLUMNS if m in labels]
-                        writer.writerow([*SCORE_COLUMNS,
-                                         *(f"{m}_{part}" for m in models
-                                           for part in ("label", "name", "score", "reasons")),
-                                         "tags", "rules", "as_of", "run_id",
-                                         *(f"score_{c}" for c in component_names)])
-                    model_cells = []
-                    for model in models:
-                        label = labels.get(model) or ""
-                        model_cells += [label, tier_name(label, lang, model) if label else "", _cell(scores.get(model)),
-                                        model_reasons_text(model, reasons.get(model) or [], lang)]
-                    writer.writerow([customer_id, name, owner or "", owner_name or "", tier, tier_name(tier, lang),
-                                     pending or "", f"{current:.2f}", f"{potential:.2f}", f"{revenue or 0:.2f}",
-                                     reasons_text(reasons.get("value_matrix") or [], lang, catalogue_size),
-                                     *model_cells, "|".join(labels.get("tags") or []),
-                                     model_reasons_text("rules", reasons.get("rules") or [], lang), run.as_of, run.id,
-                                     *(_cell(scores.get(c)) for c in component_names)])
-                    written += 1
-            if component_names is None:
+            header_written = False
+            for record in score_records(connection, run, lang, catalogue_size):
+                if not header_written:
+                    # The first record's models and components name the columns: a run scores
+                    # every customer with the same ones.
+                    models, components = list(record["models"]), list(record["components"])
+                    writer.writerow([*SCORE_COLUMNS,
+                                     *(f"{m}_{part}" for m in models for part in ("label", "name", "score", "reasons")),
+                                     "tags", "rules", "as_of", "run_id", *(f"score_{c}" for c in components)])
+                    header_written = True
+                model_cells = []
+                for model in models:
+                    cells = record["models"][model]
+                    model_cells += [cells["label"], cells["name"], _cell(cells["score"]), cells["reasons"]]
+                writer.writerow([*(_cell(record[column]) for column in SCORE_COLUMNS), *model_cells,
+                                 "|".join(record["tags"]), record["rules"], record["as_of"], record["run_id"],
+                                 *(_cell(record["components"].get(c)) for c in components)])
+                written += 1
+            if not header_written:
                 writer.writerow([*SCORE_COLUMNS, "tags", "rules", "as_of", "run_id"])
     partial.replace(out)
     return written

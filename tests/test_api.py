@@ -202,3 +202,49 @@ async def test_wrong_paths_and_methods_under_the_api_answer_in_json(api):
     assert missing.status == 404 and (await missing.json())["error"] == "not found"
     wrong = await api.get("/api/v1/orders", headers=_auth())
     assert wrong.status == 405 and "POST" in wrong.headers["Allow"] and "error" in await wrong.json()
+
+
+async def test_scores_are_read_back_by_customer_with_the_new_order_in_them(api):
+    today = date.today()
+    orders = [{"order_id": f"RB-{i}", "customer_id": "QM1", "order_date": (today - timedelta(days=20 * i)).isoformat(),
+               "amount": 3_000_000, "cost": 800_000, "product_line": "mes", "kind": "upsell"} for i in range(1, 8)]
+    assert (await api.post("/api/v1/orders", json=orders, headers=_auth())).status == 200
+    response = await api.get("/api/v1/scores?customer_id=QM1,STAR1&customer_id=NOPE&lang=en", headers=_auth())
+    body = await response.json()
+    assert response.status == 200, body
+    assert [item["customer_id"] for item in body["items"]] == ["QM1", "STAR1"]
+    assert body["not_found"] == ["NOPE"]
+    moved = body["items"][0]
+    assert (moved["tier"], moved["tier_name"], moved["run_id"]) == ("star", "Star", body["run_id"])
+    assert moved["revenue_12m"] > 20_000_000 and moved["reasons"].startswith("multi-year revenue ¥21.0M")
+    assert set(moved["models"]) == {"rfm", "sabc", "pyramid", "lifecycle", "churn", "intent"}
+    assert moved["models"]["churn"]["label"] in ("low", "medium", "high") and moved["models"]["churn"]["reasons"]
+
+
+async def test_scores_page_through_every_customer_once(api):
+    seen, after, pages = [], None, 0
+    while True:
+        response = await api.get("/api/v1/scores", params={"limit": 10, **({"after": after} if after else {})},
+                                 headers=_auth())
+        body = await response.json()
+        assert response.status == 200, body
+        seen += [item["customer_id"] for item in body["items"]]
+        pages += 1
+        after = body["next_after"]
+        if after is None:
+            break
+    assert pages == 3 and len(seen) == 28 and seen == sorted(set(seen))
+    assert body["items"][0]["models"]["rfm"]["name"]  # the names in the configured language (zh)
+
+
+async def test_a_bad_scores_query_names_every_problem(api):
+    assert (await api.get("/api/v1/scores")).status == 401
+    response = await api.get("/api/v1/scores?limit=0&lang=fr&customer=QM1&run_id=x", headers=_auth())
+    body = await response.json()
+    assert response.status == 400
+    assert body["problems"] == ["customer: unknown parameter (one of customer_id, after, limit, lang, run_id)",
+                                "limit: must be a whole number from 1 to 5,000: '0'",
+                                "run_id: must be a whole number >= 1: 'x'",
+                                "lang: one of zh, en: 'fr'"]
+    missing = await api.get("/api/v1/scores?run_id=999", headers=_auth())
+    assert missing.status == 404 and "#999" in (await missing.json())["error"]
