@@ -212,7 +212,7 @@ def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None, 
 def build_scheduler(runtime: Runtime):
     """The service's jobs (bot.scheduler): nightly rescore, digest, overdue watch, dispatch."""
     from bot.rescore import NothingToScore, full_rescore, rescore_pending
-    from bot.scheduler import Scheduler
+    from bot.scheduler import Scheduler, last_fire
     from notifications.digest import queue_digests, queue_overdue_notices
     from notifications.playbook import PlaybookSettings
     from notifications.tickets import TicketSettings, process_tickets
@@ -222,8 +222,22 @@ def build_scheduler(runtime: Runtime):
     scheduler = Scheduler(engine, config.timezone)
     settings = PlaybookSettings.from_config(config)
 
+    def scored_since_slot(today) -> bool:
+        """A full run as of today that started after this slot's time (someone ran `score`,
+        or `make run` scored the demo, while the service was down) makes the slot's run a repeat."""
+        from storage.db import as_utc
+        from storage.scores import latest_run
+
+        slot = last_fire(scheduler.cron_jobs["full_rescore"].trigger, datetime.now(timezone.utc))
+        with runtime.sync_db.connect() as connection:
+            run = latest_run(connection)
+        return slot is not None and run is not None and run.as_of >= today and as_utc(run.started_at) >= slot
+
     async def nightly_rescore() -> None:
         today = datetime.now(config.tz).date()
+        if await asyncio.to_thread(scored_since_slot, today):
+            logger.info("nightly rescore: a full run as of %s started after this slot's time; not run again", today)
+            return
         try:
             outcome, _ = await asyncio.to_thread(full_rescore, runtime.sync_db, config, today)
         except NothingToScore:

@@ -96,6 +96,15 @@ class Leases:
             return None
         return None
 
+    async def known(self, name: str) -> bool:
+        """Whether a service process has had this job before (its row exists)."""
+        async with self.engine.connect() as connection:
+            return (await connection.execute(select(JobState.name).where(JobState.name == name))).first() is not None
+
+    async def register(self, name: str) -> None:
+        async with self.engine.begin() as connection:
+            await self._ensure(connection, name)
+
     async def completed(self, name: str, slot: str) -> bool:
         async with self.engine.connect() as connection:
             last = (await connection.execute(select(JobState.last_slot).where(JobState.name == name))).scalar()
@@ -269,7 +278,11 @@ class Scheduler:
         now = self.clock()
         for job in self.cron_jobs.values():
             fired = last_fire(job.trigger, now)
-            if fired is not None and now - fired <= CATCH_UP_WITHIN:
+            # A job no service process has had before missed nothing: a new install started
+            # at 03:00 right after its first import and score must not score it all again.
+            known = await self.leases.known(job.name)
+            await self.leases.register(job.name)
+            if known and fired is not None and now - fired <= CATCH_UP_WITHIN:
                 slot = slot_of(fired)
                 if not await self.leases.completed(job.name, slot):
                     logger.info("job %s missed its %s run: running it now", job.name, fired.isoformat())

@@ -142,6 +142,14 @@ async def test_a_missed_slot_runs_once_at_start_up(async_db):
     async def job() -> None:
         runs.append(1)
 
+    # The service ran the evening before, and was down over the night.
+    evening = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+    before = Scheduler(async_db, "Asia/Shanghai", leases=Leases(async_db, clock=lambda: evening),
+                       clock=lambda: evening)
+    before.cron("full_rescore", "0 2 * * *", job)
+    await before.start()
+    await before.stop()
+    assert runs == []  # 02:00 that day was 18 hours before: too long ago to run late
     now = datetime(2026, 11, 23, 20, 0, tzinfo=timezone.utc)  # 04:00 in Shanghai: the 02:00 run was missed
     scheduler = Scheduler(async_db, "Asia/Shanghai", leases=Leases(async_db, clock=lambda: now), clock=lambda: now)
     scheduler.cron("full_rescore", "0 2 * * *", job)
@@ -160,6 +168,21 @@ async def test_a_missed_slot_runs_once_at_start_up(async_db):
     await asyncio.sleep(0.2)
     await restarted.stop()
     assert runs == [1]
+
+
+async def test_a_new_install_started_after_a_slot_does_not_run_it_late(async_db):
+    runs = []
+
+    async def job() -> None:
+        runs.append(1)
+
+    now = datetime(2026, 11, 23, 20, 0, tzinfo=timezone.utc)  # 04:00 in Shanghai, the first start ever
+    scheduler = Scheduler(async_db, "Asia/Shanghai", leases=Leases(async_db, clock=lambda: now), clock=lambda: now)
+    scheduler.cron("full_rescore", "0 2 * * *", job)
+    await scheduler.start()
+    await asyncio.sleep(0.2)
+    await scheduler.stop()
+    assert runs == []
 
 
 def test_last_fire_is_the_slot_just_past():
