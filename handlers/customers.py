@@ -225,7 +225,9 @@ async def customer_without_name(ctx: CommandContext) -> Reply:
     return Reply(render(f"chat/customer_needs_name.{ctx.lang}.j2"), msgtype="text")
 
 
-@router.command("customer", r"(?:客户|查客户|查询客户|查询)\s*(?P<query>.+)", r"(?:customer|cust|lookup|find)\s+(?P<query>.+)")
+# 「客户：华为」「客户，华为」: people put a colon or comma after the command word.
+@router.command("customer", r"(?:客户|查客户|查询客户|查询)[\s:,、]*(?P<query>[^\s:,、].*)",
+                r"(?:customer|cust|lookup|find)(?:\s*[:,]\s*|\s+)(?P<query>.+)")
 async def customer(ctx: CommandContext) -> Reply:
     query = ctx.argument("query")[:MAX_QUERY_CHARS]
     catalogue = len(ctx.services.config.scoring.value_matrix.module_catalogue)

@@ -116,6 +116,10 @@ async def test_rep_cannot_learn_anything_about_another_reps_customer(bot, peer):
     assert "Tier: Star" in by_chinese_name and "层级" not in by_chinese_name
     _, by_latin_id = await _say(bot, peer, "boss", "客户 STAR1")
     assert "明星客户" in by_latin_id
+    # A colon or comma after the command word, as people type it.
+    for typed in ("客户：星辰", "客户:STAR1", "客户，星辰", "查询客户、STAR1", "customer: STAR1", "customer:STAR1"):
+        _, reply = await _say(bot, peer, "rep_a", typed)
+        assert "负责人" in reply or "Owner" in reply, (typed, reply)
 
 
 async def test_ambiguous_name_gets_a_did_you_mean_list(bot, peer):
