@@ -461,6 +461,10 @@ async def _transfer(connection, ctx, typed: str, to: str) -> tuple[str, bool]:
     if target.userid == ctx.asker.userid:
         return _result(ctx, "same_agent", ticket=_item(ticket)), False
     receiver = await queries.agent_of(connection, target.userid)
+    if ticket["queue"] and (receiver is None or ticket["queue"] not in receiver["queues"]):
+        # A Star's ticket in the expert queue must not land with an agent who does not serve it.
+        return _result(ctx, "not_in_queue", ticket=_item(ticket), to=target.name, to_userid=target.userid,
+                       queue=ticket["queue"]), False
     now = _utc_now(ctx.services)
     values: dict[str, Any] = {"assignee_userid": target.userid}
     if ticket["breached_at"] is None:

@@ -369,13 +369,17 @@ async def test_an_accepted_ticket_is_handed_over_accepted_with_only_the_resolve_
     assert "已解决工单" in await say(bot, peer, other, f"解决 {ticket_id} 已处理")
 
 
-async def test_transfer_to_someone_who_is_not_an_agent_is_refused_by_name(bot, peer, company, engine):
+async def test_transfer_to_someone_who_is_not_an_agent_of_its_queue_is_refused_by_name(bot, peer, company, engine):
     ticket_id, agent, _other = await assigned_star_ticket(bot, peer, company, engine)
     cards = len(outbox(engine, kind="ticket"))
     assert await say(bot, peer, agent, f"转交 {ticket_id} rep_a") == "无法转交：「rep_a」不是客服，工单只能转交给客服。"
     assert "没有找到用户「nobody9」" in await say(bot, peer, agent, f"转交 {ticket_id} 给 nobody9")
     assert '"rep_b" is not a service agent' in await say(bot, peer, agent, f"transfer {ticket_id} to rep_b")
     assert "已经在您手上了" in await say(bot, peer, agent, f"转交 {ticket_id} {agent}")
+    # A Star's ticket is in the expert queue: not for an agent who serves the standard queue only.
+    assert await say(bot, peer, agent, f"转交 {ticket_id} ag3") == (
+        f"无法转交：夜班丙（ag3）不负责专家队列，工单 #{ticket_id} 只能转交给该队列的客服。")
+    assert "does not serve the expert queue" in await say(bot, peer, agent, f"transfer {ticket_id} to ag3")
     assert ticket_row(engine, ticket_id)["assignee_userid"] == agent
     assert len(outbox(engine, kind="ticket")) == cards
     assert "转交 工单编号 同事账号" in await say(bot, peer, agent, f"转交 {ticket_id}")
