@@ -551,6 +551,32 @@ def _count_changes(connection: Connection, kind: FileKind, columns: list[str],
     return int(new or 0), int(changed or 0)
 
 
+def _hand_over_open_tasks(connection: Connection) -> None:
+    """Customers given another owner take their open tasks along: the old owner's go to the
+    new owner, and a task the old owner's manager held goes to the new owner's manager (else
+    to the new owner), so that 今日任务, the digest and the team view follow the account."""
+    moved = connection.execute(text("""
+        SELECT s.customer_id, c.owner_userid AS old_owner, s.owner_userid AS new_owner,
+               old.manager_userid AS old_manager, new.manager_userid AS new_manager
+        FROM stage_customers s
+        JOIN customers c ON c.customer_id = s.customer_id
+        LEFT JOIN users old ON old.userid = c.owner_userid
+        LEFT JOIN users new ON new.userid = s.owner_userid
+        WHERE s.owner_userid IS NOT NULL AND c.owner_userid IS NOT NULL
+          AND s.owner_userid <> c.owner_userid""")).all()
+    handovers = []
+    for row in moved:
+        handovers.append({"customer": row.customer_id, "from": row.old_owner, "to": row.new_owner})
+        if row.old_manager and row.old_manager != row.old_owner:
+            handovers.append({"customer": row.customer_id, "from": row.old_manager,
+                              "to": row.new_manager or row.new_owner})
+    handovers = [h for h in handovers if h["from"] != h["to"]]
+    if handovers:
+        connection.execute(text("""
+            UPDATE tasks SET owner_userid = :to, overdue_notified = false
+            WHERE customer_id = :customer AND owner_userid = :from AND status = 'open'"""), handovers)
+
+
 def _collect_touched_customers(connection: Connection, kind: FileKind, columns: list[str]) -> None:
     """Customers whose roll-ups must be rebuilt: those of new or changed rows, and the
     previous customer of a row that moved to another customer."""
@@ -829,6 +855,8 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                     results[kind.name] = KindResult(rows, new, changed)
                     if kind in (CUSTOMERS, ORDERS, ACTIVITIES):
                         _collect_touched_customers(connection, kind, columns)
+                    if kind is CUSTOMERS and "owner_userid" in columns:
+                        _hand_over_open_tasks(connection)
                     # Filling an empty table: build its secondary indexes once at the end
                     # (a sort) instead of row by row (a random B-tree insert per row).
                     bulk = new == rows and rows >= BULK_LOAD_ROWS

@@ -295,3 +295,20 @@ def test_a_run_putting_many_at_risk_at_once_names_the_riskiest_and_counts_the_re
     text = churn_alert(items, "zh")
     assert text.startswith("**流失预警**：4 位团队客户流失风险高")
     assert "老牌纺织" in text and "新锐新能源" in text and "…还有 2 位" in text
+
+
+def test_a_customer_given_another_owner_takes_its_open_tasks_along(engine, settings):
+    features, scored = frames({"STAR1": "star", "QM1": "question_mark"}, rising={"QM1": 3})
+    features.loc["STAR1", "act_30d"] = 2.0
+    run_playbook(engine, settings, features, scored, {"STAR1": "star", "QM1": "question_mark"}, MORNING)
+    assert tasks(engine) == [("question_mark_rising", "QM1", "boss", "open"),
+                             ("activity_down_retention", "STAR1", "rep_a", "open")]
+    # A second team: rep_c under boss2. STAR1 goes to rep_b, QM1 to rep_c.
+    run_import(engine, [], records={"users": [
+        {"userid": "boss2", "name": "赵总", "role": "manager"},
+        {"userid": "rep_c", "name": "王五", "role": "rep", "manager_userid": "boss2"}]})
+    run_import(engine, [], records={"customers": [{"customer_id": "STAR1", "name": "星辰半导体股份有限公司", "owner_userid": "rep_b"},
+                                                  {"customer_id": "QM1", "name": "新锐新能源", "owner_userid": "rep_c"}]})
+    # The rep's task follows the account; the manager's goes to the new owner's manager.
+    assert tasks(engine) == [("question_mark_rising", "QM1", "boss2", "open"),
+                             ("activity_down_retention", "STAR1", "rep_b", "open")]
