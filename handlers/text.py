@@ -6,6 +6,7 @@ Chinese first, English too: every function takes `lang` ("zh" or "en").
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
@@ -154,7 +155,18 @@ def reason_text(reason: dict[str, Any], lang: str = "zh", catalogue_size: int | 
         template = entry.get(f"{lang}_zero", template)
     elif reason.get("value") == "new":
         template = entry.get(f"{lang}_new", template)
-    return (template or entry[lang]).format(**fields)
+    return singular_after_one((template or entry[lang]).format(**fields), lang)
+
+
+_PLURALS = {"days": "day", "activities": "activity", "months": "month", "complaints": "complaint",
+            "orders": "order", "purchases": "purchase", "times": "time", "visits": "visit", "years": "year",
+            "downloads": "download", "customers": "customer", "tasks": "task", "tickets": "ticket"}
+_ONE_PLURAL = re.compile(rf"(?<![\d.,])1 ({'|'.join(_PLURALS)})\b")
+
+
+def singular_after_one(text: str, lang: str) -> str:
+    """English templates say "{value} days"; a value of 1 reads "1 day"."""
+    return _ONE_PLURAL.sub(lambda m: f"1 {_PLURALS[m.group(1)]}", text) if lang == "en" else text
 
 
 def risk_reasons(reasons: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
@@ -191,7 +203,7 @@ def model_reasons_text(model: str, reasons: list[dict[str, Any]], lang: str = "z
         elif (reason.get("top_share") or 0) > 50 and f"{lang}_lower_half" in entry:  # not "in the top 71%"
             template = entry[f"{lang}_lower_half"]
         try:
-            parts.append(template.format_map(_Missing(fields)))
+            parts.append(singular_after_one(template.format_map(_Missing(fields)), lang))
         except (ValueError, TypeError):
             parts.append(f"{reason.get('factor')}={reason.get('value')}")
     return separator.join(parts)

@@ -349,3 +349,9 @@ def test_multi_year_revenue_counts_only_the_years_a_customer_has_been_buying():
     assert weighted["SECOND_YEAR"] == pytest.approx((0.6 * 100_000 + 0.3 * 40_000) / 0.9)
     assert weighted["OLD"] == pytest.approx(0.6 * 100_000 + 0.3 * 40_000 + 0.1 * 10_000)
     assert weighted["NONE"] == 0.0
+
+
+def test_english_reasons_say_one_day_not_one_days():
+    recent = [{"factor": "recency_days", "value": 1, "score": 5, "percentile": 97.0}]
+    assert model_reasons_text("rfm", recent, "en").startswith("1 day since the last purchase (R=5")
+    assert model_reasons_text("rfm", [{**recent[0], "value": 21}], "en").startswith("21 days since")
