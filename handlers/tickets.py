@@ -373,12 +373,12 @@ def _claimable(ticket: dict[str, Any], agent: dict[str, Any] | None) -> bool:
 async def _accept(connection, ctx, typed: str) -> tuple[str, str]:
     """(answer, state of the card's button: accepted · resolved · gone)."""
     ticket = await queries.ticket_by_id(connection, typed)
+    if ticket is None:
+        return _result(ctx, "not_found", ticket_id=typed), "gone"
     agent = await _agent(connection, ctx.asker)
-    if ticket is None or agent is None:
-        return _result(ctx, "not_found", ticket_id=typed), "gone"
     mine = ticket["assignee_userid"] == ctx.asker.userid
-    if not (mine or _claimable(ticket, agent)):
-        return _result(ctx, "not_found", ticket_id=typed), "gone"
+    if agent is None or not (mine or _claimable(ticket, agent)):
+        return await _refused(connection, ctx, ticket, typed, "accept"), "gone"
     if ticket["status"] == "accepted":
         return _result(ctx, "already_accepted", ticket=_item(ticket),
                        at=_local(ctx.services, ticket["accepted_at"])), "accepted"
@@ -420,7 +420,7 @@ async def _resolve(connection, ctx, typed: str, note: str) -> tuple[str, str]:
     by_lead = (not (by_agent or by_owner) and ticket["queue"] is not None
                and ticket["queue"] in await _led_queues(ctx, connection))
     if not (by_agent or by_owner or by_lead):
-        return _result(ctx, "not_found", ticket_id=typed), "gone"
+        return await _refused(connection, ctx, ticket, typed, "resolve"), "gone"
     if ticket["status"] in ("resolved", "closed"):
         return _result(ctx, "already_resolved", ticket=_item(ticket)), "resolved"
     now = _utc_now(ctx.services)
@@ -444,6 +444,16 @@ def _assigned_to(userid: str | None):
     return Ticket.assignee_userid.is_(None) if userid is None else Ticket.assignee_userid == userid
 
 
+async def _refused(connection, ctx, ticket: dict[str, Any], typed: str, action: str) -> str:
+    """Why the asker may not act on a ticket: a ticket of a customer they see (it is in
+    their 我的工单) is named with whoever handles it; any other reads as unknown, so that
+    nobody learns of another team's tickets."""
+    if not await _visible(connection, ctx, ticket) and ticket["queue"] not in await _led_queues(ctx, connection):
+        return _result(ctx, "not_found", ticket_id=typed)
+    return _result(ctx, "not_yours", ticket=_item(ticket), action=action, agent=ticket["agent_name"],
+                   queue=ticket["queue"], status=ticket["status"])
+
+
 async def _visible(connection, ctx, ticket: dict[str, Any]) -> bool:
     owners = await _owners(ctx, connection)
     return owners is queries.EVERYONE or ticket["owner_userid"] in owners
@@ -452,14 +462,21 @@ async def _visible(connection, ctx, ticket: dict[str, Any]) -> bool:
 async def _transfer(connection, ctx, typed: str, to: str) -> tuple[str, bool]:
     """(answer, whether a card was queued)."""
     ticket = await queries.ticket_by_id(connection, typed)
-    if (ticket is None or ctx.asker.role != "agent" or ticket["assignee_userid"] != ctx.asker.userid
-            or ticket["status"] not in ("open", "accepted")):
+    if ticket is None:
         return _result(ctx, "not_found", ticket_id=typed), False
+    holder = ticket["assignee_userid"]
+    by_agent = ctx.asker.role == "agent" and holder == ctx.asker.userid
+    # A service lead hands on what their queues hold: a ticket whose agent is away or swamped.
+    by_lead = not by_agent and ticket["queue"] is not None and ticket["queue"] in await _led_queues(ctx, connection)
+    if not (by_agent or by_lead) or ticket["status"] not in ("open", "accepted"):
+        if ticket["status"] in ("resolved", "closed") and (by_agent or by_lead):
+            return _result(ctx, "already_resolved", ticket=_item(ticket)), False
+        return await _refused(connection, ctx, ticket, typed, "transfer"), False
     target = await queries.find_user(connection, to)
     if target is None or target.role != "agent":
         return _result(ctx, "not_an_agent", userid=to, known=target is not None), False
-    if target.userid == ctx.asker.userid:
-        return _result(ctx, "same_agent", ticket=_item(ticket)), False
+    if target.userid == holder:
+        return _result(ctx, "same_agent", ticket=_item(ticket), own=by_agent, to=target.name), False
     receiver = await queries.agent_of(connection, target.userid)
     if ticket["queue"] and (receiver is None or ticket["queue"] not in receiver["queues"]):
         # A Star's ticket in the expert queue must not land with an agent who does not serve it.
@@ -470,7 +487,7 @@ async def _transfer(connection, ctx, typed: str, to: str) -> tuple[str, bool]:
     if ticket["breached_at"] is None:
         values["warned_at"] = None  # the new agent hears of a deadline coming too
     changed = (await connection.execute(
-        update(Ticket).where(Ticket.ticket_id == ticket["ticket_id"], Ticket.assignee_userid == ctx.asker.userid,
+        update(Ticket).where(Ticket.ticket_id == ticket["ticket_id"], _assigned_to(holder),
                              Ticket.status == ticket["status"]).values(**values))).rowcount
     if not changed:
         return _result(ctx, "not_found", ticket_id=typed), False

@@ -250,7 +250,14 @@ async def test_only_the_assignee_accepts_and_is_told_about_the_sla(bot, peer, co
     refused = await say(bot, peer, other, f"接单 {ticket_id}")
     assert refused == f"没有找到您可处理的工单 #{ticket_id}。发送「我的工单」查看工单编号。"
     assert await say(bot, peer, other, "接单 C0000000000") == refused.replace(ticket_id, "C0000000000")
-    assert "没有找到您可处理的工单" in await say(bot, peer, "rep_a", f"接单 {ticket_id}")
+    # The owner rep sees the ticket in 我的工单: told who handles it, not that it does not exist.
+    assert await say(bot, peer, "rep_a", f"接单 {ticket_id}") == (
+        f"工单 #{ticket_id}（星辰半导体股份有限公司）由客服 {'专家甲' if agent == 'ag1' else '专家乙'} 处理。")
+    assert await say(bot, peer, "rep_a", f"resolve {ticket_id}") == (
+        f"Ticket #{ticket_id} (星辰半导体股份有限公司) is handled by agent {'专家甲' if agent == 'ag1' else '专家乙'}; "
+        "only they or the queue's lead can resolve it.")
+    # Nobody learns of a ticket of a customer they do not see.
+    assert "没有找到您可处理的工单" in await say(bot, peer, "rep_b", f"解决 {ticket_id}")
     assert ticket_row(engine, ticket_id)["status"] == "open"
 
     accepted = await say(bot, peer, agent, f"接单 {ticket_id.lower()}")  # any case
@@ -323,7 +330,7 @@ async def test_an_old_open_ticket_no_queue_holds_can_be_closed_by_its_rep(bot, p
                                                  "subject": "旧系统遗留问题", "opened_at": "2026-09-20T10:00:00"}]})
     # A ticket just opened is not the rep's to close before the router has seen it.
     fresh = TICKET_ID.search(await say(bot, peer, "rep_a", "工单 星辰半导体 报表导出慢")).group(1)
-    assert "没有找到" in await say(bot, peer, "rep_a", f"解决 {fresh}")
+    assert "尚未分派" in await say(bot, peer, "rep_a", f"解决 {fresh}")
     route(engine, company)
     assert ticket_row(engine, "T-OLD")["routed_at"] is None
     assert "没有找到" in await say(bot, peer, "ag1", "接单 T-OLD")
@@ -367,6 +374,20 @@ async def test_an_accepted_ticket_is_handed_over_accepted_with_only_the_resolve_
     assert any(item["keyname"] == "说明" and item["value"].endswith("转交，已接单")
                for item in card["horizontal_content_list"])
     assert "已解决工单" in await say(bot, peer, other, f"解决 {ticket_id} 已处理")
+
+
+async def test_a_service_lead_hands_a_ticket_of_their_queue_to_another_agent(bot, peer, company, engine):
+    ticket_id, agent, other = await assigned_star_ticket(bot, peer, company, engine)
+    names = {"ag1": "专家甲", "ag2": "专家乙"}
+    assert "已经在 " + names[agent] + " 手上了" in await say(bot, peer, "lead", f"转交 {ticket_id} {agent}")
+    reply = await say(bot, peer, "lead", f"转交 {ticket_id} {other}")
+    assert reply.startswith(f"已将工单 #{ticket_id}（星辰半导体股份有限公司）转交给 {names[other]}（{other}）")
+    assert ticket_row(engine, ticket_id)["assignee_userid"] == other
+    card = outbox(engine, touser=other, kind="ticket")[-1]["payload"]["template_card"]
+    assert {"keyname": "说明", "value": "由 客服主管 转交"} in card["horizontal_content_list"]
+    # A rep sees the ticket (their customer's) but does not hand it on.
+    assert await say(bot, peer, "rep_a", f"转交 {ticket_id} {agent}") == (
+        f"工单 #{ticket_id}（星辰半导体股份有限公司）由客服 {names[other]} 处理，只有 TA 或队列负责人能转交。")
 
 
 async def test_transfer_to_someone_who_is_not_an_agent_of_its_queue_is_refused_by_name(bot, peer, company, engine):
