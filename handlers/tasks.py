@@ -215,10 +215,23 @@ async def queue_card_update(connection, ctx: ActionContext, state: str, until: d
     and the card update commit together or not at all. Also when nothing changed (someone
     else's or a closed task): the card should stop inviting clicks either way."""
     if ctx.response_code:
-        await _queue_grey(connection, ctx.asker.userid, ctx.response_code, state, ctx.lang, until)
+        await queue_grey(connection, ctx.asker.userid, ctx.response_code, state, ctx.lang, until)
 
 
-async def _queue_grey(connection, userid: str, code: str, state: str, lang: str, until: date | None) -> bool:
+async def queue_card_replacement(connection, userid: str, code: str, card: dict) -> bool:
+    """Replace the card a response_code belongs to with `card`, through the outbox in the
+    caller's transaction: a card with a next step left (an accepted ticket's 解决) keeps that
+    button where a grey label would end it. False when that code has an update queued already."""
+    origin = card_origin(code)
+    if (await connection.execute(select(OutboxMessage.id).where(OutboxMessage.origin == origin))).first():
+        return False
+    values = outbox_row([userid], "update", {}, origin=origin, kind="card_update", channel="card_update")
+    values["payload"] = {"response_code": code, "template_card": card}
+    await connection.execute(OutboxMessage.__table__.insert().values(**values))
+    return True
+
+
+async def queue_grey(connection, userid: str, code: str, state: str, lang: str, until: date | None) -> bool:
     """Queue the update_template_card that turns a card's buttons into a grey `state` label;
     False when one with that response_code is queued already."""
     origin = card_origin(code)
@@ -264,5 +277,5 @@ async def _grey_sent_cards(connection, ctx: CommandContext, task_id: int, state:
     # The card went out in the configured language, whatever language the command was typed in.
     card_lang = ctx.services.config.language
     for code in codes:
-        queued |= await _queue_grey(connection, ctx.asker.userid, code, state, card_lang, until)
+        queued |= await queue_grey(connection, ctx.asker.userid, code, state, card_lang, until)
     return queued

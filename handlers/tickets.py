@@ -20,13 +20,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from handlers.paging import fit_page, remember
 from handlers.registry import ActionContext, Asker, CommandContext, Reply
 from handlers.router import router
-from handlers.tasks import queue_card_update
+from handlers.tasks import SENT_CODE_VALID, queue_card_replacement, queue_card_update, queue_grey
 from handlers.text import render
 from notifications import messages
 from notifications.outbox import outbox_row
@@ -311,8 +311,15 @@ async def _insert_ticket(ctx: CommandContext, customer_id: str, subject: str, se
 @router.command("ticket_accept", rf"(?:接单|受理|接受工单|领取工单|认领工单|认领)\s*{_TID}",
                 rf"(?:accept|take|claim)(?: ticket)?\s*{_TID}")
 async def accept_ticket(ctx: CommandContext) -> Reply:
+    queued = False
     async with ctx.services.db.begin() as connection:
-        text, _state = await _accept(connection, ctx, ctx.argument("ticket"))
+        text, state = await _accept(connection, ctx, ctx.argument("ticket"))
+        ticket = await queries.ticket_by_id(connection, ctx.argument("ticket")) if state == "accepted" else None
+        if ticket is not None and ticket["assignee_userid"] == ctx.asker.userid:
+            queued = await _update_sent_cards(connection, ctx, ticket["ticket_id"], ctx.asker.userid, "accepted",
+                                              _accepted_card(ctx, ticket))
+    if queued:
+        ctx.services.wake_dispatcher()
     return Reply(text, msgtype="text")
 
 
@@ -320,8 +327,15 @@ async def accept_ticket(ctx: CommandContext) -> Reply:
                 rf"(?:resolve|resolved|solve|solved)(?: ticket)?\s*{_TID}(?:\s+(?P<note>.+))?")
 async def resolve_ticket(ctx: CommandContext) -> Reply:
     note = _typed_note(ctx) if ctx.match.group("note") else ""
+    queued = False
     async with ctx.services.db.begin() as connection:
-        text, _state = await _resolve(connection, ctx, ctx.argument("ticket"), note)
+        before = await queries.ticket_by_id(connection, ctx.argument("ticket"))
+        text, state = await _resolve(connection, ctx, ctx.argument("ticket"), note)
+        if state == "resolved" and before is not None and before["status"] not in ("resolved", "closed"):
+            queued = await _update_sent_cards(connection, ctx, before["ticket_id"], before["assignee_userid"],
+                                              "resolved")
+    if queued:
+        ctx.services.wake_dispatcher()
     return Reply(text, msgtype="text")
 
 
@@ -340,7 +354,10 @@ def _typed_note(ctx: CommandContext) -> str:
                 r"(?P<to>[a-z0-9_.@\-]{1,64})")
 async def transfer_ticket(ctx: CommandContext) -> Reply:
     async with ctx.services.db.begin() as connection:
+        before = await queries.ticket_by_id(connection, ctx.argument("ticket"))
         text, queued = await _transfer(connection, ctx, ctx.argument("ticket"), ctx.argument("to"))
+        if queued and before is not None:  # the old holder's card no longer invites clicks
+            await _update_sent_cards(connection, ctx, before["ticket_id"], before["assignee_userid"], "transferred")
     if queued:
         ctx.services.wake_dispatcher()
     return Reply(text, msgtype="text")
@@ -552,9 +569,47 @@ async def _set_away(ctx: CommandContext, away: bool) -> Reply:
 async def accept_button(ctx: ActionContext) -> Reply:
     async with ctx.services.db.begin() as connection:
         text, state = await _accept(connection, ctx, ctx.match.group("ticket"))
-        await queue_card_update(connection, ctx, state)
+        ticket = await queries.ticket_by_id(connection, ctx.match.group("ticket")) if state == "accepted" else None
+        if ticket is not None and ticket["assignee_userid"] == ctx.asker.userid:
+            # Accepted: the card goes on to its 解决 button rather than ending as a grey label.
+            await queue_card_replacement(connection, ctx.asker.userid, ctx.response_code, _accepted_card(ctx, ticket))
+        else:
+            await queue_card_update(connection, ctx, state)
     ctx.services.wake_dispatcher()
     return Reply(text, msgtype="text")
+
+
+def _accepted_card(ctx: CommandContext | ActionContext, ticket: dict[str, Any]) -> dict:
+    lang = ctx.services.config.language  # the card went out in it
+    item = {"ticket_id": ticket["ticket_id"], "customer_id": ticket["customer_id"], "name": ticket["customer_name"],
+            "subject": ticket["subject"], "tier": ticket["tier"] or ticket["customer_tier"], "queue": ticket["queue"],
+            "priority": ticket["priority"] or ticket["severity"] or "P3",
+            "due": _local(ctx.services, ticket["first_response_due"]) or "—", "accepted": True,
+            "note": render(f"chat/card_button.{lang}.j2", state="accepted", until=None).strip()}
+    task_id = ctx.card_task_id if isinstance(ctx, ActionContext) else ""
+    return messages.ticket_card(item, lang, task_id or messages.card_task_id())
+
+
+async def _update_sent_cards(connection, ctx: CommandContext, ticket_id: str, userid: str | None,
+                             state: str, card: dict | None = None) -> bool:
+    """A ticket accepted, resolved or handed on by typing: the cards it was sent to `userid`
+    on change too, with the response_code WeCom answered each send with — replaced by
+    `card`, else greyed to `state`. True when an update was queued."""
+    if not userid:
+        return False
+    outbox = OutboxMessage.__table__
+    sent_on = or_(*(outbox.c.origin.startswith(f"{kind}:{ticket_id}:{userid}:", autoescape=True)
+                    for kind in ("ticket-card", "ticket-transfer")))
+    codes = (await connection.execute(select(outbox.c.response_code).where(
+        sent_on, outbox.c.touser == userid, outbox.c.status == "sent", outbox.c.response_code.is_not(None),
+        outbox.c.sent_at >= ctx.services.now() - SENT_CODE_VALID))).scalars().all()
+    queued = False
+    for code in codes:
+        if card is not None:
+            queued |= await queue_card_replacement(connection, userid, code, card)
+        else:
+            queued |= await queue_grey(connection, userid, code, state, ctx.services.config.language, None)
+    return queued
 
 
 @router.action(r"resolve:(?P<ticket>[A-Za-z0-9_\-]{1,64})", name="card_resolve")

@@ -454,7 +454,7 @@ async def test_going_away_hands_tickets_not_yet_accepted_back_to_the_queue(bot, 
 # ------------------------------------------------------------------ card buttons
 
 
-async def test_the_accept_button_accepts_and_greys_the_card(bot, peer, company, engine):
+async def test_the_accept_button_accepts_and_leaves_the_card_its_resolve_button(bot, peer, company, engine):
     ticket_id, agent, other = await assigned_star_ticket(bot, peer, company, engine)
     refused = await click(bot, peer, other, f"accept:{ticket_id}", "RC-other")
     assert "没有找到您可处理的工单" in refused and ticket_row(engine, ticket_id)["status"] == "open"
@@ -465,15 +465,49 @@ async def test_the_accept_button_accepts_and_greys_the_card(bot, peer, company, 
     row = ticket_row(engine, ticket_id)
     assert (row["status"], aware(row["accepted_at"])) == ("accepted", MONDAY_10 + timedelta(minutes=10))
     updates = outbox(engine, channel="card_update")
-    assert [(u["touser"], u["payload"]) for u in updates] == [
-        (other, {"response_code": "RC-other", "replace_name": "已失效"}),
-        (agent, {"response_code": "RC-accept", "replace_name": "已接单"})]
+    assert [(u["touser"], u["payload"]) for u in updates[:1]] == [
+        (other, {"response_code": "RC-other", "replace_name": "已失效"})]
+    # The accepting agent's card is replaced by one with only 解决 left, saying it is accepted.
+    (touser, replaced), = [(u["touser"], u["payload"]) for u in updates[1:]]
+    assert touser == agent and replaced["response_code"] == "RC-accept" and "replace_name" not in replaced
+    card = replaced["template_card"]
+    assert [b["key"] for b in card["button_list"]] == [f"resolve:{ticket_id}"]
+    assert {"keyname": "说明", "value": "已接单"} in card["horizontal_content_list"]
+    assert card["main_title"]["title"].startswith(f"工单 #{ticket_id} · P1")
     assert bot.wakes
 
     assert "已解决工单" in await click(bot, peer, agent, f"resolve:{ticket_id}", "RC-resolve")
     assert ticket_row(engine, ticket_id)["status"] == "resolved"
     assert outbox(engine, channel="card_update")[-1]["payload"] == {"response_code": "RC-resolve",
                                                                     "replace_name": "已解决"}
+
+
+def mark_sent(engine, origin_prefix: str, code: str) -> None:
+    """The dispatcher's part: the card went out, and WeCom answered with its response_code."""
+    with engine.begin() as connection:
+        connection.execute(update(OutboxMessage).where(OutboxMessage.origin.startswith(origin_prefix))
+                           .values(status="sent", response_code=code, sent_at=MONDAY_10))
+
+
+async def test_typed_commands_change_the_cards_the_ticket_was_sent_on(bot, peer, company, engine):
+    ticket_id, agent, other = await assigned_star_ticket(bot, peer, company, engine)
+    mark_sent(engine, f"ticket-card:{ticket_id}:{agent}:", "RC-SENT")
+    bot.services.moment = MONDAY_10 + timedelta(minutes=5)
+    assert (await say(bot, peer, agent, f"接单 {ticket_id}")).startswith("已接单")
+    [replaced] = [u["payload"] for u in outbox(engine, channel="card_update")]
+    assert replaced["response_code"] == "RC-SENT"
+    assert [b["key"] for b in replaced["template_card"]["button_list"]] == [f"resolve:{ticket_id}"]
+    assert bot.wakes
+    # Handed on: the old agent's card stops inviting clicks (its code is used: a second
+    # ticket shows it); the new agent's card is greyed when the lead closes the ticket.
+    second, holder, colleague = await assigned_star_ticket(bot, peer, company, engine)
+    mark_sent(engine, f"ticket-card:{second}:{holder}:", "RC-SECOND")
+    await say(bot, peer, holder, f"转交 {second} {colleague}")
+    mark_sent(engine, f"ticket-transfer:{second}:{colleague}:", "RC-HANDED")
+    await say(bot, peer, "lead", f"解决 {second} 已处理")
+    updates = [(u["touser"], u["payload"]) for u in outbox(engine, channel="card_update")][1:]
+    assert updates == [(holder, {"response_code": "RC-SECOND", "replace_name": "已转交"}),
+                       (colleague, {"response_code": "RC-HANDED", "replace_name": "已解决"})]
 
 
 async def test_buttons_answer_in_english_when_the_company_does(company, engine):
@@ -489,7 +523,9 @@ async def test_buttons_answer_in_english_when_the_company_does(company, engine):
         name, reply = await router.dispatch_action("accept:T-EN", asker, services, {"ResponseCode": "RC-en"})
         assert name == "card_accept" and reply.text.startswith("Ticket #T-EN (老牌纺织集团有限公司) is yours")
         name, reply = await router.dispatch_action("resolve:T-EN", asker, services, {"ResponseCode": "RC-en2"})
-        assert [u["payload"]["replace_name"] for u in outbox(engine, channel="card_update")] == ["Accepted", "Resolved"]
+        accepted, resolved = [u["payload"] for u in outbox(engine, channel="card_update")]
+        assert {"keyname": "Note", "value": "Accepted"} in accepted["template_card"]["horizontal_content_list"]
+        assert resolved["replace_name"] == "Resolved"
     finally:
         await services.db.dispose()
 
@@ -662,7 +698,14 @@ async def test_star_and_dog_tickets_follow_their_tier_paths_in_the_sandbox(compa
             "userid": agent, "task_id": body["task_id"], "key": f"accept:{star}"})).json()
         assert answer["reply"].startswith(f"已接单 #{star}（星辰半导体股份有限公司），在首次响应时限内")
         await runtime.dispatcher.drain()
-        assert sandbox.emulator.card_state(body["task_id"], agent)["replaced_name"] == "已接单"
+        shown = sandbox.emulator.card_state(body["task_id"], agent)
+        assert shown["replaced_name"] is None and [b["text"] for b in shown["card"]["button_list"]] == ["解决"]
+        clock["now"] = MONDAY_10 + timedelta(minutes=40)
+        answer = await (await service.post("/sandbox/api/click", json={
+            "userid": agent, "task_id": body["task_id"], "key": f"resolve:{star}"})).json()
+        assert answer["reply"].startswith(f"已解决工单 #{star}")
+        await runtime.dispatcher.drain()
+        assert sandbox.emulator.card_state(body["task_id"], agent)["replaced_name"] == "已解决"
 
         # Still open four working hours later: the Dog ticket goes to the standard queue.
         later = MONDAY_10 + timedelta(hours=4, minutes=1)
@@ -677,7 +720,7 @@ async def test_star_and_dog_tickets_follow_their_tier_paths_in_the_sandbox(compa
         assert (await say_(dog_agent, f"解决 {dog} 已指导客户自助开票")).startswith(f"已解决工单 #{dog}")
 
         report = await say_("boss", "工单报表")
-        assert "明星客户：1 单 · 首响达标 100% · 超时 0 · 平均首响 12 分钟 · 未关闭 1" in report
+        assert "明星客户：1 单 · 首响达标 100% · 超时 0 · 平均首响 12 分钟 · 未关闭 0" in report
         assert "瘦狗客户：1 单 · 首响达标 100% · 超时 0 · 平均首响 4 小时 30 分钟 · 未关闭 0" in report
     finally:
         await sandbox.stop_emulator()
