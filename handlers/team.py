@@ -1,4 +1,4 @@
-"""流失预警 / churn alerts, and 团队 / team (a summary per rep, for managers and admins).
+"""流失预警 / churn alerts, 赢回名单 / win-back, and 团队 / team (a summary per rep, for managers and admins).
 
 Scope is the asker's reporting tree (storage.queries.visible_owners): a manager sees
 their team, an admin everyone, anyone else their own customers (a rep's at-risk list
@@ -54,7 +54,21 @@ async def next_churn_page(ctx: CommandContext, arguments: dict, offset: int) -> 
     return await _churn_page(ctx, offset)
 
 
-async def _churn_page(ctx: CommandContext, offset: int) -> Reply:
+# Those at risk with no revenue in 12 months: not in the churn list (nothing left to retain),
+# but worth winning back, the most valuable first.
+@router.command("winback", r"(?:团队的?|我的|我名下的?)?(?:赢回|挽回|召回)(?:的?客户|名单|列表)?",
+                r"(?:show |list )?(?:my |team |my team's )?(?:win[- ]?back(?: list| customers)?|lapsed customers)")
+async def winback(ctx: CommandContext) -> Reply:
+    return await _churn_page(ctx, 0, lapsed=True)
+
+
+@router.pager("winback")
+async def next_winback_page(ctx: CommandContext, arguments: dict, offset: int) -> Reply:
+    return await _churn_page(ctx, offset, lapsed=True)
+
+
+async def _churn_page(ctx: CommandContext, offset: int, lapsed: bool = False) -> Reply:
+    listing = "winback" if lapsed else "churn"
     alerts = ctx.services.config.playbook.churn_alerts
     threshold = alerts.threshold
     scope = SCOPE[ctx.lang][ctx.asker.role if ctx.asker.role in LEADS else "own"]
@@ -64,21 +78,22 @@ async def _churn_page(ctx: CommandContext, offset: int) -> Reply:
             return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
         owners = await _owners(ctx, connection)
         items, total = await queries.churn_risks(connection, owners, run_id, threshold, offset, CHURN_PAGE,
-                                                 alerts.min_revenue_12m)
+                                                 alerts.min_revenue_12m, lapsed=lapsed)
         if not items:
-            await remember(ctx, connection, "churn", {}, offset, 0, 0)
+            await remember(ctx, connection, listing, {}, offset, 0, 0)
             if offset:
                 return Reply(render(f"chat/no_more.{ctx.lang}.j2", ended=True), msgtype="text")
-            return Reply(render(f"chat/churn_empty.{ctx.lang}.j2", scope=scope, threshold=threshold), msgtype="text")
+            return Reply(render(f"chat/{listing}_empty.{ctx.lang}.j2", scope=scope, threshold=threshold),
+                         msgtype="text")
         as_of = await queries.run_as_of(connection, run_id)
         for item in items:
             item["owner_name"] = item["owner_name"] or item["owner_userid"] or "—"
             item["why"] = model_reasons_text("churn", risk_reasons(item["churn_reasons"], CHURN_REASONS), ctx.lang)
         text, shown = fit_page(lambda n, more: render(
-            f"chat/churn_list.{ctx.lang}.j2", scope=scope, threshold=threshold, items=items[:n], first=offset + 1,
-            last=offset + n, total=total, more=more, as_of=as_of, show_owner=ctx.asker.role in LEADS),
-            len(items), offset, total)
-        await remember(ctx, connection, "churn", {}, offset, shown, total)
+            f"chat/{listing}_list.{ctx.lang}.j2", scope=scope, threshold=threshold, items=items[:n],
+            first=offset + 1, last=offset + n, total=total, more=more, as_of=as_of,
+            show_owner=ctx.asker.role in LEADS), len(items), offset, total)
+        await remember(ctx, connection, listing, {}, offset, shown, total)
     return Reply(text)
 
 

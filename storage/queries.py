@@ -218,13 +218,32 @@ async def load_listing(connection: AsyncConnection, userid: str) -> dict[str, An
 
 
 async def churn_risks(connection: AsyncConnection, owners: list[str] | None, run_id: int, threshold: float,
-                      offset: int, limit: int, min_revenue_12m: float = 0.0) -> tuple[list[dict[str, Any]], int]:
+                      offset: int, limit: int, min_revenue_12m: float = 0.0, lapsed: bool = False
+                      ) -> tuple[list[dict[str, Any]], int]:
     """A page of visible customers whose churn score in run `run_id` is at least
     `threshold` (and 12-month revenue at least `min_revenue_12m`), highest first, with
     their owner's name and the churn reasons; and the total count. Driven from customers
-    (owner index) like tier_totals."""
-    at_risk_where = and_(_owned_by(owners), ScoreSnapshot.churn_score >= threshold,
-                         ScoreSnapshot.revenue_12m >= min_revenue_12m)
+    (owner index) like tier_totals.
+
+    `lapsed`: the win-back list instead — those at risk with less than `min_revenue_12m`
+    (nothing, by default) in 12 months who did buy before (lifecycle not "potential"),
+    the most valuable (multi-year current value) first."""
+    from storage.scores import label_condition
+
+    if lapsed:
+        at_risk_where = and_(_owned_by(owners), ScoreSnapshot.churn_score >= threshold,
+                             or_(ScoreSnapshot.revenue_12m < min_revenue_12m, ScoreSnapshot.revenue_12m <= 0))
+        try:
+            never_bought = label_condition(ScoreSnapshot.label_codes, await coded_labels(connection, run_id) or {},
+                                           "lifecycle", "potential")
+            at_risk_where = and_(at_risk_where, ~never_bought)
+        except KeyError:  # lifecycle off, or a run before label codes: every lapsed one is listed
+            pass
+        order = (ScoreSnapshot.current_value.desc(), ScoreSnapshot.churn_score.desc(), Customer.customer_id)
+    else:
+        at_risk_where = and_(_owned_by(owners), ScoreSnapshot.churn_score >= threshold,
+                             ScoreSnapshot.revenue_12m >= min_revenue_12m)
+        order = (ScoreSnapshot.churn_score.desc(), ScoreSnapshot.revenue_12m.desc(), Customer.customer_id)
     at_risk = (select(Customer.customer_id).select_from(Customer)
                .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id,
                                          ScoreSnapshot.customer_id == Customer.customer_id))
@@ -234,13 +253,13 @@ async def churn_risks(connection: AsyncConnection, owners: list[str] | None, run
         return [], 0
     rows = await connection.execute(
         select(Customer.customer_id, Customer.name, Customer.owner_userid, User.name.label("owner_name"),
-               ScoreSnapshot.churn_score.label("churn_score"), ScoreSnapshot.revenue_12m,
-               ScoreSnapshot.reasons.label("stored_reasons"), ScoreSnapshot.reasons_chunk)
+               ScoreSnapshot.churn_score.label("churn_score"), ScoreSnapshot.revenue_12m, ScoreSnapshot.current_value,
+               ScoreSnapshot.tier, ScoreSnapshot.reasons.label("stored_reasons"), ScoreSnapshot.reasons_chunk)
         .select_from(Customer)
         .join(ScoreSnapshot, and_(ScoreSnapshot.run_id == run_id, ScoreSnapshot.customer_id == Customer.customer_id))
         .outerjoin(User, User.userid == Customer.owner_userid)
         .where(at_risk_where)
-        .order_by(ScoreSnapshot.churn_score.desc(), ScoreSnapshot.revenue_12m.desc(), Customer.customer_id)
+        .order_by(*order)
         .offset(offset).limit(limit))
     rows = rows.all()
     every_reasons = await snapshot_reasons(connection, run_id, [(row.customer_id, row.stored_reasons,

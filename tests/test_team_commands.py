@@ -146,7 +146,7 @@ async def test_churn_reads_the_latest_full_run(bot, peer, engine, company):
     # bought in 12 months, so not listed.
     full_rescore(engine, company, AS_OF + timedelta(days=1))
     reply = await say(bot, peer, "boss", "流失预警")
-    assert reply == "您团队目前没有流失风险 ≥ 70 的客户（近12个月没有营收的客户不计在内）。"
+    assert reply == "您团队目前没有流失风险 ≥ 70 的客户（近12个月没有营收的客户不计在内，见「赢回名单」）。"
 
 
 async def test_a_customer_with_nothing_bought_in_12_months_is_past_saving_not_listed(bot, peer, engine):
@@ -156,3 +156,19 @@ async def test_a_customer_with_nothing_bought_in_12_months_is_past_saving_not_li
     reply = await say(bot, peer, "boss", "流失预警")
     assert "您团队的流失预警（风险 ≥ 70，1–1 / 1）" in reply and "街角建材" not in reply
     assert "近12个月没有营收的客户不在此列" in reply
+
+
+async def test_customers_at_risk_with_nothing_bought_in_12_months_are_on_the_win_back_list(bot, peer, engine):
+    snapshots = ScoreSnapshot.__table__
+    with engine.begin() as connection:
+        run_id = connection.execute(select(func.max(snapshots.c.run_id))).scalar_one()
+        connection.execute(snapshots.update().where(snapshots.c.run_id == run_id, snapshots.c.customer_id == "COW1")
+                           .values(churn_score=80.0, revenue_12m=0.0))
+    churn = await say(bot, peer, "rep_a", "流失预警")
+    assert "老牌纺织" not in churn and "赢回请看「赢回名单」" in churn
+    reply = await say(bot, peer, "rep_a", "赢回名单")
+    assert reply.startswith("您名下的赢回名单（流失风险 ≥ 70、近12个月没有营收，1–1 / 1）")
+    assert "1. 老牌纺织集团有限公司（COW1）金牛客户 · 价值分 94 · 风险 80" in reply
+    assert "星辰" not in reply  # still buying: it is on the churn list instead
+    assert "win-back list" in await say(bot, peer, "rep_a", "win back")
+    assert "没有要赢回的客户" in await say(bot, peer, "rep_b", "我的赢回客户")
