@@ -234,7 +234,7 @@ async def test_churn_alerts_reach_a_manager_at_most_once_an_hour(engine, setting
     await dispatcher.drain()
     assert len(state.messages_for("boss")) == 2
     content = state.messages_for("boss")[1].payload["markdown"]["content"]
-    assert "2 位团队客户" in content and "星辰半导体" in content and "新锐新能源" in content
+    assert "2 家团队客户" in content and "星辰半导体" in content and "新锐新能源" in content
 
 
 async def test_churn_alerts_can_also_go_to_the_team_group_robot(engine, database_url, tmp_path, make_dispatcher,
@@ -293,7 +293,7 @@ def test_a_run_putting_many_at_risk_at_once_names_the_riskiest_and_counts_the_re
     assert sorted(told) == ["COW1", "DOG1", "QM1", "STAR1"]  # all four were told of: none again tomorrow
     assert [item.get("customer_id", item.get("more")) for item in items] == ["COW1", "QM1", 2]
     text = churn_alert(items, "zh")
-    assert text.startswith("**流失预警**：4 位团队客户流失风险高")
+    assert text.startswith("**流失预警**：4 家团队客户流失风险高")
     assert "老牌纺织" in text and "新锐新能源" in text and "…还有 2 位" in text
 
 

@@ -84,7 +84,7 @@ async def test_many_changes_for_one_rep_become_one_summary(engine, config, make_
     assert len(to_rep) == 1, [m.payload for m in to_rep]
     assert to_rep[0].msgtype == "markdown"
     content = to_rep[0].payload["markdown"]["content"]
-    assert f"{outcome.tier_changes} 位客户分层变化" in content and "瘦狗客户 → 明星客户" in content
+    assert f"{outcome.tier_changes} 家客户分层变化" in content and "瘦狗客户 → 明星客户" in content
     assert len(content.encode()) <= 2048
     assert outbox_counts(engine).get("pending", 0) == 0
 
