@@ -294,7 +294,7 @@ def test_a_run_putting_many_at_risk_at_once_names_the_riskiest_and_counts_the_re
     assert [item.get("customer_id", item.get("more")) for item in items] == ["COW1", "QM1", 2]
     text = churn_alert(items, "zh")
     assert text.startswith("**流失预警**：4 家团队客户流失风险高")
-    assert "老牌纺织" in text and "新锐新能源" in text and "…还有 2 位" in text
+    assert "老牌纺织" in text and "新锐新能源" in text and "…还有 2 家" in text
 
 
 def test_a_customer_given_another_owner_takes_its_open_tasks_along(engine, settings):
