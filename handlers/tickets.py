@@ -49,7 +49,12 @@ SCOPE = {"zh": {"rep": "您客户", "manager": "您团队", "admin": "全公司"
          "en": {"rep": "Your customers'", "manager": "Your team's", "admin": "All", "agent": "Your"}}
 
 _TID = r"#?\s*(?P<ticket>[a-z0-9][a-z0-9_\-]{0,63})"
-_SEVERITY = re.compile(r"[pP][1-4]")
+_SEVERITY = re.compile(r"[pP][1-4]|紧急|urgent", re.IGNORECASE)
+# P0, P5, …: meant as a severity, but not one of ours; refused rather than kept in the subject.
+_NOT_A_SEVERITY = re.compile(r"[pP]\d+")
+# The same problem sent again for the same customer while its ticket is open (a rep who did
+# not see the answer and typed it twice) gets that ticket back, not a second one.
+SAME_TICKET_WITHIN = timedelta(hours=24)
 _OPEN_WORDS = re.compile(r"^(?:新建工单|开工单|提工单|建工单|报工单|工单|报修|(?:new ticket|open a ticket|open ticket|ticket)(?![a-z]))"
                          r"\s*", re.IGNORECASE)
 
@@ -213,7 +218,9 @@ async def open_ticket(ctx: CommandContext) -> Reply:
     tokens = _words_after_command(ctx.raw)
     severity = None
     if tokens and _is_severity(tokens[0]):
-        severity = unicodedata.normalize("NFKC", tokens.pop(0)).upper()
+        severity = _severity(tokens.pop(0))
+    if (bad := _bad_severity(tokens)) is not None:
+        return Reply(_result(ctx, "bad_severity", severity=bad), msgtype="text")
     if len(tokens) < 2:
         return Reply(render(f"chat/ticket_usage.{ctx.lang}.j2", which="open"), msgtype="text")
     async with ctx.services.db.connect() as connection:
@@ -226,10 +233,18 @@ async def open_ticket(ctx: CommandContext) -> Reply:
         return Reply(render(f"chat/not_found.{ctx.lang}.j2", query=query), msgtype="text")
     words = tokens[used:]
     if severity is None and len(words) > 1 and _is_severity(words[0]):
-        severity = unicodedata.normalize("NFKC", words.pop(0)).upper()
+        severity = _severity(words.pop(0))
+    if severity is None and len(words) > 1 and (bad := _bad_severity(words)) is not None:
+        return Reply(_result(ctx, "bad_severity", severity=bad), msgtype="text")
     subject = " ".join(words)[:MAX_SUBJECT]
     if not subject:
         return Reply(render(f"chat/ticket_usage.{ctx.lang}.j2", which="open"), msgtype="text")
+    async with ctx.services.db.connect() as connection:
+        same = await _same_open_ticket(connection, ctx, customer["customer_id"], subject)
+    if same is not None:
+        same_id, opened = same
+        return Reply(_result(ctx, "same_ticket", ticket_id=same_id, customer_name=customer["name"],
+                             at=_local(ctx.services, opened)), msgtype="text")
     ticket_id = await _insert_ticket(ctx, customer["customer_id"], subject, severity)
     _wake_tickets(ctx.services)
     return Reply(render(f"chat/ticket_created.{ctx.lang}.j2", ticket_id=ticket_id, customer=customer,
@@ -257,6 +272,19 @@ def _is_severity(word: str) -> bool:
     return bool(_SEVERITY.fullmatch(unicodedata.normalize("NFKC", word)))
 
 
+def _severity(word: str) -> str:
+    """P1–P4 as typed; 紧急 / urgent is P1."""
+    word = unicodedata.normalize("NFKC", word).upper()
+    return word if word.startswith("P") else "P1"
+
+
+def _bad_severity(words: list[str]) -> str | None:
+    for word in words[:1]:
+        if _NOT_A_SEVERITY.fullmatch(unicodedata.normalize("NFKC", word)) and not _is_severity(word):
+            return word
+    return None
+
+
 async def _find_customer(connection, owners, tokens: list[str]) -> tuple[dict | None, int, list[dict], str]:
     """(customer, words its name took, did-you-mean matches, what was looked for). The
     longest run of leading words that is exactly a visible customer's name or id wins
@@ -280,6 +308,22 @@ async def _find_customer(connection, owners, tokens: list[str]) -> tuple[dict | 
     if len(matches) == 1:
         return matches[0], 1, [], query
     return None, 1, matches, query
+
+
+async def _same_open_ticket(connection, ctx: CommandContext, customer_id: str,
+                            subject: str) -> tuple[str, datetime] | None:
+    """(ticket id, opened at in UTC) of the asker's open ticket with this subject for this
+    customer, opened within SAME_TICKET_WITHIN; None when there is none."""
+    local_now = ctx.services.now().astimezone(ctx.services.config.tz).replace(tzinfo=None)
+    row = (await connection.execute(
+        select(Ticket.ticket_id, Ticket.opened_at).where(
+            Ticket.customer_id == customer_id, Ticket.subject == subject, Ticket.opened_by == ctx.asker.userid,
+            Ticket.status.in_(("open", "self_service", "accepted")),
+            Ticket.opened_at >= local_now - SAME_TICKET_WITHIN).order_by(Ticket.opened_at.desc()).limit(1))).first()
+    if row is None:
+        return None
+    # opened_at is naive local time: as the UTC moment _local expects.
+    return row.ticket_id, row.opened_at.replace(tzinfo=ctx.services.config.tz).astimezone(timezone.utc)
 
 
 def new_ticket_id(local_now: datetime, digits: int = 4) -> str:

@@ -145,9 +145,10 @@ async def open_star_ticket(bot, peer, text: str = "工单 星辰半导体 P1 产
     return found.group(1)
 
 
-async def assigned_star_ticket(bot, peer, company, engine) -> tuple[str, str, str]:
+async def assigned_star_ticket(bot, peer, company, engine, text: str = "工单 星辰半导体 P1 产线停机，系统无法登录"
+                               ) -> tuple[str, str, str]:
     """(ticket, its agent, the other expert) after the router's pass."""
-    ticket_id = await open_star_ticket(bot, peer)
+    ticket_id = await open_star_ticket(bot, peer, text)
     assert route(engine, company).assigned == 1
     agent = ticket_row(engine, ticket_id)["assignee_userid"]
     assert agent in ("ag1", "ag2")
@@ -173,6 +174,20 @@ async def test_a_rep_opens_a_ticket_for_a_star_customer(bot, peer, engine):
     second = ticket_row(engine, TICKET_ID.search(english).group(1))
     assert (second["customer_id"], second["subject"], second["severity"]) == ("COW1", "report export is slow", None)
     assert len(bot.ticket_wakes) == 2
+
+
+async def test_the_same_problem_sent_twice_gets_the_open_ticket_back_and_odd_severities_are_refused(bot, peer, engine):
+    first = TICKET_ID.search(await say(bot, peer, "rep_a", "工单 星辰半导体 紧急 产线停机")).group(1)
+    assert ticket_row(engine, first)["severity"] == "P1"  # 紧急 is P1
+    again = await say(bot, peer, "rep_a", "工单 星辰半导体 紧急 产线停机")
+    assert again == f"您在 11-23 10:00 已为星辰半导体股份有限公司开过相同的工单 #{first}，它还没有关闭，无需重复提交。发送「我的工单」查看进度。"
+    assert "same ticket" in await say(bot, peer, "rep_a", "ticket STAR1 产线停机")
+    # Another problem is another ticket.
+    assert TICKET_ID.search(await say(bot, peer, "rep_a", "工单 星辰半导体 报表打不开")).group(1) != first
+    assert "「P5」不是其中之一" in await say(bot, peer, "rep_a", "工单 星辰半导体 P5 产线停机")
+    assert "\"P0\" is not one of them" in await say(bot, peer, "rep_a", "ticket P0 STAR1 line down")
+    with engine.connect() as connection:
+        assert len(connection.execute(select(Ticket.ticket_id)).all()) == 2
 
 
 async def test_opening_needs_a_visible_customer_and_a_description(bot, peer, engine):
@@ -500,7 +515,7 @@ async def test_typed_commands_change_the_cards_the_ticket_was_sent_on(bot, peer,
     assert bot.wakes
     # Handed on: the old agent's card stops inviting clicks (its code is used: a second
     # ticket shows it); the new agent's card is greyed when the lead closes the ticket.
-    second, holder, colleague = await assigned_star_ticket(bot, peer, company, engine)
+    second, holder, colleague = await assigned_star_ticket(bot, peer, company, engine, "工单 星辰半导体 P1 报表丢失")
     mark_sent(engine, f"ticket-card:{second}:{holder}:", "RC-SECOND")
     await say(bot, peer, holder, f"转交 {second} {colleague}")
     mark_sent(engine, f"ticket-transfer:{second}:{colleague}:", "RC-HANDED")
