@@ -71,7 +71,11 @@ async def next_task_page(ctx: CommandContext, arguments: dict, offset: int) -> R
 async def _task_page(ctx: CommandContext, kind: str, offset: int) -> Reply:
     today = today_of(ctx.services)
     async with ctx.services.db.begin() as connection:
-        found = await tasks.open_tasks(connection, ctx.asker.userid, today)
+        every = await tasks.open_tasks(connection, ctx.asker.userid, today, include_snoozed=True)
+        found = [task for task in every if task.snoozed_until is None or task.snoozed_until <= today]
+        # Snoozed ones are out of the list until their day; counted, so that they are not forgotten.
+        snoozed = sorted(task.snoozed_until for task in every if task.snoozed_until and task.snoozed_until > today)
+        hidden = {"snoozed": len(snoozed), "back_on": snoozed[0] if snoozed else None}
         if kind == "overdue":
             found = [task for task in found if task.overdue(today)]
         # Ranked over all of them (the value share is relative to the largest at stake), then paged.
@@ -82,10 +86,10 @@ async def _task_page(ctx: CommandContext, kind: str, offset: int) -> Reply:
             await remember(ctx, connection, "tasks", {"kind": kind}, offset, 0, 0)
             if offset:
                 return Reply(render(f"chat/no_more.{ctx.lang}.j2", ended=True), msgtype="text")
-            return Reply(render(f"chat/tasks_empty.{ctx.lang}.j2", kind=kind), msgtype="text")
+            return Reply(render(f"chat/tasks_empty.{ctx.lang}.j2", kind=kind, **hidden), msgtype="text")
         text, shown = fit_page(lambda n, more: render(
             f"chat/tasks_list.{ctx.lang}.j2", kind=kind, items=page[:n], today=today, first=offset + 1,
-            last=offset + n, total=total, more=more), len(page), offset, total)
+            last=offset + n, total=total, more=more, **hidden), len(page), offset, total)
         await remember(ctx, connection, "tasks", {"kind": kind}, offset, shown, total)
     return Reply(text)
 

@@ -209,8 +209,12 @@ async def test_snooze_hides_the_task_and_moves_its_due_date(bot, peer, engine):
     assert f"已将任务 #{task}（星辰半导体股份有限公司）延后 3 天，2026-11-23 再提醒您" in reply
     row = task_row(engine, task)
     assert (row["snoozed_until"], row["due_date"], row["status"]) == (date(2026, 11, 23), date(2026, 11, 23), "open")
-    assert f"#{task} " not in await say(bot, peer, "rep_a", "今日任务")
+    listed = await say(bot, peer, "rep_a", "今日任务")
+    assert f"#{task} " not in listed
+    # Out of the list, but not out of mind.
+    assert listed.endswith("另有 1 个已延后的任务，最早 11-23 回到列表。")
     assert f"#{task} " not in await say(bot, peer, "rep_a", "逾期任务")
+    assert (await say(bot, peer, "rep_a", "tasks")).endswith("1 snoozed task not shown; the first is back on 11-23.")
 
     english = await say(bot, peer, "rep_a", f"snooze {task} 1w")
     assert "back on 2026-11-27" in english
