@@ -189,7 +189,32 @@ async def customer_detail(connection: AsyncConnection, owners: list[str] | None,
         select(Order.order_date, Order.amount).where(Order.customer_id == customer_id)
         .order_by(Order.order_date.desc(), Order.order_id.desc()).limit(1))).first()
     detail["last_order"] = {"date": _as_date(last.order_date), "amount": float(last.amount)} if last else None
+    detail.update(await _open_work(connection, customer_id))
     return detail
+
+
+CARD_TASKS = 3
+
+
+async def _open_work(connection: AsyncConnection, customer_id: str) -> dict[str, Any]:
+    """What is open on a customer, for its card: the follow-up tasks (soonest due first, a
+    few) with whose they are, and its open tickets with the most urgent one."""
+    from storage.models import FollowUpTask, Ticket
+
+    tasks = (await connection.execute(
+        select(FollowUpTask.id, FollowUpTask.title_zh, FollowUpTask.title_en, FollowUpTask.due_date,
+               FollowUpTask.snoozed_until, FollowUpTask.owner_userid, User.name.label("owner_name"))
+        .outerjoin(User, User.userid == FollowUpTask.owner_userid)
+        .where(FollowUpTask.customer_id == customer_id, FollowUpTask.status == "open")
+        .order_by(FollowUpTask.due_date, FollowUpTask.id))).all()
+    tickets = (await connection.execute(
+        select(Ticket.ticket_id, Ticket.priority, Ticket.severity, Ticket.status, User.name.label("agent_name"))
+        .outerjoin(User, User.userid == Ticket.assignee_userid)
+        .where(Ticket.customer_id == customer_id, Ticket.status.in_(("self_service", "open", "accepted")))
+        .order_by(func.coalesce(Ticket.priority, Ticket.severity, "P3"), Ticket.opened_at))).all()
+    return {"open_tasks": [{**row._mapping, "due_date": _as_date(row.due_date)} for row in tasks[:CARD_TASKS]],
+            "open_task_count": len(tasks),
+            "open_tickets": len(tickets), "first_ticket": dict(tickets[0]._mapping) if tickets else None}
 
 
 def _as_date(value) -> date:

@@ -423,3 +423,17 @@ async def test_typing_done_in_the_sandbox_greys_the_card_through_the_dispatcher(
     await runtime.dispatcher.drain()
     assert sandbox.emulator.card_state(card_id, "rep_a")["replaced_name"] == "已完成"
     assert [row["status"] for row in card_updates(engine)] == ["sent"]
+
+
+async def test_the_customer_card_shows_what_is_open_on_the_customer(bot, peer, engine):
+    visit = add_task(engine, "STAR1", "rep_a", TODAY + timedelta(days=3), tier="star", title="安排高层拜访")
+    call = add_task(engine, "STAR1", "boss", TODAY + timedelta(days=1), tier="star", title="经理回访")
+    add_task(engine, "STAR1", "rep_a", TODAY, tier="star", title="已完成的", status="done")
+    await say(bot, peer, "rep_a", "工单 星辰半导体 P2 报表导出慢")
+    card = await say(bot, peer, "rep_a", "客户 STAR1")
+    # Soonest due first, whoever holds it; a done task is not open work.
+    assert f"待办跟进（2）：#{call} 经理回访（王总，截止 11-21）；#{visit} 安排高层拜访（张三，截止 11-23）" in card
+    assert "未关闭工单 1 张：#T" in card and " P2 · 待接单" in card
+    english = await say(bot, peer, "rep_a", "customer STAR1")
+    assert f"Open tasks (2): #{call} 经理回访 (en) (王总, due 11-21)" in english and "Open tickets: 1" in english
+    assert "待办跟进" not in await say(bot, peer, "rep_a", "客户 COW1")
