@@ -64,6 +64,8 @@ async def my_customers(ctx: CommandContext) -> Reply:
         as_of = await queries.run_as_of(connection, run_id)
     tiers = [(tier, totals.get(tier, {"customers": 0, "revenue_12m": 0.0})) for tier in TIERS]
     total = sum(row["customers"] for _tier, row in tiers)
+    if total == 0 and ctx.asker.role == "agent":  # four rows of zeros would tell an agent nothing
+        return Reply(render(f"chat/agent_no_customers.{ctx.lang}.j2"), msgtype="text")
     return Reply(render(f"chat/my_customers.{ctx.lang}.j2", scope=_scope(ctx), tiers=tiers, total=total,
                         as_of=as_of))
 

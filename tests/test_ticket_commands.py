@@ -421,6 +421,12 @@ async def test_transfer_to_someone_who_is_not_an_agent_of_its_queue_is_refused_b
     assert "转交 工单编号 同事账号" in await say(bot, peer, agent, f"转交 {ticket_id}")
 
 
+async def test_an_agent_asking_for_their_customers_is_pointed_to_their_tickets(bot, peer):
+    assert (await say(bot, peer, "ag1", "我的客户")).startswith("客服名下没有客户。发送「我的工单」")
+    assert (await say(bot, peer, "ag1", "my customers")).startswith('Service agents own no customers.')
+    assert "星辰" not in await say(bot, peer, "ag1", "我的客户")
+
+
 # ------------------------------------------------------------------ away / back
 
 
