@@ -48,7 +48,7 @@ LEADS = ("manager", "admin")
 SCOPE = {"zh": {"rep": "您客户", "manager": "您团队", "admin": "全公司", "agent": "您"},
          "en": {"rep": "Your customers'", "manager": "Your team's", "admin": "All", "agent": "Your"}}
 
-_TID = r"#?\s*(?P<ticket>[a-z0-9][a-z0-9_\-]{0,63})"
+_TID = r"#?\s*(?P<ticket>[a-z0-9][a-z0-9_\-./]{0,63})"
 _SEVERITY = re.compile(r"[pP][1-4]|紧急|urgent", re.IGNORECASE)
 # P0, P5, …: meant as a severity, but not one of ours; refused rather than kept in the subject.
 _NOT_A_SEVERITY = re.compile(r"[pP]\d+")
@@ -609,7 +609,7 @@ async def _set_away(ctx: CommandContext, away: bool) -> Reply:
 # ------------------------------------------------------------------ card buttons
 
 
-@router.action(r"accept:(?P<ticket>[A-Za-z0-9_\-]{1,64})", name="card_accept")
+@router.action(r"accept:(?P<ticket>[A-Za-z0-9][A-Za-z0-9_\-./]{0,63})", name="card_accept")
 async def accept_button(ctx: ActionContext) -> Reply:
     async with ctx.services.db.begin() as connection:
         text, state = await _accept(connection, ctx, ctx.match.group("ticket"))
@@ -656,7 +656,7 @@ async def _update_sent_cards(connection, ctx: CommandContext, ticket_id: str, us
     return queued
 
 
-@router.action(r"resolve:(?P<ticket>[A-Za-z0-9_\-]{1,64})", name="card_resolve")
+@router.action(r"resolve:(?P<ticket>[A-Za-z0-9][A-Za-z0-9_\-./]{0,63})", name="card_resolve")
 async def resolve_button(ctx: ActionContext) -> Reply:
     async with ctx.services.db.begin() as connection:
         text, state = await _resolve(connection, ctx, ctx.match.group("ticket"), "")

@@ -90,6 +90,13 @@ USERID_PATTERN = (r"[A-Za-z0-9][A-Za-z0-9_\-@.]{0,63}",
                   "a WeCom UserID (letters, digits and _ - @ ., a letter or digit first, at most 64)")
 
 
+# Ticket numbers are typed in chat (「接单 T-001」) and carried in card buttons: no spaces, and
+# nothing chat would split or fold away.
+TICKET_ID_PATTERN = (r"[A-Za-z0-9][A-Za-z0-9_\-./]{0,63}",
+                     "a ticket number agents can type in chat (letters, digits and _ - . /, a letter or digit "
+                     "first, at most 64)")
+
+
 def _userid(name: str, *aliases: str, required: bool = False) -> Column:
     return Column(name, "id", required=required, aliases=aliases, max_length=64, pattern=USERID_PATTERN)
 
@@ -206,7 +213,8 @@ TICKETS = FileKind(
     Ticket,
     "ticket_id",
     (
-        _id("ticket_id", "工单编号", "工单号", "工单ID", required=True),
+        Column("ticket_id", "id", required=True, aliases=("工单编号", "工单号", "工单ID"), max_length=64,
+               pattern=TICKET_ID_PATTERN),
         _id("customer_id", "客户编号", "客户ID", "客户id", required=True),
         Column("opened_at", "datetime", True, ("创建时间", "提交时间", "开单时间"), not_future=True),
         Column("subject", "text", True, ("标题", "问题", "问题描述", "主题"), max_length=512),

@@ -28,7 +28,7 @@ from notifications.outbox import enqueue_once
 from notifications.tickets import TicketSettings, process_tickets
 from storage import queries
 from storage.db import make_async_engine
-from storage.importer import run_import
+from storage.importer import ImportFailed, run_import
 from storage.models import AgentState, Customer, OutboxMessage, Ticket
 from tests.company import AS_OF, write_company
 
@@ -425,6 +425,20 @@ async def test_an_agent_asking_for_their_customers_is_pointed_to_their_tickets(b
     assert (await say(bot, peer, "ag1", "我的客户")).startswith("客服名下没有客户。发送「我的工单」")
     assert (await say(bot, peer, "ag1", "my customers")).startswith('Service agents own no customers.')
     assert "星辰" not in await say(bot, peer, "ag1", "我的客户")
+
+
+async def test_a_crm_ticket_number_with_dots_and_slashes_is_typed_and_clicked_as_is(bot, peer, company, engine):
+    opened = MONDAY_10.replace(tzinfo=None).isoformat(timespec="seconds")
+    with pytest.raises(ImportFailed) as refused:
+        run_import(engine, [], records={"tickets": [{"ticket_id": "INC 0001", "customer_id": "STAR1",
+                                                     "subject": "停机", "opened_at": opened}]})
+    assert "ticket_id: not a ticket number agents can type in chat" in refused.value.problems[0]
+    run_import(engine, [], records={"tickets": [{"ticket_id": "TK-2025/001.2", "customer_id": "STAR1",
+                                                 "subject": "停机", "opened_at": opened}]})
+    route(engine, company)
+    agent = ticket_row(engine, "TK-2025/001.2")["assignee_userid"]
+    assert (await say(bot, peer, agent, "接单 TK-2025/001.2")).startswith("已接单 #TK-2025/001.2")
+    assert (await click(bot, peer, agent, "resolve:TK-2025/001.2", "RC-slash")).startswith("已解决工单 #TK-2025/001.2")
 
 
 # ------------------------------------------------------------------ away / back
