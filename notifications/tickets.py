@@ -201,7 +201,7 @@ def _item(ticket: Any, settings: TicketSettings, **extra: Any) -> dict[str, Any]
 
 
 # Notices to reps wait through quiet hours; agents and leads hear of tickets while on duty.
-REP_NOTICES = ("self_service", "assigned", "star_breach")
+REP_NOTICES = ("self_service", "assigned", "star_breach", "urgent")
 
 
 def _notice(userid: str, kind: str, item: dict, settings: TicketSettings, origin: str, now: datetime,
@@ -373,6 +373,10 @@ def _assign_waiting(connection: Connection, settings: TicketSettings, now: datet
         if ticket.opened_by and ticket.opened_by != agent:
             rows.append(_notice(ticket.opened_by, "assigned", item, settings,
                                 f"ticket-assigned:{ticket.ticket_id}:{agent}:{now.isoformat()}", now))
+        elif not ticket.opened_by and ticket.owner_userid and item["priority"] == "P1":
+            # A P1 from the CRM or a file: the owner rep hears of it (once) before the customer calls them.
+            rows.append(_notice(ticket.owner_userid, "urgent", item, settings,
+                                f"ticket-urgent:{ticket.ticket_id}", now))
 
 
 def _mark_assigned(connection: Connection, agent: str, now: datetime) -> None:

@@ -76,6 +76,12 @@ def test_star_ticket_goes_to_the_expert_queue_with_one_hour(engine, config):
     assert [b["key"] for b in body["button_list"]] == ["accept:T-STAR", "resolve:T-STAR"]
     assert {"keyname": "首响截止", "value": "11-23 11:00"} in body["horizontal_content_list"]
     assert {"keyname": "队列", "value": "专家队列"} in body["horizontal_content_list"]
+    # A P1 from the CRM: the owner rep hears of it, once.
+    [urgent] = messages_to(engine, "rep_a")
+    assert urgent.kind == "ticket_urgent"
+    assert urgent.payload["markdown"]["content"].startswith("**您的客户 星辰半导体股份有限公司 有一张 P1 工单 #T-STAR**")
+    process_tickets(engine, settings, MONDAY_10 + timedelta(minutes=1))
+    assert len(messages_to(engine, "rep_a")) == 1
 
 
 def test_dog_ticket_gets_self_service_first_then_the_standard_queue(engine, config):
@@ -107,7 +113,8 @@ def test_a_p1_ticket_of_a_dog_goes_to_a_person_at_once_not_to_the_knowledge_base
     assert (down.status, down.route, down.priority) == ("open", "urgent", "P1")
     assert down.assignee_userid in ("ag1", "ag2")
     assert aware(down.first_response_due) == MONDAY_10 + timedelta(hours=2)
-    assert [m.kind for m in messages_to(engine, "rep_b")] == []  # no knowledge-base links for this one
+    # No knowledge-base links for this one: the owner hears of the P1 instead.
+    assert [m.kind for m in messages_to(engine, "rep_b")] == ["ticket_urgent"]
 
 
 def test_load_spreads_evenly_and_an_agent_off_duty_gets_nothing(engine, config):
@@ -147,7 +154,7 @@ def test_a_breach_is_warned_then_escalated_exactly_once(engine, config):
     assert (first.breached, again.breached) == (1, 0)
     assert aware(ticket(engine, "T-LATE").breached_at) == MONDAY_10 + timedelta(minutes=61)
     assert [m.kind for m in messages_to(engine, "lead")] == ["ticket_breach"]  # the agents' manager leads the queue
-    assert [m.kind for m in messages_to(engine, "rep_a")] == ["ticket_star_breach"]  # STAR1's owner
+    assert [m.kind for m in messages_to(engine, "rep_a")] == ["ticket_urgent", "ticket_star_breach"]  # STAR1's owner
     assert [m.kind for m in messages_to(engine, agent)] == ["ticket", "ticket_warning"]
 
 
