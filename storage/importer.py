@@ -567,14 +567,24 @@ def _hand_over_open_tasks(connection: Connection) -> None:
     handovers = []
     for row in moved:
         handovers.append({"customer": row.customer_id, "from": row.old_owner, "to": row.new_owner})
-        if row.old_manager and row.old_manager != row.old_owner:
+        # A manager taking over their own rep's account keeps the tasks they held on it.
+        if row.old_manager and row.old_manager not in (row.old_owner, row.new_owner):
             handovers.append({"customer": row.customer_id, "from": row.old_manager,
                               "to": row.new_manager or row.new_owner})
-    handovers = [h for h in handovers if h["from"] != h["to"]]
-    if handovers:
-        connection.execute(text("""
-            UPDATE tasks SET owner_userid = :to, overdue_notified = false
-            WHERE customer_id = :customer AND owner_userid = :from AND status = 'open'"""), handovers)
+    # Which tasks move is decided on the state before any moves, so that none moves twice: a
+    # customer given to the old owner's own manager takes the rep's tasks to that manager, and
+    # the manager's stay (not on to the manager's manager).
+    moves = []
+    for handover in handovers:
+        if handover["from"] == handover["to"]:
+            continue
+        ids = connection.execute(text("""
+            SELECT id FROM tasks WHERE customer_id = :customer AND owner_userid = :from AND status = 'open'"""),
+                                 handover).scalars().all()
+        moves += [{"task": task_id, "to": handover["to"]} for task_id in ids]
+    if moves:
+        connection.execute(text("UPDATE tasks SET owner_userid = :to, overdue_notified = false WHERE id = :task"),
+                           moves)
 
 
 def _collect_touched_customers(connection: Connection, kind: FileKind, columns: list[str]) -> None:

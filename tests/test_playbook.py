@@ -312,3 +312,9 @@ def test_a_customer_given_another_owner_takes_its_open_tasks_along(engine, setti
     # The rep's task follows the account; the manager's goes to the new owner's manager.
     assert tasks(engine) == [("question_mark_rising", "QM1", "boss2", "open"),
                              ("activity_down_retention", "STAR1", "rep_b", "open")]
+    # A manager taking over an account of their own rep keeps their own task, and takes the rep's;
+    # nothing moves on up to the manager's manager.
+    run_import(engine, [], records={"users": [{"userid": "boss2", "name": "赵总", "role": "manager",
+                                               "manager_userid": "boss"}]})
+    run_import(engine, [], records={"customers": [{"customer_id": "QM1", "name": "新锐新能源", "owner_userid": "boss2"}]})
+    assert tasks(engine)[0] == ("question_mark_rising", "QM1", "boss2", "open")
