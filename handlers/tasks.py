@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 from sqlalchemy import select
 
@@ -256,6 +256,12 @@ async def queue_grey(connection, userid: str, code: str, state: str, lang: str, 
 SENT_CODE_VALID = timedelta(hours=71)
 
 
+def sent_since(services) -> datetime:
+    """The oldest send whose response_code still works, in UTC: SQLite keeps sent_at as naive
+    UTC and compares the digits, so a local-time bound would shift the window."""
+    return services.now().astimezone(timezone.utc) - SENT_CODE_VALID
+
+
 async def _grey_sent_cards(connection, ctx: CommandContext, task_id: int, state: str,
                            until: date | None = None) -> bool:
     """A task done or snoozed by typing: grey the buttons of the card it was sent on as
@@ -274,9 +280,11 @@ async def _grey_sent_cards(connection, ctx: CommandContext, task_id: int, state:
                                                                        TierChange.customer_id == task.customer_id))
         origins += [f"tier:{change_id}" for change_id in changes.scalars()]
     outbox = OutboxMessage.__table__
+    # Only the cards that went to the asker: a task handed over with its customer was carded
+    # to the old owner, whose code would fail (81013) for anyone else.
     codes = (await connection.execute(select(outbox.c.response_code).where(
-        outbox.c.origin.in_(origins), outbox.c.status == "sent", outbox.c.response_code.is_not(None),
-        outbox.c.sent_at >= ctx.services.now() - SENT_CODE_VALID))).scalars().all()
+        outbox.c.origin.in_(origins), outbox.c.touser == ctx.asker.userid, outbox.c.status == "sent",
+        outbox.c.response_code.is_not(None), outbox.c.sent_at >= sent_since(ctx.services)))).scalars().all()
     queued = False
     # The card went out in the configured language, whatever language the command was typed in.
     card_lang = ctx.services.config.language

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from handlers.paging import fit_page, remember
 from handlers.registry import ActionContext, Asker, CommandContext, Reply
 from handlers.router import router
-from handlers.tasks import SENT_CODE_VALID, queue_card_replacement, queue_card_update, queue_grey
+from handlers.tasks import queue_card_replacement, queue_card_update, queue_grey, sent_since
 from handlers.text import render
 from notifications import messages
 from notifications.outbox import outbox_row
@@ -646,7 +646,7 @@ async def _update_sent_cards(connection, ctx: CommandContext, ticket_id: str, us
                     for kind in ("ticket-card", "ticket-transfer")))
     codes = (await connection.execute(select(outbox.c.response_code).where(
         sent_on, outbox.c.touser == userid, outbox.c.status == "sent", outbox.c.response_code.is_not(None),
-        outbox.c.sent_at >= ctx.services.now() - SENT_CODE_VALID))).scalars().all()
+        outbox.c.sent_at >= sent_since(ctx.services)))).scalars().all()
     queued = False
     for code in codes:
         if card is not None:

@@ -437,3 +437,15 @@ async def test_the_customer_card_shows_what_is_open_on_the_customer(bot, peer, e
     english = await say(bot, peer, "rep_a", "customer STAR1")
     assert f"Open tasks (2): #{call} 经理回访 (en) (王总, due 11-21)" in english and "Open tickets: 1" in english
     assert "待办跟进" not in await say(bot, peer, "rep_a", "客户 COW1")
+
+
+async def test_card_updates_go_only_to_cards_the_asker_got_and_count_71_hours_in_utc(bot, peer, engine):
+    handed = add_task(engine, "STAR1", "rep_b", TODAY, tier="star")  # carded to rep_a, then handed to rep_b
+    sent_card(engine, f"task:{handed}", "RC-rep-a", owner="rep_a")
+    await say(bot, peer, "rep_b", f"完成 {handed}")
+    assert task_row(engine, handed)["status"] == "done" and card_updates(engine) == []
+    # 65 hours old: within WeCom's 72 (71 kept), whatever the service's time zone.
+    recent = add_task(engine, "COW1", "rep_a", TODAY, tier="cash_cow")
+    sent_card(engine, f"task:{recent}", "RC-65h", sent_at=NOW - timedelta(hours=65))
+    await say(bot, peer, "rep_a", f"完成 {recent}")
+    assert [u["payload"]["response_code"] for u in card_updates(engine)] == ["RC-65h"]
