@@ -355,15 +355,10 @@ async def _insert_ticket(ctx: CommandContext, customer_id: str, subject: str, se
 @router.command("ticket_accept", rf"(?:接单|受理|接受工单|领取工单|认领工单|认领)\s*{_TID}",
                 rf"(?:accept|take|claim)(?: ticket)?\s*{_TID}")
 async def accept_ticket(ctx: CommandContext) -> Reply:
-    queued = False
+    # The card is left as it is: its one response_code is kept for 解决 (or a handover) to grey
+    # it; a press on its 接单 says it is accepted and turns it into the accepted card.
     async with ctx.services.db.begin() as connection:
-        text, state = await _accept(connection, ctx, ctx.argument("ticket"))
-        ticket = await queries.ticket_by_id(connection, ctx.argument("ticket")) if state == "accepted" else None
-        if ticket is not None and ticket["assignee_userid"] == ctx.asker.userid:
-            queued = await _update_sent_cards(connection, ctx, ticket["ticket_id"], ctx.asker.userid, "accepted",
-                                              _accepted_card(ctx, ticket))
-    if queued:
-        ctx.services.wake_dispatcher()
+        text, _state = await _accept(connection, ctx, ctx.argument("ticket"))
     return Reply(text, msgtype="text")
 
 
@@ -376,7 +371,7 @@ async def resolve_ticket(ctx: CommandContext) -> Reply:
         before = await queries.ticket_by_id(connection, ctx.argument("ticket"))
         text, state = await _resolve(connection, ctx, ctx.argument("ticket"), note)
         if state == "resolved" and before is not None and before["status"] not in ("resolved", "closed"):
-            queued = await _update_sent_cards(connection, ctx, before["ticket_id"], before["assignee_userid"],
+            queued = await _grey_sent_cards(connection, ctx, before["ticket_id"], before["assignee_userid"],
                                               "resolved")
     if queued:
         ctx.services.wake_dispatcher()
@@ -401,7 +396,7 @@ async def transfer_ticket(ctx: CommandContext) -> Reply:
         before = await queries.ticket_by_id(connection, ctx.argument("ticket"))
         text, queued = await _transfer(connection, ctx, ctx.argument("ticket"), ctx.argument("to"))
         if queued and before is not None:  # the old holder's card no longer invites clicks
-            await _update_sent_cards(connection, ctx, before["ticket_id"], before["assignee_userid"], "transferred")
+            await _grey_sent_cards(connection, ctx, before["ticket_id"], before["assignee_userid"], "transferred")
     if queued:
         ctx.services.wake_dispatcher()
     return Reply(text, msgtype="text")
@@ -614,7 +609,7 @@ async def accept_button(ctx: ActionContext) -> Reply:
     async with ctx.services.db.begin() as connection:
         text, state = await _accept(connection, ctx, ctx.match.group("ticket"))
         ticket = await queries.ticket_by_id(connection, ctx.match.group("ticket")) if state == "accepted" else None
-        if ticket is not None and ticket["assignee_userid"] == ctx.asker.userid:
+        if ticket is not None and ticket["assignee_userid"] == ctx.asker.userid and ctx.response_code:
             # Accepted: the card goes on to its 解决 button rather than ending as a grey label.
             await queue_card_replacement(connection, ctx.asker.userid, ctx.response_code, _accepted_card(ctx, ticket))
         else:
@@ -623,22 +618,20 @@ async def accept_button(ctx: ActionContext) -> Reply:
     return Reply(text, msgtype="text")
 
 
-def _accepted_card(ctx: CommandContext | ActionContext, ticket: dict[str, Any]) -> dict:
+def _accepted_card(ctx: ActionContext, ticket: dict[str, Any]) -> dict:
     lang = ctx.services.config.language  # the card went out in it
     item = {"ticket_id": ticket["ticket_id"], "customer_id": ticket["customer_id"], "name": ticket["customer_name"],
             "subject": ticket["subject"], "tier": ticket["tier"] or ticket["customer_tier"], "queue": ticket["queue"],
             "priority": ticket["priority"] or ticket["severity"] or "P3",
             "due": _local(ctx.services, ticket["first_response_due"]) or "—", "accepted": True,
             "note": render(f"chat/card_button.{lang}.j2", state="accepted", until=None).strip()}
-    task_id = ctx.card_task_id if isinstance(ctx, ActionContext) else ""
-    return messages.ticket_card(item, lang, task_id or messages.card_task_id())
+    return messages.ticket_card(item, lang, ctx.card_task_id or messages.card_task_id())
 
 
-async def _update_sent_cards(connection, ctx: CommandContext, ticket_id: str, userid: str | None,
-                             state: str, card: dict | None = None) -> bool:
-    """A ticket accepted, resolved or handed on by typing: the cards it was sent to `userid`
-    on change too, with the response_code WeCom answered each send with — replaced by
-    `card`, else greyed to `state`. True when an update was queued."""
+async def _grey_sent_cards(connection, ctx: CommandContext, ticket_id: str, userid: str | None, state: str) -> bool:
+    """A ticket resolved or handed on by typing: the cards it was sent to `userid` on are
+    greyed to `state` too, with the response_code WeCom answered each send with. True when
+    an update was queued."""
     if not userid:
         return False
     outbox = OutboxMessage.__table__
@@ -649,10 +642,7 @@ async def _update_sent_cards(connection, ctx: CommandContext, ticket_id: str, us
         outbox.c.sent_at >= sent_since(ctx.services)))).scalars().all()
     queued = False
     for code in codes:
-        if card is not None:
-            queued |= await queue_card_replacement(connection, userid, code, card)
-        else:
-            queued |= await queue_grey(connection, userid, code, state, ctx.services.config.language, None)
+        queued |= await queue_grey(connection, userid, code, state, ctx.services.config.language, None)
     return queued
 
 

@@ -528,10 +528,13 @@ async def test_typed_commands_change_the_cards_the_ticket_was_sent_on(bot, peer,
     ticket_id, agent, other = await assigned_star_ticket(bot, peer, company, engine)
     mark_sent(engine, f"ticket-card:{ticket_id}:{agent}:", "RC-SENT")
     bot.services.moment = MONDAY_10 + timedelta(minutes=5)
+    # Accepting by typing leaves the card (its one code is kept for what ends the ticket) …
     assert (await say(bot, peer, agent, f"接单 {ticket_id}")).startswith("已接单")
-    [replaced] = [u["payload"] for u in outbox(engine, channel="card_update")]
-    assert replaced["response_code"] == "RC-SENT"
-    assert [b["key"] for b in replaced["template_card"]["button_list"]] == [f"resolve:{ticket_id}"]
+    assert outbox(engine, channel="card_update") == []
+    # … resolving by typing greys it.
+    assert (await say(bot, peer, agent, f"解决 {ticket_id} 已远程处理")).startswith("已解决工单")
+    [greyed] = [u["payload"] for u in outbox(engine, channel="card_update")]
+    assert greyed == {"response_code": "RC-SENT", "replace_name": "已解决"}
     assert bot.wakes
     # Handed on: the old agent's card stops inviting clicks (its code is used: a second
     # ticket shows it); the new agent's card is greyed when the lead closes the ticket.
