@@ -51,7 +51,7 @@ SCOPE = {"zh": {"rep": "您客户", "manager": "您团队", "admin": "全公司"
 _TID = r"#?\s*(?P<ticket>[a-z0-9][a-z0-9_\-./]{0,63})"
 _SEVERITY = re.compile(r"[pP][1-4]|紧急|urgent", re.IGNORECASE)
 # P0, P5, …: meant as a severity, but not one of ours; refused rather than kept in the subject.
-_NOT_A_SEVERITY = re.compile(r"[pP]\d+")
+_NOT_A_SEVERITY = re.compile(r"[pP](?:0|[5-9])")  # P40, P2000: product models, part of the problem
 # The same problem sent again for the same customer while its ticket is open (a rep who did
 # not see the answer and typed it twice) gets that ticket back, not a second one.
 SAME_TICKET_WITHIN = timedelta(hours=24)
@@ -239,10 +239,17 @@ async def open_ticket(ctx: CommandContext) -> Reply:
     subject = " ".join(words)[:MAX_SUBJECT]
     if not subject:
         return Reply(render(f"chat/ticket_usage.{ctx.lang}.j2", which="open"), msgtype="text")
-    async with ctx.services.db.connect() as connection:
+    async with ctx.services.db.begin() as connection:
         same = await _same_open_ticket(connection, ctx, customer["customer_id"], subject)
+        if same is not None and severity is not None and severity != same[2]:
+            # Sent again to escalate it: the new severity counts, and the router routes it again.
+            await connection.execute(update(Ticket).where(Ticket.ticket_id == same[0]).values(severity=severity))
     if same is not None:
-        same_id, opened = same
+        same_id, opened, before = same
+        if severity is not None and severity != before:
+            _wake_tickets(ctx.services)
+            return Reply(_result(ctx, "severity_changed", ticket_id=same_id, customer_name=customer["name"],
+                                 severity=severity, before=before), msgtype="text")
         return Reply(_result(ctx, "same_ticket", ticket_id=same_id, customer_name=customer["name"],
                              at=_local(ctx.services, opened)), msgtype="text")
     ticket_id = await _insert_ticket(ctx, customer["customer_id"], subject, severity)
@@ -311,19 +318,20 @@ async def _find_customer(connection, owners, tokens: list[str]) -> tuple[dict | 
 
 
 async def _same_open_ticket(connection, ctx: CommandContext, customer_id: str,
-                            subject: str) -> tuple[str, datetime] | None:
-    """(ticket id, opened at in UTC) of the asker's open ticket with this subject for this
-    customer, opened within SAME_TICKET_WITHIN; None when there is none."""
+                            subject: str) -> tuple[str, datetime, str | None] | None:
+    """(ticket id, opened at in UTC, severity) of the asker's open ticket with this subject
+    for this customer, opened within SAME_TICKET_WITHIN; None when there is none."""
     local_now = ctx.services.now().astimezone(ctx.services.config.tz).replace(tzinfo=None)
     row = (await connection.execute(
-        select(Ticket.ticket_id, Ticket.opened_at).where(
+        select(Ticket.ticket_id, Ticket.opened_at, Ticket.severity).where(
             Ticket.customer_id == customer_id, Ticket.subject == subject, Ticket.opened_by == ctx.asker.userid,
             Ticket.status.in_(("open", "self_service", "accepted")),
             Ticket.opened_at >= local_now - SAME_TICKET_WITHIN).order_by(Ticket.opened_at.desc()).limit(1))).first()
     if row is None:
         return None
     # opened_at is naive local time: as the UTC moment _local expects.
-    return row.ticket_id, row.opened_at.replace(tzinfo=ctx.services.config.tz).astimezone(timezone.utc)
+    return (row.ticket_id, row.opened_at.replace(tzinfo=ctx.services.config.tz).astimezone(timezone.utc),
+            row.severity)
 
 
 def new_ticket_id(local_now: datetime, digits: int = 4) -> str:

@@ -182,12 +182,18 @@ async def test_the_same_problem_sent_twice_gets_the_open_ticket_back_and_odd_sev
     again = await say(bot, peer, "rep_a", "工单 星辰半导体 紧急 产线停机")
     assert again == f"您在 11-23 10:00 已为星辰半导体股份有限公司开过相同的工单 #{first}，它还没有关闭，无需重复提交。发送「我的工单」查看进度。"
     assert "same ticket" in await say(bot, peer, "rep_a", "ticket STAR1 产线停机")
-    # Another problem is another ticket.
-    assert TICKET_ID.search(await say(bot, peer, "rep_a", "工单 星辰半导体 报表打不开")).group(1) != first
+    # Sent again to escalate: the open ticket takes the new severity (the router routes it again).
+    second = TICKET_ID.search(await say(bot, peer, "rep_a", "工单 星辰半导体 报表打不开")).group(1)
+    assert await say(bot, peer, "rep_a", "工单 星辰半导体 P2 报表打不开") == (
+        f"已将星辰半导体股份有限公司的工单 #{second} 的紧急程度改为 P2，正在按新的紧急程度重新分配。")
+    assert ticket_row(engine, second)["severity"] == "P2"
     assert "「P5」不是其中之一" in await say(bot, peer, "rep_a", "工单 星辰半导体 P5 产线停机")
+    # A product model is part of the problem, not a severity.
+    p40 = TICKET_ID.search(await say(bot, peer, "rep_a", "工单 星辰半导体 P40 屏幕碎裂")).group(1)
+    assert (ticket_row(engine, p40)["subject"], ticket_row(engine, p40)["severity"]) == ("P40 屏幕碎裂", None)
     assert "\"P0\" is not one of them" in await say(bot, peer, "rep_a", "ticket P0 STAR1 line down")
     with engine.connect() as connection:
-        assert len(connection.execute(select(Ticket.ticket_id)).all()) == 2
+        assert len(connection.execute(select(Ticket.ticket_id)).all()) == 3
 
 
 async def test_opening_needs_a_visible_customer_and_a_description(bot, peer, engine):
@@ -332,6 +338,7 @@ async def test_the_rep_closes_a_dog_ticket_the_knowledge_base_answered(bot, peer
     assert ticket_row(engine, dog)["status"] == "self_service"
     assert dog in await say(bot, peer, "rep_b", "我的工单")  # 自助中
     assert "没有找到" in await say(bot, peer, "rep_a", f"解决 {dog}")  # not rep_a's customer
+    assert "正在走自助服务" in await say(bot, peer, "lead", f"转交 {dog} ag3")  # no agent holds it yet
     assert "客户已通过自助服务解决" in await say(bot, peer, "rep_b", f"解决 {dog} 已按FAQ开票")
     row = ticket_row(engine, dog)
     assert (row["status"], row["accepted_at"], row["assignee_userid"]) == ("resolved", None, None)
