@@ -105,7 +105,8 @@ def export_scores(engine: Engine, out: Path, lang: str = "zh", catalogue_size: i
                     header_written = True
                 model_cells = []
                 for model in models:
-                    cells = record["models"][model]
+                    # A row an incremental rescore wrote after a model was switched off lacks it: blank.
+                    cells = record["models"].get(model) or {"label": "", "name": "", "score": None, "reasons": ""}
                     model_cells += [cells["label"], cells["name"], _cell(cells["score"]), cells["reasons"]]
                 writer.writerow([*(_cell(record[column]) for column in SCORE_COLUMNS), *model_cells,
                                  "|".join(record["tags"]), record["rules"], record["as_of"], record["run_id"],

@@ -258,12 +258,16 @@ async def churn_risks(connection: AsyncConnection, owners: list[str] | None, run
     if lapsed:
         at_risk_where = and_(_owned_by(owners), ScoreSnapshot.churn_score >= threshold,
                              or_(ScoreSnapshot.revenue_12m < min_revenue_12m, ScoreSnapshot.revenue_12m <= 0))
-        try:
-            never_bought = label_condition(ScoreSnapshot.label_codes, await coded_labels(connection, run_id) or {},
-                                           "lifecycle", "potential")
+        coded = await coded_labels(connection, run_id) or {}
+        # Prospects who never bought have nothing to win back: lifecycle's "potential", else
+        # RFM's "no_purchase"; with both off (or a run before label codes) all are listed.
+        for model, label in (("lifecycle", "potential"), ("rfm", "no_purchase")):
+            try:
+                never_bought = label_condition(ScoreSnapshot.label_codes, coded, model, label)
+            except KeyError:
+                continue
             at_risk_where = and_(at_risk_where, ~never_bought)
-        except KeyError:  # lifecycle off, or a run before label codes: every lapsed one is listed
-            pass
+            break
         order = (ScoreSnapshot.current_value.desc(), ScoreSnapshot.churn_score.desc(), Customer.customer_id)
     else:
         at_risk_where = and_(_owned_by(owners), ScoreSnapshot.churn_score >= threshold,
