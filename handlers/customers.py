@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 
 from handlers.paging import fit_page, remember
-from handlers.registry import CommandContext, Reply
+from handlers.registry import Asker, CommandContext, Reply
 from handlers.router import router
 from handlers.text import model_reasons_text, reasons_text, render, risk_reasons, tier_name, tier_names
 from scoring import TIERS
@@ -70,6 +70,19 @@ async def my_customers(ctx: CommandContext) -> Reply:
                         as_of=as_of))
 
 
+async def rep_customers(ctx: CommandContext, rep: Asker) -> Reply:
+    """A manager's look at one rep of their tree: that rep's customers per tier."""
+    async with ctx.services.db.connect() as connection:
+        run_id = await _latest_run(ctx, connection)
+        if run_id is None:
+            return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
+        totals = await queries.tier_totals(connection, [rep.userid], run_id)
+        as_of = await queries.run_as_of(connection, run_id)
+    tiers = [(tier, totals.get(tier, {"customers": 0, "revenue_12m": 0.0})) for tier in TIERS]
+    return Reply(render(f"chat/my_customers.{ctx.lang}.j2", scope=rep_scope(rep, ctx.lang), tiers=tiers,
+                        total=sum(row["customers"] for _tier, row in tiers), as_of=as_of))
+
+
 @router.command("my_tier", rf"(?:我的|团队的?|我名下的?)?({_ZH_TIERS})(的?客户)?",
                 rf"(show |list )?(me )?(my |team |my team's )?({_EN_TIERS})( customers| accounts)?")
 async def my_tier(ctx: CommandContext) -> Reply:
@@ -83,23 +96,33 @@ async def next_tier_page(ctx: CommandContext, arguments: dict, offset: int) -> R
     return await _tier_page(ctx, arguments["tier"], offset=offset)
 
 
-async def _tier_page(ctx: CommandContext, tier: str, offset: int) -> Reply:
+async def _tier_page(ctx: CommandContext, tier: str, offset: int, rep: Asker | None = None) -> Reply:
+    """A page of the asker's customers in `tier`; with `rep` (a manager drilling down, who
+    may see them), that rep's only."""
+    listing, arguments = ("rep_tier", {"tier": tier, "rep": rep.userid}) if rep else ("my_tier", {"tier": tier})
+    scope = rep_scope(rep, ctx.lang) if rep else _scope(ctx)
     async with ctx.services.db.begin() as connection:
         run_id = await _latest_run(ctx, connection)
         if run_id is None:
             return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
-        owners = await _owners(ctx, connection)
+        owners = [rep.userid] if rep else await _owners(ctx, connection)
         items, total = await queries.customers_in_tier(connection, owners, run_id, tier, offset, PAGE_SIZE)
         if not items:
             if offset:
-                await remember(ctx, connection, "my_tier", {"tier": tier}, offset, 0, 0)
+                await remember(ctx, connection, listing, arguments, offset, 0, 0)
                 return Reply(render(f"chat/no_more.{ctx.lang}.j2", ended=True), msgtype="text")
-            return Reply(render(f"chat/tier_empty.{ctx.lang}.j2", scope=_scope(ctx), tier=tier), msgtype="text")
+            return Reply(render(f"chat/tier_empty.{ctx.lang}.j2", scope=scope, tier=tier), msgtype="text")
+        show_owner = _sees_others(ctx) and rep is None
         text, shown = fit_page(lambda n, more: render(
-            f"chat/tier_list.{ctx.lang}.j2", scope=_scope(ctx), tier=tier, items=items[:n], first=offset + 1,
-            last=offset + n, total=total, more=more, show_owner=_sees_others(ctx)), len(items), offset, total)
-        await remember(ctx, connection, "my_tier", {"tier": tier}, offset, shown, total)
+            f"chat/tier_list.{ctx.lang}.j2", scope=scope, tier=tier, items=items[:n], first=offset + 1,
+            last=offset + n, total=total, more=more, show_owner=show_owner), len(items), offset, total)
+        await remember(ctx, connection, listing, arguments, offset, shown, total)
     return Reply(text)
+
+
+def rep_scope(rep: Asker, lang: str) -> str:
+    """Whose customers a manager's drill-down shows: 「张三」的客户 / Zhang San's customers."""
+    return rep.name if lang == "zh" else f"{rep.name}'s"
 
 
 # "my <label> customers" for the other models: RFM segments, S/A/B/C, pyramid, lifecycle

@@ -8,12 +8,16 @@ the same for every rep, so it tells nothing about anyone's customers.
 
 from __future__ import annotations
 
+from sqlalchemy import func, select
+
+from handlers.customers import _EN_TIERS, _TIER_WORDS, _ZH_TIERS, _tier_page, rep_customers
 from handlers.paging import fit_page, remember
-from handlers.registry import CommandContext, Reply
+from handlers.registry import Asker, CommandContext, Reply
 from handlers.router import router
 from handlers.text import model_reasons_text, render, risk_reasons, tier_names
 from scoring import TIERS
 from storage import queries
+from storage.models import User
 
 CHURN_PAGE = 8
 TEAM_PAGE = 20
@@ -180,3 +184,54 @@ async def _team_page(ctx: CommandContext, offset: int) -> Reply:
             len(rows))
         await remember(ctx, connection, "team", {}, offset, shown if page else 0, len(rows))
     return Reply(text)
+
+
+# ------------------------------------------------------------------ 张三的客户 / zhangsan's customers
+# A manager drilling down to one rep of their tree. Words that are other commands' (我的…,
+# 团队的…, 工单 …) never start it: those routes come first or are ruled out here.
+_NOT_A_REP = r"(?!(?:我|团队|我们|全公司|公司|所有|全部|新建工单|开工单|提工单|建工单|报工单|工单|报修))"
+
+
+@router.command("rep_customers",
+                rf"{_NOT_A_REP}(?P<who>[\u4e00-\u9fff·]{{2,8}}|[a-z0-9][a-z0-9_.@\-]{{0,63}})(?:名下)?的"
+                rf"(?:(?P<tier>{_ZH_TIERS})(?:的?客户)?|(?:全部)?客户)",
+                rf"(?:show |list )?(?!(?:my|team|your)'s)(?P<who_en>[a-z0-9][a-z0-9_.@\-]{{0,63}})'s "
+                rf"(?:(?P<tier_en>{_EN_TIERS}) )?(?:customers|accounts)")
+async def rep_drill_down(ctx: CommandContext) -> Reply:
+    refused = _refused(ctx)
+    if refused is not None:
+        return refused
+    groups = ctx.match.groupdict()
+    typed = ctx.argument("who") if groups.get("who") else ctx.argument("who_en")
+    tier_word = (groups.get("tier") or groups.get("tier_en") or "").strip()
+    async with ctx.services.db.connect() as connection:
+        found = await _rep_in_tree(ctx, connection, typed)
+    if isinstance(found, Reply):
+        return found
+    if tier_word:
+        return await _tier_page(ctx, _TIER_WORDS[tier_word], 0, rep=found)
+    return await rep_customers(ctx, found)
+
+
+@router.pager("rep_tier")
+async def next_rep_tier_page(ctx: CommandContext, arguments: dict, offset: int) -> Reply:
+    async with ctx.services.db.connect() as connection:
+        found = await _rep_in_tree(ctx, connection, arguments["rep"])
+    if isinstance(found, Reply):
+        return found
+    return await _tier_page(ctx, arguments["tier"], offset, rep=found)
+
+
+async def _rep_in_tree(ctx: CommandContext, connection, typed: str) -> Asker | Reply:
+    """The user `typed` names (UserID, any case, or exact name) among those whose customers
+    the asker sees; a reply saying why not otherwise (the same for someone outside the
+    tree as for nobody, so a manager learns nothing of other teams)."""
+    owners = await _owners(ctx, connection)
+    rows = (await connection.execute(select(User.userid, User.name, User.role).where(
+        (func.lower(User.userid) == typed.lower()) | (User.name == typed)))).all()
+    mine = [row for row in rows if owners is None or row.userid in owners]
+    if len(mine) > 1:
+        return Reply(render(f"chat/rep_ambiguous.{ctx.lang}.j2", typed=typed, users=mine), msgtype="text")
+    if not mine:
+        return Reply(render(f"chat/rep_not_found.{ctx.lang}.j2", typed=typed), msgtype="text")
+    return Asker(*mine[0])

@@ -172,3 +172,20 @@ async def test_customers_at_risk_with_nothing_bought_in_12_months_are_on_the_win
     assert "星辰" not in reply  # still buying: it is on the churn list instead
     assert "win-back list" in await say(bot, peer, "rep_a", "win back")
     assert "没有要赢回的客户" in await say(bot, peer, "rep_b", "我的赢回客户")
+
+
+async def test_a_manager_drills_down_to_one_rep_of_their_team(bot, peer):
+    summary = await say(bot, peer, "boss", "张三的客户")
+    assert summary.startswith("张三的客户：共 ") and "明星客户：1 家" in summary
+    stars = await say(bot, peer, "boss", "rep_a的明星客户")
+    assert stars.startswith("张三的明星客户（1–1 / 1）") and "星辰半导体" in stars and "负责人" not in stars
+    assert "街角建材" not in await say(bot, peer, "boss", "张三名下的瘦狗客户")
+    assert (await say(bot, peer, "boss", "rep_b's customers")).startswith("李四's customers")
+    # Another team's rep reads like nobody; a rep may not look at a colleague's.
+    nobody = await say(bot, peer, "boss", "赵六的客户")
+    assert await say(bot, peer, "boss", "王五的客户") == nobody.replace("赵六", "王五")
+    assert "南方机械" not in await say(bot, peer, "boss", "rep_c的明星客户")
+    assert (await say(bot, peer, "boss2", "王五的客户")).startswith("王五的客户：共 1 家")
+    assert (await say(bot, peer, "rep_a", "李四的客户")).startswith("「团队」是给销售经理的功能")
+    # Commands of its shape that are others' still work.
+    assert (await say(bot, peer, "boss", "我的客户")).startswith("您团队的客户")
