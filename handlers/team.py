@@ -16,10 +16,12 @@ from handlers.registry import Asker, CommandContext, Reply
 from handlers.router import router
 from handlers.text import model_reasons_text, render, risk_reasons, tier_names
 from scoring import TIERS
+from notifications import tasks
 from storage import queries
 from storage.models import User
 
 CHURN_PAGE = 8
+OVERDUE_PAGE = 15
 TEAM_PAGE = 20
 # Churn reasons shown per customer: the two that add the most risk.
 CHURN_REASONS = 2
@@ -183,6 +185,41 @@ async def _team_page(ctx: CommandContext, offset: int) -> Reply:
             max(len(page), 1), offset,
             len(rows))
         await remember(ctx, connection, "team", {}, offset, shown if page else 0, len(rows))
+    return Reply(text)
+
+
+# ------------------------------------------------------------------ 团队逾期任务 / team overdue
+
+
+@router.command("team_overdue", r"团队的?(?:逾期|过期|超期)(?:任务|待办)?|(?:逾期|过期|超期)(?:任务)?(?:按人|团队)",
+                r"(?:show |list )?(?:my )?team(?:'s)? (?:overdue|late)(?: tasks)?|overdue tasks (?:of|in) (?:my )?team")
+async def team_overdue(ctx: CommandContext) -> Reply:
+    return await _team_overdue_page(ctx, 0)
+
+
+@router.pager("team_overdue")
+async def next_team_overdue_page(ctx: CommandContext, arguments: dict, offset: int) -> Reply:
+    return await _team_overdue_page(ctx, offset)
+
+
+async def _team_overdue_page(ctx: CommandContext, offset: int) -> Reply:
+    refused = _refused(ctx)
+    if refused is not None:
+        return refused
+    scope = SCOPE[ctx.lang][ctx.asker.role]
+    today = ctx.services.now().astimezone(ctx.services.config.tz).date()
+    async with ctx.services.db.begin() as connection:
+        holders = await _owners(ctx, connection)
+        items, total = await tasks.overdue_in_team(connection, holders, today, offset, OVERDUE_PAGE)
+        if not items:
+            await remember(ctx, connection, "team_overdue", {}, offset, 0, 0)
+            if offset:
+                return Reply(render(f"chat/no_more.{ctx.lang}.j2", ended=True), msgtype="text")
+            return Reply(render(f"chat/team_overdue_empty.{ctx.lang}.j2", scope=scope), msgtype="text")
+        text, shown = fit_page(lambda n, more: render(
+            f"chat/team_overdue.{ctx.lang}.j2", scope=scope, items=items[:n], first=offset + 1, last=offset + n,
+            total=total, more=more), len(items), offset, total)
+        await remember(ctx, connection, "team_overdue", {}, offset, shown, total)
     return Reply(text)
 
 

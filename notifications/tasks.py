@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifications.settings import PriorityWeights
 from notifications.workdays import WorkCalendar
-from storage.models import Customer, FollowUpTask
+from storage.models import Customer, FollowUpTask, User
 
 
 @dataclass(frozen=True)
@@ -122,3 +122,25 @@ async def snooze(connection: AsyncConnection, userid: str, task_id: int, until: 
     await connection.execute(update(FollowUpTask).where(FollowUpTask.id == task_id).values(
         snoozed_until=until, due_date=max(task.due_date, until), overdue_notified=False))
     return True
+
+
+async def overdue_in_team(connection: AsyncConnection, holders: list[str] | None, today: date, offset: int,
+                          limit: int) -> tuple[list[dict[str, Any]], int]:
+    """A page of the open tasks past their due date held by `holders` (None: everyone),
+    the longest overdue first, with who holds each; and the total count."""
+    where = [FollowUpTask.status == "open", FollowUpTask.due_date < today]
+    if holders is not None:
+        where.append(FollowUpTask.owner_userid.in_(holders))
+    total = (await connection.execute(select(func.count()).select_from(FollowUpTask).where(*where))).scalar_one()
+    rows = (await connection.execute(
+        select(FollowUpTask.id, FollowUpTask.title_zh, FollowUpTask.title_en, FollowUpTask.due_date,
+               FollowUpTask.tier, Customer.name.label("customer_name"), FollowUpTask.owner_userid,
+               User.name.label("owner_name"))
+        .join(Customer, Customer.customer_id == FollowUpTask.customer_id)
+        .outerjoin(User, User.userid == FollowUpTask.owner_userid)
+        .where(*where).order_by(FollowUpTask.due_date, FollowUpTask.id).offset(offset).limit(limit))).all()
+    items = []
+    for row in rows:
+        due = _as_date(row.due_date)
+        items.append({**row._mapping, "due_date": due, "days_overdue": (today - due).days})
+    return items, int(total)

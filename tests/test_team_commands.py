@@ -189,3 +189,18 @@ async def test_a_manager_drills_down_to_one_rep_of_their_team(bot, peer):
     assert (await say(bot, peer, "rep_a", "李四的客户")).startswith("「团队」是给销售经理的功能")
     # Commands of its shape that are others' still work.
     assert (await say(bot, peer, "boss", "我的客户")).startswith("您团队的客户")
+
+
+async def test_a_manager_lists_the_overdue_tasks_of_their_team(bot, peer, engine):
+    old = add_task(engine, "STAR1", "rep_a", TODAY - timedelta(days=9), tier="star", title="安排高层拜访")
+    newer = add_task(engine, "DOG1", "rep_b", TODAY - timedelta(days=1), tier="dog", title="回访")
+    add_task(engine, "QM1", "rep_b", TODAY + timedelta(days=2), tier="question_mark")  # not due yet
+    add_task(engine, "OTHER1", "rep_c", TODAY - timedelta(days=30), tier="dog")  # boss2's team
+    reply = await say(bot, peer, "boss", "团队逾期任务")
+    assert reply.startswith("您团队的逾期任务（1–2 / 2，逾期最久的在前）")
+    assert reply.index(f"#{old} 张三 · 星辰半导体") < reply.index(f"#{newer} 李四 · 街角建材")
+    assert "逾期 9 天" in reply and "南方机械" not in reply
+    assert "1 day overdue" in await say(bot, peer, "boss", "team overdue tasks")
+    assert (await say(bot, peer, "rep_a", "团队逾期任务")).startswith("「团队」是给销售经理的功能")
+    other_team = await say(bot, peer, "boss2", "团队逾期")
+    assert other_team.startswith("您团队的逾期任务（1–1 / 1") and "南方机械" in other_team and "逾期 30 天" in other_team
