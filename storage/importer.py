@@ -296,7 +296,10 @@ class _FileReader:
             self.log.add([Problem(self.name, 1, "(file)", f"not a readable .xlsx workbook ({exc.__class__.__name__})")])
             return
         try:
-            sheet = book.worksheets[0]
+            # The sheet a person sees on opening the file: the active one, else the first not hidden
+            # (exports keep old data on hidden sheets).
+            visible = [ws for ws in book.worksheets if ws.sheet_state == "visible"] or book.worksheets
+            sheet = book.active if book.active in visible else visible[0]
             rows = sheet.iter_rows(values_only=True)
             header = next(rows, None)
             if header is None:

@@ -22,6 +22,7 @@ DATE_FORMAT = "%Y-%m-%d"
 # bulk compare and sort equal to rows written through the ORM.
 DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _OFFSET_SUFFIX = r"(?:Z|[+-]\d\d:?\d\d)$"
+_INVISIBLE = "[\u200b\u200c\u200d\u2060\ufeff]"
 
 
 @dataclass(frozen=True, order=True)
@@ -37,7 +38,8 @@ class Problem:
 
 def _text(series: pd.Series) -> pd.Series:
     """Strip cells and turn empty ones into missing values."""
-    cleaned = series.astype("string").str.strip()
+    # Zero-width characters copied in from web pages and chat would make "C001\u200b" a new id.
+    cleaned = series.astype("string").str.replace(_INVISIBLE, "", regex=True).str.strip()
     return cleaned.mask(cleaned == "")
 
 

@@ -450,3 +450,23 @@ def test_modules_outside_the_catalogue_are_warned_of_and_a_customer_created_in_t
     problems = _import_fails(engine, [], records={"customers": [
         {"customer_id": "M3", "name": "丙", "owner_userid": "rep_x", "created_at": "2099-01-01"}]})
     assert problems == ["<customers>:1: created_at: in the future: '2099-01-01'"]
+
+
+def test_the_visible_sheet_is_read_and_zero_width_characters_do_not_make_new_ids(engine, tmp_path):
+    book = Workbook()
+    old = book.active
+    old.title = "旧数据"
+    old.append(USERS_HEADER)
+    old.append(["old_rep", "旧人", "rep", "", "", ""])
+    old.sheet_state = "hidden"
+    current = book.create_sheet("用户")
+    current.append(USERS_HEADER)
+    for row in USERS:
+        current.append(row)
+    book.active = 1
+    book.save(tmp_path / "users.xlsx")
+    run_import(engine, [tmp_path / "users.xlsx"])
+    run_import(engine, [], records={"users": [{"userid": "rep_a\u200b", "name": "张三", "role": "rep"}]})
+    with engine.connect() as connection:
+        userids = sorted(connection.execute(select(User.userid)).scalars())
+    assert userids == sorted(row[0] for row in USERS)
