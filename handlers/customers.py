@@ -54,33 +54,22 @@ def _sees_others(ctx: CommandContext) -> bool:
 
 
 @router.command("my_customers", r"我的客户|我的全部客户|客户概览", r"(show )?my customers|my accounts|customers")
-async def my_customers(ctx: CommandContext) -> Reply:
+async def my_customers(ctx: CommandContext, rep: Asker | None = None) -> Reply:
+    """Customers per tier: the asker's, or with `rep` (a manager drilling down, who may see
+    them) that rep's only."""
     async with ctx.services.db.connect() as connection:
         run_id = await _latest_run(ctx, connection)
         if run_id is None:
             return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
-        owners = await _owners(ctx, connection)
+        owners = [rep.userid] if rep else await _owners(ctx, connection)
         totals = await queries.tier_totals(connection, owners, run_id)
         as_of = await queries.run_as_of(connection, run_id)
     tiers = [(tier, totals.get(tier, {"customers": 0, "revenue_12m": 0.0})) for tier in TIERS]
     total = sum(row["customers"] for _tier, row in tiers)
-    if total == 0 and ctx.asker.role == "agent":  # four rows of zeros would tell an agent nothing
+    if total == 0 and rep is None and ctx.asker.role == "agent":  # four rows of zeros would tell an agent nothing
         return Reply(render(f"chat/agent_no_customers.{ctx.lang}.j2"), msgtype="text")
-    return Reply(render(f"chat/my_customers.{ctx.lang}.j2", scope=_scope(ctx), tiers=tiers, total=total,
-                        as_of=as_of))
-
-
-async def rep_customers(ctx: CommandContext, rep: Asker) -> Reply:
-    """A manager's look at one rep of their tree: that rep's customers per tier."""
-    async with ctx.services.db.connect() as connection:
-        run_id = await _latest_run(ctx, connection)
-        if run_id is None:
-            return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
-        totals = await queries.tier_totals(connection, [rep.userid], run_id)
-        as_of = await queries.run_as_of(connection, run_id)
-    tiers = [(tier, totals.get(tier, {"customers": 0, "revenue_12m": 0.0})) for tier in TIERS]
-    return Reply(render(f"chat/my_customers.{ctx.lang}.j2", scope=rep_scope(rep, ctx.lang), tiers=tiers,
-                        total=sum(row["customers"] for _tier, row in tiers), as_of=as_of))
+    scope = rep_scope(rep, ctx.lang) if rep else _scope(ctx)
+    return Reply(render(f"chat/my_customers.{ctx.lang}.j2", scope=scope, tiers=tiers, total=total, as_of=as_of))
 
 
 @router.command("my_tier", rf"(?:我的|团队的?|我名下的?)?({_ZH_TIERS})(的?客户)?",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from handlers.customers import _EN_TIERS, _TIER_WORDS, _ZH_TIERS, _tier_page, rep_customers
+from handlers.customers import _EN_TIERS, _TIER_WORDS, _ZH_TIERS, _tier_page, my_customers
 from handlers.paging import fit_page, remember
 from handlers.registry import Asker, CommandContext, Reply
 from handlers.router import router
@@ -247,7 +247,7 @@ async def rep_drill_down(ctx: CommandContext) -> Reply:
         return found
     if tier_word:
         return await _tier_page(ctx, _TIER_WORDS[tier_word], 0, rep=found)
-    return await rep_customers(ctx, found)
+    return await my_customers(ctx, rep=found)
 
 
 @router.pager("rep_tier")
