@@ -279,15 +279,22 @@ async def _grey_sent_cards(connection, ctx: CommandContext, task_id: int, state:
         changes = await connection.execute(select(TierChange.id).where(TierChange.run_id == task.run_id,
                                                                        TierChange.customer_id == task.customer_id))
         origins += [f"tier:{change_id}" for change_id in changes.scalars()]
-    outbox = OutboxMessage.__table__
     # Only the cards that went to the asker: a task handed over with its customer was carded
     # to the old owner, whose code would fail (81013) for anyone else.
+    return await grey_cards_sent_to(connection, ctx.services, ctx.asker.userid,
+                                    OutboxMessage.origin.in_(origins), state, until)
+
+
+async def grey_cards_sent_to(connection, services, userid: str, sent_on, state: str,
+                             until: date | None = None) -> bool:
+    """Grey every card sent to `userid` (outbox rows matching `sent_on`) whose response_code
+    WeCom still honours; True when an update was queued."""
+    outbox = OutboxMessage.__table__
     codes = (await connection.execute(select(outbox.c.response_code).where(
-        outbox.c.origin.in_(origins), outbox.c.touser == ctx.asker.userid, outbox.c.status == "sent",
-        outbox.c.response_code.is_not(None), outbox.c.sent_at >= sent_since(ctx.services)))).scalars().all()
+        sent_on, outbox.c.touser == userid, outbox.c.status == "sent", outbox.c.response_code.is_not(None),
+        outbox.c.sent_at >= sent_since(services)))).scalars().all()
     queued = False
     # The card went out in the configured language, whatever language the command was typed in.
-    card_lang = ctx.services.config.language
     for code in codes:
-        queued |= await queue_grey(connection, ctx.asker.userid, code, state, card_lang, until)
+        queued |= await queue_grey(connection, userid, code, state, services.config.language, until)
     return queued

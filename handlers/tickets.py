@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from handlers.paging import fit_page, remember
 from handlers.registry import ActionContext, Asker, CommandContext, Reply
 from handlers.router import router
-from handlers.tasks import queue_card_replacement, queue_card_update, queue_grey, sent_since
+from handlers.tasks import grey_cards_sent_to, queue_card_replacement, queue_card_update
 from handlers.text import render
 from notifications import messages
 from notifications.outbox import outbox_row
@@ -642,16 +642,9 @@ async def _grey_sent_cards(connection, ctx: CommandContext, ticket_id: str, user
     an update was queued."""
     if not userid:
         return False
-    outbox = OutboxMessage.__table__
-    sent_on = or_(*(outbox.c.origin.startswith(f"{kind}:{ticket_id}:{userid}:", autoescape=True)
+    sent_on = or_(*(OutboxMessage.origin.startswith(f"{kind}:{ticket_id}:{userid}:", autoescape=True)
                     for kind in ("ticket-card", "ticket-transfer")))
-    codes = (await connection.execute(select(outbox.c.response_code).where(
-        sent_on, outbox.c.touser == userid, outbox.c.status == "sent", outbox.c.response_code.is_not(None),
-        outbox.c.sent_at >= sent_since(ctx.services)))).scalars().all()
-    queued = False
-    for code in codes:
-        queued |= await queue_grey(connection, userid, code, state, ctx.services.config.language, None)
-    return queued
+    return await grey_cards_sent_to(connection, ctx.services, userid, sent_on, state)
 
 
 @router.action(r"resolve:(?P<ticket>[A-Za-z0-9][A-Za-z0-9_\-./]{0,63})", name="card_resolve")
