@@ -170,6 +170,9 @@ class _FileReader:
         self.log = log
         self.warnings = warnings
         self.name = str(source.path)
+        # Positions of header cells left blank: a value under one is warned of, once per file.
+        self.unheaded: set[int] = set()
+        self.unheaded_warned = False
 
     def _map_header(self, header: list[str]) -> dict[int, str] | None:
         """Column position → canonical name; None if the header is unusable."""
@@ -180,6 +183,8 @@ class _FileReader:
         for position, cell in enumerate(header):
             label = "" if cell is None else str(cell).strip()
             canonical = known.get(normalise_header(label))
+            if not label:
+                self.unheaded.add(position)
             if canonical is None:
                 if label:
                     self.warnings.append(f"{self.name}: column {label!r} is not a known "
@@ -200,6 +205,22 @@ class _FileReader:
             self.log.add(problems)
             return None
         return mapping
+
+    def _warn_unheaded(self, line: int, position: int, value) -> None:
+        self.unheaded_warned = True
+        self.warnings.append(f"{self.name}:{line}: column {_column_letter(position)} has a value ({str(value)[:40]!r}) "
+                             "but no header: that column is ignored (give it a header to import it)")
+
+    def _check_unheaded(self, chunk: pd.DataFrame, lines: np.ndarray) -> None:
+        """Warns of the first value in a column with a blank header cell (CSV)."""
+        if self.unheaded_warned or not self.unheaded:
+            return
+        for position in sorted(self.unheaded):
+            filled = chunk[position].fillna("").str.strip().ne("").to_numpy()
+            if filled.any():
+                first = int(filled.argmax())
+                self._warn_unheaded(int(lines[first]), position, chunk[position].iloc[first])
+                return
 
     def batches(self) -> Iterator[_Batch]:
         if self.source.frame is not None:
@@ -265,6 +286,7 @@ class _FileReader:
                         if mapping is None:
                             return
                         chunk, lines = chunk.iloc[1:], lines[1:]
+                    self._check_unheaded(chunk, lines)
                     frame = chunk[list(mapping)].rename(columns=mapping)
                     yield _Batch(frame.reset_index(drop=True), lines)
             except UnicodeDecodeError:
@@ -300,6 +322,10 @@ class _FileReader:
             # (exports keep old data on hidden sheets).
             visible = [ws for ws in book.worksheets if ws.sheet_state == "visible"] or book.worksheets
             sheet = book.active if book.active in visible else visible[0]
+            # Some exporters write a <dimension> tag smaller than the sheet; read-only openpyxl would
+            # stop there and lose the rest silently. Its row count still sizes the progress bar.
+            hinted_rows = sheet.max_row
+            sheet.reset_dimensions()
             rows = sheet.iter_rows(values_only=True)
             header = next(rows, None)
             if header is None:
@@ -309,13 +335,20 @@ class _FileReader:
             if mapping is None:
                 return
             positions = list(mapping)
-            bar = tqdm(total=max((sheet.max_row or 1) - 1, 0), unit="row", desc=self.source.path.name,
+            width = len(header)
+            bar = tqdm(total=max((hinted_rows or 1) - 1, 0), unit="row", desc=self.source.path.name,
                        disable=not self.progress, file=sys.stderr, leave=False)
             buffer: list[list[str]] = []
             lines: list[int] = []
             for line, row in enumerate(rows, start=2):
                 if row is None or all(cell is None or str(cell).strip() == "" for cell in row):
                     continue
+                if not self.unheaded_warned:
+                    for position, cell in enumerate(row):
+                        if ((position >= width or position in self.unheaded)
+                                and cell is not None and str(cell).strip() != ""):
+                            self._warn_unheaded(line, position, cell)
+                            break
                 buffer.append([_cell_text(row[p]) if p < len(row) else "" for p in positions])
                 lines.append(line)
                 if len(buffer) >= self.batch_rows:
@@ -356,6 +389,13 @@ def records_frame(rows: list[dict]) -> pd.DataFrame:
     field any item has; a field an item lacks is ABSENT."""
     names = list(dict.fromkeys(name for row in rows for name in row))
     return pd.DataFrame({name: [row.get(name, ABSENT) for row in rows] for name in names}, dtype=object)
+
+
+def _column_letter(position: int) -> str:
+    """A 0-based column position as a spreadsheet names it: 0 → A, 26 → AA."""
+    from openpyxl.utils import get_column_letter
+
+    return get_column_letter(position + 1)
 
 
 def _cell_text(value) -> str:

@@ -470,3 +470,55 @@ def test_the_visible_sheet_is_read_and_zero_width_characters_do_not_make_new_ids
     with engine.connect() as connection:
         userids = sorted(connection.execute(select(User.userid)).scalars())
     assert userids == sorted(row[0] for row in USERS)
+
+
+def _shrink_dimension(path: Path, ref: str) -> None:
+    """Rewrites the first sheet's <dimension> tag, as some exporters write it wrong."""
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(path) as source:
+        members = {info: source.read(info.filename) for info in source.infolist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+        for info, data in members.items():
+            if info.filename == "xl/worksheets/sheet1.xml":
+                data, count = re.subn(rb'<dimension ref="[^"]*"', f'<dimension ref="{ref}"'.encode(), data)
+                assert count == 1
+            target.writestr(info, data)
+
+
+def test_an_xlsx_with_a_wrong_dimension_tag_loses_no_rows(engine, tmp_path):
+    book = Workbook()
+    sheet = book.active
+    sheet.append(USERS_HEADER)
+    for row in USERS:
+        sheet.append(row)
+    book.save(tmp_path / "users.xlsx")
+    _shrink_dimension(tmp_path / "users.xlsx", "A1:C2")
+
+    result = run_import(engine, [tmp_path / "users.xlsx"])
+
+    assert result.kinds["users"].new == len(USERS)
+    with engine.connect() as connection:
+        managers = dict(connection.execute(select(User.userid, User.manager_userid)).all())
+    assert managers["rep_b"] == "boss"  # column D, outside the tag's A:C
+
+
+def test_a_value_under_a_blank_header_is_warned_of(engine, tmp_path):
+    write_csv(tmp_path / "csv" / "users.csv", [*USERS_HEADER, ""],
+              [[*USERS[0], ""], [*USERS[1], ""], [*USERS[2], "备注：大客户"], [*USERS[3], ""]])
+    result = run_import(engine, [tmp_path / "csv"])
+    assert result.warnings == [f"{tmp_path / 'csv' / 'users.csv'}:4: column G has a value ('备注：大客户') but no "
+                               "header: that column is ignored (give it a header to import it)"]
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(USERS_HEADER)
+    for row in USERS:
+        sheet.append([*row, None, "x"] if row[0] == "boss" else row)
+    book.save(tmp_path / "users.xlsx")
+    result = run_import(engine, [tmp_path / "users.xlsx"])
+    assert result.warnings == [f"{tmp_path / 'users.xlsx'}:3: column H has a value ('x') but no header: that "
+                               "column is ignored (give it a header to import it)"]
+    assert result.kinds["users"].unchanged == len(USERS)
+
