@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
+from decimal import ROUND_HALF_UP, Decimal
+
 import numpy as np
 import pandas as pd
 
@@ -18,6 +20,8 @@ from storage.schema_files import Column, FileKind
 TRUE_WORDS = frozenset({"true", "1", "yes", "y", "t", "是", "对"})
 FALSE_WORDS = frozenset({"false", "0", "no", "n", "f", "否", "不是"})
 DATE_FORMAT = "%Y-%m-%d"
+# Dates before this year are refused as typos (0026-03-05, 1026-03-05): no CRM holds them.
+EARLIEST_YEAR = 1900
 # The text form SQLAlchemy itself writes for DateTime on SQLite, so that rows imported in
 # bulk compare and sort equal to rows written through the ORM.
 DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -88,6 +92,19 @@ def _numbers(values: pd.Series, money: bool = False) -> pd.Series:
     return numbers
 
 
+def _cents(amounts: pd.Series) -> pd.Series:
+    """Amounts to the cent, half up as accountants round (1234.565 → 1234.57). The binary
+    float nearest 1234.565 lies just below it, so a plain round() would go down; the few
+    amounts with more than two decimals are rounded from their shortest decimal form."""
+    rounded = amounts.round(2)
+    finer = (rounded != amounts) & amounts.notna()
+    if finer.any():
+        cent = Decimal("0.01")
+        rounded[finer] = [float(Decimal(repr(value)).quantize(cent, rounding=ROUND_HALF_UP))
+                          for value in amounts[finer]]
+    return rounded
+
+
 def _number(bound: float) -> str:
     return f"{bound:,.0f}" if abs(bound) >= 1e6 else f"{bound:g}"
 
@@ -135,6 +152,10 @@ class BatchValidator:
             if column.not_before is not None and column.not_before in converted:
                 bound = converted[column.not_before]
                 checks.append((values.notna() & bound.notna() & (values < bound), f"before {column.not_before}"))
+            if column.kind in ("date", "datetime"):
+                # Zero-padded text, so the year compares as text.
+                checks.append((values.notna() & (values < f"{EARLIEST_YEAR:04d}"),
+                               f"a year before {EARLIEST_YEAR} (a typo?)"))
             if column.not_future:
                 checks.append((values.notna() & (values > self.latest.strftime(DATETIME_FORMAT)), "in the future"))
             for out_of_bounds, why in checks:
@@ -188,11 +209,12 @@ class BatchValidator:
                     reason = f"{reason} {bounds}" if column.kind == "int" else f"must be a number {bounds}"
             if column.kind == "int":
                 return numbers.where(~invalid).astype("Int64"), invalid, reason
-            return numbers.where(~invalid).round(2), invalid, reason
+            return _cents(numbers.where(~invalid)), invalid, reason
         if column.kind in ("date", "datetime"):
             stamps = _parse_datetimes(values, self.timezone)
-            # ISO-8601 reads a bare year as its 1 January: a year is not a day.
-            invalid = present & (stamps.isna() | values.str.fullmatch(r"\d{4}").fillna(False).astype(bool))
+            # ISO-8601 reads a bare year as its 1 January and 2026-03 as 1 March: neither is a day.
+            not_a_day = values.str.fullmatch(r"\d{4}(?:[-/]\d{1,2})?").fillna(False).astype(bool)
+            invalid = present & (stamps.isna() | not_a_day)
             if column.kind == "date":
                 return stamps.dt.strftime(DATE_FORMAT), invalid, "not a date (expected YYYY-MM-DD)"
             return (stamps.dt.strftime(DATETIME_FORMAT), invalid,

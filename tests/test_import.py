@@ -522,3 +522,21 @@ def test_a_value_under_a_blank_header_is_warned_of(engine, tmp_path):
                                "column is ignored (give it a header to import it)"]
     assert result.kinds["users"].unchanged == len(USERS)
 
+
+def test_a_month_or_a_mistyped_year_is_not_a_date_and_amounts_round_half_up(engine, tmp_path):
+    write_csv(tmp_path / "bad" / "users.csv", USERS_HEADER, USERS)
+    write_csv(tmp_path / "bad" / "customers.csv", ["customer_id", "name", "owner_userid"], [["K1", "华东机械", "rep_a"]])
+    write_csv(tmp_path / "bad" / "orders.csv", ORDERS_HEADER[:4],
+              [["D1", "K1", "2026-03", "100"], ["D2", "K1", "0026-03-05", "100"], ["D3", "K1", "2026-03-05", "100"]])
+    orders = tmp_path / "bad" / "orders.csv"
+    assert _import_fails(engine, [tmp_path / "bad"]) == [
+        f"{orders}:2: order_date: not a date (expected YYYY-MM-DD): '2026-03'",
+        f"{orders}:3: order_date: a year before 1900 (a typo?): '0026-03-05'"]
+    assert _count(engine, Customer) == 0
+
+    write_csv(orders, ORDERS_HEADER[:4], [["D1", "K1", "1926-03-05", "1234.565"], ["D2", "K1", "2026-03-05", "1.005"],
+                                          ["D3", "K1", "2026-03-06", "-2.675"], ["D4", "K1", "2026-03-07", "0.29"]])
+    run_import(engine, [tmp_path / "bad"])
+    with engine.connect() as connection:
+        amounts = connection.execute(select(Order.amount).order_by(Order.order_id)).scalars().all()
+    assert amounts == [1234.57, 1.01, -2.68, 0.29]
