@@ -115,7 +115,7 @@ def _safe_url(url: str) -> str:
 def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, progress: bool | None,
                    as_of: date | None) -> None:
     """Import CSV/XLSX files or folders of them, all or nothing."""
-    from storage.importer import ImportFailed, run_import, summarise
+    from storage.importer import ImportFailed, ImportInterrupted, run_import, summarise
 
     config = _config(ctx)
     engine = _engine(ctx)
@@ -133,6 +133,13 @@ def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, pr
         footer = (f"… and {exc.more:,} more problem(s)" if exc.more else "")
         footer += ("\n" if footer else "") + "nothing was imported: fix the rows above and run the import again"
         raise BadInput(exc.problems, footer) from None
+    except ImportInterrupted as interrupt:
+        if interrupt.saved:
+            click.echo("interrupted after the import was saved: the customers it touched wait for the "
+                       "service's rescore or the next full run", err=True)
+        else:
+            click.echo("interrupted: nothing was imported", err=True)
+        ctx.exit(130)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     for line in summarise(result):
@@ -149,7 +156,12 @@ def import_command(ctx: click.Context, paths: tuple[str, ...], dry_run: bool, pr
             click.echo(f"the {len(result.touched):,} customers this import touched wait for the service's "
                        f"rescore (as of today) or the next full run")
             return
-        outcome = incremental_rescore(engine, config, result.touched, _today(config))
+        try:
+            outcome = incremental_rescore(engine, config, result.touched, _today(config))
+        except KeyboardInterrupt:
+            click.echo(f"interrupted while rescoring: the import was saved, and the {len(result.touched):,} "
+                       "customers it touched wait for the service's rescore or the next full run", err=True)
+            ctx.exit(130)
         if outcome is not None:
             click.echo(f"rescored the {outcome.customers:,} customers this import touched: "
                        f"{outcome.tier_changes:,} tier change(s)")

@@ -18,8 +18,11 @@ from __future__ import annotations
 import csv
 import io
 import re
+import signal
 import sys
+import threading
 import warnings as warnings_module
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timezone
 from pathlib import Path
@@ -51,6 +54,32 @@ from storage.db import for_writing
 from storage.models import Ticket
 from storage.sql import bulk_insert, month_of, null_safe_differs, refresh_statistics
 from storage.validate import DATETIME_FORMAT, BatchValidator, Problem
+
+
+class ImportInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an import. `saved`: whether its transaction had committed (all of
+    it), else nothing was written."""
+
+    def __init__(self, saved: bool):
+        super().__init__("the import was saved" if saved else "nothing was imported")
+        self.saved = saved
+
+
+@contextmanager
+def _ctrl_c_after() -> Iterator[None]:
+    """Ctrl-C while the block runs takes effect when it is over: a commit cut short by
+    KeyboardInterrupt may have landed or not, and the user must be told which."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 class ImportFailed(Exception):
@@ -810,14 +839,26 @@ def _unknown_list_values(connection: Connection, kind: FileKind, column: str, kn
             f"{setting} ({', '.join(sorted(known))}): {consequence}" for value, keys in unknown.items()]
 
 
-def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = "Asia/Shanghai",
-               batch_rows: int = 50_000, max_errors: int = 50, dry_run: bool = False,
-               progress: bool = False, records: dict[str, list[dict]] | None = None,
-               touched_limit: int = 5_000, as_of: date | None = None,
-               known_queues: Collection[str] | None = None, known_modules: Collection[str] | None = None
-               ) -> ImportResult:
+def run_import(engine: Engine, paths: list[Path | str], **options) -> ImportResult:
     """Validate and load files (or `records`: kind → list of row dicts, as the REST API
-    receives them) in one transaction. Raises ImportFailed (nothing written).
+    receives them) in one transaction; see _import for the options. Raises ImportFailed
+    (nothing written), or ImportInterrupted on Ctrl-C, saying whether it was saved."""
+    committed: list[bool] = []
+    try:
+        return _import(engine, paths, committed=committed, **options)
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, ImportInterrupted):
+            raise
+        raise ImportInterrupted(saved=bool(committed)) from None
+
+
+def _import(engine: Engine, paths: list[Path | str], *, committed: list[bool],
+            timezone_name: str = "Asia/Shanghai", batch_rows: int = 50_000, max_errors: int = 50,
+            dry_run: bool = False, progress: bool = False, records: dict[str, list[dict]] | None = None,
+            touched_limit: int = 5_000, as_of: date | None = None,
+            known_queues: Collection[str] | None = None, known_modules: Collection[str] | None = None
+            ) -> ImportResult:
+    """run_import's work; `committed` gets an entry once the transaction has committed.
     `as_of`: import as if on that day (a reproducible bench or back-test): what is dated
     after it is in the future, and a bulk load builds that day's month's totals."""
     today = as_of or datetime.now(ZoneInfo(timezone_name)).date()
@@ -836,7 +877,6 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
     rebuilt = 0
     touched: list[str] | None = None
-
     with engine.connect() as connection:
         if connection.dialect.name == "sqlite":
             # Index maintenance on tens of millions of rows wants a big page cache; bounded.
@@ -946,7 +986,9 @@ def run_import(engine: Engine, paths: list[Path | str], *, timezone_name: str = 
                 # Temporary tables outlive a commit on a pooled connection.
                 for table in [*(f"stage_{name}" for name in staging), "touched_customers"]:
                     connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
-                transaction.commit()
+                with _ctrl_c_after():
+                    transaction.commit()
+                    committed.append(True)
         except BaseException:
             if transaction.is_active:
                 transaction.rollback()

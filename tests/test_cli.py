@@ -216,3 +216,45 @@ def test_a_back_test_changes_no_tier_tells_nobody_and_is_exported_by_its_run(cli
     assert alone.exit_code == 2 and "--live goes with --as-of DAY" in alone.output
     missing = cli("export", "scores", "--out", str(tmp_path / "x.csv"), "--run", "999")
     assert missing.exit_code == 2 and "no full run or back-test #999" in missing.stderr
+
+
+@pytest.mark.parametrize("pressed_at", ["staging", "commit"])
+def test_ctrl_c_during_an_import_says_whether_it_was_saved(cli, tmp_path, database_url, pressed_at):
+    import signal
+
+    from sqlalchemy import create_engine, event, text
+    from sqlalchemy.engine import Engine
+
+    folder = write_company(tmp_path / "crm")
+    seen = {"last_statement": False}
+
+    def before_execute(connection, cursor, statement, parameters, context, executemany):
+        if pressed_at == "staging" and "stage_orders" in statement and statement.lstrip().upper().startswith("INSERT"):
+            signal.raise_signal(signal.SIGINT)
+        if "DROP TABLE IF EXISTS touched_customers" in statement:
+            seen["last_statement"] = True
+
+    def on_commit(connection):
+        if pressed_at == "commit" and seen["last_statement"]:
+            seen["last_statement"] = False
+            signal.raise_signal(signal.SIGINT)
+
+    event.listen(Engine, "before_cursor_execute", before_execute)
+    event.listen(Engine, "commit", on_commit)
+    try:
+        result = cli("import", str(folder), "--no-progress")
+    finally:
+        event.remove(Engine, "before_cursor_execute", before_execute)
+        event.remove(Engine, "commit", on_commit)
+
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        orders = connection.execute(text("SELECT COUNT(*) FROM orders")).scalar_one()
+    engine.dispose()
+    if pressed_at == "commit":
+        assert "interrupted after the import was saved" in result.stderr
+        assert orders == 914
+    else:
+        assert result.stderr.strip() == "interrupted: nothing was imported"
+        assert orders == 0
