@@ -6,8 +6,10 @@ Input columns (one row per customer, index customer_id, every customer):
   first_order_date, last_order_date   datetime64 (NaT: no order up to as_of); only the
                                       calendar day counts (a time of day is dropped, a
                                       time zone is dropped keeping the wall-clock day)
-  purchase_days                       distinct calendar days with an order up to as_of
-  lifetime_revenue                    sum of all order amounts up to as_of
+  purchase_days                       distinct purchase days up to as_of: calendar days
+                                      whose orders sum to more than 0 (a day of refunds
+                                      or reversals is no purchase)
+  lifetime_revenue                    sum of all order amounts up to as_of, refunds netted
   first_day_revenue                   sum of the amounts on the first purchase day
 Missing amounts count as 0. A customer is a *buyer* when it has a first order date.
 Inconsistent rows (orders after as_of, last before first, purchase_days that do not fit
@@ -23,7 +25,10 @@ calendar day, the amounts of one day summed, orders after as_of dropped; then
   monetary_value  = mean revenue of a repeat purchase day (the first day excluded)
                   = (lifetime_revenue − first_day_revenue) / frequency; 0 when frequency is 0
 all as floats; NaN for a customer without orders. (monetary_value equals lifetimes' mean of
-the per-day sums up to float rounding, ~1e-12 relative.)
+the per-day sums up to float rounding, ~1e-12 relative.) Refunds are where we differ, on
+purpose: lifetimes counts any day with a row as a purchase, so a reversal two years on would
+make a lost customer a recent repeat buyer. Here a day netting to 0 or less is no purchase
+day; its amount still lowers the repeat value, which does not go below 0.
 
 Scored factors (higher score = better customer)
   R  recency_days      days since the last purchase = T − recency     (fewer is better)
@@ -271,7 +276,8 @@ def rfm_measures(features: pd.DataFrame, as_of: date) -> pd.DataFrame:
 
     frequency = np.where(buyer, days - 1, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
-        monetary = np.where(frequency > 0, (revenue - first_revenue) / np.where(frequency > 0, frequency, 1), 0.0)
+        monetary = np.where(frequency > 0, np.maximum(revenue - first_revenue, 0.0)
+                            / np.where(frequency > 0, frequency, 1), 0.0)
     monetary = np.where(buyer, monetary, np.nan)
     return pd.DataFrame({"frequency": frequency, "recency": last - first, "T": end - first,
                          "monetary_value": monetary}, index=features.index)

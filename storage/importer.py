@@ -792,19 +792,24 @@ def rebuild_rollups(connection: Connection, only_touched: bool = True) -> int:
     order_month = month_of(dialect, "order_date")
     activity_month = month_of(dialect, "ts")
     connection.execute(text(f"DELETE FROM customer_months {scope}"))
-    # Orders are first summed per day; the month's first day and its revenue come from a
-    # window over those days (lifetimes counts purchase days, not orders).
+    # Orders are first summed per day; the month's first purchase day and its revenue come
+    # from a window over those days (lifetimes counts purchase days, not orders). A day
+    # whose orders net to 0 or less (refunds, 红冲 reversals) is no purchase: its amount
+    # counts in the revenue, but it makes nobody a recent or repeat buyer.
     connection.execute(text(f"""
         INSERT INTO customer_months (customer_id, month, revenue, cost, repeat_revenue, orders, purchase_days,
                                      first_day_revenue, first_order_date, last_order_date)
-        SELECT customer_id, month, SUM(revenue), SUM(cost), SUM(repeat_revenue), SUM(orders), COUNT(*),
-               SUM(CASE WHEN order_date = first_day THEN revenue ELSE 0 END), MIN(order_date), MAX(order_date)
+        SELECT customer_id, month, SUM(revenue), SUM(cost), SUM(repeat_revenue), SUM(orders),
+               SUM(CASE WHEN revenue > 0 THEN 1 ELSE 0 END),
+               SUM(CASE WHEN order_date = first_day THEN revenue ELSE 0 END),
+               MIN(CASE WHEN revenue > 0 THEN order_date END), MAX(CASE WHEN revenue > 0 THEN order_date END)
         FROM (
             SELECT customer_id, {order_month} AS month, order_date, SUM(amount) AS revenue,
                    SUM(COALESCE(cost, 0)) AS cost,
                    SUM(CASE WHEN kind IN ('renewal', 'upsell') THEN amount ELSE 0 END) AS repeat_revenue,
                    COUNT(*) AS orders,
-                   MIN(order_date) OVER (PARTITION BY customer_id, {order_month}) AS first_day
+                   MIN(CASE WHEN SUM(amount) > 0 THEN order_date END)
+                       OVER (PARTITION BY customer_id, {order_month}) AS first_day
             FROM orders WHERE true {scope_and}
             GROUP BY customer_id, order_date
         ) days

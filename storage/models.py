@@ -212,12 +212,13 @@ class CustomerMonth(Base):
     cost: Mapped[float] = mapped_column(Money)
     repeat_revenue: Mapped[float] = mapped_column(Money)
     orders: Mapped[int] = mapped_column(Integer)
-    # Distinct days with orders, and the revenue of the month's first such day: enough to
-    # rebuild lifetimes' frequency and monetary_value without reading raw orders.
+    # Distinct purchase days (days whose orders net to more than 0: refunds are no purchase),
+    # and the revenue of the month's first such day: enough to rebuild lifetimes' frequency
+    # and monetary_value without reading raw orders. No dates in a month of refunds only.
     purchase_days: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     first_day_revenue: Mapped[float] = mapped_column(Money, default=0.0, server_default="0")
-    first_order_date: Mapped[date] = mapped_column(Date)
-    last_order_date: Mapped[date] = mapped_column(Date)
+    first_order_date: Mapped[date | None] = mapped_column(Date)
+    last_order_date: Mapped[date | None] = mapped_column(Date)
 
     # SQLite: clustered by (customer_id, month), so a scan by customer reads the table in
     # order instead of jumping from the index to the table for every row (DESIGN §6).

@@ -88,7 +88,8 @@ def _current_days(connection: Connection, as_of: date, customer_ids: list[str] |
 def _aggregates_from(windows: pd.DataFrame, days: pd.DataFrame) -> pd.DataFrame:
     """load_aggregates' frame: the whole months' totals plus the as-of month's days."""
     frame = windows.set_index("customer_id")[[*window_totals.ORDER_SUMS, "first_order_date", "last_order_date"]]
-    frame = frame[frame["first_order_date"].notna()]
+    # Customers with orders: a purchase, or only refunds (no first purchase day, but money).
+    frame = frame[frame["first_order_date"].notna() | (frame["lifetime_orders"] > 0)]
     for column in ("first_order_date", "last_order_date"):
         frame[column] = pd.to_datetime(frame[column])
     if len(days):
@@ -96,10 +97,12 @@ def _aggregates_from(windows: pd.DataFrame, days: pd.DataFrame) -> pd.DataFrame:
         days = days.sort_values(["customer_id", "order_date"])
         grouped = days.groupby("customer_id", sort=False)
         current = grouped[["revenue", "cost", "repeat_revenue", "orders"]].sum()
-        current["purchase_days"] = grouped.size()
-        current["first_order_date"] = grouped["order_date"].min()
-        current["last_order_date"] = grouped["order_date"].max()
-        current["first_day_revenue"] = grouped["revenue"].first()
+        # As in the roll-up (storage.importer.rebuild_rollups): a day netting to 0 or less is no purchase.
+        purchases = days[days["revenue"] > 0].groupby("customer_id", sort=False)
+        current["purchase_days"] = purchases.size()
+        current["first_order_date"] = purchases["order_date"].min()
+        current["last_order_date"] = purchases["order_date"].max()
+        current["first_day_revenue"] = purchases["revenue"].first()
         frame = frame.reindex(frame.index.union(current.index))
         current = current.reindex(frame.index)
         added = {"revenue_12m": "revenue", "cost_12m": "cost", "repeat_revenue_12m": "repeat_revenue",

@@ -37,7 +37,8 @@ WINDOW_COLUMNS = (*ORDER_SUMS, "first_order_date", "last_order_date", "baseline_
 NUMERIC = (*ORDER_SUMS, "baseline_events")
 
 # Whole months before :m0, from the roll-up (clustered by customer, month). The first
-# purchase day's revenue is kept on the customer's first month's row.
+# purchase day's revenue is kept on the row of the customer's first month with a purchase
+# (a month of refunds only has none).
 _ORDERS_SQL = """
 SELECT m.customer_id,
        SUM(CASE WHEN m.month >= :m12 THEN m.revenue ELSE 0 END),
@@ -54,8 +55,8 @@ SELECT m.customer_id,
        SUM(CASE WHEN m.month = f.first_month THEN m.first_day_revenue ELSE 0 END),
        MIN(m.first_order_date), MAX(m.last_order_date)
 FROM customer_months m
-JOIN (SELECT customer_id, MIN(month) AS first_month FROM customer_months
-      WHERE month < :m0 {scope} GROUP BY customer_id) f ON f.customer_id = m.customer_id
+LEFT JOIN (SELECT customer_id, MIN(month) AS first_month FROM customer_months
+           WHERE month < :m0 AND purchase_days > 0 {scope} GROUP BY customer_id) f ON f.customer_id = m.customer_id
 WHERE m.month < :m0 {scope_m}
 GROUP BY m.customer_id
 """

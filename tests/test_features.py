@@ -33,14 +33,15 @@ def test_order_aggregates_match_raw_orders(engine, company):
     months = window_starts(AS_OF)
     last_12 = orders[orders["order_date"] >= pd.Timestamp(months["m12"])]
     days = orders.groupby(["customer_id", "order_date"])["amount"].sum().reset_index()
+    days = days[days["amount"] > 0]  # purchase days
     first_day = days.sort_values("order_date").groupby("customer_id").first()
     expected = pd.DataFrame({
         "revenue_12m": last_12.groupby("customer_id")["amount"].sum(),
         "lifetime_revenue": orders.groupby("customer_id")["amount"].sum(),
         "purchase_days": days.groupby("customer_id").size().astype(float),
         "first_day_revenue": first_day["amount"],
-        "first_order_date": orders.groupby("customer_id")["order_date"].min(),
-        "last_order_date": orders.groupby("customer_id")["order_date"].max(),
+        "first_order_date": days.groupby("customer_id")["order_date"].min(),
+        "last_order_date": days.groupby("customer_id")["order_date"].max(),
     }).sort_index()
     assert list(found.index) == list(expected.index)
     for column in ("revenue_12m", "lifetime_revenue", "purchase_days", "first_day_revenue"):
@@ -86,3 +87,42 @@ def test_the_activity_baseline_ends_where_the_last_30_days_begin(engine, company
     pd.testing.assert_series_equal(features["act_baseline_30d"], expected.astype(float), check_names=False)
     # On the last day of a 30-day month the last 30 days lie within it: the six months are whole.
     assert baseline_days(date(2026, 6, 30)) == (date(2026, 6, 1) - date(2025, 12, 1)).days
+
+
+def test_a_refund_is_no_purchase_but_counts_against_revenue(engine, tmp_path):
+    """A red-letter reversal (红冲) two years after the sale must not make a lost customer a
+    recent repeat buyer, whether it falls in a whole month before the as-of month or in it."""
+    from tests.company import ORDERS_HEADER, USERS, USERS_HEADER
+    from tests.conftest import write_csv
+
+    from scoring.rfm import rfm_measures
+
+    folder = tmp_path / "refunds"
+    write_csv(folder / "users.csv", USERS_HEADER, USERS)
+    write_csv(folder / "customers.csv", ["customer_id", "name", "owner_userid"],
+              [[c, c, "rep_a"] for c in ("LOST", "LATE", "NETTED", "ONLYREFUND")])
+    write_csv(folder / "orders.csv", ORDERS_HEADER[:4], [
+        ["L1", "LOST", "2024-03-05", "100000"], ["L2", "LOST", "2024-09-01", "20000"],
+        ["L3", "LOST", "2026-05-20", "-100000"],  # a whole month of refunds only
+        ["T1", "LATE", "2024-03-05", "100000"], ["T2", "LATE", "2026-06-03", "-30000"],  # in the as-of month
+        ["N1", "NETTED", "2025-01-10", "50000"], ["N2", "NETTED", "2025-02-10", "8000"],
+        ["N3", "NETTED", "2025-02-10", "-8000"],  # the day nets to 0: no purchase
+        ["R1", "ONLYREFUND", "2026-04-02", "-500"]])
+    run_import(engine, [folder], as_of=date(2026, 6, 20))
+    with engine.connect() as connection:
+        found = store.load_aggregates(connection, AS_OF).set_index("customer_id").sort_index()
+
+    assert found.loc["LOST", "purchase_days"] == 2 and found.loc["LOST", "lifetime_revenue"] == 20000
+    assert str(found.loc["LOST", "last_order_date"])[:10] == "2024-09-01"
+    assert found.loc["LATE", "purchase_days"] == 1 and found.loc["LATE", "revenue_12m"] == -30000
+    assert str(found.loc["LATE", "last_order_date"])[:10] == "2024-03-05"
+    assert found.loc["NETTED", "purchase_days"] == 1 and found.loc["NETTED", "first_day_revenue"] == 50000
+    assert found.loc["ONLYREFUND", "purchase_days"] == 0 and pd.isna(found.loc["ONLYREFUND", "first_order_date"])
+
+    found["first_order_date"] = pd.to_datetime(found["first_order_date"])
+    found["last_order_date"] = pd.to_datetime(found["last_order_date"])
+    measures = rfm_measures(found, AS_OF)
+    # LOST: one repeat purchase worth 20,000 before the refund, which takes it to 0, not below.
+    assert measures.loc["LOST"].tolist() == [1.0, 180.0, (AS_OF - date(2024, 3, 5)).days, 0.0]
+    assert measures.loc["LATE", "frequency"] == 0 and measures.loc["LATE", "recency"] == 0
+    assert measures.loc["ONLYREFUND"].isna().all()

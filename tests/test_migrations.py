@@ -134,3 +134,34 @@ def test_upgrading_to_routed_severity_does_not_route_existing_tickets_again(tmp_
         routed = dict(connection.execute(text("SELECT ticket_id, routed_severity FROM tickets")).all())
     engine.dispose()
     assert routed == {"ROUTED": "P2", "WAITING": None}
+
+
+def test_upgrading_to_refunds_are_not_purchases_rebuilds_the_roll_ups_they_were_counted_in(tmp_path):
+    """0012: a customer with a day of refunds had it counted as a purchase day in its monthly
+    roll-up; the upgrade rebuilds that customer's roll-ups, and nobody else's."""
+    from sqlalchemy import text
+
+    url, engine = database_at(tmp_path, "0011")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO customers (customer_id, name, updated_at) VALUES "
+                                "('LOST', 'a', '2026-11-01'), ('FINE', 'b', '2026-11-01')"))
+        connection.execute(text("INSERT INTO orders (order_id, customer_id, order_date, amount) VALUES "
+                                "('L1', 'LOST', '2024-03-05', 100000), ('L2', 'LOST', '2026-05-20', -100000), "
+                                "('F1', 'FINE', '2026-05-21', 300)"))
+        # As the code before 0012 rolled them up; FINE's row is left wrong on purpose, to
+        # show that only customers with refunds are rebuilt.
+        connection.execute(text(
+            "INSERT INTO customer_months (customer_id, month, revenue, cost, repeat_revenue, orders, purchase_days, "
+            "first_day_revenue, first_order_date, last_order_date) VALUES "
+            "('LOST', '2024-03-01', 100000, 0, 0, 1, 1, 100000, '2024-03-05', '2024-03-05'), "
+            "('LOST', '2026-05-01', -100000, 0, 0, 1, 1, -100000, '2026-05-20', '2026-05-20'), "
+            "('FINE', '2026-05-01', 999, 0, 0, 1, 1, 999, '2026-05-21', '2026-05-21')"))
+    upgrade_schema(url)
+    with engine.connect() as connection:
+        months = connection.execute(text(
+            "SELECT customer_id, month, revenue, purchase_days, first_order_date FROM customer_months "
+            "ORDER BY customer_id, month")).all()
+    engine.dispose()
+    assert [tuple(row) for row in months] == [
+        ("FINE", "2026-05-01", 999, 1, "2026-05-21"),
+        ("LOST", "2024-03-01", 100000, 1, "2024-03-05"), ("LOST", "2026-05-01", -100000, 0, None)]
