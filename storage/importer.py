@@ -203,8 +203,11 @@ class _FileReader:
         self.unheaded: set[int] = set()
         self.unheaded_warned = False
 
-    def _map_header(self, header: list[str]) -> dict[int, str] | None:
-        """Column position → canonical name; None if the header is unusable."""
+    def _map_header(self, header: list[str], records: bool = False) -> dict[int, str] | None:
+        """Column position → canonical name; None if the header is unusable. `records`:
+        REST API items, which need only the key: an item may update some fields of a
+        stored row, and a new row lacking a required field is refused later
+        (_new_rows_lacking)."""
         known = header_names(self.source.kind)
         mapping: dict[int, str] = {}
         seen: dict[str, str] = {}
@@ -226,7 +229,7 @@ class _FileReader:
             seen[canonical] = label
             mapping[position] = canonical
         for column in self.source.kind.columns:
-            if column.required and column.name not in seen:
+            if column.required and column.name not in seen and not (records and column.name != self.source.kind.key):
                 spellings = ", ".join((column.name, *column.aliases[:3]))
                 problems.append(Problem(self.name, 1, column.name,
                                         f"missing required column (header may be any of: {spellings})"))
@@ -261,12 +264,16 @@ class _FileReader:
 
     def _record_batches(self) -> Iterator[_Batch]:
         frame = self.source.frame
-        mapping = self._map_header(list(frame.columns))
+        mapping = self._map_header(list(frame.columns), records=True)
         if mapping is None:
             return
         raw = frame[[frame.columns[p] for p in mapping]]
+        raw.columns = list(mapping.values())
+        # A required field no item sent is left out by every item (a new row must have it).
+        for column in self.source.kind.columns:
+            if column.required and column.name not in raw.columns:
+                raw = raw.assign(**{column.name: [ABSENT] * len(raw)})
         cells = raw.map(_cell_text)
-        cells.columns = list(mapping.values())
         left_out = raw.map(lambda value: value is ABSENT).to_numpy()
         absent = pd.Series([("," + ",".join(name for name, out in zip(cells.columns, row) if out) + ",")
                             if row.any() else None for row in left_out], dtype=object)
@@ -591,8 +598,26 @@ def _problems_across_rows(connection: Connection, kind: FileKind, names: list[st
                           ) -> list[Problem]:
     """A staged kind's duplicate ids and unknown references (see _reference_problems)."""
     connection.execute(text(f"CREATE INDEX ix_stage_{kind.name}_key ON stage_{kind.name} ({kind.key})"))
-    return [*_duplicate_problems(connection, kind, names),
+    return [*_duplicate_problems(connection, kind, names), *_new_rows_lacking(connection, kind, names),
             *_reference_problems(connection, kind, names, staged, unknowable)]
+
+
+def _new_rows_lacking(connection: Connection, kind: FileKind, names: list[str]) -> list[Problem]:
+    """REST API items for new rows that leave out a required field (one for a stored row
+    may: the field keeps its value)."""
+    stage, table, key = f"stage_{kind.name}", kind.table.name, kind.key
+    singular = kind.name[:-3] + "y" if kind.name.endswith("ies") else kind.name[:-1]
+    problems = []
+    for column in kind.columns:
+        if not column.required or column.name == key:
+            continue
+        for file_index, line in connection.execute(text(f"""
+                SELECT _file, _line FROM {stage} s
+                WHERE s._absent LIKE :marker AND NOT EXISTS (SELECT 1 FROM {table} t WHERE t.{key} = s.{key})
+                ORDER BY _file, _line LIMIT 1000""").bindparams(marker=f"%,{column.name},%")):
+            problems.append(Problem(names[file_index], line, column.name,
+                                    f"missing value (the item is for a new {singular}: it needs one)"))
+    return problems
 
 
 def _problems_before_writing(connection: Connection, kinds: list[FileKind], staging: dict[str, Table],
@@ -903,7 +928,7 @@ def _import(engine: Engine, paths: list[Path | str], *, committed: list[bool],
                 reader = _FileReader(source, batch_rows, progress, log, warnings)
                 problems_before = log.total
                 for batch in reader.batches():
-                    valid, problems = validator.validate(batch.frame, batch.lines)
+                    valid, problems = validator.validate(batch.frame, batch.lines, batch.absent)
                     if problems:
                         log.add(problems)
                     # Staged even after a problem: the checks across rows still run, so

@@ -122,9 +122,12 @@ class BatchValidator:
                        if as_of is not None else
                        pd.Timestamp.now(tz=timezone).tz_localize(None) + pd.Timedelta(minutes=10))
 
-    def validate(self, raw: pd.DataFrame, lines: np.ndarray) -> tuple[pd.DataFrame, list[Problem]]:
+    def validate(self, raw: pd.DataFrame, lines: np.ndarray, absent: pd.Series | None = None
+                 ) -> tuple[pd.DataFrame, list[Problem]]:
         """Return (valid rows converted for the database, problems). `lines` gives each
-        row's line in the source, for the messages."""
+        row's line in the source, for the messages. `absent`: per row of REST API items, the
+        fields the item left out (",name,industry,"); a required one is no missing value
+        here (the importer checks that the row is a stored one)."""
         problems: list[Problem] = []
         bad = np.zeros(len(raw), dtype=bool)
         converted: dict[str, pd.Series] = {}
@@ -133,6 +136,9 @@ class BatchValidator:
                 continue
             values, invalid, reason = self._convert(column, _text(raw[column.name]))
             missing = values.isna() & ~invalid if column.required else None
+            if missing is not None and absent is not None and column.name != self.kind.key:
+                left_out = absent.fillna("").str.contains(f",{column.name},", regex=False).to_numpy(dtype=bool)
+                missing &= ~left_out
             for mask, why in ((invalid, reason), (missing, "missing value")):
                 if mask is None or not mask.any():
                     continue

@@ -248,3 +248,23 @@ async def test_a_bad_scores_query_names_every_problem(api):
                                 "lang: one of zh, en: 'fr'"]
     missing = await api.get("/api/v1/scores?run_id=999", headers=_auth())
     assert missing.status == 404 and "#999" in (await missing.json())["error"]
+
+
+async def test_a_crm_moves_a_customer_to_another_rep_by_sending_only_the_owner(api, engine):
+    from storage.models import Customer
+
+    response = await api.post("/api/v1/customers", json=[{"customer_id": "QM1", "owner_userid": "rep_a"}],
+                              headers=_auth())
+    body = await response.json()
+    assert response.status == 200, body
+    assert (body["new"], body["changed"]) == (0, 1)
+    with engine.connect() as connection:
+        name, owner = connection.execute(select(Customer.name, Customer.owner_userid)
+                                         .where(Customer.customer_id == "QM1")).one()
+    assert owner == "rep_a" and name == "新锐新能源科技有限公司"  # the stored name stays
+
+    response = await api.post("/api/v1/customers", json=[{"customer_id": "BRAND_NEW", "owner_userid": "rep_b"}],
+                              headers=_auth())
+    body = await response.json()
+    assert response.status == 400
+    assert body["problems"] == ["item 1: name: missing value (the item is for a new customer: it needs one)"]

@@ -411,10 +411,22 @@ def test_api_items_that_leave_a_field_out_keep_its_stored_value_and_never_store_
         listed = dict(connection.execute(text(
             "SELECT customer_id, is_listed FROM customers WHERE customer_id IN ('NEW4', 'NEW5')")).all())
     assert {key: bool(value) for key, value in listed.items()} == {"NEW4": True, "NEW5": False}
-    # A required field one item leaves out is that item's missing value, not the text "nan".
+    # A required field an item for a new row leaves out is its missing value, not the text "nan";
+    # one sent as null is missing for any row.
     problems = _import_fails(engine, [], records={"customers": [
-        {"customer_id": "NEW2", "name": "甲", "owner_userid": "rep_a"}, {"customer_id": "NEW3", "owner_userid": "rep_a"}]})
-    assert problems == ["<customers>:2: name: missing value"]
+        {"customer_id": "NEW2", "name": "甲", "owner_userid": "rep_a"}, {"customer_id": "NEW3", "owner_userid": "rep_a"},
+        {"customer_id": "QM1", "name": None}]})
+    assert problems == ["<customers>:2: name: missing value (the item is for a new customer: it needs one)",
+                        "<customers>:3: name: missing value"]
+    # An item for a stored customer may send only what changes: here its owner, in a batch
+    # where no item has a name.
+    result = run_import(engine, [], records={"customers": [{"customer_id": "QM1", "owner_userid": "rep_b"}]})
+    assert (result.kinds["customers"].new, result.kinds["customers"].changed) == (0, 1)
+    assert _import_fails(engine, [], records={"customers": [{"customer_id": "NEW6", "owner_userid": "rep_b"}]}) == [
+        "<customers>:1: name: missing value (the item is for a new customer: it needs one)"]
+    with engine.connect() as connection:
+        owner, name = connection.execute(text("SELECT owner_userid, name FROM customers WHERE customer_id = 'QM1'")).one()
+    assert (owner, name) == ("rep_b", "新名字")
     # Ids keep every digit, next to an item without one.
     problems = _import_fails(engine, [], records={"orders": [
         {"order_id": 9007199254740993, "customer_id": "STAR1", "order_date": "2026-11-01", "amount": 5},
