@@ -15,8 +15,10 @@ Any problem → rollback, and every problem is reported as `file:line: column: r
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import itertools
 import re
 import signal
 import sys
@@ -283,11 +285,13 @@ class _FileReader:
         path = self.source.path
         size = path.stat().st_size
         with open(path, "rb") as handle:
-            head = handle.read(4096)
+            head = handle.read(SNIFF_BYTES)
             handle.seek(0)
-            if not head.strip():
+            encoding, delimiter, text_head = _sniff_csv(head)
+            if not text_head.strip():
                 self.log.add([Problem(self.name, 1, "(file)", "empty file: a header row is required")])
                 return
+            header_line = self._csv_header_line(text_head, delimiter)
             bar = tqdm(total=size, unit="B", unit_scale=True, desc=path.name, disable=not self.progress,
                        file=sys.stderr, leave=False)
             wrapped = _CountingReader(handle, bar)
@@ -297,10 +301,11 @@ class _FileReader:
                 # Blank lines are read as rows and left out below, so that rows are numbered
                 # as pandas numbers the ones it skips, and as csv.reader counts records.
                 reader = iter(pd.read_csv(wrapped, dtype=str, keep_default_na=False, na_filter=False,
-                                          encoding="utf-8-sig", chunksize=self.batch_rows, header=None,
-                                          skip_blank_lines=False, engine="c", on_bad_lines="warn"))
+                                          encoding=encoding, sep=delimiter, chunksize=self.batch_rows,
+                                          header=None, skiprows=header_line, skip_blank_lines=False,
+                                          engine="c", on_bad_lines="warn"))
                 mapping = None
-                record = 0
+                record = header_line
                 while True:
                     with warnings_module.catch_warnings(record=True) as caught:
                         warnings_module.simplefilter("always", pd.errors.ParserWarning)
@@ -326,11 +331,38 @@ class _FileReader:
                     frame = chunk[list(mapping)].rename(columns=mapping)
                     yield _Batch(frame.reset_index(drop=True), lines)
             except UnicodeDecodeError:
-                self.log.add([_encoding_problem(path)])
+                self.log.add([_encoding_problem(path, encoding)])
             except pd.errors.ParserError as exc:
                 self.log.add([_parser_problem(self.name, exc)])
             finally:
                 bar.close()
+
+    def _header_row(self, rows: list[list]) -> int:
+        """Which of a file's first non-blank rows is its header: the first naming every
+        required column, else the first (whose problems are then reported)."""
+        known = header_names(self.source.kind)
+        required = {column.name for column in self.source.kind.columns if column.required}
+        for position, row in enumerate(rows[:HEADER_SEARCH_ROWS]):
+            if required <= {known.get(normalise_header("" if cell is None else str(cell).strip())) for cell in row}:
+                return position
+        return 0
+
+    def _warn_rows_above_header(self, header_line: int) -> None:
+        above = ("line 1 above it (a title?) is" if header_line == 2
+                 else f"lines 1–{header_line - 1} above it (a title?) are")
+        self.warnings.append(f"{self.name}: the header is on line {header_line}; {above} ignored")
+
+    def _csv_header_line(self, text_head: str, delimiter: str) -> int:
+        """How many lines come before the header (see _header_row), warned of when some do."""
+        lines = [line.rstrip("\r") for line in text_head.split("\n")[:HEADER_SEARCH_ROWS * 3]]
+        rows = list(csv.reader(lines, delimiter=delimiter))
+        candidates = [(number, row) for number, row in enumerate(rows) if any(cell.strip() for cell in row)]
+        if not candidates:
+            return 0
+        header_line = candidates[self._header_row([row for _, row in candidates])][0]
+        if header_line:
+            self._warn_rows_above_header(header_line + 1)
+        return header_line
 
     def _skipped_rows(self, caught: list) -> set[int]:
         """The rows pandas left out for having too many cells, each logged as a problem;
@@ -362,21 +394,31 @@ class _FileReader:
             # stop there and lose the rest silently. Its row count still sizes the progress bar.
             hinted_rows = sheet.max_row
             sheet.reset_dimensions()
-            rows = sheet.iter_rows(values_only=True)
-            header = next(rows, None)
-            if header is None:
+            numbered = enumerate(sheet.iter_rows(values_only=True), start=1)
+            above: list[tuple[int, tuple]] = []  # the first non-blank rows, one of them the header
+            for line, row in numbered:
+                if row is not None and any(cell is not None and str(cell).strip() != "" for cell in row):
+                    above.append((line, row))
+                    if len(above) == HEADER_SEARCH_ROWS:
+                        break
+            if not above:
                 self.log.add([Problem(self.name, 1, "(file)", "empty sheet: a header row is required")])
                 return
+            at = self._header_row([list(row) for _, row in above])
+            header_line, header = above[at]
+            if header_line > 1:
+                self._warn_rows_above_header(header_line)
             mapping = self._map_header(list(header))
             if mapping is None:
                 return
+            rows = itertools.chain(above[at + 1:], numbered)
             positions = list(mapping)
             width = len(header)
             bar = tqdm(total=max((hinted_rows or 1) - 1, 0), unit="row", desc=self.source.path.name,
                        disable=not self.progress, file=sys.stderr, leave=False)
             buffer: list[list[str]] = []
             lines: list[int] = []
-            for line, row in enumerate(rows, start=2):
+            for line, row in rows:
                 if row is None or all(cell is None or str(cell).strip() == "" for cell in row):
                     continue
                 if not self.unheaded_warned:
@@ -448,7 +490,38 @@ def _cell_text(value) -> str:
     return str(value)
 
 
-def _encoding_problem(path: Path) -> Problem:
+# What _sniff_csv reads of a CSV file: enough lines to find the header below a title.
+SNIFF_BYTES = 64 * 1024
+# How far down a file its header may be: exports put a title or a date range above it.
+HEADER_SEARCH_ROWS = 10
+
+
+def _sniff_csv(head: bytes) -> tuple[str, str, str]:
+    """(encoding, delimiter, decoded text) of a CSV file from its first bytes. UTF-8, with
+    or without a BOM; UTF-16 with a BOM (Excel's "Unicode text"); else GB18030 when the
+    bytes are that (Excel's CSV on Chinese Windows is GBK). The delimiter: the one of
+    comma, tab and semicolon the first lines hold most (comma on a tie)."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    else:
+        encoding = "utf-8-sig"
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        except UnicodeDecodeError:
+            try:
+                codecs.getincrementaldecoder("gb18030")().decode(head, final=False)
+                encoding = "gb18030"
+            except UnicodeDecodeError:
+                pass  # read as UTF-8, so that the bad line is named
+    text_head = codecs.getincrementaldecoder(encoding)(errors="replace").decode(head, final=False)
+    sample = "\n".join(text_head.split("\n")[:HEADER_SEARCH_ROWS * 3])
+    counts = {delimiter: sample.count(delimiter) for delimiter in (",", "\t", ";")}
+    return encoding, max(counts, key=lambda delimiter: (counts[delimiter], delimiter == ",")), text_head
+
+
+def _encoding_problem(path: Path, encoding: str = "utf-8-sig") -> Problem:
+    if encoding not in ("utf-8-sig", "utf-8"):
+        return Problem(str(path), 1, "(file)", f"not {encoding.upper()} text throughout: save it as UTF-8 CSV")
     with open(path, "rb") as handle:
         for line_number, line in enumerate(handle, start=1):
             try:

@@ -201,11 +201,61 @@ def test_missing_required_column_and_unknown_column(engine, tmp_path):
     assert problems[0].startswith(f"{tmp_path / 'users.csv'}:1: role: missing required column")
 
 
-def test_wrong_encoding_is_named_with_its_line(engine, tmp_path):
-    write_csv(tmp_path / "users.csv", USERS_HEADER, USERS, encoding="gb18030")
+def _users(engine) -> dict[str, tuple]:
+    with engine.connect() as connection:
+        return {row.userid: (row.name, row.role) for row in connection.execute(select(User.userid, User.name, User.role))}
+
+
+def test_csv_as_excel_saves_it_in_gbk_utf16_or_with_semicolons_imports(engine, tmp_path):
+    header = ["企业微信ID", "姓名", "角色", "上级"]
+    rows = [["boss", "王总", "经理", ""], ["rep1", "张三", "销售", "boss"]]
+    expected = {"boss": ("王总", "manager"), "rep1": ("张三", "rep")}
+    # Excel's "CSV" on Chinese Windows is GBK; its "Unicode text" is UTF-16 with tabs; a
+    # European locale writes semicolons.
+    for name, encoding, delimiter in (("gbk", "gbk", ","), ("utf16", "utf-16", "\t"), ("semicolon", "utf-8", ";")):
+        path = tmp_path / name / "用户.csv"
+        path.parent.mkdir()
+        path.write_bytes("\r\n".join(delimiter.join(row) for row in [header, *rows]).encode(encoding) + b"")
+        result = run_import(engine, [path])
+        assert result.warnings == [] and result.kinds["users"].rows == 2, name
+        assert _users(engine) == expected, name
+
+
+def test_a_gbk_line_deep_in_a_utf8_file_is_named_with_its_line(engine, tmp_path):
+    rows = [[f"rep{i}", "A" * 40, "rep", "", "", ""] for i in range(2_000)]  # past the sniffed head
+    write_csv(tmp_path / "users.csv", USERS_HEADER, rows)
+    with open(tmp_path / "users.csv", "ab") as handle:
+        handle.write("rep_x,张三,rep,,,\r\n".encode("gb18030"))
     problems = _import_fails(engine, [tmp_path / "users.csv"])
-    assert problems == [f"{tmp_path / 'users.csv'}:2: (file): not UTF-8 text (it looks like GBK/GB18030, "
+    assert problems == [f"{tmp_path / 'users.csv'}:2002: (file): not UTF-8 text (it looks like GBK/GB18030, "
                         "as Excel saves in Chinese Windows: save it as UTF-8 CSV)"]
+
+
+def test_a_title_above_the_header_is_skipped_with_a_warning(engine, tmp_path):
+    path = tmp_path / "csv" / "users.csv"
+    path.parent.mkdir()
+    path.write_text("2026年11月 销售团队名单\n\n" + "\n".join(",".join(row) for row in [USERS_HEADER, *USERS])
+                    + "\nrep_c,王五,nobody,boss,,\n", encoding="utf-8")
+    problems = _import_fails(engine, [path])
+    # Lines are still those of the file.
+    assert problems == [f"{path}:8: role: must be one of rep, manager, agent, admin: 'nobody'"]
+    path.write_text(path.read_text(encoding="utf-8").replace("nobody", "rep"), encoding="utf-8")
+    result = run_import(engine, [path])
+    assert result.warnings == [f"{path}: the header is on line 3; lines 1–2 above it (a title?) are ignored"]
+    assert len(_users(engine)) == len(USERS) + 1
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["销售团队名单"])
+    sheet.append(USERS_HEADER)
+    for row in USERS:
+        sheet.append(row)
+    sheet.append(["rep_d", "赵六", "rep", "boss", "", ""])
+    book.save(tmp_path / "users.xlsx")
+    result = run_import(engine, [tmp_path / "users.xlsx"])
+    assert result.warnings == [f"{tmp_path / 'users.xlsx'}: the header is on line 2; line 1 above it (a title?) "
+                               "is ignored"]
+    assert result.kinds["users"].new == 1
 
 
 def test_unrecognised_file_name_and_missing_path(engine, tmp_path):
