@@ -241,8 +241,8 @@ _NAME_SEPARATOR = re.compile(r"[-_ .0-9]")
 
 def kind_of_file(path: Path) -> FileKind | None:
     """`orders.csv`, `orders_2025.xlsx`, `orders2025.csv`, `订单-华东.csv`, `2025订单.xlsx`,
-    `华东-订单.csv` → ORDERS; anything else → None. A name at the start wins over one at
-    the end (`users-orders.csv` holds users)."""
+    `华东-订单.csv`, `订单明细.xlsx`, `客户订单.csv` → ORDERS; anything else → None. A name
+    at the start wins over one at the end (`users-orders.csv` holds users)."""
     stem = path.stem.lower()
     names = [(kind, name) for kind in FILE_KINDS for name in (kind.name, *kind.file_aliases)]
     for kind, name in names:
@@ -251,7 +251,9 @@ def kind_of_file(path: Path) -> FileKind | None:
     for kind, name in names:
         if len(stem) > len(name) and stem.endswith(name) and _NAME_SEPARATOR.match(stem[-len(name) - 1]):
             return kind
-    return None
+    # Chinese names run words together (订单明细, 客户列表, 客户活动记录): the last kind named wins.
+    found = [(stem.rfind(name), kind) for kind in FILE_KINDS for name in kind.file_aliases if name in stem]
+    return max(found, key=lambda item: item[0])[1] if found else None
 
 
 def header_names(kind: FileKind) -> dict[str, str]:

@@ -215,7 +215,7 @@ def test_csv_as_excel_saves_it_in_gbk_utf16_or_with_semicolons_imports(engine, t
     for name, encoding, delimiter in (("gbk", "gbk", ","), ("utf16", "utf-16", "\t"), ("semicolon", "utf-8", ";")):
         path = tmp_path / name / "用户.csv"
         path.parent.mkdir()
-        path.write_bytes("\r\n".join(delimiter.join(row) for row in [header, *rows]).encode(encoding) + b"")
+        path.write_bytes("\r\n".join(delimiter.join(row) for row in [header, *rows]).encode(encoding))
         result = run_import(engine, [path])
         assert result.warnings == [] and result.kinds["users"].rows == 2, name
         assert _users(engine) == expected, name
@@ -272,10 +272,13 @@ def test_a_file_is_known_by_its_kind_at_either_end_of_its_name_beside_a_year():
 
     named = {name: getattr(kind_of_file(Path(name)), "name", None)
              for name in ("orders2025.csv", "订单2025.xlsx", "2025订单.csv", "华东-订单.csv", "orders_2025.xlsx",
-                          "users-orders.csv", "preorders.csv", "stuff.csv", "orderstuff.csv")}
+                          "users-orders.csv", "preorders.csv", "stuff.csv", "orderstuff.csv", "订单明细.xlsx",
+                          "客户订单.csv", "客户列表.xlsx", "客户活动记录.csv", "销售名单.csv")}
     assert named == {"orders2025.csv": "orders", "订单2025.xlsx": "orders", "2025订单.csv": "orders",
                      "华东-订单.csv": "orders", "orders_2025.xlsx": "orders", "users-orders.csv": "users",
-                     "preorders.csv": None, "stuff.csv": None, "orderstuff.csv": None}
+                     "preorders.csv": None, "stuff.csv": None, "orderstuff.csv": None, "订单明细.xlsx": "orders",
+                     "客户订单.csv": "orders", "客户列表.xlsx": "customers", "客户活动记录.csv": "activities",
+                     "销售名单.csv": None}
 
 
 def test_chinese_headers_and_values_are_accepted(engine, tmp_path):
