@@ -48,6 +48,7 @@ from storage.schema_files import (
     USERS,
     FileKind,
     header_names,
+    in_ten_thousands,
     kind_of_file,
     normalise_header,
 )
@@ -201,6 +202,8 @@ class _FileReader:
         self.log = log
         self.warnings = warnings
         self.name = str(source.path)
+        # Money columns whose header puts them in 万 (金额（万元）): each amount is read so.
+        self.in_wan: list[str] = []
         # Positions of header cells left blank: a value under one is warned of, once per file.
         self.unheaded: set[int] = set()
         self.unheaded_warned = False
@@ -230,6 +233,8 @@ class _FileReader:
                 continue
             seen[canonical] = label
             mapping[position] = canonical
+            if in_ten_thousands(label) and self.source.kind.column(canonical).kind == "money":
+                self.in_wan.append(canonical)
         for column in self.source.kind.columns:
             if column.required and column.name not in seen and not (records and column.name != self.source.kind.key):
                 spellings = ", ".join((column.name, *column.aliases[:3]))
@@ -239,6 +244,15 @@ class _FileReader:
             self.log.add(problems)
             return None
         return mapping
+
+    def _named(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """A batch of file cells under their canonical names; amounts of a 万 column marked
+        so (12.5 → 12.5万, which the validator reads as 125,000)."""
+        for column in self.in_wan:
+            cells = frame[column]
+            plain = cells.str.strip().ne("") & ~cells.str.strip().str.endswith(("万", "元"))
+            frame[column] = cells.where(~plain, cells.str.strip() + "万")
+        return frame
 
     def _warn_unheaded(self, line: int, position: int, value) -> None:
         self.unheaded_warned = True
@@ -328,7 +342,7 @@ class _FileReader:
                             return
                         chunk, lines = chunk.iloc[1:], lines[1:]
                     self._check_unheaded(chunk, lines)
-                    frame = chunk[list(mapping)].rename(columns=mapping)
+                    frame = self._named(chunk[list(mapping)].rename(columns=mapping))
                     yield _Batch(frame.reset_index(drop=True), lines)
             except UnicodeDecodeError:
                 self.log.add([_encoding_problem(path, encoding)])
@@ -431,12 +445,13 @@ class _FileReader:
                 lines.append(line)
                 if len(buffer) >= self.batch_rows:
                     bar.update(len(buffer))
-                    yield _Batch(pd.DataFrame(buffer, columns=list(mapping.values()), dtype=str),
+                    yield _Batch(self._named(pd.DataFrame(buffer, columns=list(mapping.values()), dtype=str)),
                                  np.array(lines))
                     buffer, lines = [], []
             if buffer:
                 bar.update(len(buffer))
-                yield _Batch(pd.DataFrame(buffer, columns=list(mapping.values()), dtype=str), np.array(lines))
+                yield _Batch(self._named(pd.DataFrame(buffer, columns=list(mapping.values()), dtype=str)),
+                             np.array(lines))
             bar.close()
         finally:
             book.close()

@@ -265,5 +265,16 @@ def header_names(kind: FileKind) -> dict[str, str]:
     return names
 
 
+# A currency unit after a header (金额（元）, Amount (CNY), 金额(万元)): the column is the same.
+_UNIT = re.compile(r"[（(]\s*(万元|万|元|人民币|rmb|cny|¥|￥)\s*[)）]$", re.IGNORECASE)
+
+
 def normalise_header(text: str) -> str:
-    return re.sub(r"[\s_]+", "", str(text)).strip().lower().lstrip("\ufeff")
+    plain = re.sub(r"[\s_]+", "", str(text)).strip().lower().lstrip("\ufeff")
+    return _UNIT.sub("", plain) or plain
+
+
+def in_ten_thousands(text: str) -> bool:
+    """A header saying its amounts are in 万 (ten thousand yuan): 金额（万元）."""
+    unit = _UNIT.search(re.sub(r"\s+", "", str(text)))
+    return unit is not None and unit.group(1).startswith("万")

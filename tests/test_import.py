@@ -221,6 +221,17 @@ def test_csv_as_excel_saves_it_in_gbk_utf16_or_with_semicolons_imports(engine, t
         assert _users(engine) == expected, name
 
 
+def test_a_currency_unit_in_a_header_is_understood(engine, tmp_path):
+    write_csv(tmp_path / "users.csv", USERS_HEADER, USERS)
+    write_csv(tmp_path / "customers.csv", ["customer_id", "name", "owner_userid"], [["K1", "华东机械", "rep_a"]])
+    write_csv(tmp_path / "orders.csv", ["订单编号", "客户编号", "下单日期", "金额（万元）", "成本 (元)"],
+              [["D1", "K1", "2026-03-01", "12.5", "800"], ["D2", "K1", "2026-03-02", "3万", "¥1,000"]])
+    run_import(engine, [tmp_path])
+    with engine.connect() as connection:
+        orders = connection.execute(select(Order.amount, Order.cost).order_by(Order.order_id)).all()
+    assert [tuple(row) for row in orders] == [(125_000.0, 800.0), (30_000.0, 1_000.0)]
+
+
 def test_a_gbk_line_deep_in_a_utf8_file_is_named_with_its_line(engine, tmp_path):
     rows = [[f"rep{i}", "A" * 40, "rep", "", "", ""] for i in range(2_000)]  # past the sniffed head
     write_csv(tmp_path / "users.csv", USERS_HEADER, rows)
