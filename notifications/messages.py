@@ -85,8 +85,15 @@ def delivery_failures(items: list[dict[str, Any]], lang: str) -> str:
     return _fitted(f"push/delivery_failures.{lang}.j2", items, items=items)
 
 
+def ticket_notices(kind: str, items: list[dict[str, Any]], lang: str) -> str:
+    """Several breach (or warning) notices for one person at once, as one list."""
+    return _fitted(f"push/ticket_notices.{lang}.j2", items, kind=kind, items=items)
+
+
 def summary_for(kind: str, items: list[dict[str, Any]], lang: str) -> tuple[str, dict[str, Any]]:
     """(msgtype, body) of the one message that stands for several batched rows."""
+    if kind in ("ticket_breach", "ticket_warning"):
+        return "markdown", {"content": ticket_notices(kind.removeprefix("ticket_"), items, lang)}
     if kind == "churn_alert":
         return "markdown", {"content": churn_alert(items, lang)}
     if kind == "delivery_failure":

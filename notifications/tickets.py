@@ -204,11 +204,18 @@ def _item(ticket: Any, settings: TicketSettings, **extra: Any) -> dict[str, Any]
 REP_NOTICES = ("self_service", "assigned", "star_breach", "urgent")
 
 
+# Notices one person may get many of in one pass (a lead when a queue falls behind): sent
+# together, they go as one list (notifications.dispatcher batches by key).
+LISTED_NOTICES = ("breach", "warning")
+
+
 def _notice(userid: str, kind: str, item: dict, settings: TicketSettings, origin: str, now: datetime,
             links: list | None = None) -> dict[str, Any]:
     body = {"content": messages.ticket_notice(kind, item, settings.language, links)}
     hold = settings.hold_until(now, userid) if kind in REP_NOTICES else None
-    return outbox_row([userid], "markdown", body, origin=origin, kind=f"ticket_{kind}", not_before=hold, now=now)
+    listed = kind in LISTED_NOTICES
+    return outbox_row([userid], "markdown", body, origin=origin, kind=f"ticket_{kind}", not_before=hold, now=now,
+                      batch_key=f"ticket_{kind}:{userid}" if listed else None, batch_item=item if listed else None)
 
 
 # ------------------------------------------------------------------ 1–3: routes

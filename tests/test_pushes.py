@@ -359,3 +359,32 @@ def test_a_nightly_run_does_not_undo_a_newer_incremental_change(engine, config, 
                                      .where(TierChange.customer_id == "QM1", TierChange.from_tier.is_not(None))).all()
         tier = connection.execute(select(Customer.tier).where(Customer.customer_id == "QM1")).scalar()
     assert [tuple(change) for change in history] == [("question_mark", "star")] and tier == "star"
+
+
+async def test_breaches_that_fall_due_together_reach_the_lead_as_one_list(engine, config, make_dispatcher, emulator,
+                                                                          clock):
+    from notifications.tickets import TicketSettings, process_tickets
+
+    run_import(engine, [], records={"users": [
+        {"userid": f"u{i}", "name": f"客服{i}", "role": "agent", "manager_userid": "boss", "queues": "expert|standard"}
+        for i in range(2)]})
+    settings = TicketSettings.from_config(config)
+    opened = (clock.utc() + timedelta(hours=8)).replace(tzinfo=None).isoformat(timespec="seconds")
+    run_import(engine, [], records={"tickets": [
+        {"ticket_id": f"T{i}", "customer_id": "STAR1", "subject": f"问题{i}", "opened_at": opened} for i in range(6)]})
+    process_tickets(engine, settings, clock.utc())
+    dispatcher = await make_dispatcher()
+    await dispatcher.drain()
+    state = state_of(emulator)
+    state.clear()
+
+    breached = process_tickets(engine, settings, clock.utc() + timedelta(hours=3)).breached
+    await dispatcher.drain()
+
+    assert breached == 6
+    to_lead = state.messages_for("boss")
+    assert len(to_lead) == 1, [m.payload for m in to_lead]
+    content = to_lead[0].payload["markdown"]["content"]
+    assert content.startswith("**6 张工单已超时（升级）**")
+    assert all(f"#T{i} " in content for i in range(6)) and len(content.encode()) <= 2048
+    assert outbox_counts(engine).get("pending", 0) == 0
