@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from handlers.paging import fit_page, remember
@@ -239,9 +239,14 @@ async def open_ticket(ctx: CommandContext) -> Reply:
     subject = " ".join(words)[:MAX_SUBJECT]
     if not subject:
         return Reply(render(f"chat/ticket_usage.{ctx.lang}.j2", which="open"), msgtype="text")
+    # One transaction from the look for the same ticket to the new one's insert: the same
+    # message sent twice at once (a double tap, a retry) opens one ticket.
     async with ctx.services.db.begin() as connection:
+        await _one_at_a_time(connection, ctx.asker.userid, customer["customer_id"], subject)
         same = await _same_open_ticket(connection, ctx, customer["customer_id"], subject)
-        if same is not None and severity is not None and severity != same[2]:
+        if same is None:
+            ticket_id = await _insert_ticket(connection, ctx, customer["customer_id"], subject, severity)
+        elif severity is not None and severity != same[2]:
             # Sent again to escalate it: the new severity counts, and the router routes it again.
             await connection.execute(update(Ticket).where(Ticket.ticket_id == same[0]).values(severity=severity))
     if same is not None:
@@ -252,7 +257,6 @@ async def open_ticket(ctx: CommandContext) -> Reply:
                                  severity=severity, before=before), msgtype="text")
         return Reply(_result(ctx, "same_ticket", ticket_id=same_id, customer_name=customer["name"],
                              at=_local(ctx.services, opened)), msgtype="text")
-    ticket_id = await _insert_ticket(ctx, customer["customer_id"], subject, severity)
     _wake_tickets(ctx.services)
     return Reply(render(f"chat/ticket_created.{ctx.lang}.j2", ticket_id=ticket_id, customer=customer,
                         severity=severity, subject=subject), msgtype="text")
@@ -340,14 +344,23 @@ def new_ticket_id(local_now: datetime, digits: int = 4) -> str:
     return f"T{local_now:%y%m%d}{secrets.randbelow(10 ** digits):0{digits}d}"
 
 
-async def _insert_ticket(ctx: CommandContext, customer_id: str, subject: str, severity: str | None) -> str:
+async def _one_at_a_time(connection, *key: str) -> None:
+    """Holds the rest of the transaction until any other one with the same key has ended.
+    On PostgreSQL a transaction-scoped advisory lock; SQLite needs none, since the service
+    has one connection to it and its transactions run one after another."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(select(func.pg_advisory_xact_lock(func.hashtext("\x1f".join(key)))))
+
+
+async def _insert_ticket(connection, ctx: CommandContext, customer_id: str, subject: str,
+                         severity: str | None) -> str:
     local_now = ctx.services.now().astimezone(ctx.services.config.tz)
     for attempt in range(8):
         ticket_id = new_ticket_id(local_now, 4 if attempt < 4 else 6)
+        if await queries.ticket_ids_taken(connection, [ticket_id]):
+            continue
         try:
-            async with ctx.services.db.begin() as connection:
-                if await queries.ticket_ids_taken(connection, [ticket_id]):
-                    continue
+            async with connection.begin_nested():  # a clash undoes this insert, not the transaction
                 await connection.execute(Ticket.__table__.insert().values(
                     ticket_id=ticket_id, customer_id=customer_id, opened_at=local_now.replace(tzinfo=None),
                     subject=subject, severity=severity, status="open", source="chat", opened_by=ctx.asker.userid))

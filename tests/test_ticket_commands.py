@@ -196,6 +196,16 @@ async def test_the_same_problem_sent_twice_gets_the_open_ticket_back_and_odd_sev
         assert len(connection.execute(select(Ticket.ticket_id)).all()) == 3
 
 
+async def test_the_same_problem_sent_twice_at_once_opens_one_ticket(bot, peer, engine):
+    import asyncio
+
+    answers = await asyncio.gather(*(say(bot, peer, "rep_a", "工单 星辰半导体 接口超时") for _ in range(4)))
+    with engine.connect() as connection:
+        opened = connection.execute(select(Ticket.ticket_id).where(Ticket.subject == "接口超时")).scalars().all()
+    assert len(opened) == 1, answers
+    assert sum("无需重复提交" in answer for answer in answers) == 3
+
+
 async def test_opening_needs_a_visible_customer_and_a_description(bot, peer, engine):
     # STAR1 is rep_a's: to rep_b it does not exist.
     assert await say(bot, peer, "rep_b", "工单 星辰半导体 系统无法登录") == "没有找到客户「星辰半导体」。请检查名称或编号。"
