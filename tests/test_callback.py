@@ -408,3 +408,20 @@ async def test_the_card_gives_the_day_a_tier_was_assigned_in_the_service_time_zo
                            .values(tier_since=datetime(2026, 11, 30, 17, 0, tzinfo=timezone.utc)))
     _, card = await _say(bot, peer, "boss", "客户 STAR1")
     assert "层级：明星客户（2026-12-01 定级）" in card
+
+
+async def test_a_typo_gets_the_command_it_was_probably_meant_to_be(bot, peer):
+    from handlers import router
+    from handlers.help import SUGGESTED
+    from handlers.registry import normalise
+
+    _, reply = await _say(bot, peer, "rep_a", "我的明星客胡")
+    assert reply == "没听懂「我的明星客胡」。您是不是想发「我的明星客户」？发送「帮助」查看全部命令。"
+    _, reply = await _say(bot, peer, "rep_a", "show my star custmers")
+    assert reply.startswith('I did not understand "show my star custmers". Did you mean "show my star customers"?')
+    _, reply = await _say(bot, peer, "rep_a", "流失预井")
+    assert "「流失预警」" in reply
+    _, reply = await _say(bot, peer, "rep_a", "今天天气怎么样")
+    assert "是不是" not in reply
+    # Every suggestion is a command as it stands.
+    assert [phrase for phrase in SUGGESTED if router.resolve(normalise(phrase)) is None] == []
