@@ -247,7 +247,8 @@ async def customer(ctx: CommandContext) -> Reply:
     catalogue = len(ctx.services.config.scoring.value_matrix.module_catalogue)
     async with ctx.services.db.connect() as connection:
         owners = await _owners(ctx, connection)
-        matches = await queries.find_customers(connection, owners, query, limit=DID_YOU_MEAN + 1)
+        also = await queries.ticket_customers(connection, ctx.asker.userid) if ctx.asker.role == "agent" else None
+        matches = await queries.find_customers(connection, owners, query, limit=DID_YOU_MEAN + 1, also=also)
         if not matches:
             return Reply(render(f"chat/not_found.{ctx.lang}.j2", query=query), msgtype="text")
         if len(matches) > 1:
@@ -255,7 +256,7 @@ async def customer(ctx: CommandContext) -> Reply:
             return Reply(render(f"chat/did_you_mean.{ctx.lang}.j2", query=query, matches=shown,
                                 more=len(matches) > DID_YOU_MEAN))
         run_id = await _latest_run(ctx, connection)
-        detail = await queries.customer_detail(connection, owners, matches[0]["customer_id"], run_id)
+        detail = await queries.customer_detail(connection, owners, matches[0]["customer_id"], run_id, also=also)
     snapshot = detail.pop("snapshot")
     if detail.get("tier_since"):
         # The day in the service's time zone, as the scoring day is: a run at 01:00 in Shanghai is still

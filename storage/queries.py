@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, literal, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.models import Customer, Order, ScoreRun, ScoreSnapshot, User
+from storage.models import Customer, FollowUpTask, Order, ScoreRun, ScoreSnapshot, Ticket, User
 from storage.scores import SnapshotPart, StoredSnapshot
 
 EVERYONE = None  # visible owners of an admin: no filter
@@ -136,11 +136,25 @@ def _like_escape(term: str) -> str:
     return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-async def find_customers(connection: AsyncConnection, owners: list[str] | None, query: str,
-                         limit: int = 8) -> list[dict[str, Any]]:
-    """Visible customers matching `query`: the exact id or name first, then names that
-    contain it, then names that contain its characters in order (华为 → 华为技术, 华X为)."""
+async def ticket_customers(connection: AsyncConnection, agent: str) -> list[str]:
+    """The customers of the tickets in an agent's hands (open or accepted): an agent looks
+    them up while working on one, though they own no customer."""
+    return list((await connection.execute(
+        select(Ticket.customer_id).distinct().where(Ticket.assignee_userid == agent,
+                                                    Ticket.status.in_(("open", "accepted"))))).scalars())
+
+
+def _visible(owners: list[str] | None, also: list[str] | None = None):
     visible = _owned_by(owners)
+    return or_(visible, Customer.customer_id.in_(also)) if also else visible
+
+
+async def find_customers(connection: AsyncConnection, owners: list[str] | None, query: str,
+                         limit: int = 8, also: list[str] | None = None) -> list[dict[str, Any]]:
+    """Visible customers matching `query`: the exact id or name first, then names that
+    contain it, then names that contain its characters in order (华为 → 华为技术, 华X为).
+    `also`: customers visible besides those of `owners` (ticket_customers)."""
+    visible = _visible(owners, also)
     columns = (Customer.customer_id, Customer.name)
     exact = await connection.execute(
         select(*columns).where(visible, or_(func.lower(Customer.customer_id) == query.lower(),
@@ -160,12 +174,12 @@ async def find_customers(connection: AsyncConnection, owners: list[str] | None, 
 
 
 async def customer_detail(connection: AsyncConnection, owners: list[str] | None, customer_id: str,
-                          run_id: int | None) -> dict[str, Any] | None:
+                          run_id: int | None, also: list[str] | None = None) -> dict[str, Any] | None:
     row = (await connection.execute(
         select(Customer.customer_id, Customer.name, Customer.owner_userid, Customer.industry, Customer.tier,
                Customer.tier_since, User.name.label("owner_name"))
         .outerjoin(User, User.userid == Customer.owner_userid)
-        .where(Customer.customer_id == customer_id, _owned_by(owners)))).first()
+        .where(Customer.customer_id == customer_id, _visible(owners, also)))).first()
     if row is None:
         return None
     detail = dict(row._mapping)
@@ -199,8 +213,6 @@ CARD_TASKS = 3
 async def _open_work(connection: AsyncConnection, customer_id: str) -> dict[str, Any]:
     """What is open on a customer, for its card: the follow-up tasks (soonest due first, a
     few) with whose they are, and its open tickets with the most urgent one."""
-    from storage.models import FollowUpTask, Ticket
-
     tasks = (await connection.execute(
         select(FollowUpTask.id, FollowUpTask.title_zh, FollowUpTask.title_en, FollowUpTask.due_date,
                FollowUpTask.snoozed_until, FollowUpTask.owner_userid, User.name.label("owner_name"))
@@ -341,8 +353,6 @@ async def team_tiers(connection: AsyncConnection, owners: list[str] | None,
 
 async def team_tasks(connection: AsyncConnection, owners: list[str] | None, today: date) -> dict[str, dict[str, int]]:
     """owner → {"open", "overdue"}: open follow-up tasks and those due before `today`."""
-    from storage.models import FollowUpTask
-
     overdue = func.sum(case((FollowUpTask.due_date < today, 1), else_=0))
     query = (select(FollowUpTask.owner_userid, func.count(), overdue)
              .where(FollowUpTask.status == "open").group_by(FollowUpTask.owner_userid))
@@ -367,8 +377,6 @@ TICKETS_OPEN = ("self_service", "open", "accepted")
 
 
 def _ticket_priority_order():
-    from storage.models import Ticket
-
     priority = func.coalesce(Ticket.priority, Ticket.severity)
     return case((priority == "P1", 1), (priority == "P2", 2), (priority == "P3", 3), else_=4)
 
@@ -376,8 +384,6 @@ def _ticket_priority_order():
 def _ticket_scope(owners: list[str] | None, queues: list[str] = ()):
     """A manager's tickets: their team's customers', those handled by their team's agents,
     and every ticket of the queues they lead (waiting ones too); an admin's: all."""
-    from storage.models import Ticket
-
     if owners is EVERYONE:
         return literal(True)
     scope = [Customer.owner_userid.in_(owners), Ticket.assignee_userid.in_(owners)]
@@ -410,8 +416,6 @@ async def exact_customers(connection: AsyncConnection, owners: list[str] | None,
 
 
 async def ticket_ids_taken(connection: AsyncConnection, ticket_ids: list[str]) -> set[str]:
-    from storage.models import Ticket
-
     rows = await connection.execute(select(Ticket.ticket_id).where(Ticket.ticket_id.in_(ticket_ids)))
     return {row[0] for row in rows}
 
@@ -420,8 +424,6 @@ async def ticket_by_id(connection: AsyncConnection, typed: str) -> dict[str, Any
     """The ticket `typed` names (as typed, else upper or lower case: chat lower-cases
     nothing, but people do), with its customer's name, owner and current tier. Not
     permission-scoped: the caller decides whether the asker may act on it."""
-    from storage.models import Ticket
-
     spellings = list(dict.fromkeys((typed, typed.upper(), typed.lower())))
     rows = (await connection.execute(
         select(Ticket.__table__, Customer.name.label("customer_name"), Customer.owner_userid,
@@ -464,8 +466,6 @@ async def ticket_list(connection: AsyncConnection, *, assignee: str | None = Non
     """A page of tickets by priority, then first-response deadline, and the total count:
     an agent's own open and accepted ones (`assignee`), else the open ones (self-service
     included) of the customers `owners` see (see _ticket_scope)."""
-    from storage.models import Ticket
-
     if assignee is not None:
         where = and_(Ticket.assignee_userid == assignee, Ticket.status.in_(("open", "accepted")))
     else:
@@ -489,8 +489,6 @@ async def ticket_list(connection: AsyncConnection, *, assignee: str | None = Non
 
 async def open_ticket_count(connection: AsyncConnection, assignee: str) -> int:
     """Tickets waiting for `assignee` to accept them."""
-    from storage.models import Ticket
-
     return (await connection.execute(select(func.count()).select_from(Ticket).where(
         Ticket.assignee_userid == assignee, Ticket.status == "open"))).scalar_one()
 
@@ -509,8 +507,6 @@ async def ticket_report(connection: AsyncConnection, owners: list[str] | None, s
     `utc_offsets` — [(local boundary, offset seconds), ...]: the offset in force before each
     boundary, the last one's boundary None (see handlers.tickets.utc_offsets)."""
     from sqlalchemy import DateTime as _DateTime
-
-    from storage.models import Ticket
 
     due, accepted = Ticket.first_response_due, Ticket.accepted_at
     judged = and_(due.is_not(None), or_(accepted.is_not(None), Ticket.breached_at.is_not(None), due <= now_utc))

@@ -444,6 +444,21 @@ async def test_an_agent_asking_for_their_customers_is_pointed_to_their_tickets(b
     assert "星辰" not in await say(bot, peer, "ag1", "我的客户")
 
 
+async def test_an_agent_opens_the_customer_of_a_ticket_in_their_hands_and_no_other(bot, peer, company, engine):
+    opened = MONDAY_10.replace(tzinfo=None).isoformat(timespec="seconds")
+    run_import(engine, [], records={"tickets": [{"ticket_id": "T-CARD", "customer_id": "STAR1", "subject": "停机",
+                                                 "opened_at": opened, "severity": "P1"}]})
+    route(engine, company)
+    agent = ticket_row(engine, "T-CARD")["assignee_userid"]
+    other = next(userid for userid in ("ag1", "ag2") if userid != agent)
+    card = await say(bot, peer, agent, "客户 星辰半导体")
+    assert card.startswith("星辰半导体股份有限公司（STAR1）") and "#T-CARD" in card
+    assert (await say(bot, peer, other, "客户 星辰半导体")).startswith("没有找到")
+    assert (await say(bot, peer, agent, "客户 COW1")).startswith("没有找到")  # not one of their tickets
+    await say(bot, peer, agent, "解决 T-CARD 已重启")
+    assert (await say(bot, peer, agent, "客户 星辰半导体")).startswith("没有找到")
+
+
 async def test_a_crm_ticket_number_with_dots_and_slashes_is_typed_and_clicked_as_is(bot, peer, company, engine):
     opened = MONDAY_10.replace(tzinfo=None).isoformat(timespec="seconds")
     with pytest.raises(ImportFailed) as refused:
