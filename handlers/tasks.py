@@ -25,15 +25,17 @@ from notifications.workdays import WorkCalendar
 from storage.models import FollowUpTask, OutboxMessage, TierChange
 
 PAGE_SIZE = 15
-# 「延后 N」 without an amount: a day; more than a year is surely a typo.
+# 「延后 N」 without an amount: a day. A follow-up put off for longer than two months is
+# one nobody means to do: it would drop out of the team's overdue list for a season.
 DEFAULT_SNOOZE_DAYS = 1
-MAX_SNOOZE_DAYS = 365
+MAX_SNOOZE_DAYS = 60
 # WeCom's outbox origin column is 160 characters; longer response codes are hashed.
 _ORIGIN_CHARS = 160
 
 _ID = r"#?\s*(?P<task>\d{1,9})"
 _DAY_UNITS = {"天": 1, "日": 1, "d": 1, "day": 1, "days": 1,
-              "周": 7, "星期": 7, "礼拜": 7, "w": 7, "wk": 7, "wks": 7, "week": 7, "weeks": 7}
+              "周": 7, "星期": 7, "礼拜": 7, "w": 7, "wk": 7, "wks": 7, "week": 7, "weeks": 7,
+              "个月": 30, "月": 30, "month": 30, "months": 30}
 _CHINESE_NUMBERS = {"一": 1, "两": 2, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9, "十": 10}
 _AMOUNT = re.compile(r"(?P<n>\d{1,4}|[一两二三四五六七八九十])?\s*(?P<unit>%s)?(?:\s*(?:以后|之后|后|later))?" %
                      "|".join(sorted(map(re.escape, _DAY_UNITS), key=len, reverse=True)))
@@ -114,7 +116,8 @@ async def task_done(ctx: CommandContext) -> Reply:
 async def task_snooze(ctx: CommandContext) -> Reply:
     days = snooze_days(ctx.match.group("amount"))
     if days is None:
-        return Reply(render(f"chat/task_usage.{ctx.lang}.j2", which="snooze"), msgtype="text")
+        return Reply(render(f"chat/task_usage.{ctx.lang}.j2", which="snooze", max_days=MAX_SNOOZE_DAYS),
+                     msgtype="text")
     task_id = int(ctx.match.group("task"))
     today = today_of(ctx.services)
     async with ctx.services.db.begin() as connection:
@@ -129,7 +132,7 @@ async def task_snooze(ctx: CommandContext) -> Reply:
 @router.command("task_usage", r"(?:完成|延后|推迟|延期)(?:任务)?", r"done|complete|snooze|postpone")
 async def task_usage(ctx: CommandContext) -> Reply:
     which = "done" if ctx.text in ("完成", "完成任务", "done", "complete") else "snooze"
-    return Reply(render(f"chat/task_usage.{ctx.lang}.j2", which=which), msgtype="text")
+    return Reply(render(f"chat/task_usage.{ctx.lang}.j2", which=which, max_days=MAX_SNOOZE_DAYS), msgtype="text")
 
 
 def snooze_days(amount: str | None) -> int | None:

@@ -233,7 +233,8 @@ async def test_snooze_with_a_bad_amount_explains_the_form_and_changes_nothing(bo
 @pytest.mark.parametrize("amount, days", [
     ("", 1), ("3天", 3), ("3 天", 3), ("2日", 2), ("1周", 7), ("两周", 14), ("三天后", 3), ("5", 5), ("明天", 1),
     ("3d", 3), ("5 days", 5), ("1 day", 1), ("2w", 14), ("1 week", 7), ("weeks", 7), ("tomorrow", 1),
-    ("0天", None), ("366天", None), ("明年", None), ("3 months", None), ("-2d", None),
+    ("1个月", 30), ("2 months", 60), ("60天", 60),
+    ("0天", None), ("61天", None), ("366天", None), ("明年", None), ("3 months", None), ("-2d", None),
 ])
 def test_snooze_amounts(amount, days):
     assert snooze_days(amount) == days
