@@ -87,6 +87,15 @@ class CommandContext:
             return cased[self.match.start(group):self.match.end(group)].strip()
         return self.match.group(group).strip()
 
+    def typed_after(self, group: str, rest: str) -> str:
+        """Group `rest`, a free note after group `group` (a ticket or task number), exactly as
+        typed: full-width punctuation and spaces kept, a leading colon or comma dropped."""
+        typed = self.argument(group)
+        found = re.search(re.escape(typed), self.raw or "", re.IGNORECASE)
+        if found is None:  # typed in full-width letters: the normalised note will do
+            return self.argument(rest)
+        return self.raw[found.end():].strip().lstrip(":：,，").strip()
+
 
 @dataclass
 class ActionContext:

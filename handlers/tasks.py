@@ -99,12 +99,13 @@ async def _task_page(ctx: CommandContext, kind: str, offset: int) -> Reply:
 # ------------------------------------------------------------------ done / snooze by message
 
 
-@router.command("task_done", rf"(?:完成|已完成|搞定|做完)(?:了)?(?:任务)?\s*{_ID}",
-                rf"(?:done|complete|completed|finish|finished|close)(?: task)?\s*{_ID}")
+@router.command("task_done", rf"(?:完成|已完成|搞定|做完)(?:了)?(?:任务)?\s*{_ID}(?:\s*(?P<note>\D.*))?",
+                rf"(?:done|complete|completed|finish|finished|close)(?: task)?\s*{_ID}(?:\s+(?P<note>.+))?")
 async def task_done(ctx: CommandContext) -> Reply:
     task_id = int(ctx.match.group("task"))
+    note = ctx.typed_after("task", "note") if ctx.match.group("note") else ""
     async with ctx.services.db.begin() as connection:
-        text, state = await _complete(connection, ctx.asker.userid, task_id, ctx.lang)
+        text, state = await _complete(connection, ctx.asker.userid, task_id, ctx.services.now(), ctx.lang, note)
         greyed = await _grey_sent_cards(connection, ctx, task_id, state)
     if greyed:
         ctx.services.wake_dispatcher()
@@ -152,16 +153,19 @@ def snooze_days(amount: str | None) -> int | None:
     return days if 1 <= days <= MAX_SNOOZE_DAYS else None
 
 
-async def _complete(connection, userid: str, task_id: int, lang: str) -> tuple[str, str]:
-    """(answer, state) after marking the asker's task done; state names what the card's
-    button turns into: done, or gone when there is no such open task of theirs."""
+async def _complete(connection, userid: str, task_id: int, now: datetime, lang: str,
+                    note: str = "") -> tuple[str, str]:
+    """(answer, state) after marking the asker's task done (with `note`, what came of it);
+    state names what the card's button turns into: done, or gone when there is no such
+    open task of theirs."""
     found = await tasks.task_of(connection, userid, task_id)
     if found is not None and found[1] == "done":
         return render(f"chat/task_result.{lang}.j2", outcome="already_done", task=found[0]), "done"
-    if found is None or found[1] != "open" or not await tasks.complete(connection, userid, task_id):
+    if found is None or found[1] != "open" or not await tasks.complete(connection, userid, task_id, now, note):
         # Someone else's task, a cancelled one and an unknown number read the same.
         return render(f"chat/task_result.{lang}.j2", outcome="not_found", task_id=task_id), "gone"
-    return render(f"chat/task_result.{lang}.j2", outcome="done", task=found[0]), "done"
+    return render(f"chat/task_result.{lang}.j2", outcome="done", task=found[0],
+                  note=note[:tasks.MAX_DONE_NOTE]), "done"
 
 
 async def _snooze(connection, userid: str, task_id: int, today: date, days: int, lang: str) -> tuple[str, str]:
@@ -183,7 +187,7 @@ async def _snooze(connection, userid: str, task_id: int, today: date, days: int,
 async def done_button(ctx: ActionContext) -> Reply:
     task_id = int(ctx.match.group("task"))
     async with ctx.services.db.begin() as connection:
-        text, state = await _complete(connection, ctx.asker.userid, task_id, ctx.lang)
+        text, state = await _complete(connection, ctx.asker.userid, task_id, ctx.services.now(), ctx.lang)
         await queue_card_update(connection, ctx, state)
     ctx.services.wake_dispatcher()
     return Reply(text, msgtype="text")

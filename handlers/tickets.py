@@ -386,7 +386,7 @@ async def accept_ticket(ctx: CommandContext) -> Reply:
 @router.command("ticket_resolve", rf"(?:解决|已解决|结单|关单|解决工单)\s*{_TID}(?:\s*(?P<note>.+))?",
                 rf"(?:resolve|resolved|solve|solved)(?: ticket)?\s*{_TID}(?:\s+(?P<note>.+))?")
 async def resolve_ticket(ctx: CommandContext) -> Reply:
-    note = _typed_note(ctx) if ctx.match.group("note") else ""
+    note = ctx.typed_after("ticket", "note") if ctx.match.group("note") else ""
     queued = False
     async with ctx.services.db.begin() as connection:
         before = await queries.ticket_by_id(connection, ctx.argument("ticket"))
@@ -397,15 +397,6 @@ async def resolve_ticket(ctx: CommandContext) -> Reply:
     if queued:
         ctx.services.wake_dispatcher()
     return Reply(text, msgtype="text")
-
-
-def _typed_note(ctx: CommandContext) -> str:
-    """The note after the ticket number as typed (full-width punctuation kept)."""
-    typed = ctx.argument("ticket")
-    found = re.search(re.escape(typed), ctx.raw or "", re.IGNORECASE)
-    if found is None:  # typed in full-width letters: the normalised note will do
-        return ctx.argument("note")
-    return ctx.raw[found.end():].strip().lstrip(":：,，").strip()
 
 
 @router.command("ticket_transfer",

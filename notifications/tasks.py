@@ -105,11 +105,16 @@ async def task_of(connection: AsyncConnection, userid: str, task_id: int) -> tup
     return (_view(row), row.status) if row else None
 
 
-async def complete(connection: AsyncConnection, userid: str, task_id: int) -> bool:
-    """Mark done; False when it was not open (already done, or not this user's)."""
+# The longest note kept with a task done (FollowUpTask.done_note).
+MAX_DONE_NOTE = 500
+
+
+async def complete(connection: AsyncConnection, userid: str, task_id: int, now: datetime, note: str = "") -> bool:
+    """Mark done at `now`, with what the rep said came of it; False when it was not open
+    (already done, or not this user's)."""
     result = await connection.execute(update(FollowUpTask).where(
         FollowUpTask.id == task_id, FollowUpTask.owner_userid == userid, FollowUpTask.status == "open")
-        .values(status="done", done_at=datetime.now(timezone.utc)))
+        .values(status="done", done_at=now.astimezone(timezone.utc), done_note=note[:MAX_DONE_NOTE] or None))
     return bool(result.rowcount)
 
 

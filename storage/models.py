@@ -465,6 +465,8 @@ class FollowUpTask(Base):
     due_date: Mapped[date] = mapped_column(Date)
     status: Mapped[str] = mapped_column(String(16), default="open", server_default="open")
     done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What the rep typed after 「完成 N」: the outcome, for whoever opens the customer next.
+    done_note: Mapped[str | None] = mapped_column(String(500))
     snoozed_until: Mapped[date | None] = mapped_column(Date)
     # Inputs of the priority formula (notifications.tasks.priority) as of the task's run.
     tier: Mapped[str | None] = mapped_column(String(16))

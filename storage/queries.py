@@ -212,7 +212,8 @@ CARD_TASKS = 3
 
 async def _open_work(connection: AsyncConnection, customer_id: str) -> dict[str, Any]:
     """What is open on a customer, for its card: the follow-up tasks (soonest due first, a
-    few) with whose they are, and its open tickets with the most urgent one."""
+    few) with whose they are, its open tickets with the most urgent one, and the follow-up
+    done last with what the rep noted came of it."""
     tasks = (await connection.execute(
         select(FollowUpTask.id, FollowUpTask.title_zh, FollowUpTask.title_en, FollowUpTask.due_date,
                FollowUpTask.snoozed_until, FollowUpTask.owner_userid, User.name.label("owner_name"))
@@ -224,7 +225,14 @@ async def _open_work(connection: AsyncConnection, customer_id: str) -> dict[str,
         .outerjoin(User, User.userid == Ticket.assignee_userid)
         .where(Ticket.customer_id == customer_id, Ticket.status.in_(("self_service", "open", "accepted")))
         .order_by(func.coalesce(Ticket.priority, Ticket.severity, "P3"), Ticket.opened_at))).all()
+    last_done = (await connection.execute(
+        select(FollowUpTask.id, FollowUpTask.title_zh, FollowUpTask.title_en, FollowUpTask.done_at,
+               FollowUpTask.done_note, FollowUpTask.owner_userid, User.name.label("owner_name"))
+        .outerjoin(User, User.userid == FollowUpTask.owner_userid)
+        .where(FollowUpTask.customer_id == customer_id, FollowUpTask.status == "done")
+        .order_by(FollowUpTask.done_at.desc().nulls_last(), FollowUpTask.id.desc()).limit(1))).first()
     return {"open_tasks": [{**row._mapping, "due_date": _as_date(row.due_date)} for row in tasks[:CARD_TASKS]],
+            "last_done": dict(last_done._mapping) if last_done else None,
             "open_task_count": len(tasks),
             "open_tickets": len(tickets), "first_ticket": dict(tickets[0]._mapping) if tickets else None}
 

@@ -192,6 +192,25 @@ async def test_done_marks_the_task_done_and_names_it(bot, peer, engine):
     assert f"#{task} " not in await say(bot, peer, "rep_a", "今日任务")
 
 
+async def test_what_a_rep_says_came_of_a_task_is_kept_and_shown_on_the_customer_card(bot, peer, engine):
+    visit = add_task(engine, "STAR1", "rep_a", TODAY, tier="star", title="安排高层拜访")
+    call = add_task(engine, "COW1", "rep_a", TODAY, tier="cash_cow", title="续约提醒")
+    reply = await say(bot, peer, "rep_a", f"完成 {visit}，客户同意续约两年（下周签）")
+    assert reply.endswith("备注：客户同意续约两年（下周签）（查客户时可见）")
+    assert task_row(engine, visit)["done_note"] == "客户同意续约两年（下周签）"
+    card = await say(bot, peer, "rep_a", "客户 STAR1")
+    assert "最近跟进：11-20 张三 完成「安排高层拜访」：客户同意续约两年（下周签）" in card
+    # English, and a task done without a note reads without one.
+    assert (await say(bot, peer, "rep_a", f"done {call} Renewed, 3 seats more")).endswith(
+        "Note: Renewed, 3 seats more (shown on the customer card)")
+    assert 'Last follow-up: 张三 did "续约提醒 (en)" on 11-20: Renewed, 3 seats more' in await say(
+        bot, peer, "rep_a", "customer COW1")
+    plain = add_task(engine, "STAR1", "rep_a", TODAY, tier="star", title="寄送样品")
+    assert await say(bot, peer, "rep_a", f"完成 {plain}") == f"已完成任务 #{plain}（星辰半导体股份有限公司）：寄送样品"
+    assert task_row(engine, plain)["done_note"] is None
+    assert "最近跟进：11-20 张三 完成「寄送样品」\n" in await say(bot, peer, "rep_a", "客户 STAR1")
+
+
 async def test_someone_elses_task_reads_like_no_task_and_stays_open(bot, peer, engine):
     task = add_task(engine, "STAR1", "rep_a", TODAY, tier="star")
     theirs = await say(bot, peer, "rep_b", f"完成 {task}")
