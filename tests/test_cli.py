@@ -241,9 +241,13 @@ def test_ctrl_c_during_an_import_says_whether_it_was_saved(cli, tmp_path, databa
 
     event.listen(Engine, "before_cursor_execute", before_execute)
     event.listen(Engine, "commit", on_commit)
+    # Ctrl-C as in a fresh `python -m bot` process: an event loop an earlier test ran in this
+    # process may have left its own SIGINT handler, which would swallow the key press.
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         result = cli("import", str(folder), "--no-progress")
     finally:
+        signal.signal(signal.SIGINT, handler)
         event.remove(Engine, "before_cursor_execute", before_execute)
         event.remove(Engine, "commit", on_commit)
 
