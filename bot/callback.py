@@ -249,7 +249,7 @@ class WeComCallback:
                 return await queries.get_user(connection, message.from_user)
 
         user = await self.services.cached(("user", message.from_user), load_user)
-        return Asker(user.userid, user.name, user.role) if user is not None else None
+        return Asker(user.userid, user.name, user.role, user.language) if user is not None else None
 
     def _unknown_user(self, message: InboundMessage, lang: str) -> Reply:
         self.metrics.commands.labels(command="unknown_user").inc()

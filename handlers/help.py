@@ -7,6 +7,7 @@ import difflib
 from handlers.registry import CommandContext, Reply, normalise
 from handlers.router import router
 from handlers.text import render
+from storage import queries
 
 # Commands typed as they are, without an argument: the closest one to a message nobody
 # understood is suggested (a typo: 「我的明星客胡」, "show my star custmers").
@@ -22,6 +23,32 @@ SUGGEST_FROM = 0.75
 @router.command("help", r"帮助|help|菜单|menu|\?|？|h")
 async def show_help(ctx: CommandContext) -> Reply:
     return Reply(render(f"chat/help.{ctx.lang}.j2"))
+
+
+# What people call the two languages, typed after 「语言」 / "language".
+LANGUAGE_WORDS = {"中文": "zh", "汉语": "zh", "简体中文": "zh", "chinese": "zh", "zh": "zh",
+                  "英文": "en", "英语": "en", "english": "en", "en": "en"}
+
+
+@router.command("language", r"(?:语言|切换语言|设置语言|推送语言)(?:[\s:：]*(?P<lang>中文|汉语|简体中文|英文|英语|chinese|english|zh|en))?",
+                r"(?:用|说|改用|切换到|切换为)(?P<lang>中文|汉语|英文|英语)",
+                r"(?:set )?(?:language|lang)(?:\s*[:=]?\s*(?P<lang>chinese|english|zh|en))?",
+                r"(?:speak|use|switch to) (?P<lang>chinese|english)|(?P<lang_please>english|chinese) please")
+async def language(ctx: CommandContext) -> Reply:
+    """The language of what is pushed to the asker (cards, digests, reminders); chat answers
+    keep following the language each message is written in."""
+    said = ctx.match.groupdict().get("lang") or ctx.match.groupdict().get("lang_please")
+    default = ctx.services.config.language
+    if not said:
+        return Reply(render(f"chat/language.{ctx.lang}.j2", outcome="current",
+                            current=ctx.asker.language or default, chosen=ctx.asker.language is not None),
+                     msgtype="text")
+    chosen = LANGUAGE_WORDS[said.lower()]
+    async with ctx.services.db.begin() as connection:
+        await queries.set_language(connection, ctx.asker.userid, chosen)
+    ctx.services.forget(("user", ctx.asker.userid))
+    # Answered in the language just chosen: the first thing read in it.
+    return Reply(render(f"chat/language.{chosen}.j2", outcome="set", current=chosen), msgtype="text")
 
 
 @router.otherwise

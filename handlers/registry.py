@@ -62,6 +62,7 @@ class Asker:
     userid: str
     name: str
     role: str
+    language: str | None = None  # chosen for pushes (users.language); None: the service's
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class ActionContext:
     """A press on one of our template card buttons (WeCom's template_card_event)."""
 
     key: str  # the button's EventKey
-    lang: str  # cards are written in the configured language, so their answers are too
+    lang: str  # cards are written in the recipient's language, so their answers are too
     asker: Asker
     match: re.Match
     services: Any
@@ -218,7 +219,7 @@ class Router:
         if found is None:
             return "unknown_action", None
         name, handler, match = found
-        lang = getattr(getattr(services, "config", None), "language", "zh")
+        lang = asker.language or getattr(getattr(services, "config", None), "language", "zh")
         context = ActionContext(key=event_key, lang=lang, asker=asker, match=match, services=services,
                                 fields=dict(fields), action=name)
         return name, await handler(context)

@@ -51,3 +51,7 @@ class Services:
             self._cache.clear()
         self._cache[key] = (now + seconds, value)
         return value
+
+    def forget(self, key: tuple) -> None:
+        """Drop a cached value the asker has just changed (their own language)."""
+        self._cache.pop(key, None)

@@ -16,7 +16,7 @@ from sqlalchemy import DateTime, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifications import messages
-from notifications.outbox import outbox_row, personal_delay
+from notifications.outbox import outbox_row, personal_delay, recipient_languages
 from notifications.playbook import PlaybookSettings
 from notifications.tasks import open_tasks, ranked
 from storage.models import Customer, FollowUpTask, OutboxMessage, User
@@ -40,10 +40,9 @@ async def queue_digests(engine: AsyncEngine, settings: PlaybookSettings, now: da
     # In UTC: SQLite keeps timestamps as UTC wall-clock text, and compares them as text.
     since = datetime.combine(_previous_workday(settings, today), time.min, tzinfo=settings.tz).astimezone(timezone.utc)
     until = datetime.combine(today, time.min, tzinfo=settings.tz).astimezone(timezone.utc)
-    lang = settings.language
     async with engine.connect() as connection:
-        people = dict((await connection.execute(
-            select(User.userid, User.name).where(User.role.in_(("rep", "manager", "admin"))))).all())
+        people = {row.userid: row for row in await connection.execute(
+            select(User.userid, User.name, User.language).where(User.role.in_(("rep", "manager", "admin"))))}
         with_tasks = set((await connection.execute(
             select(FollowUpTask.owner_userid).where(FollowUpTask.status == "open").distinct())).scalars())
         changes: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -67,8 +66,8 @@ async def queue_digests(engine: AsyncEngine, settings: PlaybookSettings, now: da
                            settings.playbook.priority)
             if not tasks and not changes[userid]:
                 continue
-            body = messages.digest(people[userid], today, tasks[:settings.pushes.digest_tasks], len(tasks),
-                                   changes[userid], lang)
+            body = messages.digest(people[userid].name, today, tasks[:settings.pushes.digest_tasks], len(tasks),
+                                   changes[userid], people[userid].language or settings.language)
             # Each person at their own moment of the next ten minutes: the job runs on the
             # hour, when WeCom is busiest (DESIGN §5).
             rows.append(outbox_row([userid], "markdown", {"content": body}, origin=origin, kind="digest", now=now,
@@ -95,13 +94,14 @@ async def queue_overdue_notices(engine: AsyncEngine, settings: PlaybookSettings,
                    (tasks.c.snoozed_until.is_(None)) | (tasks.c.snoozed_until <= today)))).all()
         if not overdue:
             return 0
+        chosen = await connection.run_sync(recipient_languages, [task.owner_userid for task in overdue])
         rows = []
         for task in overdue:
             item = {"type": "overdue", "customer_id": task.customer_id, "name": task.name,
                     "task": {"id": task.id, "title_zh": task.title_zh, "title_en": task.title_en,
                              "due_date": str(task.due_date)}}
             rows.append(outbox_row([task.owner_userid], "markdown",
-                                   {"content": messages.overdue_notice(item, settings.language)},
+                                   {"content": messages.overdue_notice(item, chosen.get(task.owner_userid, settings.language))},
                                    origin=f"overdue:{task.id}:{task.due_date}", kind="overdue",
                                    not_before=settings.hold_until(now, task.owner_userid),
                                    batch_key=f"rep:{task.owner_userid}", batch_item=item, now=now))

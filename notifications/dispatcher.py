@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifications import messages
 from notifications.limits import SlidingWindows, Window
-from notifications.outbox import message_payload, outbox_row, quiet_until
+from notifications.outbox import message_payload, outbox_row, quiet_until, recipient_languages
 from notifications.settings import PushesConfig, parse_hh_mm
 from storage.db import as_utc
 from storage.models import OutboxBatch, OutboxMessage, User
@@ -213,6 +213,9 @@ class Dispatcher:
             (batches[row.batch_key] if row.batch_key else singles).append(row)
 
         last_sent = await self._last_batch_times(list(batches)) if batches else {}
+        async with self.engine.connect() as connection:
+            chosen = await connection.run_sync(recipient_languages,
+                                               [member for row in rows for member in _members(row.touser)])
         for key, members in batches.items():
             every = max(row.batch_every for row in members)
             last = last_sent.get(key)
@@ -222,17 +225,18 @@ class Dispatcher:
             kind = members[0].kind
             needed = self.pushes.summary_from if kind in REP_KINDS else 2
             if len(members) >= needed:
-                msgtype, body = messages.summary_for(kind, [row.batch_item or {} for row in members], self.language)
+                msgtype, body = messages.summary_for(kind, [row.batch_item or {} for row in members],
+                                                     self._language_of(members[0], chosen))
                 units.append(_Unit(members, members[0].channel, message_payload(msgtype, body),
                                    _members(members[0].touser), key, every))
             else:
-                units.extend(_Unit([row], row.channel, self._payload(row), _members(row.touser), key, every)
+                units.extend(_Unit([row], row.channel, self._payload(row, chosen), _members(row.touser), key, every)
                              for row in members)
 
         # Identical messages to different members: one call, up to WeCom's 1000 recipients.
         same: dict[tuple[str, str], list[Any]] = defaultdict(list)
         for row in singles:
-            payload = self._payload(row)
+            payload = self._payload(row, chosen)
             if row.channel == "app":
                 same[(row.msgtype, json.dumps(payload, sort_keys=True, ensure_ascii=False))].append((row, payload))
             else:
@@ -251,12 +255,18 @@ class Dispatcher:
                 seen.update(wanted)
         return units
 
-    def _payload(self, row: Any) -> dict[str, Any]:
+    def _payload(self, row: Any, chosen: dict[str, str]) -> dict[str, Any]:
         """The row's message: as queued, or made now from its item (outbox.RENDER_WHEN_SENT)."""
         if row.payload:
             return row.payload
-        msgtype, body = messages.message_for(row.kind, row.batch_item or {}, self.language)
+        msgtype, body = messages.message_for(row.kind, row.batch_item or {}, self._language_of(row, chosen))
         return message_payload(msgtype, body)
+
+    def _language_of(self, row: Any, chosen: dict[str, str]) -> str:
+        """The language a row's message is made in: its one recipient's own, if they chose
+        one (a message to several, or to a group robot, is in the service's)."""
+        members = _members(row.touser)
+        return chosen.get(members[0], self.language) if len(members) == 1 else self.language
 
     async def _last_batch_times(self, keys: list[str]) -> dict[str, datetime]:
         batches = OutboxBatch.__table__
@@ -415,14 +425,15 @@ class Dispatcher:
         reported = [row for row in rows if row.kind != "delivery_failure"]
         if not reported:
             return
-        admins = (await connection.execute(select(User.userid).where(User.role == "admin"))).scalars().all()
+        admins = (await connection.execute(select(User.userid, User.language).where(User.role == "admin"))).all()
         notices = []
         for row in reported:
             item = {"touser": row.touser or "group robot", "kind": row.kind, "reason": reason}
-            body = {"content": messages.delivery_failures([item], self.language)}
-            notices.extend(outbox_row([admin], "markdown", body, origin=f"failure:{row.id}:{admin}",
-                                      kind="delivery_failure", batch_key=f"failures:{admin}", batch_every=3600,
-                                      batch_item=item, now=now) for admin in admins)
+            notices.extend(outbox_row([admin], "markdown",
+                                      {"content": messages.delivery_failures([item], language or self.language)},
+                                      origin=f"failure:{row.id}:{admin}", kind="delivery_failure",
+                                      batch_key=f"failures:{admin}", batch_every=3600, batch_item=item, now=now)
+                           for admin, language in admins)
         if notices:
             await connection.execute(OutboxMessage.__table__.insert(), notices)
 

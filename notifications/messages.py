@@ -108,7 +108,10 @@ def message_for(kind: str, item: dict[str, Any], lang: str) -> tuple[str, dict[s
     if kind == "task":
         return "template_card", task_card(item, lang, item["card_task_id"])
     if kind == "tier_change":
-        return "template_card", tier_change_card(item, item["action"], lang, item["card_task_id"])
+        action = item["action"]
+        # A row queued before the action came in both languages holds the service's only.
+        return "template_card", tier_change_card(item, action[lang] if isinstance(action, dict) else action, lang,
+                                                 item["card_task_id"])
     if kind == "churn_alert":
         return "markdown", {"content": churn_alert([item], lang)}
     raise ValueError(f"a {kind} row needs its message written when it is queued")

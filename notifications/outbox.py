@@ -12,11 +12,11 @@ from datetime import datetime, time, timedelta, timezone
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from storage.models import OutboxMessage
+from storage.models import OutboxMessage, User
 from storage.sql import insert_rows
 
 
@@ -28,6 +28,20 @@ def message_payload(msgtype: str, body: dict[str, Any]) -> dict[str, Any]:
 # The payload of a row whose message is made from its batch_item when it is sent on its
 # own (notifications.messages.message_for).
 RENDER_WHEN_SENT: dict[str, Any] = {}
+
+
+def recipient_languages(connection: Connection, userids: Iterable[str] | None = None) -> dict[str, str]:
+    """userid → the language chosen for what is pushed to them (users.language), for those
+    of `userids` (None: of everyone) who chose one; the others get the service's `language`.
+    Synchronous: async callers go through AsyncConnection.run_sync."""
+    if userids is None:
+        return dict(connection.execute(select(User.userid, User.language).where(User.language.is_not(None))).all())
+    wanted = sorted(set(userids))
+    chosen: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        chosen.update(connection.execute(select(User.userid, User.language).where(
+            User.userid.in_(wanted[start:start + 500]), User.language.is_not(None))).all())
+    return chosen
 
 
 def outbox_row(touser: Iterable[str], msgtype: str, body: dict[str, Any] | None, *, origin: str | None = None,

@@ -347,7 +347,6 @@ def _tier_change_rows(connection: Connection, settings: PlaybookSettings, run_id
     first_task: dict[tuple[str, str], dict[str, Any]] = {}
     for task in made:
         first_task.setdefault((task["customer_id"], task["owner_userid"]), task)
-    lang = settings.language
     announced = set()
     mentioned = [change.customer_id for change in changes]
     tops = reasons.of("reasons", mentioned)
@@ -364,7 +363,9 @@ def _tier_change_rows(connection: Connection, settings: PlaybookSettings, run_id
             task["card_task_id"] = card_id
             announced.add(task["id"])
         item["card_task_id"] = card_id
-        item["action"] = getattr(settings.playbook.tier_actions[change.to_tier], lang)
+        # Both languages: the card is made when sent, in its recipient's (notifications.messages.message_for).
+        action = settings.playbook.tier_actions[change.to_tier]
+        item["action"] = {"zh": action.zh, "en": action.en}
         rows.append(outbox_row([change.owner_userid], "template_card", None, origin=f"tier:{change.id}",
                                kind="tier_change", not_before=hold(now, change.owner_userid),
                                batch_key=f"rep:{change.owner_userid}",

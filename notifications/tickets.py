@@ -16,7 +16,7 @@ Everything a pass decides and the messages it causes are written in one transact
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,7 +25,7 @@ import pandas as pd
 from sqlalchemy import Connection, DateTime, Engine, bindparam, select, text, update
 
 from notifications import messages
-from notifications.outbox import outbox_row, queue_rows, quiet_until
+from notifications.outbox import outbox_row, queue_rows, quiet_until, recipient_languages
 from notifications.settings import TicketRoute, TicketsConfig, parse_hh_mm
 from notifications.workdays import CalendarConfig, WorkCalendar
 from scoring.rules import BusinessRule, RuleAction, RuleError, RulesParams, apply_rules, compile_rules
@@ -74,6 +74,8 @@ class TicketSettings:
     language: str
     quiet_hours: tuple[str, str] = ("00:00", "00:00")
     _agent_calendars: dict[str, WorkCalendar] = field(default_factory=dict)
+    # userid → their own language, for those who chose one (read at the start of each pass).
+    chosen_languages: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config) -> "TicketSettings":
@@ -101,6 +103,9 @@ class TicketSettings:
         return self.calendar.add_working_time(start.astimezone(self.tz), timedelta(hours=hours)).astimezone(
             timezone.utc)
 
+    def language_of(self, userid: str) -> str:
+        return self.chosen_languages.get(userid, self.language)
+
     def local(self, moment: datetime) -> str:
         return _aware(moment).astimezone(self.tz).strftime("%m-%d %H:%M")
 
@@ -125,6 +130,7 @@ def process_tickets(engine: Engine, settings: TicketSettings, now: datetime) -> 
     outcome = TicketOutcome()
     rows: list[dict[str, Any]] = []
     with write_transaction(engine) as connection:
+        settings = replace(settings, chosen_languages=recipient_languages(connection))
         _route_new(connection, settings, now, outcome, rows)
         _reroute_changed(connection, settings, now, outcome, rows)
         _hand_over_self_service(connection, settings, now, outcome)
@@ -211,7 +217,7 @@ LISTED_NOTICES = ("breach", "warning")
 
 def _notice(userid: str, kind: str, item: dict, settings: TicketSettings, origin: str, now: datetime,
             links: list | None = None) -> dict[str, Any]:
-    body = {"content": messages.ticket_notice(kind, item, settings.language, links)}
+    body = {"content": messages.ticket_notice(kind, item, settings.language_of(userid), links)}
     hold = settings.hold_until(now, userid) if kind in REP_NOTICES else None
     listed = kind in LISTED_NOTICES
     return outbox_row([userid], "markdown", body, origin=origin, kind=f"ticket_{kind}", not_before=hold, now=now,
@@ -374,7 +380,7 @@ def _assign_waiting(connection: Connection, settings: TicketSettings, now: datet
         agents[agent]["last"] = now
         outcome.assigned += 1
         item = _item(ticket, settings, agent_name=agents[agent]["name"])
-        rows.append(outbox_row([agent], "template_card", messages.ticket_card(item, settings.language, card_id),
+        rows.append(outbox_row([agent], "template_card", messages.ticket_card(item, settings.language_of(agent), card_id),
                                origin=f"ticket-card:{ticket.ticket_id}:{agent}:{now.isoformat()}", kind="ticket",
                                now=now))
         if ticket.opened_by and ticket.opened_by != agent:

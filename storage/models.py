@@ -30,6 +30,7 @@ ID = String(64)
 Money = Numeric(18, 2, asdecimal=False)
 
 USER_ROLES = ("rep", "manager", "agent", "admin")
+LANGUAGES = ("zh", "en")
 CUSTOMER_TYPES = ("end_user", "dealer", "integrator")
 ORDER_KINDS = ("new", "renewal", "upsell", "service")
 ACTIVITY_KINDS = ("login", "visit", "page_view", "download", "event", "call", "meeting", "complaint")
@@ -62,6 +63,8 @@ class User(Base):
     manager_userid: Mapped[str | None] = mapped_column(ID, ForeignKey("users.userid"), index=True)
     team: Mapped[str | None] = mapped_column(String(128))
     queues: Mapped[str | None] = mapped_column(String(512))
+    # zh or en: what is pushed to this user is written in it; None: the service's `language`.
+    language: Mapped[str | None] = mapped_column(String(2))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (CheckConstraint(_one_of("role", USER_ROLES), name="role"),)

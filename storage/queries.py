@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, or_, select, text
+from sqlalchemy import and_, case, func, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.models import Customer, FollowUpTask, Order, ScoreRun, ScoreSnapshot, Ticket, User
@@ -26,11 +26,17 @@ class UserRow:
     userid: str
     name: str
     role: str
+    language: str | None = None  # None: the service's
 
 
 async def get_user(connection: AsyncConnection, userid: str) -> UserRow | None:
-    row = (await connection.execute(select(User.userid, User.name, User.role).where(User.userid == userid))).first()
+    row = (await connection.execute(select(User.userid, User.name, User.role, User.language)
+                                    .where(User.userid == userid))).first()
     return UserRow(*row) if row else None
+
+
+async def set_language(connection: AsyncConnection, userid: str, language: str) -> None:
+    await connection.execute(update(User).where(User.userid == userid).values(language=language))
 
 
 async def visible_owners(connection: AsyncConnection, user: UserRow) -> list[str] | None:

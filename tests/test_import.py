@@ -616,3 +616,16 @@ def test_a_month_or_a_mistyped_year_is_not_a_date_and_amounts_round_half_up(engi
     with engine.connect() as connection:
         amounts = connection.execute(select(Order.amount).order_by(Order.order_id)).scalars().all()
     assert amounts == [1234.57, 1.01, -2.68, 0.29]
+
+
+def test_a_users_language_is_read_in_either_language_and_kept_by_a_file_without_the_column(engine, tmp_path):
+    users = tmp_path / "users.csv"
+    users.write_text("用户ID,姓名,角色,语言\nrep_x,Alex,销售,英文\nrep_y,李四,销售,\n", encoding="utf-8")
+    run_import(engine, [users])
+    problems = _import_fails(engine, [], records={"users": [{"userid": "rep_y", "language": "法语"}]})
+    assert problems == ["<users>:1: language: must be one of zh, en: '法语'"]
+    users.write_text("用户ID,姓名,角色\nrep_x,Alex Wang,销售\n", encoding="utf-8")
+    run_import(engine, [users])
+    with engine.connect() as connection:
+        chosen = dict(connection.execute(text("SELECT userid, language FROM users")).all())
+    assert chosen == {"rep_x": "en", "rep_y": None}

@@ -65,6 +65,25 @@ async def test_new_order_into_star_gives_one_message_and_one_task(engine, config
                                   .where(FollowUpTask.customer_id == "QM1")).scalar_one() == 1
 
 
+async def test_a_rep_who_chose_english_gets_the_tier_change_card_in_english(engine, config, make_dispatcher, emulator,
+                                                                           clock):
+    dispatcher = await make_dispatcher()
+    await dispatcher.drain()
+    state = state_of(emulator)
+    state.clear()
+    # The users file (or the API) says rep_b reads English; rep_a keeps the service's Chinese.
+    run_import(engine, [], records={"users": [{"userid": "rep_b", "language": "English"}]})
+    orders = [{"order_id": f"API-{i}", "customer_id": "QM1", "order_date": (AS_OF - timedelta(days=20 * i)).isoformat(),
+               "amount": 3_000_000, "cost": 800_000, "product_line": "mes", "kind": "upsell"} for i in range(1, 8)]
+    result = run_import(engine, [], records={"orders": orders})
+    assert incremental_rescore(engine, config, result.touched, AS_OF, now=clock.utc()).tier_changes == 1
+    await dispatcher.drain()
+    card = state.messages_for("rep_b")[0].payload["template_card"]
+    assert card["main_title"]["desc"] == "Question Mark → Star"
+    assert card["sub_title_text"].startswith("Why:")
+    assert [button["text"] for button in card["button_list"]] == ["Done", "Snooze 1d"]
+
+
 async def test_many_changes_for_one_rep_become_one_summary(engine, config, make_dispatcher, emulator, clock):
     dispatcher = await make_dispatcher()
     await dispatcher.drain()

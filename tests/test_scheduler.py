@@ -112,6 +112,23 @@ async def test_overdue_tasks_are_announced_once(engine, config, async_db):
     assert await queue_overdue_notices(async_db, settings, monday + timedelta(minutes=10)) == 0
 
 
+async def test_digest_and_overdue_notice_come_in_the_language_each_person_chose(engine, config, async_db):
+    settings = PlaybookSettings.from_config(config)
+    add_task(engine, "QM1", "rep_b", date(2026, 11, 19), "question_mark")
+    add_task(engine, "STAR1", "rep_a", date(2026, 11, 20), "star")
+    run_import(engine, [], records={"users": [{"userid": "rep_b", "language": "en"}]})
+    monday = at_nine(date(2026, 11, 23))
+    await queue_digests(async_db, settings, monday)
+    await queue_overdue_notices(async_db, settings, monday)
+    with engine.connect() as connection:
+        sent = {(row.kind, row.touser): row.payload["markdown"]["content"] for row in connection.execute(
+            select(OutboxMessage.kind, OutboxMessage.touser, OutboxMessage.payload)
+            .where(OutboxMessage.kind.in_(("digest", "overdue"))))}
+    assert "Call back" in sent[("digest", "rep_b")] and "今日任务" not in sent[("digest", "rep_b")]
+    assert "今日任务" in sent[("digest", "rep_a")]
+    assert "Call back" in sent[("overdue", "rep_b")] and "电话回访" in sent[("overdue", "rep_a")]
+
+
 async def test_a_slot_runs_once_across_processes_and_restarts(async_db):
     runs = []
 

@@ -22,7 +22,7 @@ from handlers.tasks import snooze_days
 from notifications.outbox import enqueue_once
 from storage.db import make_async_engine
 from storage.importer import run_import
-from storage.models import FollowUpTask, OutboxMessage
+from storage.models import FollowUpTask, OutboxMessage, User
 from tests.company import AS_OF, write_company
 
 TOKEN = "123456"
@@ -209,6 +209,24 @@ async def test_what_a_rep_says_came_of_a_task_is_kept_and_shown_on_the_customer_
     assert await say(bot, peer, "rep_a", f"完成 {plain}") == f"已完成任务 #{plain}（星辰半导体股份有限公司）：寄送样品"
     assert task_row(engine, plain)["done_note"] is None
     assert "最近跟进：11-20 张三 完成「寄送样品」\n" in await say(bot, peer, "rep_a", "客户 STAR1")
+
+
+async def test_a_rep_chooses_the_language_of_their_pushes_in_chat(bot, peer, engine):
+    assert await say(bot, peer, "rep_a", "语言") == "推送给您的消息用中文（系统默认）。发送「语言 英文」可以改为英文。"
+    chosen = await say(bot, peer, "rep_a", "语言 英文")
+    assert chosen.startswith("Done: what tierbot pushes to you") and "in English from now on" in chosen
+    with engine.connect() as connection:
+        assert connection.execute(select(User.language).where(User.userid == "rep_a")).scalar_one() == "en"
+    assert "in English (your choice)" in await say(bot, peer, "rep_a", "language")
+    # Card buttons answer in it (the cards came in it); typed commands still follow the message.
+    task = add_task(engine, "STAR1", "rep_a", TODAY, tier="star", title="安排高层拜访")
+    assert await click(bot, peer, "rep_a", f"done:{task}", "RC-en", create_time=1_763_600_100) == (
+        f"Task #{task} (星辰半导体股份有限公司) is done: 安排高层拜访 (en)")
+    assert (await say(bot, peer, "rep_a", "今日任务")).startswith("您目前没有待办")
+    assert (await say(bot, peer, "rep_a", "speak chinese")).startswith("好的，以后推送给您的消息")
+    with engine.connect() as connection:
+        assert connection.execute(select(User.language).where(User.userid == "rep_a")).scalar_one() == "zh"
+    assert "法语" in await say(bot, peer, "rep_a", "语言 法语")  # no such choice: the hint, not a change
 
 
 async def test_someone_elses_task_reads_like_no_task_and_stays_open(bot, peer, engine):

@@ -84,6 +84,17 @@ def test_star_ticket_goes_to_the_expert_queue_with_one_hour(engine, config):
     assert len(messages_to(engine, "rep_a")) == 1
 
 
+def test_the_ticket_card_and_notices_come_in_the_language_each_person_chose(engine, config):
+    run_import(engine, [], records={"users": [{"userid": "ag1", "language": "en"}, {"userid": "ag2", "language": "en"},
+                                              {"userid": "rep_a", "language": "english"}]})
+    open_tickets(engine, ("T-STAR", "STAR1", "产线停机，系统无法登录"))
+    process_tickets(engine, TicketSettings.from_config(config), MONDAY_10)
+    card = messages_to(engine, ticket(engine, "T-STAR").assignee_userid)[0].payload["template_card"]
+    assert {"keyname": "Queue", "value": "expert queue"} in card["horizontal_content_list"]
+    [urgent] = messages_to(engine, "rep_a")
+    assert urgent.payload["markdown"]["content"].startswith("**Your customer 星辰半导体股份有限公司 has a P1 ticket")
+
+
 def test_dog_ticket_gets_self_service_first_then_the_standard_queue(engine, config):
     settings = TicketSettings.from_config(config)
     open_tickets(engine, ("T-DOG", "DOG1", "发票怎么开"))
