@@ -246,9 +246,10 @@ class WeComCallback:
     async def _asker(self, message: InboundMessage) -> Asker | None:
         async def load_user():
             async with self.services.db.connect() as connection:
-                return await queries.get_user(connection, message.from_user)
+                # WeCom's own spelling of the UserID, whatever case the users file used.
+                return await queries.find_user(connection, message.from_user)
 
-        user = await self.services.cached(("user", message.from_user), load_user)
+        user = await self.services.cached(("user", message.from_user.lower()), load_user)
         return Asker(user.userid, user.name, user.role, user.language) if user is not None else None
 
     def _unknown_user(self, message: InboundMessage, lang: str) -> Reply:

@@ -46,7 +46,7 @@ async def language(ctx: CommandContext) -> Reply:
     chosen = LANGUAGE_WORDS[said.lower()]
     async with ctx.services.db.begin() as connection:
         await queries.set_language(connection, ctx.asker.userid, chosen)
-    ctx.services.forget(("user", ctx.asker.userid))
+    ctx.services.forget(("user", ctx.asker.userid.lower()))  # as bot.callback caches it
     # Answered in the language just chosen: the first thing read in it.
     return Reply(render(f"chat/language.{chosen}.j2", outcome="set", current=chosen), msgtype="text")
 

@@ -45,6 +45,7 @@ from storage.schema_files import (
     KINDS_BY_NAME,
     ORDERS,
     TICKETS,
+    USERID_PATTERN,
     USERS,
     FileKind,
     header_names,
@@ -686,8 +687,55 @@ def _problems_across_rows(connection: Connection, kind: FileKind, names: list[st
                           ) -> list[Problem]:
     """A staged kind's duplicate ids and unknown references (see _reference_problems)."""
     connection.execute(text(f"CREATE INDEX ix_stage_{kind.name}_key ON stage_{kind.name} ({kind.key})"))
-    return [*_duplicate_problems(connection, kind, names), *_new_rows_lacking(connection, kind, names),
-            *_reference_problems(connection, kind, names, staged, unknowable)]
+    _userids_as_stored(connection, kind, staged)
+    return [*_duplicate_problems(connection, kind, names), *_same_userid_problems(connection, kind, names),
+            *_new_rows_lacking(connection, kind, names), *_reference_problems(connection, kind, names, staged, unknowable)]
+
+
+def _userids_as_stored(connection: Connection, kind: FileKind, staged: frozenset[str]) -> None:
+    """WeCom ignores case in UserIDs (its uniqueness check does): a file's 'ZhangSan' is the
+    stored 'zhangsan'. Staged UserIDs take the spelling of the user they name, so a
+    reference resolves and a users row updates that user instead of adding a second. Users
+    staged in this import count only while they are not written yet (`staged`)."""
+    users = USERS.table.name
+    for column in kind.columns:
+        if column.pattern is not USERID_PATTERN:
+            continue
+        if kind is USERS and column.name == USERS.key:
+            known = users  # a user's own id: only a stored user can be spelt otherwise
+        elif USERS.name in staged or kind is USERS:
+            known = f"(SELECT userid FROM {users} UNION ALL SELECT userid FROM stage_{USERS.name})"
+        else:
+            known = users
+        stage = f"stage_{kind.name}"
+        connection.execute(text(f"""
+            UPDATE {stage} SET {column.name} = (
+                SELECT MIN(k.userid) FROM {known} k WHERE lower(k.userid) = lower({stage}.{column.name}))
+            WHERE {column.name} IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM {known} k WHERE k.userid = {stage}.{column.name})
+              AND EXISTS (SELECT 1 FROM {known} k WHERE lower(k.userid) = lower({stage}.{column.name}))"""))
+
+
+def _same_userid_problems(connection: Connection, kind: FileKind, names: list[str]) -> list[Problem]:
+    """New users whose UserIDs differ in case only: to WeCom they are one person."""
+    if kind is not USERS:
+        return []
+    stage = f"stage_{USERS.name}"
+    rows = connection.execute(text(f"""
+        SELECT s._file, s._line, s.userid, f._file, f._line, f.userid FROM {stage} s
+        JOIN (SELECT lower(userid) AS folded, MIN(_file * 4294967296 + _line) AS first_pos FROM {stage}
+              GROUP BY lower(userid) HAVING COUNT(DISTINCT userid) > 1) d ON lower(s.userid) = d.folded
+        JOIN {stage} f ON lower(f.userid) = d.folded AND f._file * 4294967296 + f._line = d.first_pos
+        WHERE s.userid <> f.userid
+        ORDER BY s._file, s._line LIMIT 1000""")).all()
+    problems = []
+    for file_index, line, value, first_file, first_line, first_value in rows:
+        unit = "item" if names[first_file].startswith("<") else "line"
+        where = f"{unit} {first_line}" if first_file == file_index else f"{names[first_file]}:{first_line}"
+        problems.append(Problem(names[file_index], line, USERS.key,
+                                f"{value!r} is the same WeCom UserID as {first_value!r} ({where}): "
+                                "UserIDs ignore case"))
+    return problems
 
 
 def _new_rows_lacking(connection: Connection, kind: FileKind, names: list[str]) -> list[Problem]:

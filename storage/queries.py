@@ -470,7 +470,7 @@ async def find_user(connection: AsyncConnection, userid: str) -> UserRow | None:
     exact = await get_user(connection, userid)
     if exact is not None:
         return exact
-    row = (await connection.execute(select(User.userid, User.name, User.role)
+    row = (await connection.execute(select(User.userid, User.name, User.role, User.language)
                                     .where(func.lower(User.userid) == userid.lower()).limit(1))).first()
     return UserRow(*row) if row else None
 

@@ -141,6 +141,12 @@ async def test_unknown_user_is_refused_politely(bot, peer):
     assert "尚未在 tierbot 中登记" in reply and "stranger" in reply
 
 
+async def test_a_user_is_known_whatever_case_wecom_and_the_users_file_spell_their_userid_in(bot, peer):
+    # WeCom ignores case in UserIDs: its callback may say REP_A for the users file's rep_a.
+    _, reply = await _say(bot, peer, "REP_A", "我的明星客户")
+    assert "星辰半导体股份有限公司" in reply and "您的明星客户（1–1 / 1）" in reply
+
+
 async def test_anything_else_gets_a_short_hint(bot, peer):
     _, reply = await _say(bot, peer, "rep_a", "今天天气怎么样")
     assert reply.startswith("没听懂") and "帮助" in reply

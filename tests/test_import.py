@@ -629,3 +629,25 @@ def test_a_users_language_is_read_in_either_language_and_kept_by_a_file_without_
     with engine.connect() as connection:
         chosen = dict(connection.execute(text("SELECT userid, language FROM users")).all())
     assert chosen == {"rep_x": "en", "rep_y": None}
+
+
+def test_userids_are_matched_as_wecom_does_whatever_their_case(engine, tmp_path):
+    run_import(engine, [], records={"users": [{"userid": "zhangsan", "name": "张三", "role": "rep"}]})
+    # A CRM that capitalises: the customer is zhangsan's, and the users row updates zhangsan.
+    run_import(engine, [], records={
+        "users": [{"userid": "ZhangSan", "name": "张三丰", "role": "manager"},
+                  {"userid": "lisi", "name": "李四", "role": "rep", "manager_userid": "ZHANGSAN"}],
+        "customers": [{"customer_id": "C1", "name": "甲公司", "owner_userid": "LiSi"}]})
+    with engine.connect() as connection:
+        users = connection.execute(text("SELECT userid, name, manager_userid FROM users ORDER BY userid")).all()
+        owner = connection.execute(text("SELECT owner_userid FROM customers WHERE customer_id = 'C1'")).scalar_one()
+    assert [tuple(user) for user in users] == [("lisi", "李四", "zhangsan"), ("zhangsan", "张三丰", None)]
+    assert owner == "lisi"
+    problems = _import_fails(engine, [], records={"users": [{"userid": "WangWu", "name": "王五", "role": "rep"},
+                                                            {"userid": "wangwu", "name": "王五", "role": "rep"}]})
+    assert problems == ["<users>:2: userid: 'wangwu' is the same WeCom UserID as 'WangWu' (item 1): UserIDs ignore case"]
+    # Bound to fail on something else: the case of a UserID is still no problem of its own.
+    problems = _import_fails(engine, [], records={
+        "users": [{"userid": "zhaoliu", "name": "赵六", "role": "rep"}],
+        "customers": [{"customer_id": "C2", "name": "乙公司", "owner_userid": "ZhaoLiu", "employees": "many"}]})
+    assert [problem.split(": ")[1] for problem in problems] == ["employees"]
