@@ -159,6 +159,10 @@ DEFAULT_TASK_RULES = [
              action=Words(zh="首单培育：回访使用情况，介绍上手资源", en="First-order nurture: check in on the start, share "
                                                                    "onboarding resources"),
              due_working_days=3, cooldown_days=365),
+    TaskRule(name="high_intent_follow_up", when='intent == "high"',
+             action=Words(zh="高意向跟进：一个工作日内联系，了解需求并约演示",
+                          en="High intent: get in touch within a working day, learn the need, book a demo"),
+             due_working_days=1, cooldown_days=30, reasons="intent"),
 ]
 
 

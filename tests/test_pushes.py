@@ -65,6 +65,29 @@ async def test_new_order_into_star_gives_one_message_and_one_task(engine, config
                                   .where(FollowUpTask.customer_id == "QM1")).scalar_one() == 1
 
 
+async def test_a_lead_showing_high_intent_gets_its_rep_a_follow_up_task_within_a_working_day(
+        engine, config, make_dispatcher, emulator, clock):
+    dispatcher = await make_dispatcher()
+    await dispatcher.drain()
+    state = state_of(emulator)
+    state.clear()
+    # The MES page four times this week and a case study downloaded (scoring.intent's smart_manufacturing).
+    visits = [{"activity_id": f"W-{i}", "customer_id": "DOG1", "kind": "page_view", "detail": "/products/mes",
+               "ts": f"2026-11-{15 + i}T10:00:00"} for i in range(4)]
+    download = {"activity_id": "W-9", "customer_id": "DOG1", "kind": "download", "detail": "mes-case-study.pdf",
+                "ts": "2026-11-19T16:00:00"}
+    result = run_import(engine, [], records={"activities": [*visits, download]})
+    incremental_rescore(engine, config, result.touched, AS_OF, now=clock.utc())
+    with engine.connect() as connection:
+        made = connection.execute(select(FollowUpTask.rule, FollowUpTask.owner_userid, FollowUpTask.due_date)
+                                  .where(FollowUpTask.customer_id == "DOG1")).all()
+    assert [(rule, owner, str(due)[:10]) for rule, owner, due in made] == [
+        ("high_intent_follow_up", "rep_b", "2026-11-24")]  # made on Monday morning: due Tuesday
+    await dispatcher.drain()
+    card = state.messages_for("rep_b")[0].payload["template_card"]
+    assert card["sub_title_text"].startswith("高意向跟进：一个工作日内联系，了解需求并约演示。原因：行为规则「关注智能制造」")
+
+
 async def test_a_rep_who_chose_english_gets_the_tier_change_card_in_english(engine, config, make_dispatcher, emulator,
                                                                            clock):
     dispatcher = await make_dispatcher()
