@@ -22,7 +22,7 @@ from handlers.text import render
 from notifications import tasks
 from notifications.outbox import outbox_row
 from notifications.workdays import WorkCalendar
-from storage.models import FollowUpTask, OutboxMessage, TierChange
+from storage.models import FollowUpTask, OutboxMessage, TierChange, User
 
 PAGE_SIZE = 15
 # 「延后 N」 without an amount: a day. A follow-up put off for longer than two months is
@@ -300,8 +300,11 @@ async def grey_cards_sent_to(connection, services, userid: str, sent_on, state: 
     codes = (await connection.execute(select(outbox.c.response_code).where(
         sent_on, outbox.c.touser == userid, outbox.c.status == "sent", outbox.c.response_code.is_not(None),
         outbox.c.sent_at >= sent_since(services)))).scalars().all()
+    if not codes:
+        return False
+    # The card went out in its recipient's language, whatever language the command was typed in.
+    language = (await connection.execute(select(User.language).where(User.userid == userid))).scalar()
     queued = False
-    # The card went out in the configured language, whatever language the command was typed in.
     for code in codes:
-        queued |= await queue_grey(connection, userid, code, state, services.config.language, until)
+        queued |= await queue_grey(connection, userid, code, state, language or services.config.language, until)
     return queued

@@ -559,7 +559,7 @@ async def _transfer(connection, ctx, typed: str, to: str) -> tuple[str, bool]:
                              Ticket.status == ticket["status"]).values(**values))).rowcount
     if not changed:
         return _result(ctx, "not_found", ticket_id=typed), False
-    lang = ctx.services.config.language
+    lang = target.language or ctx.services.config.language  # the card is the new agent's
     due = _local(ctx.services, ticket["first_response_due"]) or "—"
     item = {"ticket_id": ticket["ticket_id"], "customer_id": ticket["customer_id"],
             "name": ticket["customer_name"], "subject": ticket["subject"],
@@ -631,7 +631,7 @@ async def accept_button(ctx: ActionContext) -> Reply:
 
 
 def _accepted_card(ctx: ActionContext, ticket: dict[str, Any]) -> dict:
-    lang = ctx.services.config.language  # the card went out in it
+    lang = ctx.lang  # the clicker's own language, as the card that went out to them
     item = {"ticket_id": ticket["ticket_id"], "customer_id": ticket["customer_id"], "name": ticket["customer_name"],
             "subject": ticket["subject"], "tier": ticket["tier"] or ticket["customer_tier"], "queue": ticket["queue"],
             "priority": ticket["priority"] or ticket["severity"] or "P3",

@@ -223,6 +223,11 @@ async def test_a_rep_chooses_the_language_of_their_pushes_in_chat(bot, peer, eng
     assert await click(bot, peer, "rep_a", f"done:{task}", "RC-en", create_time=1_763_600_100) == (
         f"Task #{task} (星辰半导体股份有限公司) is done: 安排高层拜访 (en)")
     assert (await say(bot, peer, "rep_a", "今日任务")).startswith("您目前没有待办")
+    # Done by typing in Chinese: the English card it was sent on turns to an English label.
+    typed = add_task(engine, "STAR1", "rep_a", TODAY, tier="star", title="寄送样品")
+    sent_card(engine, f"task:{typed}", "RC-typed")
+    assert (await say(bot, peer, "rep_a", f"完成 {typed}")).startswith("已完成任务")
+    assert card_updates(engine)[-1]["payload"] == {"response_code": "RC-typed", "replace_name": "Done"}
     assert (await say(bot, peer, "rep_a", "speak chinese")).startswith("好的，以后推送给您的消息")
     with engine.connect() as connection:
         assert connection.execute(select(User.language).where(User.userid == "rep_a")).scalar_one() == "zh"

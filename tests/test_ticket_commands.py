@@ -408,6 +408,15 @@ async def test_an_accepted_ticket_is_handed_over_accepted_with_only_the_resolve_
     assert "已解决工单" in await say(bot, peer, other, f"解决 {ticket_id} 已处理")
 
 
+async def test_a_ticket_handed_to_an_agent_who_reads_english_reaches_them_in_english(bot, peer, company, engine):
+    ticket_id, agent, other = await assigned_star_ticket(bot, peer, company, engine)
+    assert "in English from now on" in await say(bot, peer, other, "language english")
+    await say(bot, peer, agent, f"转交 {ticket_id} {other}")
+    card = outbox(engine, touser=other, kind="ticket")[-1]["payload"]["template_card"]
+    assert {"keyname": "Queue", "value": "expert queue"} in card["horizontal_content_list"]
+    assert any(item["value"].startswith("Transferred by ") for item in card["horizontal_content_list"])
+
+
 async def test_a_service_lead_hands_a_ticket_of_their_queue_to_another_agent(bot, peer, company, engine):
     ticket_id, agent, other = await assigned_star_ticket(bot, peer, company, engine)
     names = {"ag1": "专家甲", "ag2": "专家乙"}
