@@ -30,7 +30,7 @@ from bot.wecom_client import WeComClient
 from handlers import router
 from handlers.registry import Reply
 from handlers.services import Services
-from handlers.text import plain_text
+from handlers.text import plain_text, use_label_names
 from notifications.dispatcher import Dispatcher
 from notifications.outbox import enqueue_once
 from bot.api import MAX_BODY_BYTES, IngestApi, json_errors
@@ -154,6 +154,7 @@ def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None, 
     `dispatch=False` leaves out the scheduler and the dispatcher (tests drive them)."""
     from bot.wecom_client import WebhookClient
 
+    use_label_names(config.label_names())  # a configuration built in code, not read by load_config
     metrics = Metrics()
     services = Services(db=make_async_engine(config.database.url), config=config)
     client = WeComClient(None, identity.corp_id, identity.secret, identity.agent_id, identity.api_base)

@@ -162,6 +162,11 @@ class Config(_Section):
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
+    def label_names(self) -> dict[str, dict[str, dict[str, str]]]:
+        """model → label → {zh, en}: the display names this configuration gives labels."""
+        return {"rfm": {segment.name: segment.title.model_dump()
+                        for segment in self.scoring.rfm.segments if segment.title is not None}}
+
     def scoring_hash(self) -> str:
         """A short fingerprint of everything that changes scores, stored with each run."""
         payload = json.dumps(self.scoring.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
@@ -292,7 +297,7 @@ def load_config(path: Path | str | None = None, environ: dict[str, str] | None =
             env_sources[".".join(key_path)] = variable
 
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         problems = []
         errors = exc.errors()
@@ -306,3 +311,7 @@ def load_config(path: Path | str | None = None, environ: dict[str, str] | None =
             source = f" (from {env_sources[key]})" if key in env_sources else ""
             problems.append(f"{key}{source}: {_describe(error)}")
         raise ConfigError(problems) from None
+    from handlers.text import use_label_names  # the names every message and export reads labels by
+
+    use_label_names(config.label_names())
+    return config

@@ -24,11 +24,21 @@ def _yaml(name: str) -> dict[str, Any]:
     return yaml.safe_load((TEMPLATES_DIR / name).read_text(encoding="utf-8"))
 
 
+# model → label → {"zh", "en"}: names the loaded configuration gives labels (an RFM
+# segment's `title`), over templates/tiers.yaml's. Set by bot.config.load_config.
+_CONFIGURED_NAMES: dict[str, dict[str, dict[str, str]]] = {}
+
+
+def use_label_names(names: dict[str, dict[str, dict[str, str]]]) -> None:
+    _CONFIGURED_NAMES.clear()
+    _CONFIGURED_NAMES.update(names)
+
+
 def tier_name(tier: str | None, lang: str = "zh", model: str = "value_matrix") -> str:
     """A label's display name, for any model (value_matrix, rfm, sabc, pyramid, …)."""
     if not tier:
         return "—"
-    names = _yaml("tiers.yaml").get(model, {}).get(tier)
+    names = _CONFIGURED_NAMES.get(model, {}).get(tier) or _yaml("tiers.yaml").get(model, {}).get(tier)
     return names[lang] if names else tier
 
 

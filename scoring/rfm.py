@@ -127,12 +127,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SegmentTitle(_Strict):
+    zh: str = Field(min_length=1, max_length=20)
+    en: str = Field(min_length=1, max_length=40)
+
+
 class SegmentRule(_Strict):
     """One row of the segment table: a customer whose R, F and M scores all lie within
     the inclusive ranges gets this segment (unless an earlier rule matched)."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="canonical key, e.g. 'champions'")
     description: str = Field("", description="what the segment means; documentation only")
+    # What people read (cards, lists, exports); else templates/tiers.yaml's name for it, else the key.
+    title: SegmentTitle | None = None
     r_min: Score = 1
     r_max: Score = 5
     f_min: Score = 1

@@ -35,6 +35,15 @@ def _postgres_test_url() -> str:
     return f"{POSTGRES_URL}{separator}options=-csearch_path%3D{PG_SCHEMA}"
 
 
+@pytest.fixture(autouse=True)
+def _default_label_names():
+    """Each test starts from templates/tiers.yaml's label names: a configuration an earlier
+    test loaded (an RFM segment's title) is not this test's."""
+    from handlers.text import use_label_names
+
+    use_label_names({})
+
+
 @pytest.fixture(scope="session")
 def _postgres_schema() -> str:
     engine = make_engine(POSTGRES_URL)

@@ -381,6 +381,32 @@ async def test_a_pyramid_list_runs_by_revenue_the_others_by_value(bot, peer, eng
     assert [listed.index(f"（{c}）") for c in shown] == sorted(listed.index(f"（{c}）") for c in shown)
 
 
+async def test_rfm_segments_go_by_the_names_the_configuration_gives_them(engine, database_url, tmp_path, wecom, peer,
+                                                                         aiohttp_client):
+    from bot.export import export_scores
+
+    run_import(engine, [write_company(tmp_path / "crm")])
+    path = tmp_path / "config.yaml"
+    path.write_text("""scoring:
+  rfm:
+    segments:
+      - {name: champions, r_min: 4, f_min: 4, m_min: 4, title: {zh: 核心客户, en: Core}}
+      - {name: steady, title: {zh: 稳定客户, en: Steady}}
+""", encoding="utf-8")
+    config = load_config(path, environ={"TIERBOT_DATABASE_URL": database_url})
+    outcome, _ = full_rescore(engine, config, AS_OF)
+    identity = WeComIdentity(VECTOR_CORP, 1000002, "vector-secret", VECTOR_TOKEN, VECTOR_AES_KEY,
+                             str(wecom.make_url("")).rstrip("/"))
+    bot = await aiohttp_client(create_app(config, identity))
+    _, star = await _say(bot, peer, "boss", "客户 STAR1")
+    _, dog = await _say(bot, peer, "boss", "customer DOG1")
+    assert "\nRFM：核心客户 — " in star and "\nRFM: Steady — " in dog
+    out = tmp_path / "scores.csv"
+    export_scores(engine, out, "en", run_id=outcome.run_id)
+    exported = out.read_text(encoding="utf-8-sig")
+    assert "Core" in exported and "Steady" in exported and "Champions" not in exported
+
+
 async def test_the_card_names_the_business_rule_that_set_a_label(engine, database_url, tmp_path, wecom, peer,
                                                                  aiohttp_client):
     from scoring.pipeline import ScoringParams
