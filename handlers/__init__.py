@@ -5,6 +5,7 @@ button actions and 「更多」 pagers).
 """
 
 from handlers import customers, help, paging, tasks, team, tickets  # noqa: F401  (registration side effects)
+from handlers import named_segments  # noqa: F401  (last: it takes only what no other command understood)
 from handlers.router import router
 
 __all__ = ["router"]

@@ -181,12 +181,12 @@ _EN_LABELS = _alternatives(w for w in _LABEL_WORDS if w.isascii())
                 rf"(?:show |list )?(?:me )?(?:my |team |my team's )(?P<label>{_EN_LABELS})(?: customers| accounts)?",
                 rf"(?:show |list )?(?:me )?(?P<label>{_EN_LABELS}) (?:customers|accounts)")
 async def my_segment(ctx: CommandContext) -> Reply:
-    return await _segment_page(ctx, _LABEL_WORDS[ctx.match.group("label").strip()], offset=0)
+    return await segment_page(ctx, _LABEL_WORDS[ctx.match.group("label").strip()], offset=0)
 
 
 @router.pager("my_segment")
 async def next_segment_page(ctx: CommandContext, arguments: dict, offset: int) -> Reply:
-    return await _segment_page(ctx, [(arguments["model"], arguments["label"])], offset=offset)
+    return await segment_page(ctx, [(arguments["model"], arguments["label"])], offset=offset)
 
 
 def _segment_names(ctx: CommandContext, model: str, label: str) -> dict[str, str]:
@@ -196,7 +196,7 @@ def _segment_names(ctx: CommandContext, model: str, label: str) -> dict[str, str
     return {"model": _MODEL_NAMES[ctx.lang][model], "label": label_name}
 
 
-async def _segment_page(ctx: CommandContext, meanings: list[tuple[str, str]], offset: int) -> Reply:
+async def segment_page(ctx: CommandContext, meanings: list[tuple[str, str]], offset: int) -> Reply:
     """The list of the first of `meanings` (model, label) the latest run gave labels for."""
     async with ctx.services.db.begin() as connection:
         run_id = await _latest_run(ctx, connection)

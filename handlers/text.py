@@ -34,6 +34,18 @@ def use_label_names(names: dict[str, dict[str, dict[str, str]]]) -> None:
     _CONFIGURED_NAMES.update(names)
 
 
+def configured_label(word: str) -> tuple[str, str] | None:
+    """The (model, label) a name the configuration gave means: 「核心」, 「核心客户」, "core"."""
+    word = word.strip().lower()
+    for model, labels in _CONFIGURED_NAMES.items():
+        for label, names in labels.items():
+            for name in names.values():
+                name = name.strip().lower()
+                if word in (name, name.removesuffix("客户"), name.removesuffix(" customers")):
+                    return model, label
+    return None
+
+
 def tier_name(tier: str | None, lang: str = "zh", model: str = "value_matrix") -> str:
     """A label's display name, for any model (value_matrix, rfm, sabc, pyramid, …)."""
     if not tier:

@@ -401,6 +401,14 @@ async def test_rfm_segments_go_by_the_names_the_configuration_gives_them(engine,
     _, star = await _say(bot, peer, "boss", "客户 STAR1")
     _, dog = await _say(bot, peer, "boss", "customer DOG1")
     assert "\nRFM：核心客户 — " in star and "\nRFM: Steady — " in dog
+    # Listed by those names too, after every other command had its say.
+    _, core = await _say(bot, peer, "boss", "我的核心客户")
+    _, steady = await _say(bot, peer, "boss", "show my steady customers")
+    assert core.startswith("您团队的核心客户（RFM") and "星辰半导体" in core
+    assert steady.startswith("Your team's customers: Steady (RFM")
+    _, unknown = await _say(bot, peer, "boss", "我的神秘客户")
+    assert unknown.startswith("没听懂「我的神秘客户」")
+    assert (await _say(bot, peer, "boss", "我的明星客户"))[1].startswith("您团队的明星客户")
     out = tmp_path / "scores.csv"
     export_scores(engine, out, "en", run_id=outcome.run_id)
     exported = out.read_text(encoding="utf-8-sig")
