@@ -689,7 +689,8 @@ def _problems_across_rows(connection: Connection, kind: FileKind, names: list[st
     connection.execute(text(f"CREATE INDEX ix_stage_{kind.name}_key ON stage_{kind.name} ({kind.key})"))
     _userids_as_stored(connection, kind, staged)
     return [*_duplicate_problems(connection, kind, names), *_same_userid_problems(connection, kind, names),
-            *_new_rows_lacking(connection, kind, names), *_reference_problems(connection, kind, names, staged, unknowable)]
+            *_new_rows_lacking(connection, kind, names),
+            *_reference_problems(connection, kind, names, staged, unknowable)]
 
 
 def _userids_as_stored(connection: Connection, kind: FileKind, staged: frozenset[str]) -> None:
@@ -956,7 +957,8 @@ def rebuild_rollups(connection: Connection, only_touched: bool = True) -> int:
     # Orders are first summed per day; the month's first purchase day and its revenue come
     # from a window over those days (lifetimes counts purchase days, not orders). A day
     # whose orders net to 0 or less (refunds, 红冲 reversals) is no purchase: its amount
-    # counts in the revenue, but it makes nobody a recent or repeat buyer.
+    # counts in the revenue, but it makes nobody a recent or repeat buyer. A refund row (a
+    # negative amount) is no order either.
     connection.execute(text(f"""
         INSERT INTO customer_months (customer_id, month, revenue, cost, repeat_revenue, orders, purchase_days,
                                      first_day_revenue, first_order_date, last_order_date)
@@ -968,7 +970,7 @@ def rebuild_rollups(connection: Connection, only_touched: bool = True) -> int:
             SELECT customer_id, {order_month} AS month, order_date, SUM(amount) AS revenue,
                    SUM(COALESCE(cost, 0)) AS cost,
                    SUM(CASE WHEN kind IN ('renewal', 'upsell') THEN amount ELSE 0 END) AS repeat_revenue,
-                   COUNT(*) AS orders,
+                   SUM(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) AS orders,
                    MIN(CASE WHEN SUM(amount) > 0 THEN order_date END)
                        OVER (PARTITION BY customer_id, {order_month}) AS first_day
             FROM orders WHERE true {scope_and}

@@ -36,7 +36,7 @@ _NOW = bindparam("now", type_=DateTime(timezone=True))
 # The as-of month so far, from the raw orders (its roll-up row may hold later days).
 _CURRENT_DAYS_SQL = """
 SELECT customer_id, order_date, SUM(amount), SUM(COALESCE(cost, 0)),
-       SUM(CASE WHEN kind IN ('renewal', 'upsell') THEN amount ELSE 0 END), COUNT(*)
+       SUM(CASE WHEN kind IN ('renewal', 'upsell') THEN amount ELSE 0 END), SUM(CASE WHEN amount >= 0 THEN 1 ELSE 0 END)
 FROM orders WHERE order_date >= :m0 AND order_date <= :as_of {scope}
 GROUP BY customer_id, order_date
 """
@@ -88,8 +88,8 @@ def _current_days(connection: Connection, as_of: date, customer_ids: list[str] |
 def _aggregates_from(windows: pd.DataFrame, days: pd.DataFrame) -> pd.DataFrame:
     """load_aggregates' frame: the whole months' totals plus the as-of month's days."""
     frame = windows.set_index("customer_id")[[*window_totals.ORDER_SUMS, "first_order_date", "last_order_date"]]
-    # Customers with orders: a purchase, or only refunds (no first purchase day, but money).
-    frame = frame[frame["first_order_date"].notna() | (frame["lifetime_orders"] > 0)]
+    # Customers with orders: a purchase, or only refunds (no first purchase day nor order, but money).
+    frame = frame[frame["first_order_date"].notna() | (frame["lifetime_orders"] > 0) | (frame["lifetime_revenue"] != 0)]
     for column in ("first_order_date", "last_order_date"):
         frame[column] = pd.to_datetime(frame[column])
     if len(days):

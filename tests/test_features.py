@@ -118,6 +118,9 @@ def test_a_refund_is_no_purchase_but_counts_against_revenue(engine, tmp_path):
     assert str(found.loc["LATE", "last_order_date"])[:10] == "2024-03-05"
     assert found.loc["NETTED", "purchase_days"] == 1 and found.loc["NETTED", "first_day_revenue"] == 50000
     assert found.loc["ONLYREFUND", "purchase_days"] == 0 and pd.isna(found.loc["ONLYREFUND", "first_order_date"])
+    # A refund row is no order, in a whole month or in the as-of month; money it still is.
+    assert found["lifetime_orders"].to_dict() == {"LATE": 1, "LOST": 2, "NETTED": 2, "ONLYREFUND": 0}
+    assert found.loc["LATE", "orders_12m"] == 0 and found.loc["ONLYREFUND", "lifetime_revenue"] == -500
 
     found["first_order_date"] = pd.to_datetime(found["first_order_date"])
     found["last_order_date"] = pd.to_datetime(found["last_order_date"])

@@ -165,3 +165,28 @@ def test_upgrading_to_refunds_are_not_purchases_rebuilds_the_roll_ups_they_were_
     assert [tuple(row) for row in months] == [
         ("FINE", "2026-05-01", 999, 1, "2026-05-21"),
         ("LOST", "2024-03-01", 100000, 1, "2024-03-05"), ("LOST", "2026-05-01", -100000, 0, None)]
+
+
+def test_upgrading_to_refund_rows_are_no_orders_recounts_the_orders_of_customers_with_refunds(tmp_path):
+    """0015: a month's orders counted its refund rows; the upgrade recounts them for the
+    customers with refunds, and nobody else."""
+    from sqlalchemy import text
+
+    url, engine = database_at(tmp_path, "0014")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO customers (customer_id, name, updated_at) VALUES "
+                                "('BACK', 'a', '2026-11-01'), ('FINE', 'b', '2026-11-01')"))
+        connection.execute(text("INSERT INTO orders (order_id, customer_id, order_date, amount) VALUES "
+                                "('B1', 'BACK', '2026-05-04', 1000), ('B2', 'BACK', '2026-05-20', -400), "
+                                "('F1', 'FINE', '2026-05-21', 300)"))
+        # As the code before 0015 rolled them up; FINE's count is left wrong on purpose.
+        connection.execute(text(
+            "INSERT INTO customer_months (customer_id, month, revenue, cost, repeat_revenue, orders, purchase_days, "
+            "first_day_revenue, first_order_date, last_order_date) VALUES "
+            "('BACK', '2026-05-01', 600, 0, 0, 2, 1, 1000, '2026-05-04', '2026-05-04'), "
+            "('FINE', '2026-05-01', 300, 0, 0, 7, 1, 300, '2026-05-21', '2026-05-21')"))
+    upgrade_schema(url)
+    with engine.connect() as connection:
+        orders = dict(connection.execute(text("SELECT customer_id, orders FROM customer_months")).all())
+    engine.dispose()
+    assert orders == {"BACK": 1, "FINE": 7}
