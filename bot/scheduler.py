@@ -35,6 +35,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notifications.settings import cron_trigger
+from storage.db import as_utc
 from storage.models import JobState
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ class Leases:
 
     async def _ensure(self, connection, name: str) -> None:
         insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
-        await connection.execute(insert(JobState.__table__).values(name=name).on_conflict_do_nothing())
+        await connection.execute(insert(JobState.__table__).values(name=name, registered_at=self.clock())
+                                 .on_conflict_do_nothing())
 
     async def acquire(self, name: str, seconds: float = LEASE_SECONDS, slot: str | None = None) -> bool:
         """Take (or renew) the lease; with `slot`, only if that slot has not completed."""
@@ -96,14 +98,15 @@ class Leases:
             return None
         return None
 
-    async def known(self, name: str) -> bool:
-        """Whether a service process has had this job before (its row exists)."""
-        async with self.engine.connect() as connection:
-            return (await connection.execute(select(JobState.name).where(JobState.name == name))).first() is not None
-
-    async def register(self, name: str) -> None:
+    async def had_before(self, name: str, moment: datetime) -> bool:
+        """Record the job; whether a service process had it at `moment` already. Not merely
+        "its row exists": a new install's second process, started a minute after the first,
+        finds the first one's row, yet no process had the job when the slot went by."""
         async with self.engine.begin() as connection:
             await self._ensure(connection, name)
+            registered = (await connection.execute(
+                select(JobState.registered_at).where(JobState.name == name))).scalar()
+        return registered is None or as_utc(registered) <= moment
 
     async def completed(self, name: str, slot: str) -> bool:
         async with self.engine.connect() as connection:
@@ -280,9 +283,11 @@ class Scheduler:
             fired = last_fire(job.trigger, now)
             # A job no service process has had before missed nothing: a new install started
             # at 03:00 right after its first import and score must not score it all again.
-            known = await self.leases.known(job.name)
-            await self.leases.register(job.name)
-            if known and fired is not None and now - fired <= CATCH_UP_WITHIN:
+            if fired is None:
+                await self.leases.had_before(job.name, now)
+                continue
+            known = await self.leases.had_before(job.name, fired)
+            if known and now - fired <= CATCH_UP_WITHIN:
                 slot = slot_of(fired)
                 if not await self.leases.completed(job.name, slot):
                     logger.info("job %s missed its %s run: running it now", job.name, fired.isoformat())

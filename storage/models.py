@@ -525,3 +525,6 @@ class JobState(Base):
     last_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # When a service process first had the job: a slot before it was nobody's to miss.
+    # None: before this was recorded (the job is older than any slot it could catch up).
+    registered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

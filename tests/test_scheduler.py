@@ -197,8 +197,15 @@ async def test_a_new_install_started_after_a_slot_does_not_run_it_late(async_db)
     scheduler = Scheduler(async_db, "Asia/Shanghai", leases=Leases(async_db, clock=lambda: now), clock=lambda: now)
     scheduler.cron("full_rescore", "0 2 * * *", job)
     await scheduler.start()
+    # A second process of the same install, a minute later: the first one's row does not
+    # make 02:00 a slot anyone missed.
+    later = now + timedelta(minutes=1)
+    second = Scheduler(async_db, "Asia/Shanghai", leases=Leases(async_db, clock=lambda: later), clock=lambda: later)
+    second.cron("full_rescore", "0 2 * * *", job)
+    await second.start()
     await asyncio.sleep(0.2)
     await scheduler.stop()
+    await second.stop()
     assert runs == []
 
 
