@@ -221,6 +221,24 @@ def export_scores(ctx: click.Context, out: str, lang: str | None, run_id: int | 
     click.echo(f"wrote {rows:,} customers to {out}")
 
 
+@export_group.command("tasks")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
+@click.option("--lang", type=click.Choice(["zh", "en"]), default=None, help="Language of task titles and tiers.")
+@click.option("--status", type=click.Choice(["open", "done", "cancelled", "all"]), default="all", show_default=True,
+              help="Only the tasks in this state.")
+@click.option("--since", "since", callback=_parse_day, default=None, metavar="DAY",
+              help="Only the tasks made or done on or after DAY (YYYY-MM-DD).")
+@click.pass_context
+def export_tasks(ctx: click.Context, out: str, lang: str | None, status: str, since: date | None) -> None:
+    """One row per follow-up task: whose, what, due when, and what came of it (done, the note)."""
+    from bot.export import export_tasks as write_tasks
+
+    config = _config(ctx)
+    rows = write_tasks(_engine(ctx), Path(out), config.tz, _today(config), lang or config.language,
+                       status=None if status == "all" else status, since=since)
+    click.echo(f"wrote {rows:,} tasks to {out}")
+
+
 @main.command("demo")
 @click.option("--customers", default=2000, show_default=True, help="Size of the demo company.")
 @click.option("--seed", default=42, show_default=True)

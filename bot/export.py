@@ -1,16 +1,20 @@
-"""`python -m bot export scores`: the latest score run as CSV, streamed in bounded memory."""
+"""`python -m bot export scores` (the latest score run) and `export tasks` (the follow-up
+tasks and what came of them) as CSV, streamed in bounded memory."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, or_, select
 
 from handlers.text import model_reasons_text, reasons_text, tier_name
-from storage.models import Customer, ScoreSnapshot, User
+from storage.db import as_utc
+from storage.models import Customer, FollowUpTask, ScoreSnapshot, User
 from storage.scores import StoredSnapshot, exportable_run, latest_run
 
 # pending_tier: the tier a borderline customer is heading for, held back until the runs confirm it.
@@ -122,3 +126,49 @@ def _cell(value) -> str:
     if value is None:
         return ""
     return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+TASK_COLUMNS = ("task_id", "customer_id", "customer_name", "owner_userid", "owner_name", "rule", "title", "tier",
+                "tier_name", "status", "created_at", "due_date", "overdue", "snoozed_until", "done_at", "done_note")
+
+
+def export_tasks(engine: Engine, out: Path, tz: ZoneInfo, today: date, lang: str = "zh",
+                 status: str | None = None, since: date | None = None) -> int:
+    """Write one row per follow-up task, oldest first: whose it is, what it asks, and what
+    came of it (done when, the rep's note). `status`: only those; `since`: only tasks made
+    or done on or after that day (in `tz`, as are the times). Written beside its final name
+    and renamed, as export_scores is."""
+    tasks = FollowUpTask.__table__
+    query = (select(tasks, Customer.name.label("customer_name"), User.name.label("owner_name"))
+             .join(Customer, Customer.customer_id == tasks.c.customer_id)
+             .outerjoin(User, User.userid == tasks.c.owner_userid).order_by(tasks.c.id))
+    if status is not None:
+        query = query.where(tasks.c.status == status)
+    if since is not None:
+        # In UTC: SQLite keeps timestamps as UTC wall-clock text, and compares them as text.
+        start = datetime.combine(since, time.min, tzinfo=tz).astimezone(timezone.utc)
+        query = query.where(or_(tasks.c.created_at >= start, tasks.c.done_at >= start))
+
+    def local(moment) -> str:
+        if moment is None:
+            return ""
+        moment = datetime.fromisoformat(str(moment)) if not isinstance(moment, datetime) else moment
+        return as_utc(moment).astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+    partial = out.with_name(out.name + ".partial")
+    written = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with engine.connect() as connection, open(partial, "w", encoding="utf-8-sig", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(TASK_COLUMNS)
+        for row in connection.execution_options(yield_per=2000).execute(query):
+            due = row.due_date if isinstance(row.due_date, date) else date.fromisoformat(str(row.due_date)[:10])
+            writer.writerow([row.id, row.customer_id, row.customer_name, row.owner_userid, row.owner_name or "",
+                             row.rule, row.title_zh if lang == "zh" else row.title_en, row.tier or "",
+                             tier_name(row.tier, lang) if row.tier else "", row.status, local(row.created_at),
+                             due.isoformat(), "yes" if row.status == "open" and due < today else "",
+                             str(row.snoozed_until)[:10] if row.snoozed_until else "", local(row.done_at),
+                             row.done_note or ""])
+            written += 1
+    partial.replace(out)
+    return written

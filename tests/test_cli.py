@@ -57,6 +57,43 @@ def test_import_score_export_round_trip(cli, tmp_path):
     assert (frame["pyramid_label"].map(names) == frame["pyramid_name"]).all()
 
 
+def test_export_tasks_lists_whose_each_task_is_and_what_came_of_it(cli, tmp_path, database_url):
+    import pandas as pd
+    from sqlalchemy import create_engine, text
+
+    assert cli("import", str(write_company(tmp_path / "crm")), "--no-progress").exit_code == 0
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        for task_id, customer, owner, status, due, done_at, note in (
+                (1, "STAR1", "rep_a", "done", "2026-11-10", "2026-11-09 03:30:00+00:00", "客户同意续约两年"),
+                (2, "QM1", "rep_b", "open", "2026-11-12", None, None),
+                (3, "COW1", "rep_a", "open", "2099-01-01", None, None)):
+            connection.execute(text(
+                "INSERT INTO tasks (id, customer_id, rule, owner_userid, title_zh, title_en, created_at, due_date, "
+                "status, done_at, done_note, tier, churn_score, value_at_stake, reasons, overdue_notified) VALUES "
+                "(:id, :customer, 'manual', :owner, '安排高层拜访', 'Arrange an executive visit', "
+                "'2026-11-02 01:00:00+00:00', :due, :status, :done_at, :note, 'star', 0, 0, '[]', false)"),
+                {"id": task_id, "customer": customer, "owner": owner, "status": status, "due": due,
+                 "done_at": done_at, "note": note})
+    engine.dispose()
+    out = tmp_path / "tasks.csv"
+    result = cli("export", "tasks", "--out", str(out))
+    assert result.exit_code == 0 and "wrote 3 tasks" in result.stdout
+    frame = pd.read_csv(out, encoding="utf-8-sig", dtype=str, keep_default_na=False).set_index("task_id")
+    # Times in the service's time zone (Shanghai), the note as the rep typed it.
+    assert frame.loc["1", ["owner_name", "status", "done_at", "done_note"]].tolist() == [
+        "张三", "done", "2026-11-09 11:30", "客户同意续约两年"]
+    assert frame.loc["2", "overdue"] == "yes" and frame.loc["3", "overdue"] == ""
+    assert frame.loc["1", "title"] == "安排高层拜访" and frame.loc["1", "tier_name"] == "明星客户"
+    done = cli("export", "tasks", "--out", str(out), "--status", "done", "--lang", "en")
+    assert "wrote 1 tasks" in done.stdout and "Arrange an executive visit" in out.read_text(encoding="utf-8-sig")
+    # The day in Shanghai: done at 11:30 there on the 9th (03:30 UTC), made on the 2nd.
+    assert "wrote 1 tasks" in cli("export", "tasks", "--out", str(out), "--since", "2026-11-09").stdout
+    assert "wrote 0 tasks" in cli("export", "tasks", "--out", str(out), "--since", "2026-11-10").stdout
+    bad = cli("export", "tasks", "--out", str(out), "--since", "2026-13-01")
+    assert bad.exit_code == 2 and "'2026-13-01' is not a date" in bad.output
+
+
 def test_bad_rows_exit_2_listing_each_and_nothing_is_imported(cli, tmp_path):
     write_csv(tmp_path / "users.csv", ["userid", "name", "role", "colour"], [["u1", "甲", "rep", ""],
                                                                           ["u2", "乙", "chief", ""]])
