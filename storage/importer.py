@@ -248,11 +248,12 @@ class _FileReader:
 
     def _named(self, frame: pd.DataFrame) -> pd.DataFrame:
         """A batch of file cells under their canonical names; amounts of a 万 column marked
-        so (12.5 → 12.5万, which the validator reads as 125,000)."""
+        so (12.5 → 12.5万, which the validator reads as 125,000). Only numbers: a cell that
+        is none is reported as it was typed."""
         for column in self.in_wan:
-            cells = frame[column]
-            plain = cells.str.strip().ne("") & ~cells.str.strip().str.endswith(("万", "元"))
-            frame[column] = cells.where(~plain, cells.str.strip() + "万")
+            cells = frame[column].str.strip()
+            plain = cells.str.fullmatch(r"[-+]?[¥￥]?[\d,，]*\.?\d+").fillna(False).astype(bool)
+            frame[column] = frame[column].where(~plain, cells + "万")
         return frame
 
     def _warn_unheaded(self, line: int, position: int, value) -> None:

@@ -225,11 +225,18 @@ def test_a_currency_unit_in_a_header_is_understood(engine, tmp_path):
     write_csv(tmp_path / "users.csv", USERS_HEADER, USERS)
     write_csv(tmp_path / "customers.csv", ["customer_id", "name", "owner_userid"], [["K1", "华东机械", "rep_a"]])
     write_csv(tmp_path / "orders.csv", ["订单编号", "客户编号", "下单日期", "金额（万元）", "成本 (元)"],
-              [["D1", "K1", "2026-03-01", "12.5", "800"], ["D2", "K1", "2026-03-02", "3万", "¥1,000"]])
+              [["D1", "K1", "2026-03-01", "12.5", "800"], ["D2", "K1", "2026-03-02", "3万", "¥1,000"],
+               ["D3", "K1", "2026-03-03", "¥1,200", "0"], ["D4", "K1", "2026-03-04", "-0.5", "0"]])
     run_import(engine, [tmp_path])
     with engine.connect() as connection:
         orders = connection.execute(select(Order.amount, Order.cost).order_by(Order.order_id)).all()
-    assert [tuple(row) for row in orders] == [(125_000.0, 800.0), (30_000.0, 1_000.0)]
+    assert [tuple(row) for row in orders] == [(125_000.0, 800.0), (30_000.0, 1_000.0), (12_000_000.0, 0.0),
+                                              (-5_000.0, 0.0)]
+    # A cell that is no number is named as it was typed, not as 万 made it.
+    write_csv(tmp_path / "orders.csv", ["订单编号", "客户编号", "下单日期", "金额（万元）"],
+              [["D5", "K1", "2026-03-05", "约12"]])
+    problems = _import_fails(engine, [tmp_path / "orders.csv"])
+    assert len(problems) == 1 and problems[0].endswith("'约12'")
 
 
 def test_a_gbk_line_deep_in_a_utf8_file_is_named_with_its_line(engine, tmp_path):
