@@ -6,7 +6,7 @@ import difflib
 
 from handlers.registry import CommandContext, Reply, normalise
 from handlers.router import router
-from handlers.text import render
+from handlers.text import configured_label_names, render
 from storage import queries
 
 # Commands typed as they are, without an argument: the closest one to a message nobody
@@ -61,5 +61,8 @@ def suggestion(text: str) -> str | None:
     """The command a message not understood was probably meant to be, if one is close."""
     if len(text) < 3:
         return None
-    close = difflib.get_close_matches(normalise(text), SUGGESTED, n=1, cutoff=SUGGEST_FROM)
+    # With the lists config names (an RFM segment's title): 「我的核心客胡」 → 「我的核心客户」.
+    named = [phrase for names in configured_label_names()
+             for phrase in (f"我的{names['zh'].removesuffix('客户')}客户", f"my {names['en'].lower()} customers")]
+    close = difflib.get_close_matches(normalise(text), [*SUGGESTED, *named], n=1, cutoff=SUGGEST_FROM)
     return close[0] if close else None

@@ -34,6 +34,11 @@ def use_label_names(names: dict[str, dict[str, dict[str, str]]]) -> None:
     _CONFIGURED_NAMES.update(names)
 
 
+def configured_label_names() -> list[dict[str, str]]:
+    """Every {zh, en} name the loaded configuration gives a label."""
+    return [names for labels in _CONFIGURED_NAMES.values() for names in labels.values()]
+
+
 def configured_label(word: str) -> tuple[str, str] | None:
     """The (model, label) a name the configuration gave means: 「核心」, 「核心客户」, "core"."""
     word = word.strip().lower()

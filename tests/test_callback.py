@@ -408,6 +408,8 @@ async def test_rfm_segments_go_by_the_names_the_configuration_gives_them(engine,
     assert steady.startswith("Your team's customers: Steady (RFM")
     _, unknown = await _say(bot, peer, "boss", "我的神秘客户")
     assert unknown.startswith("没听懂「我的神秘客户」")
+    _, typo = await _say(bot, peer, "boss", "我的核心客胡")
+    assert "您是不是想发「我的核心客户」？" in typo
     assert (await _say(bot, peer, "boss", "我的明星客户"))[1].startswith("您团队的明星客户")
     out = tmp_path / "scores.csv"
     export_scores(engine, out, "en", run_id=outcome.run_id)
