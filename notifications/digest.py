@@ -100,8 +100,9 @@ async def queue_overdue_notices(engine: AsyncEngine, settings: PlaybookSettings,
             item = {"type": "overdue", "customer_id": task.customer_id, "name": task.name,
                     "task": {"id": task.id, "title_zh": task.title_zh, "title_en": task.title_en,
                              "due_date": str(task.due_date)}}
+            language = chosen.get(task.owner_userid, settings.language)
             rows.append(outbox_row([task.owner_userid], "markdown",
-                                   {"content": messages.overdue_notice(item, chosen.get(task.owner_userid, settings.language))},
+                                   {"content": messages.overdue_notice(item, language)},
                                    origin=f"overdue:{task.id}:{task.due_date}", kind="overdue",
                                    not_before=settings.hold_until(now, task.owner_userid),
                                    batch_key=f"rep:{task.owner_userid}", batch_item=item, now=now))

@@ -380,7 +380,8 @@ def _assign_waiting(connection: Connection, settings: TicketSettings, now: datet
         agents[agent]["last"] = now
         outcome.assigned += 1
         item = _item(ticket, settings, agent_name=agents[agent]["name"])
-        rows.append(outbox_row([agent], "template_card", messages.ticket_card(item, settings.language_of(agent), card_id),
+        card = messages.ticket_card(item, settings.language_of(agent), card_id)
+        rows.append(outbox_row([agent], "template_card", card,
                                origin=f"ticket-card:{ticket.ticket_id}:{agent}:{now.isoformat()}", kind="ticket",
                                now=now))
         if ticket.opened_by and ticket.opened_by != agent:

@@ -652,7 +652,8 @@ def test_userids_are_matched_as_wecom_does_whatever_their_case(engine, tmp_path)
     assert owner == "lisi"
     problems = _import_fails(engine, [], records={"users": [{"userid": "WangWu", "name": "王五", "role": "rep"},
                                                             {"userid": "wangwu", "name": "王五", "role": "rep"}]})
-    assert problems == ["<users>:2: userid: 'wangwu' is the same WeCom UserID as 'WangWu' (item 1): UserIDs ignore case"]
+    assert problems == ["<users>:2: userid: 'wangwu' is the same WeCom UserID as 'WangWu' (item 1): "
+                        "UserIDs ignore case"]
     # Bound to fail on something else: the case of a UserID is still no problem of its own.
     problems = _import_fails(engine, [], records={
         "users": [{"userid": "zhaoliu", "name": "赵六", "role": "rep"}],
