@@ -15,6 +15,7 @@ from bot.emulator import EMULATOR, create_emulator_app
 from bot.rescore import full_rescore
 from bot.sandbox import WeComPeer
 from handlers.router import router
+from storage.db import write_transaction
 from storage.importer import run_import
 from storage.models import CallbackSeen
 from tests.company import AS_OF, write_company
@@ -48,6 +49,13 @@ async def bot(scored_company, wecom, aiohttp_client):
     app = create_app(scored_company, identity)
     client = await aiohttp_client(app)
     return client
+
+
+def off_the_loop(work):
+    """A synchronous database write from a test, run in a thread: on the event loop's
+    thread it would wait for a write lock that the service's background tasks (the
+    scheduler's leases) hold across an await, and that wait would keep them from letting go."""
+    return asyncio.to_thread(work)
 
 
 @pytest.fixture
@@ -302,8 +310,11 @@ async def test_a_run_from_before_label_codes_asks_for_a_full_run(bot, peer, engi
 
     from storage.models import ScoreRun
 
-    with engine.begin() as connection:
-        connection.execute(sql_update(ScoreRun).values(summary={"customers": 28}))
+    def forget_label_codes():
+        with engine.begin() as connection:
+            connection.execute(sql_update(ScoreRun).values(summary={"customers": 28}))
+
+    await off_the_loop(forget_label_codes)
     _, reply = await _say(bot, peer, "rep_a", "我的冠军客户")
     assert reply == "按 RFM 分组的名单要在下一次全量评分后才有（每晚自动运行，或 python -m bot score）。"
 
@@ -333,10 +344,13 @@ async def test_a_label_word_means_what_the_configuration_has_and_a_bare_word_is_
     for phrase in ("团队的明星客户", "team star customers", "my team's champions"):
         assert not (await _say(bot, peer, "boss", phrase))[1].startswith(("没听懂", "I did not"))
     # A model switched off for the run: said so, not "none right now".
-    with engine.begin() as connection:
-        summary = connection.execute(sql_select(ScoreRun.summary).where(ScoreRun.kind == "full")).scalar_one()
-        coded = {model: labels for model, labels in summary["coded_labels"].items() if model != "intent"}
-        connection.execute(sql_update(ScoreRun).values(summary={**summary, "coded_labels": coded}))
+    def switch_intent_off():
+        with write_transaction(engine) as connection:
+            summary = connection.execute(sql_select(ScoreRun.summary).where(ScoreRun.kind == "full")).scalar_one()
+            coded = {model: labels for model, labels in summary["coded_labels"].items() if model != "intent"}
+            connection.execute(sql_update(ScoreRun).values(summary={**summary, "coded_labels": coded}))
+
+    await off_the_loop(switch_intent_off)
     _, off = await _say(bot, peer, "rep_a", "我的高意向客户")
     assert off == "意向 没有启用，所以没有按它分组的名单。"
 
@@ -362,19 +376,24 @@ async def test_a_pyramid_list_runs_by_revenue_the_others_by_value(bot, peer, eng
     from storage.models import ScoreRun, ScoreSnapshot
     from storage.scores import label_condition
 
-    with engine.begin() as connection:
-        run_id, summary = connection.execute(sql_select(ScoreRun.id, ScoreRun.summary)
-                                             .where(ScoreRun.kind == "full")).one()
-        iron = connection.execute(sql_select(ScoreSnapshot.customer_id).where(
-            ScoreSnapshot.run_id == run_id,
-            label_condition(ScoreSnapshot.label_codes, summary["coded_labels"], "pyramid", "iron"))
-            .order_by(ScoreSnapshot.current_value.desc(), ScoreSnapshot.customer_id)).scalars().all()
-        assert len(iron) >= 3
-        # The most valuable get the least revenue: the two orders disagree.
-        for rank, customer_id in enumerate(iron):
-            connection.execute(sql_update(ScoreSnapshot).where(ScoreSnapshot.run_id == run_id,
-                                                               ScoreSnapshot.customer_id == customer_id)
-                               .values(revenue_12m=1_000.0 * (rank + 1)))
+    def iron_by_value_with_revenue_the_other_way() -> list[str]:
+        # Read, then write: the write lock first, or a lease written meanwhile makes the read stale.
+        with write_transaction(engine) as connection:
+            run_id, summary = connection.execute(sql_select(ScoreRun.id, ScoreRun.summary)
+                                                 .where(ScoreRun.kind == "full")).one()
+            iron = connection.execute(sql_select(ScoreSnapshot.customer_id).where(
+                ScoreSnapshot.run_id == run_id,
+                label_condition(ScoreSnapshot.label_codes, summary["coded_labels"], "pyramid", "iron"))
+                .order_by(ScoreSnapshot.current_value.desc(), ScoreSnapshot.customer_id)).scalars().all()
+            # The most valuable get the least revenue: the two orders disagree.
+            for rank, customer_id in enumerate(iron):
+                connection.execute(sql_update(ScoreSnapshot).where(ScoreSnapshot.run_id == run_id,
+                                                                   ScoreSnapshot.customer_id == customer_id)
+                                   .values(revenue_12m=1_000.0 * (rank + 1)))
+        return iron
+
+    iron = await off_the_loop(iron_by_value_with_revenue_the_other_way)
+    assert len(iron) >= 3
     _, listed = await _say(bot, peer, "admin", "铁质客户")
     shown = [customer_id for customer_id in reversed(iron) if f"（{customer_id}）" in listed]
     assert len(shown) == min(len(iron), 10)
@@ -445,9 +464,12 @@ async def test_the_card_gives_the_day_a_tier_was_assigned_in_the_service_time_zo
 
     from storage.models import Customer
 
-    with engine.begin() as connection:  # 01:00 on 12-01 in Shanghai is still 11-30 in UTC
-        connection.execute(update(Customer).where(Customer.customer_id == "STAR1")
-                           .values(tier_since=datetime(2026, 11, 30, 17, 0, tzinfo=timezone.utc)))
+    def assigned_at_one_in_the_night():  # 01:00 on 12-01 in Shanghai is still 11-30 in UTC
+        with engine.begin() as connection:
+            connection.execute(update(Customer).where(Customer.customer_id == "STAR1")
+                               .values(tier_since=datetime(2026, 11, 30, 17, 0, tzinfo=timezone.utc)))
+
+    await off_the_loop(assigned_at_one_in_the_night)
     _, card = await _say(bot, peer, "boss", "客户 STAR1")
     assert "层级：明星客户（2026-12-01 定级）" in card
 
