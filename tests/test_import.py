@@ -262,14 +262,7 @@ def test_a_title_above_the_header_is_skipped_with_a_warning(engine, tmp_path):
     assert result.warnings == [f"{path}: the header is on line 3; lines 1–2 above it (a title?) are ignored"]
     assert len(_users(engine)) == len(USERS) + 1
 
-    book = Workbook()
-    sheet = book.active
-    sheet.append(["销售团队名单"])
-    sheet.append(USERS_HEADER)
-    for row in USERS:
-        sheet.append(row)
-    sheet.append(["rep_d", "赵六", "rep", "boss", "", ""])
-    book.save(tmp_path / "users.xlsx")
+    _write_xlsx(tmp_path / "users.xlsx", [["销售团队名单"], USERS_HEADER, *USERS, ["rep_d", "赵六", "rep", "boss", "", ""]])
     result = run_import(engine, [tmp_path / "users.xlsx"])
     assert result.warnings == [f"{tmp_path / 'users.xlsx'}: the header is on line 2; line 1 above it (a title?) "
                                "is ignored"]
@@ -322,12 +315,7 @@ def test_chinese_headers_and_values_are_accepted(engine, tmp_path):
 def test_xlsx_files_import_like_csv(engine, tmp_path):
     from datetime import datetime
 
-    book = Workbook()
-    sheet = book.active
-    sheet.append(USERS_HEADER)
-    for row in USERS:
-        sheet.append(row)
-    book.save(tmp_path / "users.xlsx")
+    _write_xlsx(tmp_path / "users.xlsx", [USERS_HEADER, *USERS])
     book = Workbook()
     sheet = book.active
     sheet.append(CUSTOMERS_HEADER)
@@ -555,6 +543,14 @@ def test_the_visible_sheet_is_read_and_zero_width_characters_do_not_make_new_ids
     assert userids == sorted(row[0] for row in USERS)
 
 
+def _write_xlsx(path, rows: list[list]) -> None:
+    """One sheet of `rows` (the header among them), as write_csv writes a CSV."""
+    book = Workbook()
+    for row in rows:
+        book.active.append(row)
+    book.save(path)
+
+
 def _shrink_dimension(path: Path, ref: str) -> None:
     """Rewrites the first sheet's <dimension> tag, as some exporters write it wrong."""
     import re
@@ -571,12 +567,7 @@ def _shrink_dimension(path: Path, ref: str) -> None:
 
 
 def test_an_xlsx_with_a_wrong_dimension_tag_loses_no_rows(engine, tmp_path):
-    book = Workbook()
-    sheet = book.active
-    sheet.append(USERS_HEADER)
-    for row in USERS:
-        sheet.append(row)
-    book.save(tmp_path / "users.xlsx")
+    _write_xlsx(tmp_path / "users.xlsx", [USERS_HEADER, *USERS])
     _shrink_dimension(tmp_path / "users.xlsx", "A1:C2")
 
     result = run_import(engine, [tmp_path / "users.xlsx"])
@@ -594,12 +585,8 @@ def test_a_value_under_a_blank_header_is_warned_of(engine, tmp_path):
     assert result.warnings == [f"{tmp_path / 'csv' / 'users.csv'}:4: column G has a value ('备注：大客户') but no "
                                "header: that column is ignored (give it a header to import it)"]
 
-    book = Workbook()
-    sheet = book.active
-    sheet.append(USERS_HEADER)
-    for row in USERS:
-        sheet.append([*row, None, "x"] if row[0] == "boss" else row)
-    book.save(tmp_path / "users.xlsx")
+    _write_xlsx(tmp_path / "users.xlsx",
+                [USERS_HEADER, *([*row, None, "x"] if row[0] == "boss" else row for row in USERS)])
     result = run_import(engine, [tmp_path / "users.xlsx"])
     assert result.warnings == [f"{tmp_path / 'users.xlsx'}:3: column H has a value ('x') but no header: that "
                                "column is ignored (give it a header to import it)"]
