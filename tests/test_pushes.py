@@ -26,16 +26,27 @@ def config(engine, database_url, tmp_path, clock):
 
 
 
-async def test_new_order_into_star_gives_one_message_and_one_task(engine, config, make_dispatcher, emulator, clock):
+# Seven big upsells over the last 140 days: enough to take the Question Mark QM1 to Star.
+QM1_UPSELLS = [{"order_id": f"API-{i}", "customer_id": "QM1", "amount": 3_000_000, "cost": 800_000,
+                "order_date": (AS_OF - timedelta(days=20 * i)).isoformat(), "product_line": "mes", "kind": "upsell"}
+               for i in range(1, 8)]
+
+
+async def drained(make_dispatcher, emulator):
+    """A dispatcher that has sent whatever the first run queued (tasks, churn alerts), and
+    the emulator's record of messages cleared after it."""
     dispatcher = await make_dispatcher()
-    await dispatcher.drain()  # whatever the first run queued (tasks, churn alerts)
+    await dispatcher.drain()
     state = state_of(emulator)
     state.clear()
+    return dispatcher, state
+
+
+async def test_new_order_into_star_gives_one_message_and_one_task(engine, config, make_dispatcher, emulator, clock):
+    dispatcher, state = await drained(make_dispatcher, emulator)
 
     today = AS_OF
-    orders = [{"order_id": f"API-{i}", "customer_id": "QM1", "order_date": (today - timedelta(days=20 * i)).isoformat(),
-               "amount": 3_000_000, "cost": 800_000, "product_line": "mes", "kind": "upsell"} for i in range(1, 8)]
-    result = run_import(engine, [], records={"orders": orders})
+    result = run_import(engine, [], records={"orders": QM1_UPSELLS})
     outcome = incremental_rescore(engine, config, result.touched, today, now=clock.utc())
     assert outcome.tier_changes == 1
 
@@ -67,10 +78,7 @@ async def test_new_order_into_star_gives_one_message_and_one_task(engine, config
 
 async def test_a_lead_showing_high_intent_gets_its_rep_a_follow_up_task_within_a_working_day(
         engine, config, make_dispatcher, emulator, clock):
-    dispatcher = await make_dispatcher()
-    await dispatcher.drain()
-    state = state_of(emulator)
-    state.clear()
+    dispatcher, state = await drained(make_dispatcher, emulator)
     # The MES page four times this week and a case study downloaded (scoring.intent's smart_manufacturing).
     visits = [{"activity_id": f"W-{i}", "customer_id": "DOG1", "kind": "page_view", "detail": "/products/mes",
                "ts": f"2026-11-{15 + i}T10:00:00"} for i in range(4)]
@@ -90,15 +98,10 @@ async def test_a_lead_showing_high_intent_gets_its_rep_a_follow_up_task_within_a
 
 async def test_a_rep_who_chose_english_gets_the_tier_change_card_in_english(engine, config, make_dispatcher, emulator,
                                                                            clock):
-    dispatcher = await make_dispatcher()
-    await dispatcher.drain()
-    state = state_of(emulator)
-    state.clear()
+    dispatcher, state = await drained(make_dispatcher, emulator)
     # The users file (or the API) says rep_b reads English; rep_a keeps the service's Chinese.
     run_import(engine, [], records={"users": [{"userid": "rep_b", "language": "English"}]})
-    orders = [{"order_id": f"API-{i}", "customer_id": "QM1", "order_date": (AS_OF - timedelta(days=20 * i)).isoformat(),
-               "amount": 3_000_000, "cost": 800_000, "product_line": "mes", "kind": "upsell"} for i in range(1, 8)]
-    result = run_import(engine, [], records={"orders": orders})
+    result = run_import(engine, [], records={"orders": QM1_UPSELLS})
     assert incremental_rescore(engine, config, result.touched, AS_OF, now=clock.utc()).tier_changes == 1
     await dispatcher.drain()
     card = state.messages_for("rep_b")[0].payload["template_card"]
@@ -108,10 +111,7 @@ async def test_a_rep_who_chose_english_gets_the_tier_change_card_in_english(engi
 
 
 async def test_many_changes_for_one_rep_become_one_summary(engine, config, make_dispatcher, emulator, clock):
-    dispatcher = await make_dispatcher()
-    await dispatcher.drain()
-    state = state_of(emulator)
-    state.clear()
+    dispatcher, state = await drained(make_dispatcher, emulator)
     # Every customer of rep_a "was" a dog: the next run moves all the others back.
     with engine.begin() as connection:
         connection.exec_driver_sql("UPDATE customers SET tier = 'dog' WHERE owner_userid = 'rep_a'")
@@ -133,10 +133,7 @@ async def test_many_changes_for_one_rep_become_one_summary(engine, config, make_
 
 async def test_200_messages_to_one_member_stay_within_the_minute_limit(engine, config, make_dispatcher, emulator,
                                                                       clock, async_db):
-    dispatcher = await make_dispatcher()
-    await dispatcher.drain()
-    state = state_of(emulator)
-    state.clear()
+    dispatcher, state = await drained(make_dispatcher, emulator)
     rows = [outbox_row(["rep_a"], "text", {"content": f"任务提醒 {n}"}, origin=f"test:{n}", kind="task",
                        now=clock.utc()) for n in range(200)]
     with engine.begin() as connection:
@@ -158,10 +155,7 @@ async def test_200_messages_to_one_member_stay_within_the_minute_limit(engine, c
 
 
 async def test_identical_messages_to_many_members_go_in_one_call(engine, config, make_dispatcher, emulator, clock):
-    dispatcher = await make_dispatcher()
-    await dispatcher.drain()
-    state = state_of(emulator)
-    state.clear()
+    dispatcher, state = await drained(make_dispatcher, emulator)
     rows = [outbox_row([f"u{i}"], "text", {"content": "系统将于今晚 22:00 维护"}, origin=f"notice:{i}", now=clock.utc())
             for i in range(50)]
     with engine.begin() as connection:
@@ -172,10 +166,7 @@ async def test_identical_messages_to_many_members_go_in_one_call(engine, config,
 
 
 async def test_busy_api_delays_but_loses_nothing(engine, config, make_dispatcher, emulator, clock):
-    dispatcher = await make_dispatcher()
-    await dispatcher.drain()
-    state = state_of(emulator)
-    state.clear()
+    dispatcher, state = await drained(make_dispatcher, emulator)
     state.inject("message/send", 45009, times=4)
     state.inject("message/send", -1, times=3)
     rows = [outbox_row([["rep_a", "rep_b"][n % 2]], "text", {"content": f"消息 {n}"}, origin=f"busy:{n}",
@@ -196,10 +187,7 @@ async def test_busy_api_delays_but_loses_nothing(engine, config, make_dispatcher
 
 async def test_busy_answer_is_retried_three_times_then_given_up_and_reported(engine, config, make_dispatcher,
                                                                              emulator, clock):
-    dispatcher = await make_dispatcher()
-    await dispatcher.drain()
-    state = state_of(emulator)
-    state.clear()
+    dispatcher, state = await drained(make_dispatcher, emulator)
     state.inject("message/send", -1, times=4)
     with engine.begin() as connection:
         connection.execute(OutboxMessage.__table__.insert(),
@@ -228,10 +216,7 @@ async def test_busy_answer_is_retried_three_times_then_given_up_and_reported(eng
 
 async def test_no_answer_from_wecom_is_retried_and_counted_as_transport(engine, config, make_dispatcher, emulator,
                                                                          clock):
-    dispatcher = await make_dispatcher()
-    await dispatcher.drain()
-    state = state_of(emulator)
-    state.clear()
+    dispatcher, state = await drained(make_dispatcher, emulator)
     state.inject_disconnect(path="message/send")
     with engine.begin() as connection:
         connection.execute(OutboxMessage.__table__.insert(),
@@ -249,10 +234,7 @@ async def test_no_answer_from_wecom_is_retried_and_counted_as_transport(engine, 
 
 async def test_permanent_failure_is_recorded_and_reported_to_admins(engine, config, make_dispatcher, emulator,
                                                                    clock):
-    dispatcher = await make_dispatcher()
-    await dispatcher.drain()
-    state = state_of(emulator)
-    state.clear()
+    dispatcher, state = await drained(make_dispatcher, emulator)
     with engine.begin() as connection:
         connection.execute(OutboxMessage.__table__.insert(),
                            [outbox_row(["left_company"], "text", {"content": "你好"}, origin="gone", kind="task",
@@ -284,10 +266,7 @@ async def test_quiet_hours_hold_pushes_until_morning(engine, config, make_dispat
 
 async def test_crash_after_wecom_accepted_is_caught_by_the_duplicate_check(engine, config, make_dispatcher,
                                                                           emulator, clock):
-    first = await make_dispatcher()
-    await first.drain()
-    state = state_of(emulator)
-    state.clear()
+    first, state = await drained(make_dispatcher, emulator)
     with engine.begin() as connection:
         connection.execute(OutboxMessage.__table__.insert(),
                            [outbox_row(["rep_a"], "text", {"content": "请跟进星辰半导体"}, origin="once", now=clock.utc())])
@@ -415,10 +394,7 @@ async def test_breaches_that_fall_due_together_reach_the_lead_as_one_list(engine
     run_import(engine, [], records={"tickets": [
         {"ticket_id": f"T{i}", "customer_id": "STAR1", "subject": f"问题{i}", "opened_at": opened} for i in range(6)]})
     process_tickets(engine, settings, clock.utc())
-    dispatcher = await make_dispatcher()
-    await dispatcher.drain()
-    state = state_of(emulator)
-    state.clear()
+    dispatcher, state = await drained(make_dispatcher, emulator)
 
     breached = process_tickets(engine, settings, clock.utc() + timedelta(hours=3)).breached
     await dispatcher.drain()
