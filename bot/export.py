@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, or_, select
 
 from handlers.text import model_reasons_text, reasons_text, tier_name
-from storage.db import as_utc
+from storage.db import as_date, local_time
 from storage.models import Customer, FollowUpTask, ScoreSnapshot, User
 from storage.scores import StoredSnapshot, exportable_run, latest_run
 
@@ -150,10 +150,7 @@ def export_tasks(engine: Engine, out: Path, tz: ZoneInfo, today: date, lang: str
         query = query.where(or_(tasks.c.created_at >= start, tasks.c.done_at >= start))
 
     def local(moment) -> str:
-        if moment is None:
-            return ""
-        moment = datetime.fromisoformat(str(moment)) if not isinstance(moment, datetime) else moment
-        return as_utc(moment).astimezone(tz).strftime("%Y-%m-%d %H:%M")
+        return local_time(moment, tz).strftime("%Y-%m-%d %H:%M") if moment is not None else ""
 
     partial = out.with_name(out.name + ".partial")
     written = 0
@@ -162,7 +159,7 @@ def export_tasks(engine: Engine, out: Path, tz: ZoneInfo, today: date, lang: str
         writer = csv.writer(handle)
         writer.writerow(TASK_COLUMNS)
         for row in connection.execution_options(yield_per=2000).execute(query):
-            due = row.due_date if isinstance(row.due_date, date) else date.fromisoformat(str(row.due_date)[:10])
+            due = as_date(row.due_date)
             writer.writerow([row.id, row.customer_id, row.customer_name, row.owner_userid, row.owner_name or "",
                              row.rule, row.title_zh if lang == "zh" else row.title_en, row.tier or "",
                              tier_name(row.tier, lang) if row.tier else "", row.status, local(row.created_at),

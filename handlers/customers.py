@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
 
 from handlers.paging import fit_page, remember
 from handlers.registry import Asker, CommandContext, Reply
@@ -11,7 +10,7 @@ from handlers.router import router
 from handlers.text import model_reasons_text, reasons_text, render, risk_reasons, tier_name, tier_names
 from scoring import TIERS
 from storage import queries
-from storage.db import as_utc
+from storage.db import local_time
 
 PAGE_SIZE = 10
 # Shown under the value matrix in the customer card, in this order.
@@ -239,13 +238,6 @@ async def customer_without_name(ctx: CommandContext) -> Reply:
     return Reply(render(f"chat/customer_needs_name.{ctx.lang}.j2"), msgtype="text")
 
 
-def _local_day(moment, tz) -> date:
-    """The day of a stored moment in the service's time zone, as the scoring day is: a run at
-    01:00 in Shanghai is still yesterday in UTC."""
-    moment = as_utc(datetime.fromisoformat(str(moment)) if not isinstance(moment, datetime) else moment)
-    return moment.astimezone(tz).date()
-
-
 # 「客户：华为」「客户，华为」: people put a colon or comma after the command word.
 @router.command("customer", r"(?:客户|查客户|查询客户|查询)[\s:,、]*(?P<query>[^\s:,、].*)",
                 r"(?:customer|cust|lookup|find)(?:\s*[:,]\s*|\s+)(?P<query>.+)")
@@ -266,9 +258,11 @@ async def customer(ctx: CommandContext) -> Reply:
         detail = await queries.customer_detail(connection, owners, matches[0]["customer_id"], run_id, also=also)
     snapshot = detail.pop("snapshot")
     if detail.get("tier_since"):
-        detail["tier_since"] = _local_day(detail["tier_since"], ctx.services.config.tz).isoformat()
+        # The day in the service's time zone, as the scoring day is: a run at 01:00 in Shanghai is still
+        # yesterday in UTC.
+        detail["tier_since"] = local_time(detail["tier_since"], ctx.services.config.tz).date().isoformat()
     if detail["last_done"] and detail["last_done"]["done_at"] is not None:
-        detail["last_done"]["done_at"] = _local_day(detail["last_done"]["done_at"], ctx.services.config.tz)
+        detail["last_done"]["done_at"] = local_time(detail["last_done"]["done_at"], ctx.services.config.tz).date()
     reasons, models = [], []
     if snapshot:
         # Documents as queries.customer_detail merged them from the row and its chunk.

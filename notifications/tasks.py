@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifications.settings import PriorityWeights
 from notifications.workdays import WorkCalendar
+from storage.db import as_date
 from storage.models import Customer, FollowUpTask, User
 
 
@@ -67,18 +68,12 @@ def ranked(tasks: list[TaskView], today: date, calendar: WorkCalendar, weights: 
     return sorted(scored, key=lambda task: (-task.priority, task.due_date, task.id))
 
 
-def _as_date(value: Any) -> date | None:
-    if value is None or isinstance(value, date) and not isinstance(value, datetime):
-        return value
-    if isinstance(value, datetime):
-        return value.date()
-    return date.fromisoformat(str(value)[:10])
 
 
 def _view(row: Any) -> TaskView:
     return TaskView(row.id, row.customer_id, row.name or row.customer_id, row.rule, row.title_zh, row.title_en,
-                    _as_date(row.due_date), row.tier, float(row.churn_score or 0.0), float(row.value_at_stake or 0.0),
-                    _as_date(row.snoozed_until), row.card_task_id)
+                    as_date(row.due_date), row.tier, float(row.churn_score or 0.0), float(row.value_at_stake or 0.0),
+                    as_date(row.snoozed_until), row.card_task_id)
 
 
 _COLUMNS = (FollowUpTask.id, FollowUpTask.customer_id, Customer.name, FollowUpTask.rule, FollowUpTask.title_zh,
@@ -146,6 +141,6 @@ async def overdue_in_team(connection: AsyncConnection, holders: list[str] | None
         .where(*where).order_by(FollowUpTask.due_date, FollowUpTask.id).offset(offset).limit(limit))).all()
     items = []
     for row in rows:
-        due = _as_date(row.due_date)
+        due = as_date(row.due_date)
         items.append({**row._mapping, "due_date": due, "days_overdue": (today - due).days})
     return items, int(total)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone, tzinfo
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -62,6 +62,24 @@ def as_utc(moment: datetime | None) -> datetime | None:
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=timezone.utc)
     return moment
+
+
+def local_time(moment: datetime | str | None, tz: tzinfo) -> datetime | None:
+    """A stored moment (a datetime, or the text a raw SQLite query gives) in time zone `tz`."""
+    if moment is None:
+        return None
+    if not isinstance(moment, datetime):
+        moment = datetime.fromisoformat(str(moment))
+    return as_utc(moment).astimezone(tz)
+
+
+def as_date(value: Any) -> date | None:
+    """A date column's value as a date: SQLite and raw queries may hand back its text."""
+    if value is None or isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if isinstance(value, datetime):
+        return value.date()
+    return date.fromisoformat(str(value)[:10])
 
 
 def json_text(value) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from storage.db import as_date
 from storage.models import Customer, FollowUpTask, Order, ScoreRun, ScoreSnapshot, Ticket, User
 from storage.scores import SnapshotPart, StoredSnapshot
 
@@ -68,7 +69,7 @@ async def latest_run_id(connection: AsyncConnection) -> int | None:
 
 async def run_as_of(connection: AsyncConnection, run_id: int) -> date:
     value = (await connection.execute(select(ScoreRun.as_of).where(ScoreRun.id == run_id))).scalar_one()
-    return _as_date(value)
+    return as_date(value)
 
 
 async def tier_totals(connection: AsyncConnection, owners: list[str] | None, run_id: int) -> dict[str, dict]:
@@ -208,7 +209,7 @@ async def customer_detail(connection: AsyncConnection, owners: list[str] | None,
     last = (await connection.execute(
         select(Order.order_date, Order.amount).where(Order.customer_id == customer_id)
         .order_by(Order.order_date.desc(), Order.order_id.desc()).limit(1))).first()
-    detail["last_order"] = {"date": _as_date(last.order_date), "amount": float(last.amount)} if last else None
+    detail["last_order"] = {"date": as_date(last.order_date), "amount": float(last.amount)} if last else None
     detail.update(await _open_work(connection, customer_id))
     return detail
 
@@ -237,14 +238,12 @@ async def _open_work(connection: AsyncConnection, customer_id: str) -> dict[str,
         .outerjoin(User, User.userid == FollowUpTask.owner_userid)
         .where(FollowUpTask.customer_id == customer_id, FollowUpTask.status == "done")
         .order_by(FollowUpTask.done_at.desc().nulls_last(), FollowUpTask.id.desc()).limit(1))).first()
-    return {"open_tasks": [{**row._mapping, "due_date": _as_date(row.due_date)} for row in tasks[:CARD_TASKS]],
+    return {"open_tasks": [{**row._mapping, "due_date": as_date(row.due_date)} for row in tasks[:CARD_TASKS]],
             "last_done": dict(last_done._mapping) if last_done else None,
             "open_task_count": len(tasks),
             "open_tickets": len(tickets), "first_ticket": dict(tickets[0]._mapping) if tickets else None}
 
 
-def _as_date(value) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
 async def save_listing(connection: AsyncConnection, userid: str, command: str, arguments: dict,

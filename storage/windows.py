@@ -23,7 +23,7 @@ import pandas as pd
 from sqlalchemy import Connection, Date, Engine, bindparam, text
 
 from scoring.features import BASELINE_MONTHS, add_months, window_starts
-from storage.db import write_transaction
+from storage.db import as_date, write_transaction
 from storage.sql import execute_named, query_frame
 
 # Months kept: the newest two, so a run just after midnight on the 1st and a late import
@@ -180,7 +180,7 @@ def forget_all(connection: Connection) -> None:
 def kept_months(connection: Connection) -> list[date]:
     """Newest first."""
     months = connection.execute(text("SELECT month FROM window_months ORDER BY month DESC")).scalars()
-    return [m if isinstance(m, date) else date.fromisoformat(str(m)[:10]) for m in months]
+    return [as_date(m) for m in months]
 
 
 def ensure_month(engine: Engine, month: date) -> bool:
