@@ -213,9 +213,7 @@ class Dispatcher:
             (batches[row.batch_key] if row.batch_key else singles).append(row)
 
         last_sent = await self._last_batch_times(list(batches)) if batches else {}
-        async with self.engine.connect() as connection:
-            chosen = await connection.run_sync(recipient_languages,
-                                               [member for row in rows for member in _members(row.touser)])
+        chosen = await self._chosen_languages(rows)
         for key, members in batches.items():
             every = max(row.batch_every for row in members)
             last = last_sent.get(key)
@@ -261,6 +259,15 @@ class Dispatcher:
             return row.payload
         msgtype, body = messages.message_for(row.kind, row.batch_item or {}, self._language_of(row, chosen))
         return message_payload(msgtype, body)
+
+    async def _chosen_languages(self, rows: list[Any]) -> dict[str, str]:
+        """The languages of the recipients whose messages are made now (from their items, or
+        as a summary); a row queued with its message needs none, nor a database call."""
+        made_now = {member for row in rows if not row.payload or row.batch_key for member in _members(row.touser)}
+        if not made_now:
+            return {}
+        async with self.engine.connect() as connection:
+            return await connection.run_sync(recipient_languages, made_now)
 
     def _language_of(self, row: Any, chosen: dict[str, str]) -> str:
         """The language a row's message is made in: its one recipient's own, if they chose
