@@ -8,6 +8,7 @@ from handlers.registry import CommandContext, Reply, normalise
 from handlers.router import router
 from handlers.text import configured_label_names, render
 from storage import queries
+from storage.models import LANGUAGE_NAMES, LANGUAGES
 
 # Commands typed as they are, without an argument: the closest one to a message nobody
 # understood is suggested (a typo: 「我的明星客胡」, "show my star custmers").
@@ -25,14 +26,16 @@ async def show_help(ctx: CommandContext) -> Reply:
     return Reply(render(f"chat/help.{ctx.lang}.j2"))
 
 
-# What people call the two languages, typed after 「语言」 / "language".
-LANGUAGE_WORDS = {"中文": "zh", "汉语": "zh", "简体中文": "zh", "chinese": "zh", "zh": "zh",
-                  "英文": "en", "英语": "en", "english": "en", "en": "en"}
+# A language by any name people give it (storage.models.LANGUAGE_NAMES) or its code.
+LANGUAGE_WORDS = {**LANGUAGE_NAMES, **{code: code for code in LANGUAGES}}
+_ANY_LANGUAGE = "|".join(sorted(LANGUAGE_WORDS, key=len, reverse=True))
+_ZH_LANGUAGE = "|".join(word for word in LANGUAGE_NAMES if not word.isascii())
+_EN_LANGUAGE = "|".join(word for word in sorted(LANGUAGE_WORDS, key=len, reverse=True) if word.isascii())
 
 
-@router.command("language", r"(?:语言|切换语言|设置语言|推送语言)(?:[\s:：]*(?P<lang>中文|汉语|简体中文|英文|英语|chinese|english|zh|en))?",
-                r"(?:用|说|改用|切换到|切换为)(?P<lang>中文|汉语|英文|英语)",
-                r"(?:set )?(?:language|lang)(?:\s*[:=]?\s*(?P<lang>chinese|english|zh|en))?",
+@router.command("language", rf"(?:语言|切换语言|设置语言|推送语言)(?:[\s:：]*(?P<lang>{_ANY_LANGUAGE}))?",
+                rf"(?:用|说|改用|切换到|切换为)(?P<lang>{_ZH_LANGUAGE})",
+                rf"(?:set )?(?:language|lang)(?:\s*[:=]?\s*(?P<lang>{_EN_LANGUAGE}))?",
                 r"(?:speak|use|switch to) (?P<lang>chinese|english)|(?P<lang_please>english|chinese) please")
 async def language(ctx: CommandContext) -> Reply:
     """The language of what is pushed to the asker (cards, digests, reminders); chat answers

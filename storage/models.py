@@ -31,6 +31,9 @@ Money = Numeric(18, 2, asdecimal=False)
 
 USER_ROLES = ("rep", "manager", "agent", "admin")
 LANGUAGES = ("zh", "en")
+# What people call them, in a users file's `language` column or after 「语言」 in chat.
+LANGUAGE_NAMES = {"中文": "zh", "汉语": "zh", "简体中文": "zh", "chinese": "zh",
+                  "英文": "en", "英语": "en", "english": "en"}
 CUSTOMER_TYPES = ("end_user", "dealer", "integrator")
 ORDER_KINDS = ("new", "renewal", "upsell", "service")
 ACTIVITY_KINDS = ("login", "visit", "page_view", "download", "event", "call", "meeting", "complaint")

@@ -11,6 +11,7 @@ from pathlib import Path
 from storage.models import (
     ACTIVITY_KINDS,
     CUSTOMER_TYPES,
+    LANGUAGE_NAMES,
     LANGUAGES,
     ORDER_KINDS,
     TICKET_SEVERITIES,
@@ -121,9 +122,7 @@ USERS = FileKind(
         _userid("manager_userid", "上级", "直属上级", "上级ID", "经理"),
         Column("team", "text", False, ("团队", "部门"), max_length=128),
         Column("queues", "list", False, ("队列", "服务队列"), max_length=512, lowercase=True),
-        Column("language", "enum", False, ("语言", "推送语言"), choices=LANGUAGES,
-               value_aliases={"中文": "zh", "简体中文": "zh", "chinese": "zh", "英文": "en", "英语": "en",
-                              "english": "en"}),
+        Column("language", "enum", False, ("语言", "推送语言"), choices=LANGUAGES, value_aliases=LANGUAGE_NAMES),
     ),
     references=(Reference("manager_userid", "users", "user"),),
     file_aliases=("用户", "成员"),
