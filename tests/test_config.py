@@ -134,3 +134,20 @@ calendar:
     assert any(p.startswith("scheduler.digest: must be a cron expression") for p in problems)
     assert any(p.startswith("calendar: 2027-01-01 is listed under both") for p in problems)
     assert len(problems) == 4
+
+
+def test_a_segment_title_another_command_already_answers_to_is_refused(tmp_path):
+    # 「我的明星客户」 lists the value matrix's Stars: a segment titled 明星 could never be listed.
+    problems = _problems(tmp_path, "scoring:\n  rfm:\n    segments:\n"
+                                   "      - {name: champions, r_min: 4, f_min: 4, title: {zh: 明星, en: Core}}\n"
+                                   "      - {name: loyal, title: {zh: 骨干客户, en: core}}\n")
+    assert problems == [
+        "scoring.rfm.segments.0.title (champions).zh: '明星' cannot be listed by its title: \"我的明星客户\" "
+        "already means the my_tier command; choose another title",
+        "scoring.rfm.segments.1.title (loyal).en: 'core' is also the title of scoring.rfm.segments.0.title "
+        "(champions); titles must differ"]
+    titled = tmp_path / "titled.yaml"
+    titled.write_text("scoring:\n  rfm:\n    segments:\n"
+                      "      - {name: champions, r_min: 4, f_min: 4, title: {zh: 核心客户, en: Core}}\n"
+                      "      - {name: loyal, title: {zh: 骨干, en: Backbone}}\n", encoding="utf-8")
+    assert load_config(titled, environ={}).label_names()["rfm"]["loyal"] == {"zh": "骨干", "en": "Backbone"}
