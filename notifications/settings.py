@@ -155,6 +155,12 @@ DEFAULT_TASK_RULES = [
     TaskRule(name="activity_down_retention", when="activity_decline >= 0.5 and act_baseline_30d >= 3",
              action=Words(zh="挽留回访：了解活跃度下降的原因", en="Retention call: find out why activity dropped"),
              due_working_days=2, cooldown_days=30, reasons="churn"),
+    TaskRule(name="key_account_silence_retention",
+             when='tier in ["star", "cash_cow"] and churn_label == "high" and revenue_12m > 0 '
+                  'and not (activity_decline >= 0.5 and act_baseline_30d >= 3)',
+             action=Words(zh="挽留回访：重点客户超出采购周期未下单，了解原因", en="Retention call: a key account is "
+                                                               "overdue on its purchase cycle; find out why"),
+             due_working_days=3, cooldown_days=60, reasons="churn"),
     TaskRule(name="first_order_nurture", when="purchase_days == 1 and days_since_first_order <= 30",
              action=Words(zh="首单培育：回访使用情况，介绍上手资源", en="First-order nurture: check in on the start, share "
                                                                    "onboarding resources"),

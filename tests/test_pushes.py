@@ -12,7 +12,7 @@ from bot.config import load_config
 from bot.rescore import full_rescore, incremental_rescore
 from notifications.outbox import outbox_row
 from storage.importer import run_import
-from storage.models import Customer, FollowUpTask, OutboxMessage, TierChange
+from storage.models import Customer, FollowUpTask, OutboxMessage, ScoreSnapshot, TierChange
 from tests.company import AS_OF, write_company
 from bot.emulator import SharedClock
 from tests.conftest import outbox_counts, state_of
@@ -94,6 +94,36 @@ async def test_a_lead_showing_high_intent_gets_its_rep_a_follow_up_task_within_a
     await dispatcher.drain()
     card = state.messages_for("rep_b")[0].payload["template_card"]
     assert card["sub_title_text"].startswith("高意向跟进：一个工作日内联系，了解需求并约演示。原因：行为规则「关注智能制造」")
+
+
+async def test_a_key_account_gone_quiet_past_its_purchase_cycle_gets_its_rep_a_retention_call(
+        engine, config, make_dispatcher, emulator, clock):
+    # STAR1 and COW1 bought on the 15th of every month up to 2026-11-15, then nothing: three
+    # months on they are three cycles overdue. Some fillers went quiet too, but are no key accounts.
+    dispatcher, state = await drained(make_dispatcher, emulator)
+    later = date(2027, 2, 17)
+    clock.advance((datetime.combine(later, clock.utc().timetz()) - clock.utc()).total_seconds())
+    full_rescore(engine, config, later, now=clock.utc())
+    with engine.connect() as connection:
+        made = connection.execute(select(FollowUpTask.customer_id, FollowUpTask.owner_userid)
+                                  .where(FollowUpTask.rule == "key_account_silence_retention")).all()
+        at_risk = connection.execute(select(ScoreSnapshot.customer_id, ScoreSnapshot.tier).where(
+            ScoreSnapshot.run_id == select(func.max(ScoreSnapshot.run_id)).scalar_subquery(),
+            ScoreSnapshot.churn_score >= 70)).all()
+    key_accounts = {customer for customer, tier in at_risk if tier in ("star", "cash_cow")}
+    assert {"STAR1", "COW1"} <= key_accounts and len(at_risk) > len(key_accounts)  # Dogs and QMs silent too
+    assert sorted(customer for customer, _ in made) == sorted(key_accounts)
+    assert dict(made)["STAR1"] == "rep_a" and dict(made)["COW1"] == "rep_a"
+    await dispatcher.drain()
+    # rep_b gets a card per task; rep_a, with more new tasks than cards a run may send, the summary.
+    owned = {rep: sum(owner == rep for _, owner in made) for rep in ("rep_a", "rep_b")}
+    assert owned["rep_a"] > 2 and owned["rep_b"] >= 1
+    cards = [message.payload["template_card"] for message in state.messages_for("rep_b")]
+    assert len(cards) == owned["rep_b"]
+    assert all(card["sub_title_text"].startswith("挽留回访：重点客户超出采购周期未下单，了解原因。原因：已 ")
+               and "天未下单，超出自身采购周期（" in card["sub_title_text"] for card in cards)
+    summary = [message.payload["markdown"]["content"] for message in state.messages_for("rep_a")]
+    assert summary == [f"**客户动态汇总**\n新增跟进任务 {owned['rep_a']} 个，发送「今日任务」按优先级查看。\n"]
 
 
 async def test_a_rep_who_chose_english_gets_the_tier_change_card_in_english(engine, config, make_dispatcher, emulator,
