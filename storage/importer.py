@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timezone
 from pathlib import Path
-from typing import Collection, Iterator
+from typing import BinaryIO, Collection, Iterator
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -302,8 +302,8 @@ class _FileReader:
         size = path.stat().st_size
         with open(path, "rb") as handle:
             head = handle.read(SNIFF_BYTES)
+            encoding, delimiter, text_head = _sniff_csv(head, _first_non_ascii_line(handle) if head.isascii() else b"")
             handle.seek(0)
-            encoding, delimiter, text_head = _sniff_csv(head)
             if not text_head.strip():
                 self.log.add([Problem(self.name, 1, "(file)", "empty file: a header row is required")])
                 return
@@ -513,20 +513,36 @@ SNIFF_BYTES = 64 * 1024
 HEADER_SEARCH_ROWS = 10
 
 
-def _sniff_csv(head: bytes) -> tuple[str, str, str]:
+def _first_non_ascii_line(handle: BinaryIO) -> bytes:
+    """The first line (up to SNIFF_BYTES) holding a byte past ASCII, read on from where
+    `handle` is (after an all-ASCII head); b"" when there is none. A GBK file whose first
+    rows are English (ids, codes) shows its encoding only there. One line only: GB18030
+    decodes almost any bytes, UTF-8 ones too, so a UTF-8 file with a GBK line further on
+    must read as UTF-8 (and that line be named), not as GB18030 gibberish."""
+    while block := handle.read(1 << 20):
+        if not block.isascii():
+            first = next(position for position, byte in enumerate(block) if byte > 0x7F)
+            line = (block[block.rfind(b"\n", 0, first) + 1:] + handle.read(SNIFF_BYTES))[:SNIFF_BYTES]
+            return line.split(b"\n", 1)[0]
+    return b""
+
+
+def _sniff_csv(head: bytes, later: bytes = b"") -> tuple[str, str, str]:
     """(encoding, delimiter, decoded text) of a CSV file from its first bytes. UTF-8, with
     or without a BOM; UTF-16 with a BOM (Excel's "Unicode text"); else GB18030 when the
-    bytes are that (Excel's CSV on Chinese Windows is GBK). The delimiter: the one of
-    comma, tab and semicolon the first lines hold most (comma on a tie)."""
+    bytes are that (Excel's CSV on Chinese Windows is GBK). `later`: the first line past
+    ASCII further down, when the head is all ASCII (it then reads alike in both). The
+    delimiter: the one of comma, tab and semicolon the first lines hold most (comma on a tie)."""
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encoding = "utf-16"
     else:
         encoding = "utf-8-sig"
+        sample = later or head
         try:
-            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+            codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
         except UnicodeDecodeError:
             try:
-                codecs.getincrementaldecoder("gb18030")().decode(head, final=False)
+                codecs.getincrementaldecoder("gb18030")().decode(sample, final=False)
                 encoding = "gb18030"
             except UnicodeDecodeError:
                 pass  # read as UTF-8, so that the bad line is named

@@ -239,14 +239,27 @@ def test_a_currency_unit_in_a_header_is_understood(engine, tmp_path):
     assert len(problems) == 1 and problems[0].endswith("'约12'")
 
 
+def test_a_gbk_file_whose_first_rows_are_english_reads_as_gbk(engine, tmp_path):
+    # ASCII reads alike in both: past the sniffed head, the first Chinese line tells.
+    rows = [[f"rep{i}", "A" * 40, "rep", "", "", ""] for i in range(2_000)]
+    write_csv(tmp_path / "users.csv", USERS_HEADER, rows)
+    with open(tmp_path / "users.csv", "ab") as handle:
+        handle.write("rep_x,张三,rep,,,\r\n".encode("gb18030"))
+    result = run_import(engine, [tmp_path / "users.csv"])
+    assert result.warnings == [] and result.kinds["users"].rows == 2_001
+    assert _users(engine)["rep_x"] == ("张三", "rep")
+
+
 def test_a_gbk_line_deep_in_a_utf8_file_is_named_with_its_line(engine, tmp_path):
     rows = [[f"rep{i}", "A" * 40, "rep", "", "", ""] for i in range(2_000)]  # past the sniffed head
+    rows[1_500][1] = "李四"
     write_csv(tmp_path / "users.csv", USERS_HEADER, rows)
     with open(tmp_path / "users.csv", "ab") as handle:
         handle.write("rep_x,张三,rep,,,\r\n".encode("gb18030"))
     problems = _import_fails(engine, [tmp_path / "users.csv"])
     assert problems == [f"{tmp_path / 'users.csv'}:2002: (file): not UTF-8 text (it looks like GBK/GB18030, "
                         "as Excel saves in Chinese Windows: save it as UTF-8 CSV)"]
+    assert _users(engine) == {}
 
 
 def test_a_title_above_the_header_is_skipped_with_a_warning(engine, tmp_path):
