@@ -13,9 +13,9 @@ from storage.models import LANGUAGE_NAMES, LANGUAGES
 # Commands typed as they are, without an argument: the closest one to a message nobody
 # understood is suggested (a typo: 「我的明星客胡」, "show my star custmers").
 SUGGESTED = ("我的客户", "我的明星客户", "我的金牛客户", "我的问题客户", "我的瘦狗客户", "今日任务", "逾期任务",
-             "流失预警", "赢回名单", "团队", "团队逾期任务", "我的工单", "工单报表", "帮助",
+             "流失预警", "赢回名单", "团队", "团队逾期任务", "分层报表", "我的工单", "工单报表", "帮助",
              "my customers", "show my star customers", "my cash cow customers", "my question mark customers",
-             "my dog customers", "tasks", "overdue tasks", "churn", "win back", "team", "team overdue tasks",
+             "my dog customers", "tasks", "overdue tasks", "churn", "win back", "team", "team overdue tasks", "tier report",
              "my tickets", "ticket report", "help")
 # How alike a message and a command must be (difflib's ratio): one wrong character in four.
 SUGGEST_FROM = 0.75

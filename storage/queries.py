@@ -8,6 +8,7 @@ not exist.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -16,7 +17,7 @@ from sqlalchemy import and_, case, func, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.db import as_date
-from storage.models import Customer, FollowUpTask, Order, ScoreRun, ScoreSnapshot, Ticket, User
+from storage.models import Customer, FollowUpTask, Order, ScoreRun, ScoreSnapshot, Ticket, TierChange, User
 from storage.scores import SnapshotPart, StoredSnapshot
 
 EVERYONE = None  # visible owners of an admin: no filter
@@ -373,6 +374,56 @@ async def team_tasks(connection: AsyncConnection, owners: list[str] | None, toda
         query = query.where(FollowUpTask.owner_userid.in_(owners))
     return {owner: {"open": int(count), "overdue": int(late or 0)} for owner, count, late in
             await connection.execute(query)}
+
+
+@dataclass(frozen=True)
+class TierReport:
+    """What 分层报表 / tier report shows over the visible customers (see tier_report)."""
+
+    tiers: dict[str, dict[str, float]]  # tier → customers, revenue_12m, at_risk, at_risk_revenue
+    top_revenue: float  # 12-month revenue of the top `top_share` of the customers by it
+    flows: dict[tuple[str, str], int]  # (from tier, to tier) → tier changes in the period
+    done: dict[str | None, int]  # tier the task was made for → follow-up tasks done in the period
+
+
+async def tier_report(connection: AsyncConnection, owners: list[str] | None, run_id: int, since_utc,
+                      churn_threshold: float, min_revenue_12m: float, top_share: float = 0.2) -> TierReport:
+    """Per tier over the visible scored customers: how many, their 12-month revenue, those
+    at high churn risk (as 流失预警 counts them) and their revenue; how much the top
+    `top_share` of them by revenue bring in; the value-matrix tier changes since `since_utc`
+    (first tiers left out); follow-up tasks held in the scope and done since then. Driven
+    from customers (owner index), as tier_totals."""
+    snapshot = and_(ScoreSnapshot.run_id == run_id, ScoreSnapshot.customer_id == Customer.customer_id)
+    at_risk = and_(ScoreSnapshot.churn_score >= churn_threshold, ScoreSnapshot.revenue_12m >= min_revenue_12m)
+    scored = and_(_owned_by(owners), Customer.tier.is_not(None))
+    rows = await connection.execute(
+        select(Customer.tier, func.count(), func.coalesce(func.sum(ScoreSnapshot.revenue_12m), 0.0),
+               func.coalesce(func.sum(case((at_risk, 1), else_=0)), 0),
+               func.coalesce(func.sum(case((at_risk, ScoreSnapshot.revenue_12m), else_=0.0)), 0.0))
+        .select_from(Customer).outerjoin(ScoreSnapshot, snapshot).where(scored).group_by(Customer.tier))
+    tiers = {tier: {"customers": int(count), "revenue_12m": float(revenue), "at_risk": int(risky),
+                    "at_risk_revenue": float(risky_revenue)} for tier, count, revenue, risky, risky_revenue in rows}
+    customers = sum(row["customers"] for row in tiers.values())
+    top = math.ceil(customers * top_share)
+    biggest = (select(func.coalesce(ScoreSnapshot.revenue_12m, 0.0).label("revenue"))
+               .select_from(Customer).outerjoin(ScoreSnapshot, snapshot).where(scored)
+               .order_by(func.coalesce(ScoreSnapshot.revenue_12m, 0.0).desc()).limit(top).subquery())
+    top_revenue = float((await connection.execute(select(func.coalesce(func.sum(biggest.c.revenue), 0.0))))
+                        .scalar_one()) if top else 0.0
+    # Each customer's history from its (customer_id, changed_at) index.
+    flows = {(before, after): int(count) for before, after, count in await connection.execute(
+        select(TierChange.from_tier, TierChange.to_tier, func.count())
+        .select_from(Customer).join(TierChange, and_(TierChange.customer_id == Customer.customer_id,
+                                                     TierChange.changed_at >= since_utc))
+        .where(_owned_by(owners), TierChange.model == "value_matrix", TierChange.from_tier.is_not(None))
+        .group_by(TierChange.from_tier, TierChange.to_tier))}
+    done_query = (select(FollowUpTask.tier, func.count())
+                  .where(FollowUpTask.status == "done", FollowUpTask.done_at >= since_utc)
+                  .group_by(FollowUpTask.tier))
+    if owners is not EVERYONE:
+        done_query = done_query.where(FollowUpTask.owner_userid.in_(owners))
+    done = {tier: int(count) for tier, count in await connection.execute(done_query)}
+    return TierReport(tiers, top_revenue, flows, done)
 
 
 async def people(connection: AsyncConnection, userids: list[str] | None) -> dict[str, UserRow]:

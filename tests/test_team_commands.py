@@ -3,18 +3,22 @@ of the asker's reporting tree, from the latest full run) and 团队 / team (per 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import delete, func, select
 
 from bot.config import load_config
+from handlers.text import percent
 from bot.rescore import full_rescore
 from storage.importer import run_import
-from storage.models import Customer, FollowUpTask, ScoreSnapshot
+from storage.models import Customer, FollowUpTask, ScoreSnapshot, TierChange
 from tests.company import AS_OF, CUSTOMERS_HEADER, ORDERS_HEADER, USERS_HEADER, company_rows
 from tests.conftest import write_csv
 from tests.test_task_commands import TODAY, add_task, bot, peer, say  # noqa: F401  (fixtures)
+
+# 10:00 on TODAY in Shanghai, when the bot's clock stands (tests.test_task_commands.FixedServices).
+NOW_UTC = datetime(TODAY.year, TODAY.month, TODAY.day, 2, 0, tzinfo=timezone.utc)
 
 # A second team: boss2 manages rep_c, who owns OTHER1 — outside boss's tree.
 EXTRA_USERS = [["boss2", "赵总", "manager", "", "华南", ""], ["rep_c", "王五", "rep", "boss2", "华南一组", ""]]
@@ -204,3 +208,64 @@ async def test_a_manager_lists_the_overdue_tasks_of_their_team(bot, peer, engine
     assert (await say(bot, peer, "rep_a", "团队逾期任务")).startswith("「团队」是给销售经理的功能")
     other_team = await say(bot, peer, "boss2", "团队逾期")
     assert other_team.startswith("您团队的逾期任务（1–1 / 1") and "南方机械" in other_team and "逾期 30 天" in other_team
+
+
+def _history(engine, customer_id: str, before: str, after: str, days_ago: int) -> None:
+    with engine.begin() as connection:
+        run_id = connection.execute(select(func.max(ScoreSnapshot.run_id))).scalar_one()
+        connection.execute(TierChange.__table__.insert().values(
+            customer_id=customer_id, run_id=run_id, model="value_matrix", from_tier=before, to_tier=after,
+            changed_at=NOW_UTC - timedelta(days=days_ago), reasons=[]))
+
+
+def _done(engine, customer_id: str, owner: str, tier: str, days_ago: int) -> None:
+    task_id = add_task(engine, customer_id, owner, TODAY, tier=tier, status="done")
+    with engine.begin() as connection:
+        connection.execute(FollowUpTask.__table__.update().where(FollowUpTask.id == task_id)
+                           .values(done_at=NOW_UTC - timedelta(days=days_ago)))
+
+
+def _tiers_of(engine, owners: tuple[str, ...]) -> dict[str, int]:
+    with engine.connect() as connection:
+        return dict(connection.execute(select(Customer.tier, func.count()).where(Customer.owner_userid.in_(owners))
+                                       .group_by(Customer.tier)).all())
+
+
+async def test_the_tier_report_shows_shares_moves_churn_and_effort_of_the_askers_customers(bot, peer, engine):
+    _history(engine, "QM1", "question_mark", "star", days_ago=5)
+    _history(engine, "F001", "cash_cow", "dog", days_ago=40)  # before the 30 days
+    _history(engine, "OTHER1", "dog", "question_mark", days_ago=3)  # boss2's team
+    _done(engine, "STAR1", "rep_a", "star", days_ago=2)
+    _done(engine, "DOG1", "rep_b", "dog", days_ago=1)
+    _done(engine, "OTHER1", "rep_c", "question_mark", days_ago=1)  # boss2's team
+    add_task(engine, "COW1", "rep_a", TODAY, tier="cash_cow")  # open: no effort spent yet
+    tiers = _tiers_of(engine, ("boss", "rep_a", "rep_b"))
+
+    reply = await say(bot, peer, "boss", "分层报表")
+    assert reply.startswith("您团队客户分层报表（近30天，2026-10-21 起）")
+    star_line = reply.split("\n")[1]
+    assert star_line.startswith(f"明星 {tiers['star']} 家（")
+    # STAR1 at risk (85), DOG1 too (72, with revenue); COW1 just under the threshold (69.9).
+    assert "转入 1 · 转出 0 · 高流失风险 1（" in reply.split("\n")[2] and "完成跟进 1（50%）" in reply.split("\n")[2]
+    assert "高流失风险 0 · 完成跟进 0（0%）" in reply.split("\n")[4]  # Cash Cows
+    assert "转入 0 · 转出 1 · 高流失风险 0" in reply.split("\n")[6]  # Question Marks
+    assert "高流失风险 1（¥8,000） · 完成跟进 1（50%）" in reply.split("\n")[8]  # Dogs
+    with engine.connect() as connection:
+        revenues = sorted(connection.execute(
+            select(ScoreSnapshot.revenue_12m).join(Customer, Customer.customer_id == ScoreSnapshot.customer_id)
+            .where(ScoreSnapshot.run_id == select(func.max(ScoreSnapshot.run_id)).scalar_subquery(),
+                   Customer.owner_userid.in_(("boss", "rep_a", "rep_b")))).scalars(), reverse=True)
+    top_fifth = sum(revenues[:-(-len(revenues) // 5)]) / sum(revenues)
+    assert f"合计 {sum(tiers.values())} 家" in reply and f"营收前 20% 的客户贡献 {percent(top_fifth)}" in reply
+    assert "分层变动 1 次：问题→明星 1" in reply and "南方机械" not in reply
+
+    longer = await say(bot, peer, "boss", "分层报表 60天")
+    assert "分层变动 2 次：" in longer and "金牛→瘦狗 1" in longer and "问题→明星 1" in longer
+
+    own = await say(bot, peer, "rep_a", "tier report")
+    assert own.startswith("Your tier report, last 30 days (since 2026-10-21)")
+    assert f"Total {sum(_tiers_of(engine, ('rep_a',)).values())} customers" in own
+    assert "follow-ups done 1 (100%)" in own.split("\n")[2] and "1 tier change" not in own  # QM1 is rep_b's
+
+    assert "（1–365 天）" in await say(bot, peer, "boss", "分层报表 0天")
+    assert "您是不是想发「分层报表」？" in await say(bot, peer, "boss", "分层抱表")
