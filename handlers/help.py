@@ -23,7 +23,8 @@ SUGGEST_FROM = 0.75
 
 @router.command("help", r"帮助|help|菜单|menu|\?|？|h")
 async def show_help(ctx: CommandContext) -> Reply:
-    return Reply(render(f"chat/help.{ctx.lang}.j2"))
+    # Each role's own commands: everyone's would not fit one message, and an agent has no customer lists.
+    return Reply(render(f"chat/help.{ctx.lang}.j2", role=ctx.asker.role))
 
 
 # A language by any name people give it (storage.models.LANGUAGE_NAMES) or its code.
