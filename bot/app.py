@@ -211,10 +211,12 @@ def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None, 
 
 
 def build_scheduler(runtime: Runtime):
-    """The service's jobs (bot.scheduler): nightly rescore, digest, overdue watch, dispatch."""
+    """The service's jobs (bot.scheduler): nightly rescore, digest, weekly tier report, overdue
+    watch, dispatch."""
     from bot.rescore import NothingToScore, full_rescore, rescore_pending
     from bot.scheduler import Scheduler, last_fire
     from notifications.digest import queue_digests, queue_overdue_notices
+    from notifications.reports import queue_tier_reports
     from notifications.playbook import PlaybookSettings
     from notifications.tickets import TicketSettings, process_tickets
 
@@ -252,6 +254,10 @@ def build_scheduler(runtime: Runtime):
         if await queue_digests(engine, settings, datetime.now(timezone.utc)):
             runtime.wake_dispatcher()
 
+    async def tier_report() -> None:
+        if await queue_tier_reports(engine, settings, datetime.now(timezone.utc)):
+            runtime.wake_dispatcher()
+
     async def watch() -> None:
         # Rescores an import or API call committed data for but did not finish (a stop in between).
         caught_up = await asyncio.to_thread(rescore_pending, runtime.sync_db, config, datetime.now(config.tz).date())
@@ -278,6 +284,8 @@ def build_scheduler(runtime: Runtime):
 
     scheduler.cron("full_rescore", config.scheduler.full_rescore, nightly_rescore)
     scheduler.cron("digest", config.scheduler.digest, digest)
+    if config.scheduler.tier_report.strip().lower() != "off":
+        scheduler.cron("tier_report", config.scheduler.tier_report, tier_report)
     scheduler.every("watch", config.scheduler.watch_every_minutes * 60, watch)
     scheduler.leased_loop("dispatch", dispatch_pass, dispatcher.wakeup, on_acquire=dispatcher.take_over)
     scheduler.leased_loop("tickets", tickets_pass, runtime.tickets_wakeup)

@@ -60,6 +60,9 @@ class SchedulerConfig(_Section):
     full_rescore: str = "0 2 * * *"
     # The morning digest; it goes out only on working days (see `calendar`).
     digest: str = "0 9 * * *"
+    # The week's tier report (分层报表, 7 days) to every manager and admin, on working days;
+    # "off": none.
+    tier_report: str = "0 9 * * 1"
     # Overdue tasks (and, later, ticket SLAs) are checked this often.
     watch_every_minutes: int = Field(10, ge=1, le=24 * 60)
     # The outbox is also woken at once whenever something is queued; this is the fallback.
@@ -69,6 +72,11 @@ class SchedulerConfig(_Section):
     @classmethod
     def _cron(cls, value: str) -> str:
         return _check_cron(value)
+
+    @field_validator("tier_report")
+    @classmethod
+    def _cron_or_off(cls, value: str) -> str:
+        return value if value.strip().lower() == "off" else _check_cron(value)
 
 
 class QuietHours(_Section):

@@ -14,6 +14,7 @@ from bot.rescore import full_rescore
 from bot.scheduler import Leases, Scheduler, cancel_and_wait, last_fire, slot_of
 from notifications.digest import queue_digests, queue_overdue_notices
 from notifications.playbook import PlaybookSettings
+from notifications.reports import queue_tier_reports
 from storage.db import make_async_engine
 from storage.importer import run_import
 from storage.models import FollowUpTask, JobState, OutboxMessage
@@ -96,6 +97,24 @@ async def test_digest_lists_tasks_by_priority_and_fits_one_message(engine, confi
     assert all(nine <= moment < nine + timedelta(minutes=10) for moment in due) and min(due) > nine
     # The Star customer's task comes first although the Dog customer's is due earlier.
     assert content.index("星辰半导体") < content.index("街角建材")
+
+
+async def test_managers_and_admins_get_the_weeks_tier_report_in_their_language_once(engine, config, async_db):
+    settings = PlaybookSettings.from_config(config)
+    run_import(engine, [], records={"users": [{"userid": "admin", "language": "en"}]})
+    monday = at_nine(date(2026, 11, 23))
+    assert await queue_tier_reports(async_db, settings, monday) == 2
+    with engine.connect() as connection:
+        sent = {row.touser: (row.payload["markdown"]["content"], row.not_before) for row in connection.execute(
+            select(OutboxMessage.touser, OutboxMessage.payload, OutboxMessage.not_before)
+            .where(OutboxMessage.kind == "tier_report"))}
+    assert sorted(sent) == ["admin", "boss"]  # reps and agents get none
+    assert sent["boss"][0].startswith("**您团队客户分层报表（近7天，2026-11-16 起）**")
+    assert sent["admin"][0].startswith("**Company-wide tier report, last 7 days (since 2026-11-16)**")
+    assert all(len(text.encode()) <= 2048 for text, _ in sent.values())
+    # A second run that day queues nothing more; nor does a Saturday's.
+    assert await queue_tier_reports(async_db, settings, monday + timedelta(minutes=5)) == 0
+    assert await queue_tier_reports(async_db, settings, at_nine(date(2026, 11, 28))) == 0
 
 
 async def test_overdue_tasks_are_announced_once(engine, config, async_db):
