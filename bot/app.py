@@ -24,7 +24,7 @@ from aiohttp import web
 from sqlalchemy import text
 
 from bot.callback import WeComCallback
-from bot.config import Config
+from bot.config import Config, check_titles
 from bot.metrics import CONTENT_TYPE_LATEST, Metrics
 from bot.wecom_client import WeComClient
 from handlers import router
@@ -154,7 +154,8 @@ def create_app(config: Config, identity: WeComIdentity, *, sandbox: Any = None, 
     `dispatch=False` leaves out the scheduler and the dispatcher (tests drive them)."""
     from bot.wecom_client import WebhookClient
 
-    use_label_names(config.label_names())  # a configuration built in code, not read by load_config
+    check_titles(config)  # a configuration built in code, not read by load_config
+    use_label_names(config.label_names())
     metrics = Metrics()
     services = Services(db=make_async_engine(config.database.url), config=config)
     client = WeComClient(None, identity.corp_id, identity.secret, identity.agent_id, identity.api_base)

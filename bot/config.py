@@ -311,12 +311,20 @@ def load_config(path: Path | str | None = None, environ: dict[str, str] | None =
             source = f" (from {env_sources[key]})" if key in env_sources else ""
             problems.append(f"{key}{source}: {_describe(error)}")
         raise ConfigError(problems) from None
-    from handlers.named_segments import title_problems
     from handlers.text import use_label_names  # the names every message and export reads labels by
 
-    problems = title_problems({f"scoring.rfm.segments.{index}.title ({segment.name})": segment.title.model_dump()
-                               for index, segment in enumerate(config.scoring.rfm.segments) if segment.title})
-    if problems:
-        raise ConfigError(problems)
+    check_titles(config)
     use_label_names(config.label_names())
     return config
+
+
+def check_titles(config: Config) -> None:
+    """ConfigError when an RFM segment's title cannot be typed to list it (see
+    handlers.named_segments.title_problems)."""
+    from handlers.named_segments import title_problems
+
+    segments = config.scoring.rfm.segments
+    problems = title_problems(config.label_names()["rfm"], {
+        segment.name: f"scoring.rfm.segments.{index}.title ({segment.name})" for index, segment in enumerate(segments)})
+    if problems:
+        raise ConfigError(problems)

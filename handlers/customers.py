@@ -174,6 +174,13 @@ _EN_LABELS = _alternatives(w for w in _LABEL_WORDS if w.isascii())
 
 
 # With 我的/团队 before the label or 客户 after it: a bare 「成长」 or 「一般」 is not a command.
+def label_meanings(found) -> list[tuple[str, str]]:
+    """The (model, label)s a message router.resolve gave to my_segment may mean; [] for
+    any other command."""
+    name, _, match = found
+    return _LABEL_WORDS.get(match.group("label").strip(), []) if name == "my_segment" else []
+
+
 @router.command("my_segment", rf"(?:我的|我名下的?|团队的?)(?P<label>{_ZH_LABELS})(?:的?客户)?",
                 rf"(?P<label>{_ZH_LABELS})的?客户",
                 rf"(?:我的|我名下的?|团队的?)?(?P<label>[sabc])的?客户",

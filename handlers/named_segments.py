@@ -9,7 +9,7 @@ from handlers.customers import segment_page
 from handlers.help import hint
 from handlers.registry import CommandContext, Reply, normalise
 from handlers.router import router
-from handlers.text import configured_label
+from handlers.text import configured_label, title_forms
 
 COMMAND = "my_named_segment"
 
@@ -23,23 +23,34 @@ async def my_named_segment(ctx: CommandContext) -> Reply:
     return await segment_page(ctx, [found], offset=0)
 
 
-def title_problems(titles: dict[str, dict[str, str]]) -> list[str]:
-    """What keeps a configured title from reaching its list, per title (its config key →
-    {zh, en}): 「我的<title>客户」 or "my <title> customers" already meaning another command
-    (this one is tried last), or another title being the same words."""
-    problems, seen = [], {}
-    for key, names in titles.items():
-        for lang, name in names.items():
-            if lang == "zh":
-                phrase = f"我的{name.strip().removesuffix('客户')}客户"
+def title_problems(titles: dict[str, dict[str, str]], where: dict[str, str]) -> list[str]:
+    """What keeps a configured RFM segment title from reaching its list, per segment
+    (name → {zh, en}; `where`: name → its config key): 「我的<title>客户」 or "my <title>
+    customers" read as another command (this one is tried last), or as another segment's
+    title, or not read at all."""
+    from handlers.customers import label_meanings
+
+    names = {"rfm": titles}
+    problems = []
+    for segment, words in titles.items():
+        for lang, title in words.items():
+            base = sorted(title_forms(title), key=len)[0]
+            phrase = normalise(f"我的{base}客户" if lang == "zh" else f"my {base} customers")
+            found = router.resolve(phrase)
+            if found is None:
+                meant = None
+            elif found[0] == COMMAND:
+                meant = configured_label(found[2].group("title"), names)
             else:
-                phrase = f"my {name.strip().lower().removesuffix(' customers')} customers"
-            found = router.resolve(normalise(phrase))
-            if found is not None and found[0] != COMMAND:
-                problems.append(f"{key}.{lang}: {name!r} cannot be listed by its title: "
-                                f"\"{phrase}\" already means the {found[0]} command; choose another title")
-            words = normalise(phrase)
-            if words in seen:
-                problems.append(f"{key}.{lang}: {name!r} is also the title of {seen[words]}; titles must differ")
-            seen.setdefault(words, key)
+                meant = ("rfm", segment) if ("rfm", segment) in label_meanings(found) else found[0]
+            if meant == ("rfm", segment):
+                continue
+            if meant is None:
+                why = f'"{phrase}" is not understood as a list'
+            elif isinstance(meant, tuple):
+                why = f'"{phrase}" lists segment {meant[1]} ({where.get(meant[1], meant[1])}): titles must differ'
+            else:
+                why = f'"{phrase}" already means the {meant} command'
+            problems.append(f"{where[segment]}.{lang}: {title!r} cannot be listed by its title: {why}; "
+                            f"choose another title")
     return problems

@@ -39,15 +39,27 @@ def configured_label_names() -> list[dict[str, str]]:
     return [names for labels in _CONFIGURED_NAMES.values() for names in labels.values()]
 
 
-def configured_label(word: str) -> tuple[str, str] | None:
-    """The (model, label) a name the configuration gave means: 「核心」, 「核心客户」, "core"."""
-    word = word.strip().lower()
-    for model, labels in _CONFIGURED_NAMES.items():
-        for label, names in labels.items():
-            for name in names.values():
-                name = name.strip().lower()
-                if word in (name, name.removesuffix("客户"), name.removesuffix(" customers")):
-                    return model, label
+def title_forms(name: str) -> set[str]:
+    """How a configured name may be typed between 「我的」 and 「客户」 (or "my" and
+    "customers"), as the router's normalise leaves it: 「VIP 客户」 → vip, vip 客户."""
+    from handlers.registry import normalise
+
+    name = normalise(name)
+    return {form for form in (name, name.removesuffix("客户").strip(), name.removesuffix(" customers").strip())
+            if form}
+
+
+def configured_label(word: str, names: dict[str, dict[str, dict[str, str]]] | None = None
+                     ) -> tuple[str, str] | None:
+    """The (model, label) a name the configuration gave means: 「核心」, 「核心客户」, "core".
+    `names`: model → label → {zh, en} to look in instead of the loaded configuration's."""
+    from handlers.registry import normalise
+
+    word = normalise(word)
+    for model, labels in (_CONFIGURED_NAMES if names is None else names).items():
+        for label, titles in labels.items():
+            if any(word in title_forms(title) for title in titles.values()):
+                return model, label
     return None
 
 

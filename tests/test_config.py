@@ -136,18 +136,30 @@ calendar:
     assert len(problems) == 4
 
 
-def test_a_segment_title_another_command_already_answers_to_is_refused(tmp_path):
-    # 「我的明星客户」 lists the value matrix's Stars: a segment titled 明星 could never be listed.
+def test_a_segment_title_that_cannot_be_typed_to_list_its_segment_is_refused(tmp_path):
+    # 「我的明星客户」 lists the value matrix's Stars; "core" twice, in either language, reaches
+    # only the first; 「我的重点的客户」 reads as 「重点」.
     problems = _problems(tmp_path, "scoring:\n  rfm:\n    segments:\n"
                                    "      - {name: champions, r_min: 4, f_min: 4, title: {zh: 明星, en: Core}}\n"
-                                   "      - {name: loyal, title: {zh: 骨干客户, en: core}}\n")
+                                   "      - {name: loyal, r_min: 3, f_min: 4, title: {zh: core, en: Backbone}}\n"
+                                   "      - {name: others, title: {zh: 重点的, en: Others}}\n")
     assert problems == [
         "scoring.rfm.segments.0.title (champions).zh: '明星' cannot be listed by its title: \"我的明星客户\" "
         "already means the my_tier command; choose another title",
-        "scoring.rfm.segments.1.title (loyal).en: 'core' is also the title of scoring.rfm.segments.0.title "
-        "(champions); titles must differ"]
+        "scoring.rfm.segments.1.title (loyal).zh: 'core' cannot be listed by its title: \"我的core客户\" lists "
+        "segment champions (scoring.rfm.segments.0.title (champions)): titles must differ; choose another title",
+        "scoring.rfm.segments.2.title (others).zh: '重点的' cannot be listed by its title: \"我的重点的客户\" "
+        "is not understood as a list; choose another title"]
+
+
+def test_segment_titles_people_can_type_are_taken(tmp_path):
+    # A built-in name kept in Chinese with a new English one; a Latin word before 客户; a title with 客户.
     titled = tmp_path / "titled.yaml"
     titled.write_text("scoring:\n  rfm:\n    segments:\n"
-                      "      - {name: champions, r_min: 4, f_min: 4, title: {zh: 核心客户, en: Core}}\n"
-                      "      - {name: loyal, title: {zh: 骨干, en: Backbone}}\n", encoding="utf-8")
-    assert load_config(titled, environ={}).label_names()["rfm"]["loyal"] == {"zh": "骨干", "en": "Backbone"}
+                      "      - {name: champions, r_min: 4, f_min: 4, title: {zh: 冠军客户, en: Top buyers}}\n"
+                      "      - {name: loyal, r_min: 3, f_min: 4, title: {zh: VIP 客户, en: VIP}}\n"
+                      "      - {name: others, title: {zh: 核心客户, en: Core}}\n", encoding="utf-8")
+    config = load_config(titled, environ={})
+    assert config.label_names()["rfm"]["loyal"] == {"zh": "VIP 客户", "en": "VIP"}
+    from handlers.text import configured_label
+    assert configured_label("vip") == ("rfm", "loyal") and configured_label("核心") == ("rfm", "others")
