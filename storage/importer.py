@@ -302,7 +302,7 @@ class _FileReader:
         size = path.stat().st_size
         with open(path, "rb") as handle:
             head = handle.read(SNIFF_BYTES)
-            encoding, delimiter, text_head = _sniff_csv(head, _first_non_ascii_line(handle) if head.isascii() else b"")
+            encoding, delimiter, text_head = _sniff_csv(head, _past_ascii(handle) if head.isascii() else b"")
             handle.seek(0)
             if not text_head.strip():
                 self.log.add([Problem(self.name, 1, "(file)", "empty file: a header row is required")])
@@ -513,36 +513,56 @@ SNIFF_BYTES = 64 * 1024
 HEADER_SEARCH_ROWS = 10
 
 
-def _first_non_ascii_line(handle: BinaryIO) -> bytes:
-    """The first line (up to SNIFF_BYTES) holding a byte past ASCII, read on from where
-    `handle` is (after an all-ASCII head); b"" when there is none. A GBK file whose first
-    rows are English (ids, codes) shows its encoding only there. One line only: GB18030
-    decodes almost any bytes, UTF-8 ones too, so a UTF-8 file with a GBK line further on
-    must read as UTF-8 (and that line be named), not as GB18030 gibberish."""
+def _past_ascii(handle: BinaryIO) -> bytes:
+    """Up to SNIFF_BYTES of the file from the start of the first line holding a byte past
+    ASCII, read on from where `handle` is (after an all-ASCII head); b"" when there is
+    none. A GBK file whose first rows are English (ids, codes) shows its encoding only there."""
     while block := handle.read(1 << 20):
         if not block.isascii():
             first = next(position for position, byte in enumerate(block) if byte > 0x7F)
-            line = (block[block.rfind(b"\n", 0, first) + 1:] + handle.read(SNIFF_BYTES))[:SNIFF_BYTES]
-            return line.split(b"\n", 1)[0]
+            return (block[block.rfind(b"\n", 0, first) + 1:] + handle.read(SNIFF_BYTES))[:SNIFF_BYTES]
     return b""
+
+
+def _reads_as_utf8(line: bytes, chinese: bool = False) -> bool:
+    """The line is UTF-8 text, not GBK bytes that happen to decode as UTF-8: those give
+    Cyrillic, Greek and the like (GBK 谢伟 is UTF-8 лΰ), where real UTF-8 in these files
+    is Chinese (U+0800 and up) or accented Latin letters (up to U+017F). `chinese`: only
+    the former counts (a few GBK characters decode as accented letters)."""
+    try:
+        decoded = codecs.getincrementaldecoder("utf-8")().decode(line, final=False)
+    except UnicodeDecodeError:
+        return False
+    wide = [ord(character) for character in decoded if ord(character) > 0x7F]
+    return any(code >= 0x800 for code in wide) or (not chinese and all(code <= 0x17F for code in wide))
 
 
 def _sniff_csv(head: bytes, later: bytes = b"") -> tuple[str, str, str]:
     """(encoding, delimiter, decoded text) of a CSV file from its first bytes. UTF-8, with
     or without a BOM; UTF-16 with a BOM (Excel's "Unicode text"); else GB18030 when the
-    bytes are that (Excel's CSV on Chinese Windows is GBK). `later`: the first line past
-    ASCII further down, when the head is all ASCII (it then reads alike in both). The
-    delimiter: the one of comma, tab and semicolon the first lines hold most (comma on a tie)."""
+    bytes are that (Excel's CSV on Chinese Windows is GBK). `later`: the file from its
+    first line past ASCII on, when the head is all ASCII (ASCII reads alike in both): that
+    line decides, so that a UTF-8 file with a GBK line further on reads as UTF-8 and has
+    that line named, rather than as GB18030 (which decodes almost any bytes) gibberish.
+    The delimiter: the one of comma, tab and semicolon the first lines hold most (comma on a tie)."""
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encoding = "utf-16"
     else:
         encoding = "utf-8-sig"
-        sample = later or head
-        try:
-            codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
-        except UnicodeDecodeError:
+        if later:
+            utf8 = _reads_as_utf8(later.split(b"\n", 1)[0])
+        else:
             try:
-                codecs.getincrementaldecoder("gb18030")().decode(sample, final=False)
+                codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+                utf8 = True
+            except UnicodeDecodeError:
+                utf8 = False
+        # A line of Chinese in UTF-8 further on: the file mixes the two, and reading it as
+        # GB18030 would garble that line without a word. As UTF-8, the GBK line is named.
+        mixed = any(_reads_as_utf8(line, chinese=True) for line in later.split(b"\n")[1:-1])
+        if not utf8 and not mixed:
+            try:
+                codecs.getincrementaldecoder("gb18030")().decode(later or head, final=False)
                 encoding = "gb18030"
             except UnicodeDecodeError:
                 pass  # read as UTF-8, so that the bad line is named
@@ -553,13 +573,18 @@ def _sniff_csv(head: bytes, later: bytes = b"") -> tuple[str, str, str]:
 
 
 def _encoding_problem(path: Path, encoding: str = "utf-8-sig") -> Problem:
-    if encoding not in ("utf-8-sig", "utf-8"):
-        return Problem(str(path), 1, "(file)", f"not {encoding.upper()} text throughout: save it as UTF-8 CSV")
+    """The first line of the file that is not text in `encoding`, named with a hint."""
+    if encoding == "utf-16":
+        return Problem(str(path), 1, "(file)", "not UTF-16 text throughout: save it as UTF-8 CSV")
+    codec = "utf-8" if encoding in ("utf-8-sig", "utf-8") else encoding
     with open(path, "rb") as handle:
         for line_number, line in enumerate(handle, start=1):
             try:
-                line.decode("utf-8")
+                line.decode(codec)
             except UnicodeDecodeError:
+                if codec != "utf-8":
+                    return Problem(str(path), line_number, "(file)",
+                                   f"not {codec.upper()} text like the lines before it: save the file as UTF-8 CSV")
                 hint = ""
                 try:
                     line.decode("gb18030")
@@ -567,7 +592,7 @@ def _encoding_problem(path: Path, encoding: str = "utf-8-sig") -> Problem:
                 except UnicodeDecodeError:
                     pass
                 return Problem(str(path), line_number, "(file)", f"not UTF-8 text{hint}")
-    return Problem(str(path), 1, "(file)", "not UTF-8 text")
+    return Problem(str(path), 1, "(file)", f"not {codec.upper()} text")
 
 
 _SKIPPED_LINE = re.compile(r"Skipping line (\d+): expected (\d+) fields, saw (\d+)")

@@ -239,26 +239,46 @@ def test_a_currency_unit_in_a_header_is_understood(engine, tmp_path):
     assert len(problems) == 1 and problems[0].endswith("'约12'")
 
 
+def _english_rows_then(tmp_path, *tail: bytes) -> Path:
+    """users.csv: 2,000 plain-ASCII rows (past the sniffed head), then `tail` as written."""
+    write_csv(tmp_path / "users.csv", USERS_HEADER, [[f"rep{i}", "A" * 40, "rep", "", "", ""] for i in range(2_000)])
+    with open(tmp_path / "users.csv", "ab") as handle:
+        for line in tail:
+            handle.write(line)
+    return tmp_path / "users.csv"
+
+
 def test_a_gbk_file_whose_first_rows_are_english_reads_as_gbk(engine, tmp_path):
-    # ASCII reads alike in both: past the sniffed head, the first Chinese line tells.
-    rows = [[f"rep{i}", "A" * 40, "rep", "", "", ""] for i in range(2_000)]
-    write_csv(tmp_path / "users.csv", USERS_HEADER, rows)
-    with open(tmp_path / "users.csv", "ab") as handle:
-        handle.write("rep_x,张三,rep,,,\r\n".encode("gb18030"))
-    result = run_import(engine, [tmp_path / "users.csv"])
-    assert result.warnings == [] and result.kinds["users"].rows == 2_001
-    assert _users(engine)["rep_x"] == ("张三", "rep")
+    # ASCII reads alike in both: past the sniffed head, the first Chinese line tells. GBK
+    # 谢伟 happens to be valid UTF-8 too (лΰ): it must not pass for it.
+    path = _english_rows_then(tmp_path, "rep_x,谢伟,rep,,,\r\n".encode("gb18030"),
+                              "rep_y,张三,rep,,,\r\n".encode("gb18030"))
+    "谢伟".encode("gb18030").decode("utf-8")  # the trap this test sets
+    result = run_import(engine, [path])
+    assert result.warnings == [] and result.kinds["users"].rows == 2_002
+    assert _users(engine)["rep_x"] == ("谢伟", "rep") and _users(engine)["rep_y"] == ("张三", "rep")
 
 
-def test_a_gbk_line_deep_in_a_utf8_file_is_named_with_its_line(engine, tmp_path):
-    rows = [[f"rep{i}", "A" * 40, "rep", "", "", ""] for i in range(2_000)]  # past the sniffed head
-    rows[1_500][1] = "李四"
-    write_csv(tmp_path / "users.csv", USERS_HEADER, rows)
-    with open(tmp_path / "users.csv", "ab") as handle:
-        handle.write("rep_x,张三,rep,,,\r\n".encode("gb18030"))
-    problems = _import_fails(engine, [tmp_path / "users.csv"])
-    assert problems == [f"{tmp_path / 'users.csv'}:2002: (file): not UTF-8 text (it looks like GBK/GB18030, "
+@pytest.mark.parametrize("tail, line", [
+    # A UTF-8 file (its first Chinese line is UTF-8) with a GBK line further on.
+    (["rep_x,李四,rep,,,\r\n".encode(), "rep_y,张三,rep,,,\r\n".encode("gb18030")], 2003),
+    # GBK first, then UTF-8 lines: read as GBK, they would be garbled without a word.
+    (["rep_x,张三,rep,,,\r\n".encode("gb18030"), "rep_y,李四,rep,,,\r\n".encode()], 2002),
+])
+def test_a_file_mixing_utf8_and_gbk_is_refused_at_its_gbk_line(engine, tmp_path, tail, line):
+    path = _english_rows_then(tmp_path, *tail)
+    problems = _import_fails(engine, [path])
+    assert problems == [f"{path}:{line}: (file): not UTF-8 text (it looks like GBK/GB18030, "
                         "as Excel saves in Chinese Windows: save it as UTF-8 CSV)"]
+    assert _users(engine) == {}
+
+
+def test_a_byte_no_gbk_text_has_in_a_gbk_file_is_named_with_its_line(engine, tmp_path):
+    path = tmp_path / "用户.csv"
+    rows = "".join(f"rep{i},销售{i:04d}号{'甲' * 20},销售\r\n" for i in range(2_000))  # past the sniffed head
+    path.write_bytes(f"企业微信ID,姓名,角色\r\n{rows}".encode("gb18030") + b"rep_x,\xff\xff,rep\r\n")
+    assert _import_fails(engine, [path]) == [
+        f"{path}:2002: (file): not GB18030 text like the lines before it: save the file as UTF-8 CSV"]
     assert _users(engine) == {}
 
 
