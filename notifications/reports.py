@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from handlers.text import render, tier_names
 from notifications.outbox import outbox_row, personal_delay
 from notifications.settings import ChurnAlerts
 from scoring import TIERS
@@ -44,6 +43,9 @@ class TierReportText:
 async def tier_report_text(connection: AsyncConnection, role: str, owners: list[str] | None, run_id: int,
                            alerts: ChurnAlerts, tz: ZoneInfo, now: datetime, days: int, lang: str) -> TierReportText:
     """The report over `owners`' customers (None: everyone's) for the `days` to `now`."""
+    # Here, not at the top: handlers (whose package registers handlers.reports) imports this module.
+    from handlers.text import render, tier_names
+
     # In UTC: SQLite keeps timestamps as UTC wall-clock text, and compares them as text.
     since = (now - timedelta(days=days)).astimezone(timezone.utc)
     found = await queries.tier_report(connection, owners, run_id, since, alerts.threshold, alerts.min_revenue_12m,
@@ -85,22 +87,24 @@ def report_rows(found: queries.TierReport) -> list[dict]:
 
 async def queue_tier_reports(engine: AsyncEngine, settings, now: datetime) -> int:
     """The week's tier report to every manager and admin with scored customers in view, in
-    their language, on working days only (a holiday's is skipped, as the digest is).
-    Idempotent per person and day. Returns how many were queued."""
+    their language: on the first working day the job runs in each ISO week (a holiday
+    Monday moves it to Tuesday), once per person and week. Returns how many were queued."""
     today = now.astimezone(settings.tz).date()
     if not settings.calendar.is_workday(today):
         return 0
+    year, week, _ = today.isocalendar()
+    key = f"{year}-W{week:02d}"
     rows = []
     async with engine.connect() as connection:
         run_id = await queries.latest_run_id(connection)
         if run_id is None:
             return 0
         sent = set((await connection.execute(select(OutboxMessage.origin).where(
-            OutboxMessage.origin.like(f"tier_report:%:{today.isoformat()}")))).scalars())
+            OutboxMessage.origin.like(f"tier_report:%:{key}")))).scalars())
         leads = (await connection.execute(select(User.userid, User.name, User.role, User.language)
                                           .where(User.role.in_(LEADS)).order_by(User.userid))).all()
         for lead in leads:
-            origin = f"tier_report:{lead.userid}:{today.isoformat()}"
+            origin = f"tier_report:{lead.userid}:{key}"
             if origin in sent:
                 continue
             owners = await queries.visible_owners(connection, queries.UserRow(lead.userid, lead.name, lead.role))

@@ -60,9 +60,9 @@ class SchedulerConfig(_Section):
     full_rescore: str = "0 2 * * *"
     # The morning digest; it goes out only on working days (see `calendar`).
     digest: str = "0 9 * * *"
-    # The week's tier report (分层报表, 7 days) to every manager and admin, on working days;
-    # "off": none.
-    tier_report: str = "0 9 * * 1"
+    # The week's tier report (分层报表, 7 days) to every manager and admin: the job runs at
+    # these times and sends on the first working day of each week it runs on; "off": none.
+    tier_report: str = "0 9 * * *"
     # Overdue tasks (and, later, ticket SLAs) are checked this often.
     watch_every_minutes: int = Field(10, ge=1, le=24 * 60)
     # The outbox is also woken at once whenever something is queued; this is the fallback.
@@ -73,9 +73,16 @@ class SchedulerConfig(_Section):
     def _cron(cls, value: str) -> str:
         return _check_cron(value)
 
+    @field_validator("tier_report", mode="before")
+    @classmethod
+    def _cron_or_off(cls, value):
+        if value is False:  # YAML reads a bare off (or no, false) as false
+            return "off"
+        return value if isinstance(value, str) and value.strip().lower() == "off" else value
+
     @field_validator("tier_report")
     @classmethod
-    def _cron_or_off(cls, value: str) -> str:
+    def _cron_unless_off(cls, value: str) -> str:
         return value if value.strip().lower() == "off" else _check_cron(value)
 
 

@@ -163,3 +163,11 @@ def test_segment_titles_people_can_type_are_taken(tmp_path):
     assert config.label_names()["rfm"]["loyal"] == {"zh": "VIP 客户", "en": "VIP"}
     from handlers.text import configured_label
     assert configured_label("vip") == ("rfm", "loyal") and configured_label("核心") == ("rfm", "others")
+
+
+def test_the_weekly_tier_report_is_switched_off_with_a_bare_off(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("scheduler:\n  tier_report: off\n", encoding="utf-8")
+    assert load_config(path, environ={}).scheduler.tier_report == "off"
+    assert _problems(tmp_path, "scheduler:\n  tier_report: mondays\n")[0].startswith(
+        "scheduler.tier_report: must be a cron expression")

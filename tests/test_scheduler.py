@@ -112,9 +112,19 @@ async def test_managers_and_admins_get_the_weeks_tier_report_in_their_language_o
     assert sent["boss"][0].startswith("**您团队客户分层报表（近7天，2026-11-16 起）**")
     assert sent["admin"][0].startswith("**Company-wide tier report, last 7 days (since 2026-11-16)**")
     assert all(len(text.encode()) <= 2048 for text, _ in sent.values())
-    # A second run that day queues nothing more; nor does a Saturday's.
-    assert await queue_tier_reports(async_db, settings, monday + timedelta(minutes=5)) == 0
-    assert await queue_tier_reports(async_db, settings, at_nine(date(2026, 11, 28))) == 0
+    # The rest of that week, the job (daily) queues nothing more; the next week's Monday again.
+    for day in (23, 24, 27, 28):
+        assert await queue_tier_reports(async_db, settings, at_nine(date(2026, 11, day)) + timedelta(hours=1)) == 0
+    assert await queue_tier_reports(async_db, settings, at_nine(date(2026, 11, 30))) == 2
+
+
+async def test_a_holiday_monday_moves_the_weekly_tier_report_to_tuesday(engine, config, async_db):
+    settings = PlaybookSettings.from_config(config)
+    # 2026-10-05 is a National Day holiday Monday; Tuesday the 6th too; Thursday the 8th is back at work.
+    assert await queue_tier_reports(async_db, settings, at_nine(date(2026, 10, 5))) == 0
+    assert await queue_tier_reports(async_db, settings, at_nine(date(2026, 10, 6))) == 0
+    assert await queue_tier_reports(async_db, settings, at_nine(date(2026, 10, 8))) == 2
+    assert await queue_tier_reports(async_db, settings, at_nine(date(2026, 10, 9))) == 0
 
 
 async def test_overdue_tasks_are_announced_once(engine, config, async_db):

@@ -210,7 +210,7 @@ async def test_a_manager_lists_the_overdue_tasks_of_their_team(bot, peer, engine
     assert other_team.startswith("您团队的逾期任务（1–1 / 1") and "南方机械" in other_team and "逾期 30 天" in other_team
 
 
-def _history(engine, customer_id: str, before: str, after: str, days_ago: int) -> None:
+def _history(engine, customer_id: str, before: str, after: str, days_ago: float) -> None:
     with engine.begin() as connection:
         run_id = connection.execute(select(func.max(ScoreSnapshot.run_id))).scalar_one()
         connection.execute(TierChange.__table__.insert().values(
@@ -218,7 +218,7 @@ def _history(engine, customer_id: str, before: str, after: str, days_ago: int) -
             changed_at=NOW_UTC - timedelta(days=days_ago), reasons=[]))
 
 
-def _done(engine, customer_id: str, owner: str, tier: str, days_ago: int) -> None:
+def _done(engine, customer_id: str, owner: str, tier: str, days_ago: float) -> None:
     task_id = add_task(engine, customer_id, owner, TODAY, tier=tier, status="done")
     with engine.begin() as connection:
         connection.execute(FollowUpTask.__table__.update().where(FollowUpTask.id == task_id)
@@ -257,7 +257,7 @@ async def test_the_tier_report_shows_shares_moves_churn_and_effort_of_the_askers
                    Customer.owner_userid.in_(("boss", "rep_a", "rep_b")))).scalars(), reverse=True)
     top_fifth = sum(revenues[:-(-len(revenues) // 5)]) / sum(revenues)
     assert f"合计 {sum(tiers.values())} 家" in reply and f"营收前 20% 的客户贡献 {percent(top_fifth)}" in reply
-    assert "分层变动 1 次：问题→明星 1" in reply and "南方机械" not in reply
+    assert "分层变动 1 次：问题→明星 1" in reply  # OTHER1's move, in boss2's team, is not counted
 
     longer = await say(bot, peer, "boss", "分层报表 60天")
     assert "分层变动 2 次：" in longer and "金牛→瘦狗 1" in longer and "问题→明星 1" in longer
@@ -269,3 +269,13 @@ async def test_the_tier_report_shows_shares_moves_churn_and_effort_of_the_askers
 
     assert "（1–365 天）" in await say(bot, peer, "boss", "分层报表 0天")
     assert "您是不是想发「分层报表」？" in await say(bot, peer, "boss", "分层抱表")
+
+
+async def test_the_tier_reports_period_ends_exactly_that_many_days_back(bot, peer, engine):
+    # Hours, not a time zone's eight, either side of the boundary.
+    _history(engine, "F003", "dog", "cash_cow", days_ago=29.9)
+    _history(engine, "F005", "dog", "cash_cow", days_ago=30.1)
+    _done(engine, "F003", "rep_a", "dog", days_ago=29.9)
+    _done(engine, "F005", "rep_a", "dog", days_ago=30.1)
+    reply = await say(bot, peer, "boss", "分层报表")
+    assert "分层变动 1 次：瘦狗→金牛 1" in reply and "完成跟进 1（100%）" in reply.split("\n")[8]

@@ -721,13 +721,14 @@ async def test_help_lists_the_commands_of_the_askers_role(bot, peer):
     rep = await say(bot, peer, "rep_a", "帮助")
     assert "工单 客户名 问题描述" in rep and "今日任务" in rep and "分层报表" in rep
     assert "接单 编号" not in rep and "工单报表" not in rep and "团队逾期任务" not in rep
+    assert "解决 编号 说明 — 关闭自助处理中的工单" in rep  # whoever sees the customer may
     manager = await say(bot, peer, "boss", "帮助")
-    assert "工单报表" in manager and "团队逾期任务" in manager and "张三的客户" in manager
+    assert "工单报表" in manager and "团队逾期任务" in manager and "张三的客户" in manager and "转交 编号" in manager
     agent = await say(bot, peer, "ag1", "帮助")
     assert "接单 编号" in agent and "暂离" in agent and "我的明星客户" not in agent and "今日任务" not in agent
-    assert all(len(text.encode()) <= 2048 for text in (rep, manager, agent))
     en = await say(bot, peer, "boss", "help")
     assert "ticket NAME description" in en and "my tickets" in en and "ticket report" in en and "team" in en
+    assert all(len(text.encode()) <= 2048 for text in (rep, manager, agent, en))
     assert "accept N" in await say(bot, peer, "ag1", "help")
 
 
