@@ -40,6 +40,11 @@ def normalise(text: str, keep_case: bool = False) -> str:
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
+# A report's period after its name: 「工单报表 7天」, 「分层报表 近90天」, "ticket report 7d",
+# "tier report for the last 90 days"; CommandContext.days reads it.
+PERIOD_ZH = r"(?:\s*(?:近|最近)?\s*(?P<days>\d{1,4})\s*(?:天|日)?)?"
+PERIOD_EN = r"(?:\s+(?:for |last |past )?(?:the )?(?:last |past )?(?P<days_en>\d{1,4})\s*(?:d|days?)?)?"
+
 
 def guess_language(text: str) -> str:
     """Answer in Chinese unless the message is written in Latin letters only."""
@@ -80,6 +85,11 @@ class CommandContext:
     match: re.Match
     services: Any  # what handlers need to answer (database, config); see handlers.services
     command: str = ""
+
+    def days(self, default: int) -> int:
+        """The period typed after a report's name (PERIOD_ZH / PERIOD_EN), else `default`."""
+        typed = self.match.groupdict().get("days") or self.match.groupdict().get("days_en")
+        return int(typed) if typed else default
 
     def argument(self, group: str) -> str:
         """A matched group as the user typed it (case kept), e.g. a customer name."""

@@ -5,25 +5,21 @@ Registered before 「客户 X」, which would otherwise take 「客户报表」 
 
 from __future__ import annotations
 
-from handlers.registry import CommandContext, Reply
+from handlers.registry import PERIOD_EN, PERIOD_ZH, CommandContext, Reply
 from handlers.router import router
 from handlers.text import render
 from notifications.reports import MAX_REPORT_DAYS, REPORT_DAYS, tier_report_text
 from storage import queries
 
-_DAYS_ZH = r"(?:\s*(?:近|最近)?\s*(?P<days>\d{1,4})\s*(?:天|日)?)?"
-_DAYS_EN = r"(?:\s+(?:for |last |past )?(?:the )?(?:last |past )?(?P<days_en>\d{1,4})\s*(?:d|days?)?)?"
-
 
 @router.command("tier_report",
-                rf"(?:我的|团队的?)?(?:客户分层|价值分层|分层|客户)(?:报表|报告|统计|分析){_DAYS_ZH}",
-                rf"(?:经营|管理|销售|客户)?驾驶舱{_DAYS_ZH}",
+                rf"(?:我的|团队的?)?(?:客户分层|价值分层|分层|客户)(?:报表|报告|统计|分析){PERIOD_ZH}",
+                rf"(?:经营|管理|销售|客户)?驾驶舱{PERIOD_ZH}",
                 rf"(?:show )?(?:my |team |my team's )?(?:tiers?|tiering|customers?) (?:report|stats|statistics)"
-                rf"{_DAYS_EN}",
-                rf"(?:show )?(?:my |the )?(?:cockpit|dashboard){_DAYS_EN}")
+                rf"{PERIOD_EN}",
+                rf"(?:show )?(?:my |the )?(?:cockpit|dashboard){PERIOD_EN}")
 async def tier_report(ctx: CommandContext) -> Reply:
-    typed = ctx.match.groupdict().get("days") or ctx.match.groupdict().get("days_en")
-    days = int(typed) if typed else REPORT_DAYS
+    days = ctx.days(REPORT_DAYS)
     if not 1 <= days <= MAX_REPORT_DAYS:
         return Reply(render(f"chat/tier_report_usage.{ctx.lang}.j2", most=MAX_REPORT_DAYS), msgtype="text")
     config = ctx.services.config

@@ -24,7 +24,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from handlers.paging import fit_page, remember
-from handlers.registry import ActionContext, Asker, CommandContext, Reply
+from handlers.registry import PERIOD_EN, PERIOD_ZH, ActionContext, Asker, CommandContext, Reply
 from handlers.router import router
 from handlers.tasks import grey_cards_sent_to, queue_card_replacement, queue_card_update
 from handlers.text import render
@@ -95,15 +95,12 @@ async def _led_queues(ctx, connection) -> list[str]:
 # (registered before 「工单 客户 问题」, which would otherwise take 「工单报表」 for a customer)
 
 
-@router.command("ticket_report",
-                r"(?:工单|客服)(?:报表|报告|统计|分析)(?:\s*(?:近|最近)?\s*(?P<days>\d{1,4})\s*(?:天|日)?)?",
-                r"(?:show )?tickets? (?:report|stats|statistics)"
-                r"(?:\s+(?:for |last |past )?(?:the )?(?:last |past )?(?P<days_en>\d{1,4})\s*(?:d|days?)?)?")
+@router.command("ticket_report", rf"(?:工单|客服)(?:报表|报告|统计|分析){PERIOD_ZH}",
+                rf"(?:show )?tickets? (?:report|stats|statistics){PERIOD_EN}")
 async def ticket_report(ctx: CommandContext) -> Reply:
     if ctx.asker.role not in LEADS:
         return Reply(_result(ctx, "leads_only"), msgtype="text")
-    typed = ctx.match.groupdict().get("days") or ctx.match.groupdict().get("days_en")
-    days = int(typed) if typed else REPORT_DAYS
+    days = ctx.days(REPORT_DAYS)
     if not 1 <= days <= MAX_REPORT_DAYS:
         return Reply(render(f"chat/ticket_usage.{ctx.lang}.j2", which="report", most=MAX_REPORT_DAYS),
                      msgtype="text")
