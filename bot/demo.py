@@ -19,6 +19,8 @@ from sqlalchemy import select
 from bot.config import PROJECT_ROOT
 
 EXAMPLES_PER_TIER = 3
+# A new demo database is also scored as of these many weeks ago, oldest first.
+HISTORY_WEEKS = (8, 4)
 
 
 def company_folder(data_root: Path, customers: int, seed: int, data_ends: date) -> Path:
@@ -40,7 +42,7 @@ def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | No
     from bot.export import export_scores
     from storage.importer import run_import, summarise
     from storage.models import Customer, ScoreSnapshot
-    from storage.scores import StoredSnapshot
+    from storage.scores import StoredSnapshot, latest_run
 
     config = _config(ctx)
     engine = _engine(ctx)
@@ -62,6 +64,13 @@ def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | No
                         known_modules=config.scoring.value_matrix.module_catalogue)
     for line in summarise(result):
         click.echo("  " + line)
+    with engine.connect() as connection:
+        first_scoring = latest_run(connection) is None
+    if first_scoring:
+        # Nightly runs of weeks past on a new database, as if the service had been running:
+        # today's run then has tier changes to push, and 分层报表 and the digest moves to show.
+        for weeks_ago in HISTORY_WEEKS:
+            full_rescore(engine, config, today - timedelta(weeks=weeks_ago))
     outcome, _timings = full_rescore(engine, config, today)
     click.echo()
     click.echo(render("cli/score_summary.j2", lang=lang, run_id=outcome.run_id, summary=outcome.summary,

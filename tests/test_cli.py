@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -148,8 +149,11 @@ def test_demo_generates_imports_scores_and_shows_examples_with_reasons(cli, tmp_
     assert "300 个客户" in result.stdout and "明星客户 Star" in result.stdout
     assert "三年加权营收" in result.stdout  # example customers come with their reasons
     assert (tmp_path / "demo" / "scores.csv").exists()
+    # A new database was scored as of 8 and 4 weeks ago first: today's run has changes to tell.
+    assert re.search(r"评分完成 #3: 300 个客户, 基准日 \S+, [1-9]\d* 个客户层级变化", result.stdout), result.stdout
     again = cli("demo", "--no-serve", "--customers", "300", "--data-dir", str(tmp_path / "demo"))
     assert again.exit_code == 0 and "0 new, 0 changed" in again.stdout
+    assert "评分完成 #4: " in again.stdout  # no history again on a database scored before
 
 
 def test_a_database_file_that_cannot_be_made_is_one_line_not_a_traceback(tmp_path):
