@@ -34,15 +34,6 @@ _ZH_TIERS = "|".join(sorted((w for w in _TIER_WORDS if not w.isascii()), key=len
 _EN_TIERS = "|".join(sorted((w for w in _TIER_WORDS if w.isascii()), key=len, reverse=True))
 
 
-async def _owners(ctx: CommandContext, connection) -> list[str] | None:
-    return await ctx.services.cached(("owners", ctx.asker.userid, ctx.asker.role),
-                                     lambda: queries.visible_owners(connection, ctx.asker))
-
-
-async def _latest_run(ctx: CommandContext, connection) -> int | None:
-    return await ctx.services.cached(("latest_run",), lambda: queries.latest_run_id(connection), seconds=5.0)
-
-
 def _scope(ctx: CommandContext) -> str:
     return SCOPE[ctx.lang].get(ctx.asker.role, SCOPE[ctx.lang]["rep"])
 
@@ -57,10 +48,10 @@ async def my_customers(ctx: CommandContext, rep: Asker | None = None) -> Reply:
     """Customers per tier: the asker's, or with `rep` (a manager drilling down, who may see
     them) that rep's only."""
     async with ctx.services.db.connect() as connection:
-        run_id = await _latest_run(ctx, connection)
+        run_id = await ctx.services.latest_run_id(connection)
         if run_id is None:
             return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
-        owners = [rep.userid] if rep else await _owners(ctx, connection)
+        owners = [rep.userid] if rep else await ctx.services.visible_owners(connection, ctx.asker)
         totals = await queries.tier_totals(connection, owners, run_id)
         as_of = await queries.run_as_of(connection, run_id)
     tiers = [(tier, totals.get(tier, {"customers": 0, "revenue_12m": 0.0})) for tier in TIERS]
@@ -90,10 +81,10 @@ async def _tier_page(ctx: CommandContext, tier: str, offset: int, rep: Asker | N
     listing, arguments = ("rep_tier", {"tier": tier, "rep": rep.userid}) if rep else ("my_tier", {"tier": tier})
     scope = rep_scope(rep, ctx.lang) if rep else _scope(ctx)
     async with ctx.services.db.begin() as connection:
-        run_id = await _latest_run(ctx, connection)
+        run_id = await ctx.services.latest_run_id(connection)
         if run_id is None:
             return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
-        owners = [rep.userid] if rep else await _owners(ctx, connection)
+        owners = [rep.userid] if rep else await ctx.services.visible_owners(connection, ctx.asker)
         items, total = await queries.customers_in_tier(connection, owners, run_id, tier, offset, PAGE_SIZE)
         if not items:
             if offset:
@@ -205,7 +196,7 @@ def _segment_names(ctx: CommandContext, model: str, label: str) -> dict[str, str
 async def segment_page(ctx: CommandContext, meanings: list[tuple[str, str]], offset: int) -> Reply:
     """The list of the first of `meanings` (model, label) the latest run gave labels for."""
     async with ctx.services.db.begin() as connection:
-        run_id = await _latest_run(ctx, connection)
+        run_id = await ctx.services.latest_run_id(connection)
         if run_id is None:
             return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
         coded = await queries.coded_labels(connection, run_id)
@@ -221,7 +212,7 @@ async def segment_page(ctx: CommandContext, meanings: list[tuple[str, str]], off
                                 **_segment_names(ctx, model, label)), msgtype="text")
         model, label = found[0]
         names = _segment_names(ctx, model, label)
-        owners = await _owners(ctx, connection)
+        owners = await ctx.services.visible_owners(connection, ctx.asker)
         items, total = await queries.customers_with_label(connection, owners, run_id, coded, model, label, offset,
                                                           PAGE_SIZE)
         arguments = {"model": model, "label": label}
@@ -252,7 +243,7 @@ async def customer(ctx: CommandContext) -> Reply:
     query = ctx.argument("query")[:MAX_QUERY_CHARS]
     catalogue = len(ctx.services.config.scoring.value_matrix.module_catalogue)
     async with ctx.services.db.connect() as connection:
-        owners = await _owners(ctx, connection)
+        owners = await ctx.services.visible_owners(connection, ctx.asker)
         also = await queries.ticket_customers(connection, ctx.asker.userid) if ctx.asker.role == "agent" else None
         matches = await queries.find_customers(connection, owners, query, limit=DID_YOU_MEAN + 1, also=also)
         if not matches:
@@ -261,7 +252,7 @@ async def customer(ctx: CommandContext) -> Reply:
             shown = matches[:DID_YOU_MEAN]
             return Reply(render(f"chat/did_you_mean.{ctx.lang}.j2", query=query, matches=shown,
                                 more=len(matches) > DID_YOU_MEAN))
-        run_id = await _latest_run(ctx, connection)
+        run_id = await ctx.services.latest_run_id(connection)
         detail = await queries.customer_detail(connection, owners, matches[0]["customer_id"], run_id, also=also)
     snapshot = detail.pop("snapshot")
     if detail.get("tier_since"):

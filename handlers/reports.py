@@ -24,11 +24,10 @@ async def tier_report(ctx: CommandContext) -> Reply:
         return Reply(render(f"chat/tier_report_usage.{ctx.lang}.j2", most=MAX_REPORT_DAYS), msgtype="text")
     config = ctx.services.config
     async with ctx.services.db.connect() as connection:
-        run_id = await ctx.services.cached(("latest_run",), lambda: queries.latest_run_id(connection), seconds=5.0)
+        run_id = await ctx.services.latest_run_id(connection)
         if run_id is None:
             return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
-        owners = await ctx.services.cached(("owners", ctx.asker.userid, ctx.asker.role),
-                                           lambda: queries.visible_owners(connection, ctx.asker))
+        owners = await ctx.services.visible_owners(connection, ctx.asker)
         report = await tier_report_text(connection, ctx.asker.role, owners, run_id, config.playbook.churn_alerts,
                                         config.tz, ctx.services.now(), days, ctx.lang)
     if report.customers == 0 and ctx.asker.role == "agent":

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from storage import queries
+
 if TYPE_CHECKING:  # handlers must not import bot at run time (bot → handlers)
     from bot.config import Config
 
@@ -51,6 +53,16 @@ class Services:
             self._cache.clear()
         self._cache[key] = (now + seconds, value)
         return value
+
+    async def latest_run_id(self, connection) -> int | None:
+        """The newest finished full run's id, looked up at most every 5 s: a rescore
+        that lands should show within seconds."""
+        return await self.cached(("latest_run",), lambda: queries.latest_run_id(connection), seconds=5.0)
+
+    async def visible_owners(self, connection, asker) -> list[str] | None:
+        """Whose customers `asker` may see (storage.queries.visible_owners; None: everyone's)."""
+        return await self.cached(("owners", asker.userid, asker.role),
+                                 lambda: queries.visible_owners(connection, asker))
 
     def forget(self, key: tuple) -> None:
         """Drop a cached value the asker has just changed (their own language)."""

@@ -36,15 +36,6 @@ def _refused(ctx: CommandContext) -> Reply | None:
     return Reply(render(f"chat/team_only.{ctx.lang}.j2"), msgtype="text")
 
 
-async def _owners(ctx: CommandContext, connection) -> list[str] | None:
-    return await ctx.services.cached(("owners", ctx.asker.userid, ctx.asker.role),
-                                     lambda: queries.visible_owners(connection, ctx.asker))
-
-
-async def _latest_run(ctx: CommandContext, connection) -> int | None:
-    return await ctx.services.cached(("latest_run",), lambda: queries.latest_run_id(connection), seconds=5.0)
-
-
 # ------------------------------------------------------------------ 流失预警 / churn
 
 
@@ -79,10 +70,10 @@ async def _churn_page(ctx: CommandContext, offset: int, lapsed: bool = False) ->
     threshold = alerts.threshold
     scope = SCOPE[ctx.lang][ctx.asker.role if ctx.asker.role in LEADS else "own"]
     async with ctx.services.db.begin() as connection:
-        run_id = await _latest_run(ctx, connection)
+        run_id = await ctx.services.latest_run_id(connection)
         if run_id is None:
             return Reply(render(f"chat/no_scores.{ctx.lang}.j2"), msgtype="text")
-        owners = await _owners(ctx, connection)
+        owners = await ctx.services.visible_owners(connection, ctx.asker)
         items, total = await queries.churn_risks(connection, owners, run_id, threshold, offset, CHURN_PAGE,
                                                  alerts.min_revenue_12m, lapsed=lapsed)
         if not items:
@@ -166,8 +157,8 @@ async def _team_page(ctx: CommandContext, offset: int) -> Reply:
     today = ctx.services.now().date()
     scope = SCOPE[ctx.lang][ctx.asker.role]
     async with ctx.services.db.begin() as connection:
-        run_id = await _latest_run(ctx, connection)
-        owners = await _owners(ctx, connection)
+        run_id = await ctx.services.latest_run_id(connection)
+        owners = await ctx.services.visible_owners(connection, ctx.asker)
         tiers = await queries.team_tiers(connection, owners, run_id)
         task_counts = await queries.team_tasks(connection, owners, today)
         people = await queries.people(connection, owners)
@@ -209,7 +200,7 @@ async def _team_overdue_page(ctx: CommandContext, offset: int) -> Reply:
     scope = SCOPE[ctx.lang][ctx.asker.role]
     today = ctx.services.now().astimezone(ctx.services.config.tz).date()
     async with ctx.services.db.begin() as connection:
-        holders = await _owners(ctx, connection)
+        holders = await ctx.services.visible_owners(connection, ctx.asker)
         items, total = await tasks.overdue_in_team(connection, holders, today, offset, OVERDUE_PAGE)
         if not items:
             await remember(ctx, connection, "team_overdue", {}, offset, 0, 0)
@@ -263,7 +254,7 @@ async def _rep_in_tree(ctx: CommandContext, connection, typed: str) -> Asker | R
     """The user `typed` names (UserID, any case, or exact name) among those whose customers
     the asker sees; a reply saying why not otherwise (the same for someone outside the
     tree as for nobody, so a manager learns nothing of other teams)."""
-    owners = await _owners(ctx, connection)
+    owners = await ctx.services.visible_owners(connection, ctx.asker)
     rows = (await connection.execute(select(User.userid, User.name, User.role).where(
         (func.lower(User.userid) == typed.lower()) | (User.name == typed)))).all()
     mine = [row for row in rows if owners is None or row.userid in owners]
