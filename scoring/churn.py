@@ -224,7 +224,7 @@ class BgNbdParams:
 # --------------------------------------------------------------------------- BG/NBD
 
 def _bgnbd_loglik(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray,
-                  with_gradient: bool = True):
+                  with_gradient: bool = True, frequencies: tuple[np.ndarray, np.ndarray] | None = None):
     """Mean BG/NBD log-likelihood per customer and its gradient w.r.t. the log-parameters.
 
     Fader, Hardie & Lee (2005), "Counting Your Customers the Easy Way", eq. (6) in the log
@@ -235,19 +235,29 @@ def _bgnbd_loglik(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.
         A2 = lnΓ(a + b) + lnΓ(b + x) − lnΓ(b) − lnΓ(a + b + x)
         A3 = −(r + x) ln(α + T)
         A4 = ln a − ln(b + x − 1) − (r + x) ln(α + t_x)
+
+    `frequencies`: `np.unique(x, return_inverse=True)`, when the caller evaluates many
+    times. The terms of x alone (lnΓ, ψ, ln(b + x − 1)) are computed once per distinct
+    frequency (a hundred or so among 50k customers) and spread: they were half the time
+    of a fit.
     """
     r, alpha, a, b = np.exp(log_params)
+    distinct, spread = frequencies if frequencies is not None else np.unique(x, return_inverse=True)
+
+    def per_customer(values: np.ndarray) -> np.ndarray:
+        return values[spread]
+
     rx = r + x
-    bx = b + x
-    abx = a + b + x
     repeat = x > 0
     log_at = np.log(alpha + T)
     log_atx = np.log(alpha + t_x)
-    b_minus = b + np.maximum(x, 1) - 1
-    a1 = gammaln(rx) - gammaln(r) + r * np.log(alpha)
-    a2 = gammaln(a + b) + gammaln(bx) - gammaln(b) - gammaln(abx)
+    b_minus_distinct = b + np.maximum(distinct, 1) - 1
+    b_minus = per_customer(b_minus_distinct)
+    a1 = per_customer(gammaln(r + distinct)) - gammaln(r) + r * np.log(alpha)
+    # In this order: with a and b large the terms nearly cancel, and the fit is flat along a/b.
+    a2 = gammaln(a + b) + per_customer(gammaln(b + distinct)) - gammaln(b) - per_customer(gammaln(a + b + distinct))
     a3 = -rx * log_at
-    a4 = np.where(repeat, np.log(a) - np.log(b_minus) - rx * log_atx, -np.inf)
+    a4 = np.where(repeat, np.log(a) - per_customer(np.log(b_minus_distinct)) - rx * log_atx, -np.inf)
     mixed = np.logaddexp(a3, a4)
     loglik = float(np.mean(a1 + a2 + mixed))
     if not with_gradient:
@@ -255,10 +265,11 @@ def _bgnbd_loglik(log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.
     # Posterior weights of the two terms of the mixture (w4 = 0 when x = 0).
     w4 = np.exp(a4 - mixed)
     w3 = 1.0 - w4
-    d_r = digamma(rx) - digamma(r) + np.log(alpha) - w3 * log_at - w4 * log_atx
+    digamma_abx = per_customer(digamma(a + b + distinct))
+    d_r = per_customer(digamma(r + distinct)) - digamma(r) + np.log(alpha) - w3 * log_at - w4 * log_atx
     d_alpha = r / alpha - w3 * rx / (alpha + T) - w4 * rx / (alpha + t_x)
-    d_a = digamma(a + b) - digamma(abx) + w4 / a
-    d_b = digamma(a + b) + digamma(bx) - digamma(b) - digamma(abx) - w4 / b_minus
+    d_a = digamma(a + b) - digamma_abx + w4 / a
+    d_b = digamma(a + b) + per_customer(digamma(b + distinct)) - digamma(b) - digamma_abx - w4 / b_minus
     # Chain rule for θ = exp(log θ): ∂/∂log θ = θ · ∂/∂θ.
     gradient = np.array([r * d_r.mean(), alpha * d_alpha.mean(), a * d_a.mean(), b * d_b.mean()])
     return loglik, gradient
@@ -300,9 +311,11 @@ def fit_bgnbd(frequency, recency, T, sample: int = 50_000, seed: int = 0) -> BgN
         x, t_x, age = x[picked], t_x[picked], age[picked]
     longest = float(age.max())
     scale = 10.0 / longest if longest > 0 else 1.0
+    t_x, age = t_x * scale, age * scale
+    frequencies = np.unique(x, return_inverse=True)
 
     def objective(log_params):
-        loglik, gradient = _bgnbd_loglik(log_params, x, t_x * scale, age * scale)
+        loglik, gradient = _bgnbd_loglik(log_params, x, t_x, age, frequencies=frequencies)
         return -loglik, -gradient
 
     result = minimize(objective, x0=np.zeros(4), jac=True, method="L-BFGS-B",
