@@ -86,38 +86,58 @@ def _current_days(connection: Connection, as_of: date, customer_ids: list[str] |
 
 
 def _aggregates_from(windows: pd.DataFrame, days: pd.DataFrame) -> pd.DataFrame:
-    """load_aggregates' frame: the whole months' totals plus the as-of month's days."""
+    """load_aggregates' frame: the whole months' totals plus the as-of month's days.
+
+    The days are added by position (customers as integer codes, sums by bincount): joining
+    and reindexing by the string ids cost a full run some 0.2 s."""
     frame = windows.set_index("customer_id")[[*window_totals.ORDER_SUMS, "first_order_date", "last_order_date"]]
     # Customers with orders: a purchase, or only refunds (no first purchase day nor order, but money).
     frame = frame[frame["first_order_date"].notna() | (frame["lifetime_orders"] > 0) | (frame["lifetime_revenue"] != 0)]
-    for column in ("first_order_date", "last_order_date"):
-        frame[column] = pd.to_datetime(frame[column])
+    # Copies: the days are added in place.
+    first = pd.to_datetime(frame["first_order_date"]).to_numpy(dtype="datetime64[ns]", copy=True)
+    last = pd.to_datetime(frame["last_order_date"]).to_numpy(dtype="datetime64[ns]", copy=True)
+    sums = {column: frame[column].to_numpy(dtype=float, na_value=np.nan, copy=True) for column in AGGREGATE_COLUMNS}
+    ids = frame.index.to_numpy(dtype=object)
     if len(days):
-        days["order_date"] = pd.to_datetime(days["order_date"])
-        days = days.sort_values(["customer_id", "order_date"])
-        grouped = days.groupby("customer_id", sort=False)
-        current = grouped[["revenue", "cost", "repeat_revenue", "orders"]].sum()
+        codes, day_ids = pd.factorize(days["customer_id"].to_numpy(dtype=object))
+        at = pd.Index(ids).get_indexer(day_ids)
+        newcomers = at < 0  # their first orders are this month's
+        if newcomers.any():
+            at[newcomers] = len(ids) + np.arange(int(newcomers.sum()))
+            ids = np.concatenate([ids, day_ids[newcomers]])
+            grown = int(newcomers.sum())
+            first = np.concatenate([first, np.full(grown, np.datetime64("NaT"), dtype=first.dtype)])
+            last = np.concatenate([last, np.full(grown, np.datetime64("NaT"), dtype=last.dtype)])
+            sums = {column: np.concatenate([values, np.full(grown, np.nan)]) for column, values in sums.items()}
+        sums = {column: np.nan_to_num(values, nan=0.0) if column != "first_day_revenue" else values
+                for column, values in sums.items()}
+        count = len(day_ids)
+        revenue = days["revenue"].to_numpy(dtype=float)
+        added = {"revenue_12m": revenue, "cost_12m": days["cost"].to_numpy(dtype=float),
+                 "repeat_revenue_12m": days["repeat_revenue"].to_numpy(dtype=float),
+                 "orders_12m": days["orders"].to_numpy(dtype=float)}
+        added = {**added, "lifetime_revenue": added["revenue_12m"], "lifetime_orders": added["orders_12m"]}
+        for target, values in added.items():
+            sums[target][at] += np.bincount(codes, weights=np.nan_to_num(values, nan=0.0), minlength=count)
         # As in the roll-up (storage.importer.rebuild_rollups): a day netting to 0 or less is no purchase.
-        purchases = days[days["revenue"] > 0].groupby("customer_id", sort=False)
-        current["purchase_days"] = purchases.size()
-        current["first_order_date"] = purchases["order_date"].min()
-        current["last_order_date"] = purchases["order_date"].max()
-        current["first_day_revenue"] = purchases["revenue"].first()
-        frame = frame.reindex(frame.index.union(current.index))
-        current = current.reindex(frame.index)
-        added = {"revenue_12m": "revenue", "cost_12m": "cost", "repeat_revenue_12m": "repeat_revenue",
-                 "orders_12m": "orders", "lifetime_revenue": "revenue", "lifetime_orders": "orders",
-                 "purchase_days": "purchase_days"}
-        for target, source in added.items():
-            frame[target] = frame[target].fillna(0.0) + current[source].fillna(0.0)
-        new_buyers = frame["first_order_date"].isna()
-        frame.loc[new_buyers, "first_day_revenue"] = current.loc[new_buyers, "first_day_revenue"]
-        frame["first_order_date"] = frame["first_order_date"].fillna(current["first_order_date"])
-        frame["last_order_date"] = current["last_order_date"].fillna(frame["last_order_date"])
-    for column in AGGREGATE_COLUMNS:
-        frame[column] = frame[column].fillna(0.0).astype(float)
-    return frame.rename_axis("customer_id").reset_index()[["customer_id", *AGGREGATE_COLUMNS, "first_order_date",
-                                                           "last_order_date"]]
+        bought = revenue > 0
+        buyer = codes[bought]
+        sums["purchase_days"][at] += np.bincount(buyer, minlength=count)
+        dates = pd.to_datetime(days["order_date"]).to_numpy(dtype="datetime64[ns]")[bought]
+        order = np.lexsort((dates.view("i8"), buyer))  # each buyer's days in date order
+        buyer, dates, day_revenue = buyer[order], dates[order], revenue[bought][order]
+        if len(buyer):
+            starts = np.flatnonzero(np.r_[True, buyer[1:] != buyer[:-1]])
+            ends = np.r_[starts[1:], len(buyer)] - 1
+            rows = at[buyer[starts]]
+            new_buyers = np.isnat(first[rows])
+            sums["first_day_revenue"][rows[new_buyers]] = day_revenue[starts][new_buyers]
+            first[rows[new_buyers]] = dates[starts][new_buyers]
+            last[rows] = dates[ends]
+    result = pd.DataFrame({"customer_id": ids, **{column: np.nan_to_num(values, nan=0.0)
+                                                  for column, values in sums.items()},
+                           "first_order_date": first, "last_order_date": last})
+    return result
 
 
 def load_activity(connection: Connection, as_of: date, customer_ids: list[str] | None = None,
