@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -56,12 +57,23 @@ def _postgres_schema() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory) -> Path:
+    """An empty SQLite database at the newest schema, migrated once: each test starts from a
+    copy (running the migrations took 0.09 s a test, half the SQLite lane's set-up)."""
+    path = tmp_path_factory.mktemp("template") / "tierbot.db"
+    upgrade_schema(f"sqlite:///{path}")
+    leftovers = [p for p in (Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists() and p.stat().st_size]
+    assert not leftovers, f"the template database was not closed cleanly: {leftovers}"
+    return path
+
+
 @pytest.fixture(params=LANES)
 def database_url(request, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'tierbot.db'}"
-        upgrade_schema(url)
-        return url
+        path = tmp_path / "tierbot.db"
+        shutil.copyfile(request.getfixturevalue("_sqlite_template"), path)
+        return f"sqlite:///{path}"
     url = request.getfixturevalue("_postgres_schema")
     engine = make_engine(url)
     tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
