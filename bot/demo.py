@@ -14,7 +14,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import click
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 
 from bot.config import PROJECT_ROOT
 
@@ -41,7 +41,7 @@ def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | No
     from scoring.generator import generate_company
     from bot.export import export_scores
     from storage.importer import run_import, summarise
-    from storage.models import Customer, ScoreSnapshot
+    from storage.models import Customer, OutboxMessage, ScoreSnapshot
     from storage.scores import StoredSnapshot, latest_run
 
     config = _config(ctx)
@@ -69,8 +69,15 @@ def run_demo(ctx: click.Context, customers: int, seed: int, data_root: Path | No
     if first_scoring:
         # Nightly runs of weeks past on a new database, as if the service had been running:
         # today's run then has tier changes to push, and 分层报表 and the digest moves to show.
+        with engine.connect() as connection:
+            queued_before = connection.execute(select(func.coalesce(func.max(OutboxMessage.id), 0))).scalar_one()
         for weeks_ago in HISTORY_WEEKS:
             full_rescore(engine, config, today - timedelta(weeks=weeks_ago))
+        # What those runs queued was news weeks ago (in this story it went out then): only
+        # today's run pushes, as on any morning of a service that has been running.
+        with engine.begin() as connection:
+            connection.execute(delete(OutboxMessage).where(OutboxMessage.id > queued_before,
+                                                           OutboxMessage.status == "pending"))
     outcome, _timings = full_rescore(engine, config, today)
     click.echo()
     click.echo(render("cli/score_summary.j2", lang=lang, run_id=outcome.run_id, summary=outcome.summary,

@@ -9,9 +9,12 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from bot.cli import main
 from bot.config import PROJECT_ROOT
+from storage.db import make_engine
+from storage.models import OutboxMessage, TierChange
 from tests.company import write_company
 from tests.conftest import write_csv
 
@@ -143,7 +146,7 @@ def test_check_config_accepts_the_shipped_file():
     assert result.exit_code == 0 and result.stdout.startswith("config OK")
 
 
-def test_demo_generates_imports_scores_and_shows_examples_with_reasons(cli, tmp_path):
+def test_demo_generates_imports_scores_and_shows_examples_with_reasons(cli, database_url, tmp_path):
     result = cli("demo", "--no-serve", "--customers", "300", "--data-dir", str(tmp_path / "demo"))
     assert result.exit_code == 0, result.output
     assert "300 个客户" in result.stdout and "明星客户 Star" in result.stdout
@@ -151,6 +154,17 @@ def test_demo_generates_imports_scores_and_shows_examples_with_reasons(cli, tmp_
     assert (tmp_path / "demo" / "scores.csv").exists()
     # A new database was scored as of 8 and 4 weeks ago first: today's run has changes to tell.
     assert re.search(r"评分完成 #3: 300 个客户, 基准日 \S+, [1-9]\d* 个客户层级变化", result.stdout), result.stdout
+    # Their pushes would be weeks late: only today's run's are waiting to go out.
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        pending = connection.execute(select(OutboxMessage.kind, OutboxMessage.origin).where(
+            OutboxMessage.status == "pending")).all()
+        changes = dict(connection.execute(select(TierChange.id, TierChange.run_id)).all())
+    engine.dispose()
+    kinds = {kind for kind, _ in pending}
+    assert {"tier_change", "churn_alert"} <= kinds, kinds
+    assert {changes[int(origin.split(":")[1])] for kind, origin in pending if kind == "tier_change"} == {3}
+    assert {origin.rsplit(":", 1)[1] for kind, origin in pending if kind == "churn_alert"} == {"3"}
     again = cli("demo", "--no-serve", "--customers", "300", "--data-dir", str(tmp_path / "demo"))
     assert again.exit_code == 0 and "0 new, 0 changed" in again.stdout
     assert "评分完成 #4: " in again.stdout  # no history again on a database scored before
