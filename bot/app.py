@@ -16,7 +16,7 @@ import logging
 import secrets
 import signal
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -134,8 +134,6 @@ DEDUPE_SWEEP_SECONDS = 600
 
 
 async def _forget_old_callbacks(services: Services) -> None:
-    from datetime import datetime, timedelta, timezone
-
     from storage.models import CallbackSeen
 
     while True:
@@ -217,6 +215,7 @@ def build_scheduler(runtime: Runtime):
     from bot.rescore import NothingToScore, full_rescore, rescore_pending
     from bot.scheduler import Scheduler, last_fire
     from notifications.digest import queue_digests, queue_overdue_notices
+    from notifications.outbox import prune_outbox
     from notifications.reports import queue_tier_reports
     from notifications.playbook import PlaybookSettings
     from notifications.tickets import TicketSettings, process_tickets
@@ -236,6 +235,15 @@ def build_scheduler(runtime: Runtime):
         with runtime.sync_db.connect() as connection:
             run = latest_run(connection)
         return slot is not None and run is not None and run.as_of >= today and as_utc(run.started_at) >= slot
+
+    async def nightly() -> None:
+        await nightly_rescore()
+        if config.retention.outbox_days:
+            since = datetime.now(timezone.utc) - timedelta(days=config.retention.outbox_days)
+            pruned = await asyncio.to_thread(prune_outbox, runtime.sync_db, since)
+            if pruned:
+                logger.info("outbox: %s sent or failed rows older than %s days deleted", pruned,
+                            config.retention.outbox_days)
 
     async def nightly_rescore() -> None:
         today = datetime.now(config.tz).date()
@@ -283,7 +291,7 @@ def build_scheduler(runtime: Runtime):
             runtime.wake_dispatcher()
         return config.tickets.watch_every_seconds
 
-    scheduler.cron("full_rescore", config.scheduler.full_rescore, nightly_rescore)
+    scheduler.cron("full_rescore", config.scheduler.full_rescore, nightly)
     scheduler.cron("digest", config.scheduler.digest, digest)
     if config.scheduler.tier_report.strip().lower() != "off":
         scheduler.cron("tier_report", config.scheduler.tier_report, tier_report)

@@ -129,6 +129,19 @@ class ImportConfig(_Section):
 class RetentionConfig(_Section):
     # Score runs whose per-customer snapshots are kept; older runs keep only their summary row.
     score_runs: int = Field(30, ge=1)
+    # Days a sent or failed outbox row is kept (0: for ever). Not fewer than
+    # MIN_OUTBOX_DAYS: the weekly tier report and the task cards' buttons look back that far.
+    outbox_days: int = Field(90, ge=0)
+
+    @field_validator("outbox_days")
+    @classmethod
+    def _outbox_days_cover_what_looks_back(cls, days: int) -> int:
+        from notifications.outbox import MIN_OUTBOX_DAYS
+
+        if 0 < days < MIN_OUTBOX_DAYS:
+            raise ValueError(f"must be 0 (keep for ever) or at least {MIN_OUTBOX_DAYS}: the weekly tier report "
+                             f"and the task cards' buttons look back at what was sent")
+        return days
 
 
 class Config(_Section):

@@ -12,10 +12,11 @@ from datetime import datetime, time, timedelta, timezone
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Engine, delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from storage.db import write_transaction
 from storage.models import OutboxMessage, User
 from storage.sql import insert_rows
 
@@ -123,3 +124,31 @@ def personal_delay(who: str | None) -> timedelta:
     if not who:
         return timedelta(0)
     return timedelta(seconds=60 + zlib.crc32(who.encode()) % (RELEASE_SPREAD_SECONDS - 60))
+
+
+# The longest any code looks back at sent rows: the weekly tier report's ISO week (7 days,
+# a late Tuesday slot included) and a card's response_code (72 hours), with room to spare.
+MIN_OUTBOX_DAYS = 14
+# Rows deleted per transaction: the service's own writes wait for each, not for all.
+PRUNE_BATCH = 5_000
+
+
+def prune_outbox(engine: Engine, older_than: datetime) -> int:
+    """Delete sent and failed rows last touched before `older_than` (UTC), a batch per
+    transaction; pending and sending rows are never touched, however old (a push held for
+    quiet hours, a send in flight). Returns how many went."""
+    table = OutboxMessage.__table__
+    # SQLite keeps these times as naive UTC text: compare with UTC.
+    cutoff = older_than.astimezone(timezone.utc)
+    done_before = (table.c.status.in_(("sent", "failed"))
+                   & or_(table.c.sent_at < cutoff, table.c.sent_at.is_(None) & (table.c.created_at < cutoff)))
+    removed = 0
+    while True:
+        with write_transaction(engine) as connection:
+            ids = connection.execute(select(table.c.id).where(done_before).order_by(table.c.id)
+                                     .limit(PRUNE_BATCH)).scalars().all()
+            if ids:
+                connection.execute(delete(table).where(table.c.id.in_(ids)))
+        removed += len(ids)
+        if len(ids) < PRUNE_BATCH:
+            return removed

@@ -171,3 +171,13 @@ def test_the_weekly_tier_report_is_switched_off_with_a_bare_off(tmp_path):
     assert load_config(path, environ={}).scheduler.tier_report == "off"
     assert _problems(tmp_path, "scheduler:\n  tier_report: mondays\n")[0].startswith(
         "scheduler.tier_report: must be a cron expression")
+
+
+def test_an_outbox_kept_shorter_than_what_looks_back_at_it_is_refused(tmp_path):
+    assert _problems(tmp_path, "retention:\n  outbox_days: 7\n") == [
+        "retention.outbox_days: must be 0 (keep for ever) or at least 14: the weekly tier report and the task "
+        "cards' buttons look back at what was sent"]
+    for days in (0, 14):
+        path = tmp_path / f"keep-{days}.yaml"
+        path.write_text(f"retention:\n  outbox_days: {days}\n", encoding="utf-8")
+        assert load_config(path).retention.outbox_days == days

@@ -291,3 +291,48 @@ async def test_a_helper_cancelled_on_its_own_is_waited_for_quietly():
     await asyncio.sleep(0)
     await cancel_and_wait(helper)
     assert helper.cancelled()
+
+
+def test_old_sent_and_failed_pushes_are_pruned_and_nothing_still_to_go_is(engine, config, monkeypatch):
+    from notifications.outbox import outbox_row, prune_outbox, queue_rows
+
+    monkeypatch.setattr("notifications.outbox.PRUNE_BATCH", 2)  # several batches
+    now = datetime(2026, 11, 23, 2, tzinfo=timezone.utc)
+    days_ago = lambda days: now - timedelta(days=days)  # noqa: E731
+    rows = []
+    for origin, status, created, sent in [
+            ("old-sent-1", "sent", 120, 119), ("old-sent-2", "sent", 100, 95), ("old-sent-3", "sent", 95, 91),
+            ("old-failed", "failed", 100, None), ("recent-sent", "sent", 100, 30),
+            ("held-long", "pending", 200, None), ("in-flight", "sending", 200, None)]:
+        row = outbox_row(["rep_a"], "text", {"content": origin}, origin=origin, now=days_ago(created))
+        rows.append({**row, "status": status, "sent_at": None if sent is None else days_ago(sent)})
+    with engine.begin() as connection:
+        before = connection.execute(select(func.count()).select_from(OutboxMessage)).scalar_one()
+        queue_rows(connection, rows)
+    assert prune_outbox(engine, days_ago(config.retention.outbox_days)) == 4
+    with engine.connect() as connection:
+        left = set(connection.execute(select(OutboxMessage.origin)).scalars())
+        assert connection.execute(select(func.count()).select_from(OutboxMessage)).scalar_one() == before + 3
+    assert {"recent-sent", "held-long", "in-flight"} <= left
+    assert not left & {"old-sent-1", "old-sent-2", "old-sent-3", "old-failed"}
+    assert prune_outbox(engine, days_ago(90)) == 0
+
+
+async def test_the_nightly_job_rescores_then_prunes_the_outbox(engine, config):
+    from bot.app import RUNTIME, build_scheduler, create_app, sandbox_identity
+    from notifications.outbox import outbox_row, queue_rows
+    from storage.models import ScoreRun
+
+    now = datetime.now(timezone.utc)
+    with engine.begin() as connection:
+        queue_rows(connection, [{**outbox_row(["rep_a"], "text", {"content": "hi"}, origin=origin, now=sent),
+                                 "status": "sent", "sent_at": sent}
+                                for origin, sent in (("long-ago", now - timedelta(days=config.retention.outbox_days + 5)),
+                                                     ("last-week", now - timedelta(days=7)))])
+    app = create_app(config, sandbox_identity(), dispatch=False)
+    scheduler = build_scheduler(app[RUNTIME])
+    await scheduler.cron_jobs["full_rescore"].work()
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(ScoreRun)).scalar_one() == 2
+        assert set(connection.execute(select(OutboxMessage.origin)).scalars()) & {"long-ago", "last-week"} == {
+            "last-week"}
