@@ -88,8 +88,8 @@ def _current_days(connection: Connection, as_of: date, customer_ids: list[str] |
 def _aggregates_from(windows: pd.DataFrame, days: pd.DataFrame) -> pd.DataFrame:
     """load_aggregates' frame: the whole months' totals plus the as-of month's days.
 
-    The days are added by position (customers as integer codes, sums by bincount): joining
-    and reindexing by the string ids cost a full run some 0.2 s."""
+    The days are added by position (customers as integer codes, sums by bincount), not by
+    joining and reindexing on the string ids: a fifth less time at 100k customers."""
     frame = windows.set_index("customer_id")[[*window_totals.ORDER_SUMS, "first_order_date", "last_order_date"]]
     # Customers with orders: a purchase, or only refunds (no first purchase day nor order, but money).
     frame = frame[frame["first_order_date"].notna() | (frame["lifetime_orders"] > 0) | (frame["lifetime_revenue"] != 0)]
