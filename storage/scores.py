@@ -102,10 +102,10 @@ def _aggregates_from(windows: pd.DataFrame, days: pd.DataFrame) -> pd.DataFrame:
         codes, day_ids = pd.factorize(days["customer_id"].to_numpy(dtype=object))
         at = pd.Index(ids).get_indexer(day_ids)
         newcomers = at < 0  # their first orders are this month's
-        if newcomers.any():
-            at[newcomers] = len(ids) + np.arange(int(newcomers.sum()))
+        grown = int(newcomers.sum())
+        if grown:
+            at[newcomers] = len(ids) + np.arange(grown)
             ids = np.concatenate([ids, day_ids[newcomers]])
-            grown = int(newcomers.sum())
             first = np.concatenate([first, np.full(grown, np.datetime64("NaT"), dtype=first.dtype)])
             last = np.concatenate([last, np.full(grown, np.datetime64("NaT"), dtype=last.dtype)])
             sums = {column: np.concatenate([values, np.full(grown, np.nan)]) for column, values in sums.items()}

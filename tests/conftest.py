@@ -60,7 +60,7 @@ def _postgres_schema() -> str:
 @pytest.fixture(scope="session")
 def _sqlite_template(tmp_path_factory) -> Path:
     """An empty SQLite database at the newest schema, migrated once: each test starts from a
-    copy (running the migrations took 0.09 s a test, half the SQLite lane's set-up)."""
+    copy (running the migrations took 0.09 s a test, a third of the SQLite lane's set-up)."""
     path = tmp_path_factory.mktemp("template") / "tierbot.db"
     upgrade_schema(f"sqlite:///{path}")
     leftovers = [p for p in (Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists() and p.stat().st_size]
